@@ -1,0 +1,1 @@
+"""Ravens-style language-conditioned tabletop pick-and-place in pybullet."""

@@ -1,0 +1,1 @@
+"""Task table of the Ravens family (filled by the Ravens implementation)."""

@@ -1,0 +1,125 @@
+"""PolicyModule: the contract every method's LightningModule offers besides training.
+
+Batches and observations share one layout so that the same code path serves training samples and live
+environment observations:
+
+* ``batch["qpos"]``: (B, D) float32 proprioception (or (B, To, D) when the dataset keeps a history);
+* ``batch["qvel"]``: (B, D) float32, optional;
+* ``batch["images/<cam>"]``: (B, H, W, 3) uint8 (or (B, To, H, W, 3)); modules convert to float on device,
+  which keeps host-to-device traffic four times smaller than float images;
+* ``batch["action"]``: (B, k, A) float32 raw (un-normalised) actions t..t+k-1, ``batch["action_is_pad"]``: (B, k) bool;
+* ``batch["weight"]``: (B,) float32 importance-sampling weights (ones under uniform sampling).
+
+Normalisation statistics live in registered buffers so that a checkpoint alone runs the policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Prediction:
+    """One control step for a batch of envs plus a per-env uncertainty (higher = less sure)."""
+
+    action: Tensor  # (B, A)
+    uncertainty: Tensor  # (B,)
+
+
+def weighted_mean(per_sample: Tensor, weight: Tensor | None) -> Tensor:
+    """Mean of per-sample losses weighted by importance weights (PIER); plain mean without weights."""
+    if weight is None:
+        return per_sample.mean()
+    weight = weight.to(per_sample.dtype)
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+class PolicyModule(pl.LightningModule):
+    """Base of every method: normalisation buffers, the stats hand-over from the DataModule, the policy API."""
+
+    #: keys whose statistics this module normalises with, e.g. ("qpos", "action")
+    normalized_keys: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stats_ready = False
+
+    # ---- normalisation -------------------------------------------------------------------------------
+    def register_stats_buffers(self, key: str, dim: int) -> None:
+        """Create mean/std/min/max buffers for one key (filled later from the DataModule's stats)."""
+        safe = key.replace("/", "__")
+        self.register_buffer(f"stat_{safe}_mean", torch.zeros(dim))
+        self.register_buffer(f"stat_{safe}_std", torch.ones(dim))
+        self.register_buffer(f"stat_{safe}_min", -torch.ones(dim))
+        self.register_buffer(f"stat_{safe}_max", torch.ones(dim))
+        self.register_buffer("stats_initialized", torch.zeros((), dtype=torch.bool))
+
+    def stat(self, key: str, name: str) -> Tensor:
+        return getattr(self, f"stat_{key.replace('/', '__')}_{name}")
+
+    def load_stats(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
+        """Copy dataset statistics (dicts of arrays/tensors per key) into the buffers."""
+        for key in self.normalized_keys:
+            if key not in stats:
+                raise KeyError(f"dataset statistics have no entry for {key!r} (have {sorted(stats)})")
+            for name in ("mean", "std", "min", "max"):
+                value = torch.as_tensor(np.asarray(stats[key][name]), dtype=torch.float32)
+                buf = self.stat(key, name)
+                if value.shape != buf.shape:
+                    raise ValueError(
+                        f"statistics for {key!r}/{name} have shape {tuple(value.shape)}, the model expects "
+                        f"{tuple(buf.shape)}: the data's dimension does not match the model's config"
+                    )
+                buf.copy_(value)
+        self.stats_initialized.fill_(True)
+
+    def normalize_mean_std(self, key: str, x: Tensor) -> Tensor:
+        return (x - self.stat(key, "mean")) / self.stat(key, "std")
+
+    def unnormalize_mean_std(self, key: str, x: Tensor) -> Tensor:
+        return x * self.stat(key, "std") + self.stat(key, "mean")
+
+    def normalize_min_max(self, key: str, x: Tensor) -> Tensor:
+        lo, hi = self.stat(key, "min"), self.stat(key, "max")
+        return 2.0 * (x - lo) / (hi - lo).clamp_min(1e-4) - 1.0
+
+    def unnormalize_min_max(self, key: str, x: Tensor) -> Tensor:
+        lo, hi = self.stat(key, "min"), self.stat(key, "max")
+        return (x + 1.0) * 0.5 * (hi - lo).clamp_min(1e-4) + lo
+
+    def setup(self, stage: str) -> None:
+        """Take normalisation stats from the DataModule unless a checkpoint already provided them."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.normalized_keys and dm is not None and hasattr(dm, "stats") and not bool(self.stats_initialized):
+            stats = dm.stats
+            if stats is not None:
+                self.load_stats(stats)
+
+    # ---- the policy contract -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start of an episode: clear action queues, ensembling buffers, observation history."""
+
+    def select_action(self, obs: Mapping[str, Any]) -> Tensor:
+        """One control step for a batch of envs: returns (B, A) raw actions."""
+        raise NotImplementedError(f"{type(self).__name__} must implement select_action")
+
+    def predict(self, obs: Mapping[str, Any]) -> Prediction:
+        """One control step plus a per-env uncertainty, for gating (interactive learning)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot estimate uncertainty, so it cannot be gated")
+
+    # ---- helpers -------------------------------------------------------------------------------------
+    def obs_to_tensors(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Env observations (numpy, batched) to tensors on this module's device, same layout as a batch."""
+        out: dict[str, Tensor] = {}
+        for key, value in obs.items():
+            t = torch.as_tensor(np.asarray(value)) if not isinstance(value, Tensor) else value
+            if t.dtype == torch.float64:
+                t = t.float()
+            out[key] = t.to(self.device, non_blocking=True)
+        return out
