@@ -1,0 +1,162 @@
+"""RolloutEvaluation: the policy's real metric is its success in the simulator, not its loss.
+
+Every ``every_n_epochs`` epochs (at the end of the training epoch, so ``ModelCheckpoint`` can monitor
+``rollout/success_rate``) and in ``test``, the module runs ``n_episodes`` seeded episodes with
+``select_action``. Under DDP each rank runs its share (episode i on rank i % world_size), the results are
+gathered and every rank logs the same numbers. The first episode is saved as an mp4 under the log dir and
+a strip of its frames goes to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from lit_imit.interactive.rollout import EpisodeResult, evaluate, summarize
+
+log = logging.getLogger(__name__)
+
+
+def gather_results(results: list[EpisodeResult]) -> list[EpisodeResult]:
+    """All ranks' results in episode order, identical on every rank (video frames stay local)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        frames = {r.index: r.frames for r in results if r.frames}
+        parts: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, [replace(r, frames=[]) for r in results])
+        results = [replace(r, frames=frames.get(r.index, [])) for part in parts for r in part]
+    return sorted(results, key=lambda r: r.index)
+
+
+class RolloutEvaluation(pl.Callback):
+    """Seeded simulator rollouts during fit (every N epochs) and in test.
+
+    Args:
+        task: task name or gymnasium id (``lit_imit.envs.TASKS``).
+        n_episodes: episodes per evaluation (over all ranks).
+        n_envs: envs stepped in lock-step per rank (the policy sees batches of this size).
+        every_n_epochs: evaluation period in fit; 0 = only in test.
+        seed: episode i uses seed ``seed + i`` (fixed across evaluations, so numbers are comparable).
+        env_kwargs: passed to the env (cameras, image_size...).
+        max_steps: cap on steps per episode (default: the env's time limit).
+        video: save the first episode as mp4 + TensorBoard frames.
+        video_camera: camera to film (default: the first camera of the observation, else env.render()).
+        video_fps: frame rate of the mp4.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        n_episodes: int = 10,
+        n_envs: int = 1,
+        every_n_epochs: int = 1,
+        seed: int = 100_000,
+        env_kwargs: dict[str, Any] | None = None,
+        max_steps: int | None = None,
+        video: bool = True,
+        video_camera: str | None = None,
+        video_fps: int = 50,
+    ) -> None:
+        from lit_imit.envs import task_spec
+
+        task_spec(task)
+        self.task = task
+        self.n_episodes = n_episodes
+        self.n_envs = max(1, n_envs)
+        self.every_n_epochs = every_n_epochs
+        self.seed = seed
+        self.env_kwargs = dict(env_kwargs or {})
+        self.max_steps = max_steps
+        self.video = video
+        self.video_camera = video_camera or next(iter(self.env_kwargs.get("cameras", ["top"]) or []), None)
+        self.video_fps = video_fps
+        self._envs: list[Any] | None = None
+        self.last_summary: dict[str, float] | None = None
+
+    # ---- envs are built lazily in each process (DDP relaunches the CLI per rank) ------------------
+    def envs(self) -> list[Any]:
+        if self._envs is None:
+            from lit_imit.envs import make_env
+
+            self._envs = [make_env(self.task, **self.env_kwargs) for _ in range(self.n_envs)]
+        return self._envs
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for env in self._envs or []:
+            env.close()
+        self._envs = None
+
+    # ---- hooks ------------------------------------------------------------------------------------
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.run(trainer, pl_module, tag=f"epoch_{trainer.current_epoch:04d}")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        summary = self.run(trainer, pl_module, tag="test")
+        if trainer.is_global_zero:
+            print(
+                f"rollout success rate {summary['success_rate']:.3f} "
+                f"(95% CI {summary['success_ci_low']:.3f}-{summary['success_ci_high']:.3f}, "
+                f"{int(summary['episodes'])} episodes of {self.task}), mean return {summary['return']:.2f}, "
+                f"mean max reward {summary['max_reward']:.2f}"
+            )
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def _averaged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """Evaluate the EMA weights when an EMA callback is present."""
+        for cb in trainer.callbacks:
+            if hasattr(cb, "averaged"):
+                return cb.averaged(pl_module)
+        return nullcontext()
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> dict[str, float]:
+        rank, world = trainer.global_rank, trainer.world_size
+        indices = list(range(rank, self.n_episodes, world))
+        was_training = pl_module.training
+        pl_module.eval()
+
+        def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                return pl_module.select_action(obs).float().cpu().numpy()
+
+        with self._averaged(trainer, pl_module):
+            results = evaluate(
+                self.envs(), policy, pl_module.reset, indices, self.seed,
+                record_video_of=0 if self.video else None, video_camera=self.video_camera,
+                max_steps=self.max_steps,
+            )
+        pl_module.train(was_training)
+        results = gather_results(results)
+        summary = summarize(results)
+        self.last_summary = summary
+        for key in ("success_rate", "return", "max_reward", "episode_length"):
+            pl_module.log(f"rollout/{key}", summary[key], on_epoch=True, sync_dist=False, rank_zero_only=False)
+        if trainer.is_global_zero:
+            self._save_video(trainer, results, tag)
+        return summary
+
+    def _save_video(self, trainer: pl.Trainer, results: list[EpisodeResult], tag: str) -> None:
+        frames = next((r.frames for r in results if r.frames), [])
+        if not frames:
+            return
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        video_dir = log_dir / "videos"
+        video_dir.mkdir(parents=True, exist_ok=True)
+        path = video_dir / f"{tag}.mp4"
+        try:
+            import imageio.v2 as imageio
+
+            imageio.mimwrite(path, frames, fps=self.video_fps, macro_block_size=1)
+        except (ImportError, OSError, ValueError) as err:  # video is a convenience: never fail training on it
+            log.warning("could not write %s: %s", path, err)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_images"):
+            picks = np.linspace(0, len(frames) - 1, num=min(8, len(frames))).astype(int)
+            strip = np.stack([frames[i] for i in picks]).astype(np.uint8)
+            experiment.add_images("rollout/frames", strip, global_step=trainer.global_step, dataformats="NHWC")

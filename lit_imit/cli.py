@@ -1,0 +1,103 @@
+"""``python -m lit_imit fit|validate|test --config ...``: one LightningCLI for every method.
+
+The defaults encode the lessons of ECOSYSTEM.md: an explicit integer seed (``True`` would mean 0), a
+TensorBoard logger, a ``ModelCheckpoint`` that always saves at the end of the training epoch (after the
+rollout and aggregation callbacks have run), dataloaders rebuilt every epoch (interactive datasets grow),
+our own rank-sharded sampler instead of Lightning's wrapper, and the RNG states in every checkpoint so a
+resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+DEFAULT_SEED = 1000
+
+#: modules imported before parsing so that configs may use short class names (``class_path: ACTModule``)
+COMPONENTS = (
+    "lit_imit.modules.base",
+    "lit_imit.data.datamodule",
+    "callbacks.rng",
+    "callbacks.rollout",
+)
+OPTIONAL_COMPONENTS = (
+    "lit_imit.modules.act",
+    "lit_imit.modules.diffusion",
+    "lit_imit.modules.cliport",
+    "lit_imit.modules.skill_prior",
+    "lit_imit.data.cliport",
+    "callbacks.ema",
+    "callbacks.interactive",
+)
+
+
+def import_components() -> None:
+    """Import every method, DataModule and callback so their short names resolve in configs."""
+    for name in COMPONENTS:
+        importlib.import_module(name)
+    for name in OPTIONAL_COMPONENTS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
+class LitImitCLI(LightningCLI):
+    """LightningCLI with the project's defaults and a forced, configurable ``checkpoint`` group."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.save_on_train_epoch_end": True,
+            "checkpoint.filename": "epoch{epoch:04d}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        checkpoint = config.get("checkpoint")
+        if checkpoint is not None and not checkpoint.get("save_on_train_epoch_end"):
+            raise ValueError(
+                "checkpoint.save_on_train_epoch_end must stay true: otherwise checkpoints can be written before "
+                "the rollout/aggregation callbacks run and a resumed run would lose a round"
+            )
+
+
+def trainer_defaults() -> dict[str, Any]:
+    from callbacks.rng import RestoreRNG
+
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": ".", "name": "lightning_logs"},
+        },
+        "callbacks": [RestoreRNG()],
+        "use_distributed_sampler": False,
+        "reload_dataloaders_every_n_epochs": 1,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 10,
+    }
+
+
+def main(args: ArgsType = None, run: bool = True) -> LitImitCLI:
+    import_components()
+    from lit_imit.data.datamodule import EpisodeDataModule
+    from lit_imit.modules.base import PolicyModule
+
+    torch.set_float32_matmul_precision("high")
+    return LitImitCLI(
+        PolicyModule,
+        EpisodeDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=DEFAULT_SEED,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        trainer_defaults=trainer_defaults(),
+        args=args,
+        run=run,
+    )
