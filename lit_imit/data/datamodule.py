@@ -1,0 +1,247 @@
+"""EpisodeDataModule: splits, normalisation statistics, uniform/prioritized sampling, growth and resume.
+
+The DataModule owns *which* episodes are trained on. Its ``state_dict`` is the exact episode list (train
+and validation), the statistics, the per-episode interactive metadata and the sampling priorities, all as
+plain Python types (checkpoints are loaded with ``weights_only=True``). Episodes written to the store after
+a checkpoint stay on disk, untouched and unused, when that checkpoint is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lit_imit.data.datasets import ChunkDataset, compute_stats
+from lit_imit.data.episodes import EpisodeStore
+from lit_imit.data.samplers import SeededSampler
+
+log = logging.getLogger(__name__)
+
+
+class EpisodeDataModule(pl.LightningDataModule):
+    """Episodes of one store as (observation, action chunk) windows.
+
+    Args:
+        data_dir: the episode store (a directory of ``episode_<id>.hdf5``).
+        task: the task whose scripted teacher records demos when ``generate_if_missing`` > 0 and the store
+            is empty (``lit_imit.envs.TASKS`` names them).
+        cameras: camera names to load (``images/<cam>``); ``[]`` for state-only policies.
+        state_keys: low-dimensional observation keys (``qpos``, ``qvel``...).
+        chunk_size: actions per sample (ACT's k, Diffusion's horizon).
+        n_obs_steps: observation history per sample (1 = no time axis).
+        action_offset: first action relative to the anchor step; ``-(n_obs_steps-1)`` for Diffusion Policy.
+        action_dim: checked against the files when given (a mismatch names the file).
+        val_episodes: validation split by episode: a fraction (< 1) or a count (>= 1); 0 disables validation.
+        sampling: "uniform" or "prioritized" (per-episode priorities, importance weights in the batch).
+        samples_per_epoch: fixed number of samples per epoch over all ranks (default: the train split size).
+        priority_alpha: exponent of the priorities (P ∝ p^alpha); importance weights use ``beta``.
+        seed: seed of the split and of the per-epoch draws.
+        generate_if_missing: record this many teacher episodes when the store is empty.
+        image_size: (H, W) of recorded images when generating.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        task: str | None = None,
+        cameras: list[str] | None = None,
+        state_keys: list[str] | None = None,
+        chunk_size: int = 100,
+        n_obs_steps: int = 1,
+        action_offset: int = 0,
+        action_dim: int | None = None,
+        drop_last_steps: int = 0,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        val_episodes: float = 0.2,
+        sampling: str = "uniform",
+        samples_per_epoch: int | None = None,
+        priority_alpha: float = 1.0,
+        seed: int = 0,
+        generate_if_missing: int = 0,
+        image_size: list[int] | None = None,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if sampling not in ("uniform", "prioritized"):
+            raise ValueError(f"sampling must be 'uniform' or 'prioritized', got {sampling!r}")
+        if task is not None:
+            from lit_imit.envs import task_spec
+
+            task_spec(task)  # an unknown task fails at config time, naming the known ones
+        self.data_dir = data_dir
+        self.task = task
+        self.cameras = ["top"] if cameras is None else list(cameras)
+        self.state_keys = ["qpos"] if state_keys is None else list(state_keys)
+        self.chunk_size = chunk_size
+        self.n_obs_steps = n_obs_steps
+        self.action_offset = action_offset
+        self.action_dim = action_dim
+        self.drop_last_steps = drop_last_steps
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_episodes = val_episodes
+        self.sampling = sampling
+        self.samples_per_epoch = samples_per_epoch
+        self.priority_alpha = priority_alpha
+        self.seed = seed
+        self.generate_if_missing = generate_if_missing
+        self.image_size = image_size
+        self.pin_memory = pin_memory
+        self.store: EpisodeStore | None = None
+        self.train_ids: list[int] = []
+        self.val_ids: list[int] = []
+        self.stats: dict[str, dict[str, list[float]]] | None = None
+        self.episode_meta: dict[int, dict[str, Any]] = {}
+        self.episode_priority: dict[int, float] = {}
+        self.importance_beta = 1.0
+        self.train_set: ChunkDataset | None = None
+        self.val_set: ChunkDataset | None = None
+
+    # ---- data generation --------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Record teacher demos into an empty store (runs once per node, before setup)."""
+        store = EpisodeStore(self.data_dir)
+        missing = self.generate_if_missing - len(store)
+        if self.generate_if_missing > 0 and len(store) == 0:
+            if self.task is None:
+                raise ValueError(f"{self.data_dir} is empty and no task is configured to generate demos for")
+            from lit_imit.data.recording import record_teacher_episodes
+
+            log.info("recording %d %s teacher episodes into %s", missing, self.task, self.data_dir)
+            record_teacher_episodes(
+                self.task, missing, store, cameras=self.cameras,
+                image_size=tuple(self.image_size) if self.image_size else None, seed=self.seed,
+            )
+
+    # ---- splits and datasets ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is not None:
+            return
+        self.store = EpisodeStore(self.data_dir, create=False)
+        ids = self.store.ids()
+        if not ids:
+            raise FileNotFoundError(
+                f"no episodes in {self.data_dir}: record some with scripts/record_demos.py or set "
+                f"data.generate_if_missing"
+            )
+        self.train_ids, self.val_ids = self.split(ids)
+        self._build()
+
+    def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Seeded split by episode; validation never takes the last training episode."""
+        n = len(ids)
+        n_val = int(round(self.val_episodes * n)) if self.val_episodes < 1 else int(self.val_episodes)
+        n_val = min(max(n_val, 1 if self.val_episodes > 0 and n > 1 else 0), n - 1)
+        perm = np.random.default_rng(self.seed).permutation(n)
+        val = sorted(int(ids[i]) for i in perm[:n_val])
+        train = sorted(int(ids[i]) for i in perm[n_val:])
+        return train, val
+
+    def make_dataset(self, ids: Sequence[int]) -> ChunkDataset:
+        return ChunkDataset(
+            self.store, ids, state_keys=self.state_keys, camera_keys=self.cameras, chunk_size=self.chunk_size,
+            n_obs_steps=self.n_obs_steps, action_offset=self.action_offset, action_dim=self.action_dim,
+            drop_last_steps=self.drop_last_steps,
+        )
+
+    def _build(self) -> None:
+        self.train_set = self.make_dataset(self.train_ids)
+        self.val_set = self.make_dataset(self.val_ids) if self.val_ids else None
+        if self.stats is None:
+            self.stats = compute_stats(self.train_set.lowdim, [*self.state_keys, "action"])
+
+    # ---- growth (interactive learning) ------------------------------------------------------------
+    def add_episodes(self, episode_ids: Sequence[int], meta: Sequence[dict[str, Any]] | None = None) -> None:
+        """Append stored episodes to the training split (statistics stay those of the initial data)."""
+        meta = list(meta) if meta is not None else [{} for _ in episode_ids]
+        for episode_id, info in zip(episode_ids, meta):
+            episode_id = int(episode_id)
+            if episode_id in self.train_ids:
+                raise ValueError(f"episode {episode_id} is already in the training split")
+            self.train_ids.append(episode_id)
+            self.episode_meta[episode_id] = {k: _plain(v) for k, v in info.items()}
+        self.train_set = self.make_dataset(self.train_ids)
+
+    def set_priorities(self, priorities: dict[int, float], beta: float) -> None:
+        """Per-episode priorities (from PIER) and the importance-sampling exponent of this round."""
+        self.episode_priority = {int(k): float(v) for k, v in priorities.items()}
+        self.importance_beta = float(beta)
+
+    def sample_probabilities(self) -> np.ndarray | None:
+        """P(i) ∝ p_episode(i)^alpha per training sample, or None under uniform sampling."""
+        if self.sampling != "prioritized" or self.train_set is None:
+            return None
+        ds = self.train_set
+        prio = np.array([self.episode_priority.get(ds.episode_of(i), 1.0) for i in range(len(ds))], np.float64)
+        prio = np.power(np.maximum(prio, 1e-8), self.priority_alpha)
+        return prio / prio.sum()
+
+    def importance_weights(self, probabilities: np.ndarray) -> np.ndarray:
+        """w_i = (N·P(i))^-beta normalised by the largest weight (PER)."""
+        weights = np.power(len(probabilities) * probabilities, -self.importance_beta)
+        return (weights / weights.max()).astype(np.float32)
+
+    # ---- loaders ----------------------------------------------------------------------------------
+    def _loader(self, dataset: ChunkDataset, sampler: SeededSampler) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=False, prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Side-effect free (Lightning may call it twice on resume): the draw depends on (seed, epoch)."""
+        ds = self.train_set
+        probs = self.sample_probabilities()
+        ds.weights = self.importance_weights(probs) if probs is not None else np.ones(len(ds), np.float32)
+        sampler = SeededSampler(len(ds), self.samples_per_epoch, probs, seed=self.seed, shuffle=True)
+        return self._loader(ds, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None or len(self.val_set) == 0:
+            return []
+        return self._loader(self.val_set, SeededSampler(len(self.val_set), seed=self.seed, shuffle=False))
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    # ---- checkpointing ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "train_ids": list(self.train_ids),
+            "val_ids": list(self.val_ids),
+            "stats": self.stats,
+            "episode_meta": {str(k): v for k, v in self.episode_meta.items()},
+            "episode_priority": {str(k): v for k, v in self.episode_priority.items()},
+            "importance_beta": self.importance_beta,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the exact episode list; episodes written after the checkpoint are left unused."""
+        if self.store is None:
+            self.store = EpisodeStore(self.data_dir, create=False)
+        missing = [i for i in [*state["train_ids"], *state["val_ids"]] if not self.store.path(i).exists()]
+        if missing:
+            raise FileNotFoundError(f"the checkpoint trains on episodes missing from {self.data_dir}: {missing}")
+        self.train_ids = [int(i) for i in state["train_ids"]]
+        self.val_ids = [int(i) for i in state["val_ids"]]
+        self.stats = state["stats"]
+        self.episode_meta = {int(k): v for k, v in state.get("episode_meta", {}).items()}
+        self.episode_priority = {int(k): float(v) for k, v in state.get("episode_priority", {}).items()}
+        self.importance_beta = float(state.get("importance_beta", 1.0))
+        self._build()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays to plain Python (checkpoints load with weights_only=True)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

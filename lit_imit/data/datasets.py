@@ -1,0 +1,170 @@
+"""Windows over episodes: the training samples of the action-chunking methods (ACT, Diffusion).
+
+A sample is anchored at one step ``t`` of one episode and holds
+
+* the observation at ``t`` (or a history ``t-To+1 .. t`` when ``n_obs_steps > 1``, the first frame repeated
+  before the episode start, as Diffusion Policy does);
+* the actions ``t+offset .. t+offset+k-1`` with an ``action_is_pad`` mask for steps past the episode end
+  (ACT) — a negative ``action_offset`` starts the window at the first observation step (Diffusion Policy);
+* ``weight``: the importance-sampling weight of the sample (1 unless prioritized sampling sets it).
+
+Low-dimensional arrays are loaded once into RAM. Images are read lazily from the HDF5 files, one chunk
+(frame) at a time, through handles opened inside each DataLoader worker (h5py handles do not survive fork).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lit_imit.data.episodes import EpisodeError, EpisodeStore, obs_path, open_episode
+
+
+class ChunkDataset(Dataset):
+    """(observation [history], action chunk) samples over a set of episodes of one store."""
+
+    def __init__(
+        self,
+        store: EpisodeStore,
+        episode_ids: Sequence[int],
+        state_keys: Sequence[str] = ("qpos",),
+        camera_keys: Sequence[str] = ("top",),
+        chunk_size: int = 100,
+        n_obs_steps: int = 1,
+        action_offset: int = 0,
+        action_dim: int | None = None,
+        drop_last_steps: int = 0,
+    ) -> None:
+        if chunk_size < 1 or n_obs_steps < 1:
+            raise ValueError(f"chunk_size ({chunk_size}) and n_obs_steps ({n_obs_steps}) must be >= 1")
+        self.store = store
+        self.episode_ids = [int(i) for i in episode_ids]
+        self.state_keys = list(state_keys)
+        self.image_keys = [f"images/{cam}" for cam in camera_keys]
+        self.chunk_size = chunk_size
+        self.n_obs_steps = n_obs_steps
+        self.action_offset = action_offset
+        self.paths = [str(store.path(i)) for i in self.episode_ids]
+        self.lowdim = [self._load_lowdim(p, action_dim) for p in self.paths]
+        self._check_images()
+        self.index = self._build_index(drop_last_steps)
+        self.weights = np.ones(len(self.index), dtype=np.float32)
+        self._handles: dict[str, h5py.File] = {}
+        self._handles_pid = -1
+
+    # ---- construction -----------------------------------------------------------------------------
+    def _load_lowdim(self, path: str, action_dim: int | None) -> dict[str, np.ndarray]:
+        with open_episode(path) as f:
+            arrays = {}
+            for key in [*self.state_keys, "action"]:
+                file_key = "action" if key == "action" else obs_path(key)
+                if file_key not in f or not isinstance(f[file_key], h5py.Dataset):
+                    raise EpisodeError(f"{path}: missing key {file_key!r}")
+                arrays[key] = np.asarray(f[file_key][()], dtype=np.float32)
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise EpisodeError(f"{path}: arrays disagree on the episode length: {lengths}")
+        if action_dim is not None and arrays["action"].shape[-1] != action_dim:
+            raise EpisodeError(
+                f"{path}: action dimension is {arrays['action'].shape[-1]}, the config expects {action_dim}"
+            )
+        return arrays
+
+    def _check_images(self) -> None:
+        """Every requested camera must exist with the episode's length: fail at start, not mid-epoch."""
+        for path, low in zip(self.paths, self.lowdim):
+            length = len(low["action"])
+            with open_episode(path) as f:
+                for key in self.image_keys:
+                    file_key = obs_path(key)
+                    if file_key not in f:
+                        have = sorted(f["observations/images"].keys()) if "observations/images" in f else []
+                        raise EpisodeError(f"{path}: missing camera key {file_key!r} (cameras in file: {have})")
+                    if f[file_key].shape[0] != length:
+                        raise EpisodeError(
+                            f"{path}: {file_key!r} has {f[file_key].shape[0]} frames, actions have {length}"
+                        )
+
+    def _build_index(self, drop_last_steps: int) -> np.ndarray:
+        rows = []
+        for e, low in enumerate(self.lowdim):
+            n = len(low["action"]) - drop_last_steps
+            rows.append(np.stack([np.full(max(n, 0), e), np.arange(max(n, 0))], axis=1))
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
+
+    # ---- access -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def episode_of(self, index: int) -> int:
+        return self.episode_ids[int(self.index[index, 0])]
+
+    def _handle(self, path: str) -> h5py.File:
+        pid = os.getpid()
+        if pid != self._handles_pid:  # a fresh worker process: never reuse the parent's handles
+            self._handles, self._handles_pid = {}, pid
+        handle = self._handles.get(path)
+        if handle is None:
+            handle = self._handles[path] = open_episode(path)
+        return handle
+
+    def _obs_steps(self, t: int) -> np.ndarray:
+        return np.clip(np.arange(t - self.n_obs_steps + 1, t + 1), 0, None)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e, t = (int(x) for x in self.index[index])
+        low = self.lowdim[e]
+        length = len(low["action"])
+        sample: dict[str, Any] = {}
+        obs_steps = self._obs_steps(t)
+        for key in self.state_keys:
+            value = low[key][obs_steps]
+            sample[key] = torch.from_numpy(value[0] if self.n_obs_steps == 1 else value)
+        if self.image_keys:
+            handle = self._handle(self.paths[e])
+            for key in self.image_keys:
+                ds = handle[obs_path(key)]
+                try:
+                    frames = np.stack([ds[s] for s in obs_steps])
+                except OSError as err:
+                    raise EpisodeError(f"{self.paths[e]}: frame {t} of {key!r} cannot be read: {err}") from err
+                sample[key] = torch.from_numpy(frames[0] if self.n_obs_steps == 1 else frames)
+        steps = np.arange(t + self.action_offset, t + self.action_offset + self.chunk_size)
+        is_pad = steps >= length
+        sample["action"] = torch.from_numpy(low["action"][np.clip(steps, 0, length - 1)])
+        sample["action_is_pad"] = torch.from_numpy(is_pad)
+        sample["weight"] = torch.tensor(float(self.weights[index]))
+        sample["episode_index"] = torch.tensor(self.episode_ids[e])
+        sample["frame_index"] = torch.tensor(t)
+        return sample
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"], state["_handles_pid"] = {}, -1
+        return state
+
+
+def compute_stats(
+    datasets_lowdim: Sequence[dict[str, np.ndarray]], keys: Sequence[str], std_floor: float = 1e-2
+) -> dict[str, dict[str, list[float]]]:
+    """Per-dimension mean/std (std floored, as ACT does) and min/max over all steps of all episodes.
+
+    Returned as plain lists so the statistics can live in a checkpoint loaded with weights_only=True.
+    """
+    stats: dict[str, dict[str, list[float]]] = {}
+    for key in keys:
+        if not datasets_lowdim:
+            raise ValueError("cannot compute normalisation statistics of an empty training split")
+        values = np.concatenate([d[key].reshape(len(d[key]), -1) for d in datasets_lowdim]).astype(np.float64)
+        stats[key] = {
+            "mean": values.mean(0).tolist(),
+            "std": np.maximum(values.std(0), std_floor).tolist(),
+            "min": values.min(0).tolist(),
+            "max": values.max(0).tolist(),
+        }
+    return stats

@@ -1,0 +1,142 @@
+"""Recording episodes from a policy acting in an env (scripted teachers, novices, replays).
+
+Every observation key of the env is stored under ``observations/<key>`` and the action under ``action``
+(or ``action/<name>`` when the env takes a dict of actions, as pick-and-place does). Episodes are written
+whole and atomically, so an interrupted recording keeps every finished episode and no partial one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from lit_imit.data.episodes import EpisodeStore
+
+
+@dataclass
+class RecordingReport:
+    """What a recording run produced: ids written, attempts, and the policy's success rate."""
+
+    ids: list[int] = field(default_factory=list)
+    attempts: int = 0
+    successes: int = 0
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.attempts if self.attempts else 0.0
+
+
+class EpisodeBuffer:
+    """Accumulates one episode's observations and actions step by step."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[np.ndarray]] = {}
+
+    def add(self, obs: Mapping[str, Any], action: Any) -> None:
+        for key, value in obs.items():
+            self.columns.setdefault(f"observations/{key}", []).append(np.asarray(value))
+        if isinstance(action, Mapping):
+            for key, value in action.items():
+                self.columns.setdefault(f"action/{key}", []).append(np.asarray(value, dtype=np.float32))
+        else:
+            self.columns.setdefault("action", []).append(np.asarray(action, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for key, values in self.columns.items():
+            arr = np.stack(values)
+            out[key] = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+        return out
+
+
+def run_episode(
+    env: Any, policy: Callable[[Mapping[str, Any]], Any], seed: int, reset_policy: Callable[[], None] | None = None
+) -> tuple[EpisodeBuffer, dict[str, Any]]:
+    """Roll one episode out; returns the recorded (obs_t, action_t) pairs and the final info."""
+    obs, info = env.reset(seed=seed)
+    if reset_policy is not None:
+        reset_policy()
+    buffer = EpisodeBuffer()
+    total_reward = 0.0
+    while True:
+        action = policy(obs)
+        buffer.add(obs, action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total_reward += float(reward)
+        if terminated or truncated:
+            break
+    info = dict(info)
+    info["return"] = total_reward
+    return buffer, info
+
+
+def _next_seed(store: EpisodeStore, base_seed: int) -> int:
+    """Seeds continue after the largest recorded one, so re-running appends new, different episodes."""
+    seeds = [store.info(i)["attrs"].get("seed") for i in store.ids()]
+    seeds = [int(s) for s in seeds if s is not None]
+    return max(seeds) + 1 if seeds else base_seed
+
+
+def record_teacher_episodes(
+    task: str,
+    episodes: int,
+    store: EpisodeStore,
+    cameras: list[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+    seed: int = 0,
+    keep_failures: bool = False,
+    max_attempts: int | None = None,
+    progress: bool = False,
+) -> RecordingReport:
+    """Record ``episodes`` teacher episodes of ``task`` into ``store`` (only successful ones by default)."""
+    from lit_imit.envs import make_env, make_teacher, task_spec
+
+    spec = task_spec(task)
+    env_kwargs: dict[str, Any] = {}
+    if cameras is not None:
+        env_kwargs["cameras"] = list(cameras)
+    if image_size is not None:
+        env_kwargs["image_size"] = tuple(image_size)
+    env = make_env(task, **env_kwargs)
+    teacher = make_teacher(task, env)
+    report = RecordingReport()
+    max_attempts = max_attempts if max_attempts is not None else 3 * episodes + 10
+    next_seed = _next_seed(store, seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, desc=f"recording {task}", unit="ep")
+    try:
+        while len(report.ids) < episodes and report.attempts < max_attempts:
+            episode_seed = next_seed + report.attempts
+            buffer, info = run_episode(env, teacher.act, episode_seed, teacher.reset)
+            report.attempts += 1
+            success = bool(info.get("is_success", False))
+            report.successes += int(success)
+            if success or keep_failures:
+                attrs = {
+                    "sim": spec.env_id, "task": task, "success": success, "source": "teacher", "round": 0,
+                    "seed": episode_seed, "return": info["return"], "max_reward": info.get("max_reward"),
+                    "instruction": info.get("instruction"),
+                }
+                report.ids.append(store.add(buffer.arrays(), attrs))
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.set_postfix(success_rate=f"{report.success_rate:.2f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        env.close()
+    if len(report.ids) < episodes:
+        raise RuntimeError(
+            f"the {task} teacher produced only {len(report.ids)} of {episodes} successful episodes in "
+            f"{report.attempts} attempts (success rate {report.success_rate:.2f})"
+        )
+    return report
