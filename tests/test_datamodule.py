@@ -1,0 +1,139 @@
+"""Chunk windows, statistics, seeded/prioritized sampling, growth and weights-only state of the DataModule."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from lit_imit.data import ChunkDataset, EpisodeDataModule, EpisodeError, SeededSampler, compute_stats
+from tests.conftest import make_episode_arrays
+
+
+def test_chunk_window_values_and_padding(episode_store):
+    ds = ChunkDataset(episode_store, [0], chunk_size=8)
+    episode = episode_store.read(0)
+    last = len(ds) - 3  # t = 17 in a 20-step episode: 3 valid actions, 5 padded
+    sample = ds[last]
+    t = int(sample["frame_index"])
+    assert t == 17
+    np.testing.assert_array_equal(sample["qpos"].numpy(), episode.obs("qpos")[t])
+    np.testing.assert_array_equal(sample["images/top"].numpy(), episode.obs("images/top")[t])
+    np.testing.assert_array_equal(sample["action"][:3].numpy(), episode.arrays["action"][17:20])
+    assert sample["action_is_pad"].tolist() == [False] * 3 + [True] * 5
+    assert sample["images/top"].dtype == torch.uint8 and sample["weight"].item() == 1.0
+
+
+def test_observation_history_repeats_first_frame_and_action_offset(episode_store):
+    ds = ChunkDataset(episode_store, [1], chunk_size=4, n_obs_steps=2, action_offset=-1)
+    episode = episode_store.read(1)
+    first = ds[0]
+    assert first["qpos"].shape == (2, 14) and first["images/top"].shape == (2, 24, 32, 3)
+    np.testing.assert_array_equal(first["qpos"][0].numpy(), first["qpos"][1].numpy())
+    np.testing.assert_array_equal(first["action"][0].numpy(), episode.arrays["action"][0])  # clamped at start
+    later = ds[5]
+    np.testing.assert_array_equal(later["qpos"].numpy(), episode.obs("qpos")[4:6])
+    np.testing.assert_array_equal(later["action"].numpy(), episode.arrays["action"][4:8])
+
+
+def test_missing_camera_and_wrong_action_dim_name_the_file(episode_store):
+    with pytest.raises(EpisodeError, match=r"episode_000000\.hdf5.*observations/images/left_wrist.*\['top'\]"):
+        ChunkDataset(episode_store, [0], camera_keys=["left_wrist"])
+    with pytest.raises(EpisodeError, match=r"episode_000000\.hdf5.*action dimension is 14.*expects 16"):
+        ChunkDataset(episode_store, [0], action_dim=16)
+
+
+def test_stats_floor_std_and_are_plain_lists():
+    low = [{"qpos": np.stack([np.arange(5.0), np.full(5, 3.0)], 1)}]
+    stats = compute_stats(low, ["qpos"])
+    assert stats["qpos"]["mean"] == [2.0, 3.0]
+    assert stats["qpos"]["std"][1] == pytest.approx(0.01)  # constant dim: floored
+    assert stats["qpos"]["min"] == [0.0, 3.0] and stats["qpos"]["max"] == [4.0, 3.0]
+    assert all(type(v) is float for v in stats["qpos"]["std"])
+
+
+def test_sampler_is_seeded_by_epoch_and_sharded_without_overlap():
+    a = SeededSampler(50, seed=3, rank=0, world_size=2)
+    b = SeededSampler(50, seed=3, rank=1, world_size=2)
+    a.set_epoch(4), b.set_epoch(4)
+    ia, ib = list(a), list(b)
+    assert len(ia) == len(a) == 25 and not set(ia) & set(ib) and sorted(ia + ib) == list(range(50))
+    again = SeededSampler(50, seed=3, rank=0, world_size=2)
+    again.set_epoch(4)
+    assert list(again) == ia
+    again.set_epoch(5)
+    assert list(again) != ia
+
+
+def test_prioritized_sampler_follows_probabilities():
+    probs = np.array([0.7, 0.1, 0.1, 0.1])
+    sampler = SeededSampler(4, num_samples=20000, probabilities=probs, seed=0)
+    counts = np.bincount(list(sampler), minlength=4) / 20000
+    np.testing.assert_allclose(counts, probs, atol=0.02)
+    with pytest.raises(ValueError, match="probabilities"):
+        SeededSampler(4, probabilities=[1.0, float("nan"), 0.0, 0.0])
+
+
+def _dm(store, **kw):
+    kw.setdefault("num_workers", 0)
+    kw.setdefault("chunk_size", 5)
+    kw.setdefault("batch_size", 4)
+    dm = EpisodeDataModule(str(store.root), **kw)
+    dm.setup("fit")
+    return dm
+
+
+def test_split_by_episode_and_batches(episode_store):
+    dm = _dm(episode_store, val_episodes=0.4)
+    assert len(dm.val_ids) == 2 and not set(dm.train_ids) & set(dm.val_ids)
+    assert sorted(dm.train_ids + dm.val_ids) == [0, 1, 2, 3, 4]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["qpos"].shape == (4, 14) and batch["images/top"].shape == (4, 24, 32, 3)
+    assert batch["action"].shape == (4, 5, 14) and batch["action_is_pad"].dtype == torch.bool
+    assert set(dm.stats) == {"qpos", "action"}
+
+
+def test_prioritized_sampling_puts_importance_weights_in_batches(episode_store):
+    dm = _dm(episode_store, val_episodes=0, sampling="prioritized", samples_per_epoch=64, priority_alpha=1.0)
+    dm.set_priorities({0: 10.0, 1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, beta=1.0)
+    loader = dm.train_dataloader()
+    weights, episodes = [], []
+    for batch in loader:
+        weights.append(batch["weight"])
+        episodes.append(batch["episode_index"])
+    weights, episodes = torch.cat(weights), torch.cat(episodes)
+    assert len(weights) == 64
+    assert (episodes == 0).float().mean() > 0.4  # 10x priority: ~0.7 of draws
+    assert torch.all(weights[episodes == 0] < weights[episodes != 0].min())  # frequent samples weigh less
+    assert weights.max() <= 1.0 + 1e-6
+
+
+def test_add_episodes_and_state_dict_loads_weights_only(episode_store):
+    dm = _dm(episode_store, val_episodes=1)
+    new_id = episode_store.add(make_episode_arrays(9, seed=9), {"source": "novice", "round": 1})
+    dm.add_episodes([new_id], [{"uncertainty": np.float32(0.5), "label": -1, "round": np.int64(1)}])
+    dm.set_priorities({new_id: 2.0}, beta=0.6)
+    assert new_id in dm.train_ids and dm.train_set.episode_ids[-1] == new_id
+    buffer = io.BytesIO()
+    torch.save({"dm": dm.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)["dm"]
+    # a later episode on disk must not leak into the restored run
+    episode_store.add(make_episode_arrays(7, seed=11), {"source": "novice"})
+    fresh = EpisodeDataModule(str(episode_store.root), num_workers=0, chunk_size=5, val_episodes=1)
+    fresh.setup("fit")
+    fresh.load_state_dict(state)
+    assert fresh.train_ids == dm.train_ids and fresh.val_ids == dm.val_ids
+    assert fresh.episode_meta[new_id]["uncertainty"] == 0.5 and fresh.importance_beta == 0.6
+    assert fresh.stats == dm.stats and len(fresh.train_set) == len(dm.train_set)
+
+
+def test_unknown_task_and_empty_store_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'transfer-cubez'.*transfer_cube"):
+        EpisodeDataModule(str(tmp_path), task="transfer-cubez")
+    dm = EpisodeDataModule(str(tmp_path / "empty"))
+    dm.prepare_data()
+    with pytest.raises(FileNotFoundError, match="no episodes"):
+        dm.setup("fit")
