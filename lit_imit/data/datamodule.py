@@ -189,8 +189,11 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     # ---- loaders ----------------------------------------------------------------------------------
     def _loader(self, dataset: ChunkDataset, sampler: SeededSampler) -> DataLoader:
+        # The loader's own generator (seeded, per epoch via the sampler) gives workers their base seed, so
+        # creating an iterator never draws from the global RNG: resumed runs stay in step.
+        generator = torch.Generator().manual_seed(self.seed * 7919 + sampler.epoch)
         return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, generator=generator,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=False, prefetch_factor=4 if self.num_workers > 0 else None,
         )
