@@ -1,0 +1,166 @@
+"""Throughput figures, one JSON object per line: {"name", "value", "unit", ...settings}.
+
+    python scripts/benchmark.py                      # every row
+    python scripts/benchmark.py --only env_steps,loader_samples
+    python scripts/benchmark.py --list
+
+A benchmark, not a test: numbers depend on the machine (and on whatever else runs on it). Each row
+states the settings that produced it. ``--threads`` pins torch's intra-op threads (2 on the reference box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROWS: dict[str, Callable[[argparse.Namespace], Iterator[dict[str, Any]]]] = {}
+
+
+def row(name: str):
+    def register(fn):
+        ROWS[name] = fn
+        return fn
+
+    return register
+
+
+def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> float:
+    """Seconds per call (after warm-up calls)."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    return torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if args.device == "auto" else args.device))
+
+
+# ---- envs ---------------------------------------------------------------------------------------------
+def _env_rate(task: str, steps: int, **kwargs: Any) -> float:
+    from lit_imit.envs import make_env
+
+    env = make_env(task, **kwargs)
+    obs, _ = env.reset(seed=0)
+    action = np.asarray(obs["qpos"], dtype=np.float32)  # hold the start pose
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(action)
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+@row("env_steps")
+def env_steps(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ALOHA transfer-cube env steps/s: physics only, with one rendered camera, and a vector env."""
+    yield {"name": "env_steps_no_render", "value": _env_rate("transfer_cube", 400, cameras=[]), "unit": "steps/s",
+           "task": "transfer_cube", "cameras": []}
+    for size in ((480, 640), (240, 320)):
+        yield {"name": "env_steps_render", "value": _env_rate("transfer_cube", 100, cameras=["top"], image_size=size),
+               "unit": "steps/s", "task": "transfer_cube", "cameras": ["top"], "image_size": list(size)}
+    import gymnasium as gym
+
+    from lit_imit.envs import make_env
+
+    n = 4
+    vec = gym.vector.SyncVectorEnv([lambda: make_env("transfer_cube", cameras=[]) for _ in range(n)])
+    obs, _ = vec.reset(seed=0)
+    actions = np.asarray(obs["qpos"], dtype=np.float32)
+    steps = 100
+    start = time.perf_counter()
+    for _ in range(steps):
+        vec.step(actions)
+    rate = n * steps / (time.perf_counter() - start)
+    vec.close()
+    yield {"name": "env_steps_vector", "value": rate, "unit": "env-steps/s", "task": "transfer_cube",
+           "num_envs": n, "vector": "SyncVectorEnv", "cameras": []}
+
+
+# ---- recording and loading ----------------------------------------------------------------------------
+def _recorded_store(root: Path, episodes: int, image_size: tuple[int, int]) -> tuple[Any, float]:
+    from lit_imit.data.episodes import EpisodeStore
+    from lit_imit.data.recording import record_teacher_episodes
+
+    store = EpisodeStore(root)
+    start = time.perf_counter()
+    record_teacher_episodes("transfer_cube", episodes, store, cameras=["top"], image_size=image_size, seed=0)
+    return store, episodes / ((time.perf_counter() - start) / 60)
+
+
+@row("record_demos")
+def record_demos(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Teacher episodes recorded per minute (400 steps, one camera), end to end incl. HDF5 writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in ((480, 640), (120, 160)):
+            _, per_minute = _recorded_store(Path(tmp) / f"{size[0]}", 1, size)
+            yield {"name": "record_demos", "value": per_minute, "unit": "episodes/min", "task": "transfer_cube",
+                   "cameras": ["top"], "image_size": list(size), "episode_steps": 400}
+
+
+@row("loader_samples")
+def loader_samples(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """HDF5 chunk-window loader samples/s at batch 8, one 480x640 camera, chunk 100 (ACT's shape)."""
+    from lit_imit.data.datamodule import EpisodeDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store, _ = _recorded_store(Path(tmp) / "store", 2, (480, 640))
+        for workers in (0, 2):
+            dm = EpisodeDataModule(str(store.root), cameras=["top"], chunk_size=100, batch_size=8,
+                                   num_workers=workers, val_episodes=0, samples_per_epoch=8 * 40)
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            it = iter(loader)
+            next(it)  # workers started, first batch out
+            start, count = time.perf_counter(), 0
+            for batch in it:
+                count += len(batch["action"])
+            rate = count / (time.perf_counter() - start)
+            yield {"name": "loader_samples", "value": rate, "unit": "samples/s", "batch_size": 8,
+                   "cameras": ["top"], "image_size": [480, 640], "chunk_size": 100, "num_workers": workers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=None, help="comma-separated row names (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimisation steps per training row")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, fn in ROWS.items():
+            print(f"{name:28s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(ROWS) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        print(f"error: unknown rows {unknown}; known: {list(ROWS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        for result in ROWS[name](args):
+            result.setdefault("threads", torch.get_num_threads())
+            result["value"] = round(float(result["value"]), 4)
+            print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
