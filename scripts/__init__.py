@@ -1,0 +1,1 @@
+"""Command-line scripts (also importable so tests can call their main())."""

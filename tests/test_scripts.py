@@ -1,0 +1,67 @@
+"""record_demos.py and visualize_episodes.py as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from lit_imit.data import EpisodeStore, write_episode
+from tests.conftest import ROOT, make_episode_arrays
+
+
+def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def test_visualize_writes_video_and_joint_plot(tmp_path):
+    path = tmp_path / "episode_000000.hdf5"
+    write_episode(path, make_episode_arrays(20, cameras=("top", "angle")), {"task": "transfer_cube"})
+    out = run_script("scripts/visualize_episodes.py", str(path), "--out", str(tmp_path / "viz"))
+    assert out.returncode == 0, out.stderr
+    video, plot = tmp_path / "viz" / "episode_000000.mp4", tmp_path / "viz" / "episode_000000_joints.png"
+    assert video.stat().st_size > 1000 and plot.stat().st_size > 10000
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(video)
+    assert len(frames) == 20 and frames[0].shape == (24, 64, 3)  # two 24x32 cameras side by side
+
+
+def test_visualize_names_a_corrupt_file(tmp_path, capsys):
+    from scripts import visualize_episodes
+
+    bad = tmp_path / "episode_000001.hdf5"
+    bad.write_bytes(b"garbage" * 100)
+    assert visualize_episodes.main([str(bad)]) == 1
+    assert "episode_000001.hdf5" in capsys.readouterr().err
+
+
+def test_record_demos_rejects_unknown_task_and_bad_size(tmp_path, capsys):
+    from scripts import record_demos
+
+    assert record_demos.main(["--task", "transfer-cubes", "--episodes", "1", "--out", str(tmp_path)]) == 2
+    assert "unknown task 'transfer-cubes'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        record_demos.main(["--task", "transfer_cube", "--episodes", "1", "--out", str(tmp_path), "--image-size", "big"])
+    assert "240x320" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_record_demos_appends_new_ids_with_cameras_and_act_layout(tmp_path):
+    out_dir = tmp_path / "store"
+    existing = EpisodeStore(out_dir)
+    existing.add(make_episode_arrays(5, hw=(48, 64)), {"task": "transfer_cube", "source": "teacher", "seed": 0})
+    out = run_script("scripts/record_demos.py", "--task", "transfer_cube", "--episodes", "1", "--out", str(out_dir),
+                     "--cameras", "top,angle", "--image-size", "48x64", "--seed", "0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "teacher success rate" in out.stdout
+    store = EpisodeStore(out_dir)
+    assert store.ids() == [0, 1] and store.verify() == []
+    with h5py.File(store.path(1)) as f:
+        assert f["observations/qpos"].shape == (400, 14) and f["action"].shape == (400, 14)
+        assert f["observations/images/top"].shape == (400, 48, 64, 3)
+        assert f["observations/images/angle"].shape == (400, 48, 64, 3)
+        assert f.attrs["success"] and f.attrs["source"] == "teacher" and f.attrs["seed"] == 1
+        assert f.attrs["task"] == "transfer_cube"
