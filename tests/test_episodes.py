@@ -93,3 +93,11 @@ def test_original_act_layout_loads_unchanged(tmp_path):
     assert episode.obs("images/top").shape == (12, 16, 20, 3)
     assert episode.obs("qpos").shape == (12, 14) and episode.arrays["action"].shape == (12, 14)
     assert episode.attrs["sim"] is True
+
+
+def test_per_step_text_round_trips(tmp_path):
+    arrays = make_episode_arrays(3, cameras=())
+    arrays["observations/instruction"] = np.array(["put the red block in the green bowl", "done", "ünïcode"])
+    write_episode(tmp_path / "e.hdf5", arrays, {})
+    episode = read_episode(tmp_path / "e.hdf5")
+    assert list(episode.obs("instruction")) == ["put the red block in the green bowl", "done", "ünïcode"]

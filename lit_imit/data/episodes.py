@@ -97,7 +97,9 @@ def write_episode(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], att
     try:
         with h5py.File(tmp, "w") as f:
             for key, arr in arrays.items():
-                if _is_image_key(key):
+                if arr.dtype.kind in "UO":  # text per step (e.g. language instructions): UTF-8 strings
+                    f.create_dataset(key, data=arr.astype(object), dtype=h5py.string_dtype())
+                elif _is_image_key(key):
                     f.create_dataset(key, data=arr, chunks=(1, *arr.shape[1:]), compression="lzf")
                 else:
                     f.create_dataset(key, data=arr)
@@ -159,7 +161,8 @@ def read_episode(path: str | os.PathLike, keys: Sequence[str] | None = None) -> 
             if key not in datasets:
                 raise EpisodeError(f"{path}: missing key {key!r} (file has {sorted(datasets)})")
             try:
-                arrays[key] = datasets[key][()]
+                ds = datasets[key]
+                arrays[key] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
             except OSError as err:
                 raise EpisodeError(f"{path}: key {key!r} cannot be read (corrupt data?): {err}") from err
         attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
