@@ -97,3 +97,4 @@ register_task(TaskSpec(
 
 # Families with many tasks keep their table next to their code (light imports only).
 from lit_imit.envs.ravens import registry as _ravens_registry  # noqa: E402,F401
+from lit_imit.envs import skills_registry as _skills_registry  # noqa: E402,F401
