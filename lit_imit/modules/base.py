@@ -102,8 +102,15 @@ class PolicyModule(pl.LightningModule):
                 self.load_stats(stats)
 
     # ---- the policy contract -------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Start of an episode: clear action queues, ensembling buffers, observation history."""
+    def reset(self, env_ids: Any = None) -> None:
+        """Start of an episode: clear action queues, ensembling buffers, observation history.
+
+        ``env_ids`` (optional) clears only those rows of a vectorised rollout.
+        """
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Any:
+        """``test`` reports the held-out loss (logged under ``val/``) next to the rollout callback's success."""
+        return self.validation_step(batch, batch_idx)
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: returns (B, A) raw actions."""

@@ -1,0 +1,513 @@
+"""ACTModule: training and execution logic of ACT on top of :class:`lit_imit.nets.act.ACT`.
+
+Training: qpos and actions are mean/std normalised with the dataset statistics (std floored at 0.01 as in
+the original), images go to the network as uint8. The loss is the L1 error over the valid (non-padded)
+entries of the chunk plus ``kl_weight`` times the KL divergence of the CVAE posterior from N(0, I). Both
+terms are computed per sample so that importance weights (``batch["weight"]``, PIER) can weight them.
+
+Execution (``select_action`` / ``predict``), for a batch of N environments:
+
+* chunking: a chunk is predicted every ``n_action_steps`` steps and executed open loop, one queue per env;
+* temporal ensembling (``temporal_ensemble_coeff``, 0.01 in ACT): the policy is queried every step and the
+  action for step t is the average of all predictions made for t, weighted exp(-m * i) with i = 0 for the
+  oldest prediction (so older predictions weigh slightly more), computed online;
+* z = 0 (prior mean) for the executed action;
+* ``predict`` adds an uncertainty per env: the spread of ``n_uncertainty_samples`` chunks decoded from
+  z ~ N(0, I), i.e. the standard deviation across samples of each *normalised* action entry, averaged over
+  the chunk's steps and action dimensions. Normalised units make dimensions with different scales
+  (radians, gripper in [0, 1]) comparable; averaging over the whole chunk scores the plan the policy commits
+  to. Under chunking the uncertainty of the chunk being executed is reported at each of its steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
+from lit_imit.nets.act import ACT, ACTOutput
+
+ACT_MIN_STD = 1e-2  # the original clips dataset std to at least this value
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample (B,), summed over latent dimensions."""
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)
+
+
+def masked_l1_per_sample(pred: Tensor, target: Tensor, is_pad: Tensor | None) -> Tensor:
+    """Mean absolute error per sample (B,) over the valid steps only; padded targets never enter."""
+    err = (pred - target).abs()
+    if is_pad is None:
+        return err.mean(dim=(1, 2))
+    valid = ~is_pad.bool()
+    err = torch.where(valid.unsqueeze(-1), err, torch.zeros((), dtype=err.dtype, device=err.device))
+    n_valid = valid.sum(dim=1).to(err.dtype) * err.shape[-1]
+    return err.sum(dim=(1, 2)) / n_valid.clamp_min(1.0)
+
+
+def _env_mask(env_ids: Sequence[int] | Tensor | None, n_envs: int, device: torch.device) -> Tensor:
+    """Boolean (N,) mask from None (all envs), a list of indices or a boolean mask."""
+    if env_ids is None:
+        return torch.ones(n_envs, dtype=torch.bool, device=device)
+    ids = torch.as_tensor(env_ids, device=device)
+    if ids.dtype == torch.bool:
+        return ids
+    mask = torch.zeros(n_envs, dtype=torch.bool, device=device)
+    mask[ids.long()] = True
+    return mask
+
+
+class ChunkQueue:
+    """Per-env queues of the next actions of the last predicted chunk (open-loop chunk execution)."""
+
+    def __init__(self, n_action_steps: int) -> None:
+        self.n_action_steps = n_action_steps
+        self.actions: Tensor | None = None  # (N, n_action_steps, A)
+        self.position: Tensor | None = None  # (N,) index of the next action to execute
+
+    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
+        if env_ids is None or self.position is None:
+            self.actions = self.position = None
+        else:  # those envs re-query at their next step (the buffers were made under inference mode)
+            with torch.inference_mode():
+                self.position[_env_mask(env_ids, len(self.position), self.position.device)] = self.n_action_steps
+
+    def needs_query(self, n_envs: int, device: torch.device) -> Tensor:
+        """(N,) mask of the envs whose queue is empty."""
+        if self.position is None:
+            return torch.ones(n_envs, dtype=torch.bool, device=device)
+        if len(self.position) != n_envs:
+            raise ValueError(f"{n_envs} observations but {len(self.position)} queued envs: call reset() first")
+        return self.position >= self.n_action_steps
+
+    def fill(self, mask: Tensor, chunks: Tensor) -> None:
+        """Put the first n_action_steps actions of new chunks (one per True in mask) into those queues."""
+        if self.actions is None:
+            n, (_, _, a) = len(mask), chunks.shape
+            self.actions = chunks.new_zeros(n, self.n_action_steps, a)
+            self.position = torch.full((n,), self.n_action_steps, dtype=torch.long, device=chunks.device)
+        self.actions[mask] = chunks[:, : self.n_action_steps]
+        self.position[mask] = 0
+
+    def pop(self) -> Tensor:
+        """The next action of every env (N, A)."""
+        assert self.actions is not None and self.position is not None
+        if bool((self.position >= self.n_action_steps).any()):
+            raise RuntimeError("an action queue is empty: fill it before popping")
+        action = self.actions[torch.arange(len(self.position), device=self.position.device), self.position]
+        self.position += 1
+        return action
+
+
+class TemporalEnsembler:
+    """Online temporal ensembling of overlapping chunks, one buffer per env.
+
+    Slot j of the buffers holds, for the step j steps ahead, the running sum of w_i * prediction and of w_i,
+    where i counts the predictions already made for that step (i = 0 for the oldest) and w_i = exp(-m * i).
+    The executed action is sum / weight sum of slot 0, i.e. the normalised weighted average of ACT's eval.
+    """
+
+    def __init__(self, coeff: float, chunk_size: int) -> None:
+        self.coeff, self.chunk_size = coeff, chunk_size
+        self.weights = torch.exp(-coeff * torch.arange(chunk_size, dtype=torch.float64))
+        self.sums: Tensor | None = None  # (N, k, A)
+        self.weight_sums: Tensor | None = None  # (N, k)
+        self.counts: Tensor | None = None  # (N, k) predictions made so far for each future step
+
+    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
+        if env_ids is None or self.sums is None:
+            self.sums = self.weight_sums = self.counts = None
+            return
+        assert self.weight_sums is not None and self.counts is not None
+        with torch.inference_mode():  # the buffers were made under inference mode
+            mask = _env_mask(env_ids, len(self.sums), self.sums.device)
+            self.sums[mask] = 0
+            self.weight_sums[mask] = 0
+            self.counts[mask] = 0
+
+    def update(self, chunks: Tensor) -> Tensor:
+        """Add the chunks predicted now (N, k, A) and return the ensembled action for the current step (N, A)."""
+        n, k, a = chunks.shape
+        if k != self.chunk_size:
+            raise ValueError(f"chunks of {k} steps, the ensembler was built for {self.chunk_size}")
+        if self.sums is None:
+            self.sums = chunks.new_zeros(n, k, a, dtype=torch.float64)
+            self.weight_sums = chunks.new_zeros(n, k, dtype=torch.float64)
+            self.counts = torch.zeros(n, k, dtype=torch.long, device=chunks.device)
+        assert self.weight_sums is not None and self.counts is not None
+        if len(self.sums) != n:
+            raise ValueError(f"{n} chunks but {len(self.sums)} ensembled envs: call reset() first")
+        w = self.weights.to(chunks.device)[self.counts]  # (N, k)
+        self.sums += w.unsqueeze(-1) * chunks.double()
+        self.weight_sums += w
+        self.counts += 1
+        action = (self.sums[:, 0] / self.weight_sums[:, 0:1]).to(chunks.dtype)
+        # advance one step: slot 0 is consumed, a fresh empty slot enters at the far end
+        self.sums = torch.cat([self.sums[:, 1:], self.sums.new_zeros(n, 1, a)], dim=1)
+        self.weight_sums = torch.cat([self.weight_sums[:, 1:], self.weight_sums.new_zeros(n, 1)], dim=1)
+        self.counts = torch.cat([self.counts[:, 1:], self.counts.new_zeros(n, 1)], dim=1)
+        return action
+
+
+class ACTModule(PolicyModule):
+    """ACT (Zhao et al., RSS 2023) with LeRobot's defaults (one decoder layer, see ``lit_imit.nets.act``)."""
+
+    normalized_keys = ("qpos", "action")
+
+    def __init__(
+        self,
+        cameras: Sequence[str] = ("top",),
+        state_dim: int = 14,
+        action_dim: int = 14,
+        chunk_size: int = 100,
+        n_action_steps: int = 100,
+        temporal_ensemble_coeff: float | None = None,
+        dim_model: int = 512,
+        n_heads: int = 8,
+        dim_feedforward: int = 3200,
+        n_encoder_layers: int = 4,
+        n_decoder_layers: int = 1,
+        n_vae_encoder_layers: int = 4,
+        latent_dim: int = 32,
+        dropout: float = 0.1,
+        use_vae: bool = True,
+        kl_weight: float = 10.0,
+        shared_backbone: bool = True,
+        pretrained_backbone: str | None = None,
+        lr: float = 1e-5,
+        lr_backbone: float = 1e-5,
+        weight_decay: float = 1e-4,
+        n_uncertainty_samples: int = 8,
+        channels_last: bool = True,
+        fuse_frozen_bn: bool = True,
+        compile: bool = False,
+    ) -> None:
+        """
+        Args:
+            cameras: camera names; batches carry ``images/<name>``.
+            n_action_steps: actions executed from each chunk before the next query (<= chunk_size).
+            temporal_ensemble_coeff: m of the ensembling weights exp(-m i); needs ``n_action_steps=1``.
+            pretrained_backbone: path to a ResNet-18 state dict, ``"imagenet"`` (torchvision's cached file if
+                present, else random init with a warning) or None (random init). Nothing is downloaded.
+            lr_backbone: learning rate of the ResNets; <= 0 freezes them (no backward through the images).
+            n_uncertainty_samples: latent samples decoded by ``predict`` to measure the spread (>= 2).
+            channels_last / fuse_frozen_bn / compile: speed switches that do not change the maths
+                (compile = ``torch.compile`` of the network).
+        """
+        super().__init__()
+        cameras = list(cameras)
+        if not cameras:
+            raise ValueError("ACT needs at least one camera")
+        if not 1 <= n_action_steps <= chunk_size:
+            raise ValueError(f"n_action_steps must be in [1, chunk_size={chunk_size}], got {n_action_steps}")
+        if temporal_ensemble_coeff is not None and n_action_steps != 1:
+            raise ValueError("temporal ensembling queries the policy every step: set n_action_steps=1")
+        if n_uncertainty_samples < 2:
+            raise ValueError("n_uncertainty_samples must be >= 2 to measure a spread")
+        self.save_hyperparameters()
+        self.cameras = cameras
+        self.model = ACT(
+            state_dim=state_dim,
+            action_dim=action_dim,
+            n_cameras=len(cameras),
+            chunk_size=chunk_size,
+            dim_model=dim_model,
+            n_heads=n_heads,
+            dim_feedforward=dim_feedforward,
+            n_encoder_layers=n_encoder_layers,
+            n_decoder_layers=n_decoder_layers,
+            n_vae_encoder_layers=n_vae_encoder_layers,
+            latent_dim=latent_dim,
+            dropout=dropout,
+            use_vae=use_vae,
+            shared_backbone=shared_backbone,
+            pretrained_backbone=pretrained_backbone,
+            fuse_frozen_bn=fuse_frozen_bn,
+        )
+        if channels_last:
+            self.model.use_channels_last(True)
+        if lr_backbone <= 0:
+            for p in self.model.backbone_parameters():
+                p.requires_grad_(False)
+        if compile:
+            self.model.compile()
+        self.register_stats_buffers("qpos", state_dim)
+        self.register_stats_buffers("action", action_dim)
+        self._queue = ChunkQueue(n_action_steps)
+        self._ensembler = (
+            TemporalEnsembler(temporal_ensemble_coeff, chunk_size) if temporal_ensemble_coeff is not None else None
+        )
+        self._chunk_uncertainty: Tensor | None = None  # (N,) uncertainty of the chunk each env executes
+        self._warned_stats = False
+
+    # ---- normalisation ----------------------------------------------------------------------------------
+    def load_stats(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
+        """As the base class, then floor the std at 0.01 like the original (constant dims stay finite)."""
+        super().load_stats(stats)
+        for key in self.normalized_keys:
+            self.stat(key, "std").clamp_(min=ACT_MIN_STD)
+
+    # ---- batches -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _single_step(x: Tensor, name: str, ndim: int) -> Tensor:
+        """Drop a length-1 observation-history axis; ACT looks at one observation."""
+        if x.ndim == ndim + 1 and x.shape[1] == 1:
+            return x[:, 0]
+        if x.ndim != ndim:
+            raise ValueError(f"{name} should have {ndim} dims (batch first), got shape {tuple(x.shape)}")
+        return x
+
+    def _observation(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Normalised qpos (B, S) and uint8 images [(B, H, W, 3)] in camera order."""
+        qpos = self._single_step(batch["qpos"], "qpos", 2).float()
+        missing = [c for c in self.cameras if f"images/{c}" not in batch]
+        if missing:
+            raise KeyError(f"batch has no images for cameras {missing} (keys: {sorted(batch)})")
+        images = [self._single_step(batch[f"images/{c}"], f"images/{c}", 4) for c in self.cameras]
+        return self.normalize_mean_std("qpos", qpos), images
+
+    def _targets(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Normalised action chunk (B, k, A) and its padding mask (B, k), cut to chunk_size."""
+        k = self.hparams.chunk_size
+        actions = batch["action"]
+        if actions.ndim != 3 or actions.shape[1] < k:
+            raise ValueError(f"batch['action'] must be (B, >= {k}, A), got {tuple(actions.shape)}")
+        is_pad = batch.get("action_is_pad")
+        if is_pad is None:
+            is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
+        return self.normalize_mean_std("action", actions[:, :k].float()), is_pad[:, :k].bool()
+
+    def forward(self, batch: Mapping[str, Tensor]) -> ACTOutput:
+        """Training-style forward: posterior z when the VAE is on, normalised predicted chunk."""
+        qpos, images = self._observation(batch)
+        actions, is_pad = self._targets(batch)
+        return self.model(qpos, images, actions, is_pad)
+
+    def compute_loss(self, batch: Mapping[str, Tensor], weighted: bool = True) -> dict[str, Tensor]:
+        """{"loss", "l1", "kl"}: batch means of the per-sample terms, importance-weighted when asked."""
+        qpos, images = self._observation(batch)
+        actions, is_pad = self._targets(batch)
+        out = self.model(qpos, images, actions, is_pad)
+        weight = batch.get("weight") if weighted else None
+        l1 = masked_l1_per_sample(out.actions.float(), actions, is_pad)
+        if out.mu is not None and out.logvar is not None:
+            kl = kl_divergence(out.mu.float(), out.logvar.float())
+        else:
+            kl = torch.zeros_like(l1)
+        per_sample = l1 + self.hparams.kl_weight * kl
+        return {
+            "loss": weighted_mean(per_sample, weight),
+            "l1": weighted_mean(l1, weight),
+            "kl": weighted_mean(kl, weight),
+        }
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.compute_loss(batch)
+        bs = batch["action"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        self.log("train/l1", losses["l1"], batch_size=bs)
+        self.log("train/kl", losses["kl"], batch_size=bs)
+        return losses["loss"]
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        """Same loss as training (posterior z from the CVAE encoder), unweighted, so the two are comparable."""
+        losses = self.compute_loss(batch, weighted=False)
+        bs = batch["action"].shape[0]
+        for name, value in losses.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=bs, sync_dist=True)
+        return losses["loss"]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW with the backbone in its own param group (its own lr), fused kernels where available."""
+        hp = self.hparams
+        groups = [{"params": [p for p in self.model.non_backbone_parameters() if p.requires_grad], "lr": hp.lr}]
+        backbone = [p for p in self.model.backbone_parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": hp.lr_backbone})
+        return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, **_adamw_kernel(self.parameters()))
+
+    # ---- the policy contract ----------------------------------------------------------------------------
+    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
+        """Clear the action queues / ensembling buffers (of all envs, or only of ``env_ids``)."""
+        self._queue.reset(env_ids)
+        if self._ensembler is not None:
+            self._ensembler.reset(env_ids)
+        if env_ids is None or self._chunk_uncertainty is None:
+            self._chunk_uncertainty = None
+        else:
+            with torch.inference_mode():
+                mask = _env_mask(env_ids, len(self._chunk_uncertainty), self._chunk_uncertainty.device)
+                self._chunk_uncertainty[mask] = float("nan")
+
+    @contextlib.contextmanager
+    def _policy_mode(self) -> Iterator[None]:
+        """Eval mode under inference_mode for one control step; the previous train/eval mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)
+
+    def _check_stats(self) -> None:
+        if not bool(self.stats_initialized) and not self._warned_stats:
+            rank_zero_warn("ACTModule runs the policy with identity normalisation: no dataset stats were loaded")
+            self._warned_stats = True
+
+    def _query_chunk(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """Normalised chunk (N, k, A) with z = 0."""
+        qpos, images = self._observation(obs)
+        return self.model(qpos, images).actions.float()
+
+    def _query_chunk_with_uncertainty(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Normalised chunk with z = 0 and the spread over z ~ N(0, I) samples, in one decoder batch."""
+        if not self.hparams.use_vae:
+            raise RuntimeError("ACT without the CVAE (use_vae=False) never learned to use z: no uncertainty")
+        qpos, images = self._observation(obs)
+        n, s = qpos.shape[0], self.hparams.n_uncertainty_samples
+        z = torch.randn(n, 1 + s, self.hparams.latent_dim, device=qpos.device, dtype=qpos.dtype)
+        z[:, 0] = 0.0
+        chunks = self.model.decode_latents(qpos, images, z).float()
+        return chunks[:, 0], chunks[:, 1:].std(dim=1).mean(dim=(1, 2))
+
+    def _step(self, obs: Mapping[str, Any], with_uncertainty: bool) -> tuple[Tensor, Tensor | None]:
+        """One control step for N envs: raw actions (N, A) and, if asked, the uncertainty per env (N,)."""
+        self._check_stats()
+        batch = self.obs_to_tensors(obs)
+        n = batch["qpos"].shape[0]
+        if self._ensembler is not None:
+            if with_uncertainty:
+                chunk, uncertainty = self._query_chunk_with_uncertainty(batch)
+            else:
+                chunk, uncertainty = self._query_chunk(batch), None
+            action = self._ensembler.update(self.unnormalize_mean_std("action", chunk))
+            return action, uncertainty
+
+        need = self._queue.needs_query(n, self.device)
+        if self._chunk_uncertainty is None or len(self._chunk_uncertainty) != n:
+            self._chunk_uncertainty = torch.full((n,), float("nan"), device=self.device)
+        if bool(need.any()):
+            sub = {key: value[need] for key, value in batch.items()}
+            if with_uncertainty:
+                chunk, chunk_uncertainty = self._query_chunk_with_uncertainty(sub)
+                self._chunk_uncertainty[need] = chunk_uncertainty
+            else:
+                chunk = self._query_chunk(sub)
+                self._chunk_uncertainty[need] = float("nan")
+            self._queue.fill(need, self.unnormalize_mean_std("action", chunk))
+        uncertainty = None
+        if with_uncertainty:
+            unknown = torch.isnan(self._chunk_uncertainty)
+            if bool(unknown.any()):  # chunks queried by select_action carry no estimate: score the current obs
+                sub = {key: value[unknown] for key, value in batch.items()}
+                self._chunk_uncertainty[unknown] = self._query_chunk_with_uncertainty(sub)[1]
+            uncertainty = self._chunk_uncertainty.clone()
+        return self._queue.pop(), uncertainty
+
+    def select_action(self, obs: Mapping[str, Any]) -> Tensor:
+        """One control step for a batch of envs: raw actions (N, A)."""
+        with self._policy_mode():
+            action, _ = self._step(obs, with_uncertainty=False)
+        return action
+
+    def predict(self, obs: Mapping[str, Any]) -> Prediction:
+        """The step of ``select_action`` plus the latent-sample spread per env (see the module docstring)."""
+        with self._policy_mode():
+            action, uncertainty = self._step(obs, with_uncertainty=True)
+        assert uncertainty is not None
+        return Prediction(action=action, uncertainty=uncertainty)
+
+    def predict_chunk(self, obs: Mapping[str, Any]) -> Tensor:
+        """Raw action chunk (N, k, A) with z = 0 for the current observation (no queues involved)."""
+        with self._policy_mode():
+            return self.unnormalize_mean_std("action", self._query_chunk(self.obs_to_tensors(obs)))
+
+
+def _adamw_kernel(params: Iterator[torch.nn.Parameter]) -> dict[str, bool]:
+    """fused=True when every parameter lives on a device with fused AdamW kernels, else foreach."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        supported = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # private helper moved: foreach is always safe
+        return {"foreach": True}
+    if all(p.device.type in supported and p.dtype.is_floating_point for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+# ---- throughput measurement (scripts/benchmark.py) ------------------------------------------------------
+def make_dummy_batch(
+    batch_size: int = 8,
+    cameras: Sequence[str] = ("top",),
+    image_hw: tuple[int, int] = (480, 640),
+    state_dim: int = 14,
+    action_dim: int = 14,
+    chunk_size: int = 100,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, Tensor]:
+    """A random batch in the training layout (uint8 images, raw actions, the last steps of some rows padded)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = image_hw
+    batch: dict[str, Tensor] = {
+        "qpos": torch.randn(batch_size, state_dim, generator=g),
+        "action": torch.randn(batch_size, chunk_size, action_dim, generator=g),
+        "weight": torch.ones(batch_size),
+    }
+    valid = torch.randint(chunk_size // 2, chunk_size + 1, (batch_size,), generator=g)
+    batch["action_is_pad"] = torch.arange(chunk_size)[None, :] >= valid[:, None]
+    for cam in cameras:
+        batch[f"images/{cam}"] = torch.randint(0, 256, (batch_size, h, w, 3), dtype=torch.uint8, generator=g)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def measure_train_throughput(
+    module: ACTModule,
+    batch: Mapping[str, Tensor],
+    steps: int = 3,
+    warmup: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Samples/s of full optimizer steps (forward, backward, AdamW) on a batch already in memory.
+
+    ``warmup`` steps are run first and not timed (allocator, oneDNN/cuDNN kernel selection, compilation).
+    ``autocast_dtype=torch.bfloat16`` measures what ``Trainer(precision="bf16-mixed")`` runs.
+    """
+    module.train()
+    optimizer = module.configure_optimizers()
+    device_type = next(module.parameters()).device.type
+
+    def step() -> float:
+        ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with ctx:
+            loss = module.compute_loss(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    for _ in range(warmup):
+        step()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    losses = [step() for _ in range(steps)]
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    bs = batch["action"].shape[0]
+    return {
+        "samples_per_s": steps * bs / elapsed,
+        "step_s": elapsed / steps,
+        # process CPU seconds per step: on a shared CPU, wall time mostly measures the neighbours
+        "cpu_s_per_step": cpu / steps,
+        "last_loss": losses[-1],
+    }

@@ -1,0 +1,314 @@
+"""ACT (Action Chunking with Transformers, Zhao et al. 2023) as a plain ``nn.Module``.
+
+The network predicts a chunk of ``chunk_size`` future actions from proprioception (qpos) and camera images:
+
+* **CVAE encoder** (training only, ``use_vae``): tokens [CLS, proj(qpos), proj(a_1) .. proj(a_k)] plus a fixed
+  1-D sinusoid table go through a post-norm transformer encoder; padded actions are hidden through the key
+  padding mask, so they cannot influence the posterior. The CLS output gives (mu, log sigma^2) of a
+  ``latent_dim`` Gaussian and z is drawn by reparameterisation. At inference z = 0, the prior mean.
+* **Policy**: every camera image goes through a ResNet-18 (frozen batch norm) and a 1x1 conv to ``dim_model``
+  channels; each feature cell is a token with a 2-D sine position. In the original all cameras share
+  ``backbones[0]``; ``shared_backbone=False`` gives each camera its own ResNet. Two more tokens, proj(z) and
+  proj(qpos), get a learned 2-slot position embedding. A post-norm transformer encoder reads all tokens and a
+  decoder with ``chunk_size`` learned queries attends to them; a linear head maps each query to an action.
+* Positions are added to queries and keys at every attention layer (never to values), as in DETR.
+
+About the decoder depth: the original builds 7 decoder layers, but it keeps the intermediate outputs and
+reads index 0, i.e. the first layer's (layer-normed) output. Layers 2-7 never influence the loss and receive
+no gradient. ``n_decoder_layers=1`` (LeRobot's preset and the default here) computes exactly what the original
+uses; with n > 1 this module really uses all n layers (the final output, as a fixed DETR would).
+
+The original also has an ``is_pad_head`` that no loss uses; it is left out.
+
+Shapes are batch-first everywhere: tokens are (B, L, dim_model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_imit.nets.backbones import ResNet18Features, images_to_input
+from lit_imit.nets.positional import SinePositionEncoding2d, sinusoid_table
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v inputs (positions go into q and k, not v)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim_model={dim} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """query (B, Lq, d), key/value (B, Lk, d); key_padding_mask (B, Lk) is True where a key must be ignored."""
+        q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+        mask = None if key_padding_mask is None else (~key_padding_mask)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class FeedForward(nn.Module):
+    """Linear -> ReLU -> dropout -> Linear, the transformer's position-wise MLP."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm self-attention layer: x = LN(x + SA(x + pos)); x = LN(x + FF(x))."""
+
+    def __init__(self, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, n_heads, dropout)
+        self.ff = FeedForward(dim, dim_feedforward, dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        qk = x + pos
+        x = self.norm1(x + self.dropout1(self.self_attn(qk, qk, x, key_padding_mask)))
+        return self.norm2(x + self.dropout2(self.ff(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm decoder layer: self-attention over the queries, cross-attention to the memory, MLP."""
+
+    def __init__(self, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, n_heads, dropout)
+        self.cross_attn = Attention(dim, n_heads, dropout)
+        self.ff = FeedForward(dim, dim_feedforward, dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, tgt: Tensor, memory: Tensor, memory_with_pos: Tensor, query_pos: Tensor) -> Tensor:
+        q = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt)))
+        tgt = self.norm2(tgt + self.dropout2(self.cross_attn(tgt + query_pos, memory_with_pos, memory)))
+        return self.norm3(tgt + self.dropout3(self.ff(tgt)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of post-norm encoder layers (no final norm: post-norm layers end normalised already)."""
+
+    def __init__(self, n_layers: int, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(dim, n_heads, dim_feedforward, dropout) for _ in range(n_layers))
+
+    def forward(self, x: Tensor, pos: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, pos, key_padding_mask)
+        return x
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of decoder layers followed by a LayerNorm (DETR applies it even in the post-norm setting)."""
+
+    def __init__(self, n_layers: int, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(dim, n_heads, dim_feedforward, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+        memory_with_pos = memory + pos
+        for layer in self.layers:
+            tgt = layer(tgt, memory, memory_with_pos, query_pos)
+        return self.norm(tgt)
+
+
+@dataclass
+class ACTOutput:
+    """Predicted (normalised) action chunk and, when the CVAE encoder ran, the posterior parameters."""
+
+    actions: Tensor  # (B, chunk_size, action_dim)
+    mu: Tensor | None = None  # (B, latent_dim)
+    logvar: Tensor | None = None  # (B, latent_dim)
+
+
+class ACT(nn.Module):
+    """The ACT network. Inputs are normalised qpos/actions and uint8 (B, H, W, 3) images, one per camera."""
+
+    def __init__(
+        self,
+        state_dim: int = 14,
+        action_dim: int = 14,
+        n_cameras: int = 1,
+        chunk_size: int = 100,
+        dim_model: int = 512,
+        n_heads: int = 8,
+        dim_feedforward: int = 3200,
+        n_encoder_layers: int = 4,
+        n_decoder_layers: int = 1,
+        n_vae_encoder_layers: int = 4,
+        latent_dim: int = 32,
+        dropout: float = 0.1,
+        use_vae: bool = True,
+        shared_backbone: bool = True,
+        pretrained_backbone: str | None = None,
+        fuse_frozen_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_cameras < 1:
+            raise ValueError("ACT needs at least one camera")
+        self.state_dim, self.action_dim, self.n_cameras = state_dim, action_dim, n_cameras
+        self.chunk_size, self.dim_model, self.latent_dim = chunk_size, dim_model, latent_dim
+        self.use_vae, self.shared_backbone = use_vae, shared_backbone
+        self.channels_last = False
+
+        if use_vae:  # CVAE encoder q(z | qpos, a_1..a_k)
+            self.vae_cls_embed = nn.Embedding(1, dim_model)
+            self.vae_state_proj = nn.Linear(state_dim, dim_model)
+            self.vae_action_proj = nn.Linear(action_dim, dim_model)
+            self.vae_encoder = TransformerEncoder(n_vae_encoder_layers, dim_model, n_heads, dim_feedforward, dropout)
+            self.vae_latent_proj = nn.Linear(dim_model, 2 * latent_dim)
+            self.register_buffer("vae_pos_table", sinusoid_table(2 + chunk_size, dim_model)[None], persistent=False)
+
+        n_backbones = 1 if shared_backbone else n_cameras
+        self.backbones = nn.ModuleList(
+            ResNet18Features(pretrained_backbone, fuse_frozen_bn=fuse_frozen_bn) for _ in range(n_backbones)
+        )
+        self.image_proj = nn.Conv2d(self.backbones[0].num_channels, dim_model, kernel_size=1)
+        self.image_pos = SinePositionEncoding2d(dim_model)
+        self.state_proj = nn.Linear(state_dim, dim_model)
+        self.latent_proj = nn.Linear(latent_dim, dim_model)
+        self.extra_pos_embed = nn.Embedding(2, dim_model)  # positions of the [latent, qpos] tokens
+        self.encoder = TransformerEncoder(n_encoder_layers, dim_model, n_heads, dim_feedforward, dropout)
+        self.decoder = TransformerDecoder(n_decoder_layers, dim_model, n_heads, dim_feedforward, dropout)
+        self.query_embed = nn.Embedding(chunk_size, dim_model)
+        self.action_head = nn.Linear(dim_model, action_dim)
+        self._reset_transformer_parameters()
+
+    def _reset_transformer_parameters(self) -> None:
+        """Xavier-uniform init of the main encoder/decoder matrices, as DETR's Transformer does."""
+        for module in (self.encoder, self.decoder):
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+
+    # ---- parameter groups -----------------------------------------------------------------------------
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """ResNet parameters (they get their own learning rate)."""
+        return list(self.backbones.parameters())
+
+    def non_backbone_parameters(self) -> list[nn.Parameter]:
+        backbone_ids = {id(p) for p in self.backbones.parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone_ids]
+
+    def use_channels_last(self, enabled: bool = True) -> None:
+        """Run the ResNets in channels-last layout (usually faster convolutions on CPU and on tensor cores)."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.backbones.to(memory_format=fmt)
+        self.image_proj.to(memory_format=fmt)
+        self.channels_last = enabled
+
+    # ---- CVAE encoder ---------------------------------------------------------------------------------
+    def encode_latent(self, qpos: Tensor, actions: Tensor, action_is_pad: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Posterior (mu, logvar), each (B, latent_dim), from normalised qpos (B, S) and actions (B, k, A)."""
+        if not self.use_vae:
+            raise RuntimeError("this ACT was built with use_vae=False: it has no CVAE encoder")
+        b, k, _ = actions.shape
+        if k != self.chunk_size:
+            raise ValueError(f"expected {self.chunk_size} actions per sample, got {k}")
+        tokens = torch.cat(
+            [
+                self.vae_cls_embed.weight.expand(b, 1, -1),
+                self.vae_state_proj(qpos).unsqueeze(1),
+                self.vae_action_proj(actions),
+            ],
+            dim=1,
+        )
+        mask = None
+        if action_is_pad is not None:
+            mask = torch.cat([action_is_pad.new_zeros(b, 2), action_is_pad.bool()], dim=1)
+        cls_out = self.vae_encoder(tokens, self.vae_pos_table.to(tokens.dtype), mask)[:, 0]
+        mu, logvar = self.vae_latent_proj(cls_out).chunk(2, dim=-1)
+        return mu, logvar
+
+    # ---- policy ----------------------------------------------------------------------------------------
+    def _camera_features(self, images: Sequence[Tensor]) -> list[Tensor]:
+        """Backbone features (B, 512, h, w) per camera; a shared backbone sees all cameras in one batch."""
+        inputs = [images_to_input(img, channels_last=self.channels_last) for img in images]
+        if not self.shared_backbone:
+            return [bb(x) for bb, x in zip(self.backbones, inputs)]
+        if all(x.shape == inputs[0].shape for x in inputs):
+            return list(self.backbones[0](torch.cat(inputs, dim=0)).chunk(len(inputs), dim=0))
+        return [self.backbones[0](x) for x in inputs]
+
+    def observation_tokens(self, qpos: Tensor, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Tokens (B, 1 + n_img, d) for [qpos, image cells of every camera] and their positions (1, 1 + n_img, d).
+
+        Cameras are concatenated camera after camera; the original concatenates feature maps along the
+        width instead, which is the same set of (token, position) pairs in another order, and attention
+        does not depend on the order.
+        """
+        if len(images) != self.n_cameras:
+            raise ValueError(f"expected {self.n_cameras} camera images, got {len(images)}")
+        tokens, positions = [self.state_proj(qpos).unsqueeze(1)], [self.extra_pos_embed.weight[1:2].unsqueeze(0)]
+        for feat in self._camera_features(images):
+            proj = self.image_proj(feat)
+            tokens.append(proj.flatten(2).transpose(1, 2))
+            positions.append(self.image_pos(proj).to(proj.dtype).flatten(2).transpose(1, 2))
+        return torch.cat(tokens, dim=1), torch.cat(positions, dim=1)
+
+    def decode(self, obs_tokens: Tensor, obs_pos: Tensor, z: Tensor) -> Tensor:
+        """Normalised action chunk (B, k, A) from observation tokens and latents z (B, latent_dim)."""
+        b = obs_tokens.shape[0]
+        latent_token = self.latent_proj(z).unsqueeze(1).to(obs_tokens.dtype)
+        tokens = torch.cat([latent_token, obs_tokens], dim=1)
+        pos = torch.cat([self.extra_pos_embed.weight[0:1].unsqueeze(0).to(obs_pos.dtype), obs_pos], dim=1)
+        memory = self.encoder(tokens, pos)
+        query_pos = self.query_embed.weight.unsqueeze(0).to(memory.dtype)
+        tgt = torch.zeros(b, self.chunk_size, self.dim_model, dtype=memory.dtype, device=memory.device)
+        return self.action_head(self.decoder(tgt, memory, pos, query_pos))
+
+    def forward(
+        self,
+        qpos: Tensor,
+        images: Sequence[Tensor],
+        actions: Tensor | None = None,
+        action_is_pad: Tensor | None = None,
+        z: Tensor | None = None,
+    ) -> ACTOutput:
+        """Training (actions given, use_vae): z from the posterior. Otherwise z = ``z`` or 0 (prior mean)."""
+        mu = logvar = None
+        if z is None:
+            if self.use_vae and actions is not None:
+                mu, logvar = self.encode_latent(qpos, actions, action_is_pad)
+                z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            else:
+                z = qpos.new_zeros(qpos.shape[0], self.latent_dim)
+        obs_tokens, obs_pos = self.observation_tokens(qpos, images)
+        return ACTOutput(self.decode(obs_tokens, obs_pos, z), mu, logvar)
+
+    def decode_latents(self, qpos: Tensor, images: Sequence[Tensor], z: Tensor) -> Tensor:
+        """Chunks (B, n, k, A) for n latents per sample, z (B, n, latent_dim), in one decoder batch.
+
+        The images go through the backbone once; only the transformer runs on the B * n rows.
+        """
+        b, n, _ = z.shape
+        obs_tokens, obs_pos = self.observation_tokens(qpos, images)
+        obs_tokens = obs_tokens.repeat_interleave(n, dim=0)
+        chunks = self.decode(obs_tokens, obs_pos, z.reshape(b * n, -1))
+        return chunks.view(b, n, self.chunk_size, self.action_dim)

@@ -1,0 +1,163 @@
+"""ResNet-18 image features with frozen batch norm, as ACT (and DETR before it) uses them.
+
+Batch norm is frozen because ACT trains with small batches (8) where batch statistics are noise: the
+ImageNet statistics and affine parameters are kept as buffers, so they are neither trained nor updated.
+A frozen batch norm is a per-channel affine map, so it can be folded into the preceding convolution
+(``fuse_frozen_bn``): the convolution runs with weight * scale and bias = shift, which saves a full pass
+over every large activation in both the forward and the backward pass. The folding happens on the fly
+inside the graph, so the convolution weights still get their exact gradients and the state dict keeps
+torchvision's key names (ImageNet files load unchanged).
+
+Weights never come from the network: ``pretrained`` is a path to a state dict, or ``"imagenet"`` for the
+file torchvision keeps in its hub cache (used only when it is already there), or None for random init.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESNET18_FEATURE_CHANNELS = 512
+RESNET18_STRIDE = 32
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters (all buffers, nothing trains or updates).
+
+    State-dict compatible with ``nn.BatchNorm2d`` (its ``num_batches_tracked`` entry is accepted and dropped).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """(scale, shift) such that frozen_bn(x) = x * scale + shift per channel."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_shift()
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def _conv_frozen_bn(x: Tensor, conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> Tensor:
+    """bn(conv(x)) computed as one convolution with the batch norm folded into its weight and bias."""
+    scale, shift = bn.scale_shift()
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def imagenet_weights_cache_path() -> Path:
+    """Where torchvision caches ResNet18_Weights.IMAGENET1K_V1 (the file is only read, never fetched)."""
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_pretrained_state(pretrained: str | None) -> tuple[dict[str, Tensor] | None, str]:
+    """Resolve ``pretrained`` to (state dict or None, a description of where the weights come from).
+
+    ``None``/``"none"``/``""``: random init. ``"imagenet"``: torchvision's cached file if present, else a
+    warning and random init (this package never downloads). Anything else is a path that must exist.
+    """
+    if pretrained is None or pretrained.strip().lower() in ("", "none", "random"):
+        return None, "random init"
+    if pretrained.strip().lower() == "imagenet":
+        path = imagenet_weights_cache_path()
+        if not path.is_file():
+            warnings.warn(
+                f"ImageNet ResNet-18 weights were requested but {path} does not exist and nothing is downloaded; "
+                "the backbone starts from random init (put the file there, or pass a path)",
+                stacklevel=2,
+            )
+            return None, "random init (ImageNet file not cached)"
+    else:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return state, f"weights from {path}"
+
+
+class ResNet18Features(nn.Module):
+    """ResNet-18 up to layer4: (B, 3, H, W) ImageNet-normalised images -> (B, 512, ceil(H/32), ceil(W/32)).
+
+    Module and state-dict names match torchvision's ``resnet18`` without ``fc``, so ImageNet files load as is.
+    """
+
+    def __init__(self, pretrained: str | None = None, fuse_frozen_bn: bool = True) -> None:
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.fuse_frozen_bn = fuse_frozen_bn
+        self.num_channels = RESNET18_FEATURE_CHANNELS
+        state, self.weights_source = load_pretrained_state(pretrained)
+        if state is not None:
+            self.load_state_dict(state, strict=True)
+        log.info("ResNet-18 backbone: %s", self.weights_source)
+
+    def _conv_bn(self, x: Tensor, conv: nn.Conv2d, bn: nn.Module) -> Tensor:
+        if self.fuse_frozen_bn and isinstance(bn, FrozenBatchNorm2d):
+            return _conv_frozen_bn(x, conv, bn)
+        return bn(conv(x))
+
+    def _block(self, x: Tensor, block: torchvision.models.resnet.BasicBlock) -> Tensor:
+        out = F.relu(self._conv_bn(x, block.conv1, block.bn1), inplace=True)
+        out = self._conv_bn(out, block.conv2, block.bn2)
+        identity = x if block.downsample is None else self._conv_bn(x, block.downsample[0], block.downsample[1])
+        return F.relu(out + identity, inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(F.relu(self._conv_bn(x, self.conv1, self.bn1), inplace=True))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = self._block(x, block)
+        return x
+
+
+def images_to_input(images: Tensor, channels_last: bool = False, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 (B, H, W, 3) images -> ImageNet-normalised float (B, 3, H, W).
+
+    Scaling by 1/255 and the ImageNet normalisation are one multiply-add. Permuting a (B, H, W, 3) tensor
+    already gives channels-last strides, so ``channels_last=True`` costs no copy.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected (B, H, W, 3) images, got shape {tuple(images.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    x = images.permute(0, 3, 1, 2).to(dtype)
+    if images.dtype == torch.uint8:
+        x = torch.addcmul(-mean / std, x, 1.0 / (255.0 * std))
+    else:  # already floats in [0, 1]
+        x = (x - mean) / std
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=memory_format)

@@ -1,0 +1,499 @@
+"""ACT network and ACTModule: shapes, masking, losses, execution (chunks / temporal ensembling), uncertainty,
+optimisation, checkpoints and the frozen backbone statistics. Tiny configs only (seconds in total)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lit_imit.modules.act import (
+    ACTModule,
+    TemporalEnsembler,
+    kl_divergence,
+    make_dummy_batch,
+    masked_l1_per_sample,
+)
+from lit_imit.nets.backbones import FrozenBatchNorm2d, ResNet18Features, imagenet_weights_cache_path
+from lit_imit.nets.positional import SinePositionEncoding2d, sinusoid_table
+
+K = 10  # chunk size of the tiny configs
+HW = (64, 64)
+STATE, ACTION = 14, 14
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops are faster on one thread, and far faster when the CPU is shared (no OpenMP barrier waits)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(cameras=("top",), **overrides) -> ACTModule:
+    cfg = dict(
+        cameras=list(cameras),
+        chunk_size=K,
+        n_action_steps=K,
+        dim_model=32,
+        n_heads=2,
+        dim_feedforward=64,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        n_vae_encoder_layers=1,
+        latent_dim=4,
+        dropout=0.0,
+        n_uncertainty_samples=4,
+    )
+    cfg.update(overrides)
+    return ACTModule(**cfg)
+
+
+def with_stats(module: ACTModule, seed: int = 0) -> ACTModule:
+    g = torch.Generator().manual_seed(seed)
+    stats = {
+        key: {
+            "mean": torch.randn(dim, generator=g),
+            "std": torch.rand(dim, generator=g) + 0.5,
+            "min": -torch.ones(dim),
+            "max": torch.ones(dim),
+        }
+        for key, dim in (("qpos", STATE), ("action", ACTION))
+    }
+    module.load_stats(stats)
+    return module
+
+
+def batch_for(cameras=("top",), batch_size=2, seed=0):
+    return make_dummy_batch(batch_size, cameras, HW, STATE, ACTION, K, seed=seed)
+
+
+def env_obs(n_envs=2, cameras=("top",), seed=0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs = {"qpos": rng.normal(size=(n_envs, STATE))}
+    for cam in cameras:
+        obs[f"images/{cam}"] = rng.integers(0, 256, size=(n_envs, *HW, 3), dtype=np.uint8)
+    return obs
+
+
+# ---- positional encodings -------------------------------------------------------------------------------
+def test_sinusoid_table_matches_formula():
+    table = sinusoid_table(7, 6)
+    assert table.shape == (7, 6)
+    for pos, j in [(0, 0), (0, 1), (3, 2), (5, 3), (6, 5)]:
+        angle = pos / 10000 ** (2 * (j // 2) / 6)
+        expected = math.sin(angle) if j % 2 == 0 else math.cos(angle)
+        assert table[pos, j].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_sine_2d_encoding_rows_then_columns():
+    enc = SinePositionEncoding2d(8)(torch.zeros(1, 3, 4, 5))
+    assert enc.shape == (1, 8, 4, 5)
+    rows, cols = enc[0, :4], enc[0, 4:]
+    assert torch.allclose(rows, rows[:, :, :1].expand_as(rows))  # row half constant along the width
+    assert torch.allclose(cols, cols[:, :1, :].expand_as(cols))  # column half constant along the height
+    # row 2 (coordinate 3 of 4), channel 0: sin(3 / 4 * 2 pi); channel 3: cos(y / 10000^(2/4))
+    y = 3 / (4 + 1e-6) * 2 * math.pi
+    assert rows[0, 2, 0].item() == pytest.approx(math.sin(y), abs=1e-5)
+    assert rows[3, 2, 0].item() == pytest.approx(math.cos(y / 100), abs=1e-5)
+    # the last column reaches 2 pi
+    assert cols[0, 0, 4].item() == pytest.approx(math.sin(5 / (5 + 1e-6) * 2 * math.pi), abs=1e-5)
+
+
+# ---- backbone ----------------------------------------------------------------------------------------------
+def _randomise_bn_stats(module: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+def test_fused_frozen_bn_equals_module_path_values_and_grads():
+    torch.manual_seed(0)
+    plain = ResNet18Features(fuse_frozen_bn=False)
+    _randomise_bn_stats(plain)
+    fused = ResNet18Features(fuse_frozen_bn=True)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    y_plain, y_fused = plain(x), fused(x)
+    assert y_plain.shape == (2, 512, 2, 3)
+    assert torch.allclose(y_plain, y_fused, atol=1e-4, rtol=1e-4)
+    y_plain.square().mean().backward()
+    y_fused.square().mean().backward()
+    assert torch.allclose(plain.conv1.weight.grad, fused.conv1.weight.grad, atol=1e-5, rtol=1e-3)
+
+
+def test_backbone_weights_from_path_and_imagenet_cache(tmp_path, monkeypatch):
+    src = ResNet18Features()
+    _randomise_bn_stats(src, seed=3)
+    state = dict(src.state_dict())
+    state["fc.weight"] = torch.zeros(1000, 512)  # a full classifier file: fc is dropped on load
+    state["bn1.num_batches_tracked"] = torch.tensor(5)  # BatchNorm2d files carry this: dropped too
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    loaded = ResNet18Features(str(path))
+    assert torch.equal(loaded.layer3[1].conv2.weight, src.layer3[1].conv2.weight)
+    assert torch.equal(loaded.bn1.running_var, src.bn1.running_var)
+    assert "r18.pth" in loaded.weights_source
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.warns(UserWarning, match="random init"):
+        missing = ResNet18Features("imagenet")
+    assert missing.weights_source.startswith("random init")
+    cache = imagenet_weights_cache_path()
+    assert str(cache).startswith(str(tmp_path))
+    cache.parent.mkdir(parents=True)
+    torch.save(state, cache)
+    cached = ResNet18Features("imagenet")
+    assert torch.equal(cached.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    with pytest.raises(FileNotFoundError):
+        ResNet18Features(str(tmp_path / "nope.pth"))
+
+
+# ---- shapes ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cameras,shared", [(("top",), True), (("top", "wrist"), True), (("top", "wrist"), False)])
+def test_output_shapes(cameras, shared):
+    torch.manual_seed(0)
+    module = with_stats(tiny(cameras, shared_backbone=shared))
+    assert len(module.model.backbones) == (1 if shared else len(cameras))
+    out = module(batch_for(cameras, batch_size=3))
+    assert out.actions.shape == (3, K, ACTION)
+    assert out.mu.shape == out.logvar.shape == (3, 4)
+    assert module.select_action(env_obs(2, cameras)).shape == (2, ACTION)
+    assert module.predict_chunk(env_obs(2, cameras)).shape == (2, K, ACTION)
+
+
+def test_image_tokens_follow_camera_count():
+    """Each camera adds its own feature cells to the transformer input (2x2 cells per 64x64 image)."""
+    torch.manual_seed(0)
+    for cameras in (("top",), ("top", "wrist")):
+        module = tiny(cameras)
+        qpos, images = module._observation(batch_for(cameras))
+        tokens, pos = module.model.observation_tokens(qpos, images)
+        assert tokens.shape == (2, 1 + 4 * len(cameras), 32)
+        assert pos.shape == (1, 1 + 4 * len(cameras), 32)
+
+
+# ---- losses and masking -----------------------------------------------------------------------------------------
+def test_padded_actions_are_ignored_by_loss_and_cvae_encoder():
+    torch.manual_seed(0)
+    module = with_stats(tiny()).eval()
+    batch = batch_for(batch_size=3)
+    batch["action_is_pad"][:] = False
+    batch["action_is_pad"][0, 6:] = True
+    batch["action_is_pad"][2, 3:] = True
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["action"][batch["action_is_pad"]] = 1e3  # wild values where padded
+
+    qpos, _ = module._observation(batch)
+    a1, pad = module._targets(batch)
+    a2, _ = module._targets(changed)
+    mu1, logvar1 = module.model.encode_latent(qpos, a1, pad)
+    mu2, logvar2 = module.model.encode_latent(qpos, a2, pad)
+    assert torch.allclose(mu1, mu2, atol=1e-5) and torch.allclose(logvar1, logvar2, atol=1e-5)
+
+    torch.manual_seed(1)
+    loss1 = module.compute_loss(batch)
+    torch.manual_seed(1)
+    loss2 = module.compute_loss(changed)
+    for name in ("loss", "l1", "kl"):
+        assert loss1[name].item() == pytest.approx(loss2[name].item(), rel=1e-5, abs=1e-6)
+
+    # a change in a *valid* step does reach both the posterior and the loss (the test can fail)
+    changed["action"][1, 0] += 5.0
+    a3, _ = module._targets(changed)
+    assert not torch.allclose(module.model.encode_latent(qpos, a3, pad)[0], mu1, atol=1e-4)
+    torch.manual_seed(1)
+    assert module.compute_loss(changed)["l1"].item() != pytest.approx(loss1["l1"].item(), rel=1e-4)
+
+
+def test_masked_l1_divides_by_valid_entries_per_sample():
+    pred = torch.zeros(2, 4, 3)
+    target = torch.ones(2, 4, 3)
+    target[0, 2:] = 7.0  # padded below
+    is_pad = torch.tensor([[False, False, True, True], [False, False, False, False]])
+    assert masked_l1_per_sample(pred, target, is_pad).tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_kl_matches_closed_form_and_the_module_uses_it():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    sigma = torch.exp(0.5 * logvar)
+    closed = 0.5 * (sigma**2 + mu**2 - 1.0 - logvar).sum(-1)
+    reference = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, sigma), torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    ).sum(-1)
+    assert torch.allclose(kl_divergence(mu, logvar), closed, atol=1e-5)
+    assert torch.allclose(kl_divergence(mu, logvar), reference, atol=1e-5)
+
+    torch.manual_seed(0)
+    module = with_stats(tiny()).eval()
+    batch = batch_for(batch_size=3)
+    torch.manual_seed(7)
+    out = module(batch)
+    torch.manual_seed(7)
+    losses = module.compute_loss(batch)
+    assert losses["kl"].item() == pytest.approx(kl_divergence(out.mu, out.logvar).mean().item(), rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(losses["l1"].item() + 10.0 * losses["kl"].item(), rel=1e-5)
+
+
+def test_importance_weights_weight_samples():
+    """Weights [0, 1] give sample 1's loss alone; equal weights of any scale give the plain mean."""
+    torch.manual_seed(0)
+    for use_vae in (False, True):  # with the VAE the KL (deterministic given the batch) is checked
+        module = with_stats(tiny(use_vae=use_vae)).eval()
+        batch = batch_for(batch_size=2)
+        batch["weight"] = torch.tensor([0.0, 1.0])
+        weighted = module.compute_loss(batch)
+        alone = module.compute_loss({k: v[1:] for k, v in batch.items()})
+        plain = module.compute_loss(batch, weighted=False)
+        batch["weight"] = torch.tensor([2.0, 2.0])
+        uniform = module.compute_loss(batch)
+        terms = ("kl",) if use_vae else ("loss", "l1")
+        for name in terms:
+            assert weighted[name].item() == pytest.approx(alone[name].item(), rel=1e-5)
+            assert uniform[name].item() == pytest.approx(plain[name].item(), rel=1e-5)
+            assert weighted[name].item() != pytest.approx(plain[name].item(), rel=1e-3)
+
+
+def test_load_stats_floors_std():
+    module = tiny()
+    stats = {k: {"mean": np.zeros(14), "std": np.full(14, 1e-5), "min": -np.ones(14), "max": np.ones(14)}
+             for k in ("qpos", "action")}
+    module.load_stats(stats)
+    assert torch.allclose(module.stat("action", "std"), torch.full((14,), 0.01))
+    assert bool(module.stats_initialized)
+
+
+# ---- execution: chunks, temporal ensembling, reset ----------------------------------------------------------------
+class ChunkScript:
+    """Stands in for the network: returns pre-drawn normalised chunks and records the batch sizes it saw."""
+
+    def __init__(self, n_envs: int, n_chunks: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.chunks = torch.randn(n_chunks, n_envs, K, ACTION, generator=g)
+        self.calls: list[int] = []
+
+    def __call__(self, obs):
+        n = obs["qpos"].shape[0]
+        chunk = self.chunks[len(self.calls), :n]
+        self.calls.append(n)
+        return chunk
+
+
+def test_chunk_execution_queries_every_n_action_steps():
+    module = with_stats(tiny(n_action_steps=4))
+    script = ChunkScript(n_envs=2, n_chunks=4)
+    module._query_chunk = script
+    obs = env_obs(2)
+    actions = [module.select_action(obs) for _ in range(10)]
+    assert script.calls == [2, 2, 2]  # steps 0, 4, 8
+    for t, action in enumerate(actions):
+        expected = module.unnormalize_mean_std("action", script.chunks[t // 4, :, t % 4])
+        assert torch.allclose(action, expected, atol=1e-6)
+
+
+def test_reset_clears_queues_for_all_or_some_envs():
+    module = with_stats(tiny(n_action_steps=4))
+    script = ChunkScript(n_envs=2, n_chunks=4)
+    module._query_chunk = script
+    obs = env_obs(2)
+    module.select_action(obs)
+    module.select_action(obs)
+    module.reset()
+    module.select_action(obs)  # a fresh episode starts with a query
+    assert script.calls == [2, 2]
+    module.reset(env_ids=[1])  # only env 1 restarts: only it is queried, env 0 continues its chunk
+    action = module.select_action(obs)
+    assert script.calls == [2, 2, 1]
+    unnorm = lambda x: module.unnormalize_mean_std("action", x)  # noqa: E731
+    assert torch.allclose(action[0], unnorm(script.chunks[1, 0, 1]), atol=1e-6)
+    assert torch.allclose(action[1], unnorm(script.chunks[2, 0, 0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("coeff", [0.01, 0.5])
+def test_temporal_ensembling_equals_hand_computation(coeff):
+    n_envs, steps = 2, 13
+    module = with_stats(tiny(n_action_steps=1, temporal_ensemble_coeff=coeff))
+    script = ChunkScript(n_envs, steps, seed=1)
+    module._query_chunk = script
+    obs = env_obs(n_envs)
+    raw = module.unnormalize_mean_std("action", script.chunks)  # (T, N, K, A)
+    for t in range(steps):
+        action = module.select_action(obs)
+        first = max(0, t - K + 1)  # the oldest chunk that still covers step t
+        preds = [raw[s, :, t - s] for s in range(first, t + 1)]  # oldest first
+        weights = [math.exp(-coeff * i) for i in range(len(preds))]
+        expected = sum(w * p for w, p in zip(weights, preds)) / sum(weights)
+        assert torch.allclose(action, expected, atol=1e-5), t
+    assert script.calls == [n_envs] * steps
+    module.reset()
+    assert module._ensembler.sums is None
+
+
+def test_temporal_ensembler_per_env_reset():
+    ens = TemporalEnsembler(0.01, chunk_size=3)
+    a = torch.ones(2, 3, 1)
+    ens.update(a)
+    ens.reset(env_ids=[0])
+    out = ens.update(torch.full((2, 3, 1), 3.0))
+    assert out[0].item() == pytest.approx(3.0)  # env 0 forgot its earlier prediction
+    w0, w1 = 1.0, math.exp(-0.01)
+    assert out[1].item() == pytest.approx((w0 * 1.0 + w1 * 3.0) / (w0 + w1))
+
+
+def test_temporal_ensembling_requires_querying_every_step():
+    with pytest.raises(ValueError, match="n_action_steps=1"):
+        tiny(n_action_steps=5, temporal_ensemble_coeff=0.01)
+
+
+def test_select_action_runs_in_eval_inference_mode_and_restores_the_mode():
+    module = with_stats(tiny(dropout=0.5))
+    module.train()
+    obs = env_obs(1)
+    first = module.select_action(obs)
+    assert module.training
+    assert first.is_inference() and not first.requires_grad
+    module.reset()
+    assert torch.equal(module.select_action(obs), first)  # dropout off: the same observation, the same action
+    module.eval()
+    module.select_action(env_obs(1))
+    assert not module.training
+
+
+# ---- uncertainty -------------------------------------------------------------------------------------------------------
+def test_predict_uncertainty_zero_when_decoder_ignores_z_positive_otherwise():
+    torch.manual_seed(0)
+    module = with_stats(tiny(n_action_steps=3))
+    obs = env_obs(3)
+    pred = module.predict(obs)
+    assert pred.action.shape == (3, ACTION) and pred.uncertainty.shape == (3,)
+    assert torch.all(pred.uncertainty > 1e-4)
+    # the executed action uses z = 0: the same as select_action on a fresh episode
+    module.reset()
+    assert torch.allclose(module.select_action(obs), pred.action, atol=1e-5)
+
+    with torch.no_grad():
+        module.model.latent_proj.weight.zero_()  # z no longer reaches the decoder
+    module.reset()
+    pred = module.predict(obs)
+    assert pred.uncertainty.shape == (3,)
+    assert torch.all(pred.uncertainty.abs() < 1e-5)
+
+
+def test_predict_reports_the_executed_chunks_uncertainty():
+    torch.manual_seed(0)
+    module = with_stats(tiny(n_action_steps=3))
+    obs = env_obs(2)
+    first = module.predict(obs).uncertainty
+    second = module.predict(env_obs(2, seed=5)).uncertainty  # same chunk, no new query
+    assert torch.equal(first, second)
+    module.reset()
+    module.select_action(obs)  # chunk without an estimate: predict scores the current observation
+    assert torch.all(module.predict(obs).uncertainty > 0)
+
+
+# ---- optimisation, checkpoints, frozen statistics --------------------------------------------------------------------
+def test_loss_falls_when_overfitting_a_tiny_batch():
+    """100 real AdamW steps on one batch of 4 smooth chunks (a_t = qpos + t * v): L1 and loss must collapse."""
+    torch.manual_seed(0)
+    module = with_stats(tiny(lr=3e-3, lr_backbone=3e-4, channels_last=False))
+    batch = make_dummy_batch(4, ("top",), (32, 32), STATE, ACTION, K, seed=2)
+    velocity = torch.randn(4, 1, ACTION, generator=torch.Generator().manual_seed(5)) * 0.3
+    batch["action"] = batch["qpos"][:, None, :] + velocity * torch.arange(1, K + 1)[None, :, None]
+    optimizer = module.configure_optimizers()
+    module.train()
+    history = []
+    for _ in range(100):
+        losses = module.compute_loss(batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append((losses["loss"].item(), losses["l1"].item()))
+    (loss0, l10), (loss_end, l1_end) = history[0], history[-1]
+    assert loss_end < 0.3 * loss0, history[::10]
+    assert l1_end < 0.3 * l10, history[::10]
+
+
+def test_optimizer_param_groups_and_frozen_backbone():
+    module = tiny(lr=3e-4, lr_backbone=2e-5)
+    opt = module.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [3e-4, 2e-5]
+    n_backbone = sum(p.numel() for p in module.model.backbone_parameters())
+    assert sum(p.numel() for p in opt.param_groups[1]["params"]) == n_backbone
+    frozen = tiny(lr_backbone=0.0)
+    assert len(frozen.configure_optimizers().param_groups) == 1
+    assert not any(p.requires_grad for p in frozen.model.backbone_parameters())
+
+
+def test_frozen_batchnorm_stays_frozen_during_training():
+    torch.manual_seed(0)
+    module = with_stats(tiny(lr=1e-3, lr_backbone=1e-3))
+    bns = [m for m in module.model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert bns and all(not list(bn.parameters(recurse=False)) for bn in bns)
+    _randomise_bn_stats(module.model)
+    before = {k: v.clone() for k, v in module.model.backbones.state_dict().items()}
+    optimizer = module.configure_optimizers()
+    module.train()
+    module.compute_loss(batch_for())["loss"].backward()
+    optimizer.step()
+    after = module.model.backbones.state_dict()
+    for key, value in before.items():
+        if any(s in key for s in ("running_mean", "running_var", ".bn", "bn1.", "downsample.1")):
+            assert torch.equal(value, after[key]), key
+    assert not torch.equal(before["0.conv1.weight"], after["0.conv1.weight"])  # the convolutions do train
+
+
+def test_state_dict_round_trip(tmp_path):
+    torch.manual_seed(0)
+    module = with_stats(tiny(("top", "wrist")))
+    obs = env_obs(2, ("top", "wrist"))
+    path = tmp_path / "act.pt"
+    torch.save(module.state_dict(), path)
+    fresh = tiny(("top", "wrist"))
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(fresh.predict_chunk(obs), module.predict_chunk(obs))
+    assert torch.equal(fresh.select_action(obs), module.select_action(obs))
+
+
+def test_lightning_checkpoint_round_trip(tmp_path):
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    module = with_stats(tiny())
+    samples = [{k: v[i] for k, v in batch_for(batch_size=2).items()} for i in range(2)]
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, DataLoader(samples, batch_size=2), DataLoader(samples, batch_size=2))
+    assert "val/loss" in trainer.callback_metrics and "train/loss" in trainer.callback_metrics
+    ckpt = tmp_path / "act.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = ACTModule.load_from_checkpoint(ckpt, weights_only=True)
+    assert loaded.hparams.chunk_size == K and list(loaded.hparams.cameras) == ["top"]
+    assert bool(loaded.stats_initialized)
+    obs = env_obs(2)
+    assert torch.equal(loaded.predict_chunk(obs), module.predict_chunk(obs))
+
+
+def test_trains_under_bf16_autocast():
+    """What Trainer(precision="bf16-mixed") runs: finite fp32 losses and gradients on every trainable tensor."""
+    torch.manual_seed(0)
+    module = with_stats(tiny(("top", "wrist")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = module.compute_loss(batch_for(("top", "wrist")))
+    assert losses["loss"].dtype == torch.float32 and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    grads = [p.grad for p in module.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
