@@ -135,6 +135,85 @@ def loader_samples(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                    "cameras": ["top"], "image_size": [480, 640], "chunk_size": 100, "num_workers": workers}
 
 
+# ---- ACT ------------------------------------------------------------------------------------------------
+ACT_SHAPES = {
+    # LeRobot's default ACT: batch 8, one 480x640 camera, chunk 100, d_model 512, ff 3200, 4 enc / 1 dec, VAE on
+    "lerobot": dict(batch=8, image_hw=(480, 640), chunk=100, model={}),
+    # configs/quickstart.yaml
+    "quickstart": dict(batch=8, image_hw=(120, 160), chunk=50, model=dict(
+        dim_model=128, n_heads=4, dim_feedforward=512, n_encoder_layers=2, n_vae_encoder_layers=2)),
+}
+
+
+def _act_module(shape: dict[str, Any], device: torch.device, **overrides: Any):
+    from lit_imit.modules.act import ACTModule
+
+    module = ACTModule(cameras=["top"], chunk_size=shape["chunk"], n_action_steps=shape["chunk"],
+                       **shape["model"], **overrides)
+    return module.to(device)
+
+
+@row("act_train")
+def act_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ACT training samples/s (fwd+bwd+AdamW, batch in memory) at LeRobot's shape and the quickstart's."""
+    from lit_imit.modules.act import make_dummy_batch, measure_train_throughput
+
+    device = device_of(args)
+    for shape_name, shape in ACT_SHAPES.items():
+        for precision in ("32", "bf16-mixed"):
+            module = _act_module(shape, device)
+            batch = make_dummy_batch(shape["batch"], image_hw=shape["image_hw"], chunk_size=shape["chunk"],
+                                     device=device)
+            result = measure_train_throughput(module, batch, steps=args.steps, warmup=1,
+                                              autocast_dtype=torch.bfloat16 if precision != "32" else None)
+            yield {"name": f"act_train_{shape_name}_shape", "value": result["samples_per_s"], "unit": "samples/s",
+                   "precision": precision, "batch_size": shape["batch"], "image_size": list(shape["image_hw"]),
+                   "chunk_size": shape["chunk"], "device": str(device),
+                   **{k: v for k, v in result.items() if k != "samples_per_s"}}
+
+
+@row("act_select_action")
+def act_select_action(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ACT select_action latency for one env at LeRobot's shape: a query (temporal ensembling) vs a queued step."""
+    from lit_imit.modules.act import ACTModule
+
+    device = device_of(args)
+    obs = {"qpos": np.zeros((1, 14), np.float32), "images/top": np.zeros((1, 480, 640, 3), np.uint8)}
+    modes = {
+        "temporal_ensembling_query_every_step": dict(n_action_steps=1, temporal_ensemble_coeff=0.01),
+        "chunk_execution_mean_over_100_steps": dict(n_action_steps=100),
+    }
+    for mode, overrides in modes.items():
+        module = ACTModule(cameras=["top"], chunk_size=100, **overrides).to(device)
+        module.reset()
+        repeat = 100 if overrides["n_action_steps"] == 100 else max(3, args.steps)
+        seconds = timed(lambda: module.select_action(obs), repeat=repeat, warmup=0 if repeat == 100 else 2)
+        yield {"name": "act_select_action", "value": seconds * 1000, "unit": "ms/step", "mode": mode,
+               "image_size": [480, 640], "device": str(device)}
+
+
+@row("act_rollout")
+def act_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Rollout steps/s of the quickstart ACT in the transfer-cube env (120x160 camera, chunk execution)."""
+    from lit_imit.envs import make_env
+    from lit_imit.interactive.rollout import evaluate
+
+    device = device_of(args)
+    module = _act_module(ACT_SHAPES["quickstart"], device).eval()
+    n_envs, steps = 2, 100
+    envs = [make_env("transfer_cube", cameras=["top"], image_size=(120, 160)) for _ in range(n_envs)]
+
+    def policy(obs):
+        with torch.inference_mode():
+            return module.select_action(obs).float().cpu().numpy()
+
+    start = time.perf_counter()
+    evaluate(envs, policy, module.reset, list(range(n_envs)), seed=0, max_steps=steps)
+    rate = n_envs * steps / (time.perf_counter() - start)
+    yield {"name": "act_rollout", "value": rate, "unit": "env-steps/s", "num_envs": n_envs, "image_size": [120, 160],
+           "policy": "quickstart ACT, chunk 50", "device": str(device)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=None, help="comma-separated row names (see --list)")
