@@ -1,10 +1,25 @@
-"""Record scripted-teacher demonstrations into an episode store.
+"""Record scripted-teacher demonstrations into an episode store, or demonstrations on the real myCobot 320.
 
     python scripts/record_demos.py --task transfer_cube --episodes 50 --out data/transfer_cube
     python scripts/record_demos.py --task insertion --episodes 5 --out data/ins --cameras "" --keep-failures
+    python scripts/record_demos.py --task mycobot_move_cube --episodes 20 --out data/mycobot_move_cube
 
 Only successful episodes are kept unless ``--keep-failures``. Re-running appends episodes with new ids and
 new seeds; an interrupted run keeps every finished episode and leaves no half-written file.
+
+Real robot (``--robot mycobot320``), by scripted waypoints or by hand-guiding::
+
+    python scripts/record_demos.py --robot mycobot320 --port /dev/ttyUSB0 --mode waypoints
+        --waypoints demos/move_cube.yaml --fps 20 --episodes 5 --out data/robot_move_cube --camera top=0
+    python scripts/record_demos.py --robot mycobot320 --port /dev/ttyUSB0 --mode handguide --fps 20
+        --out data/robot_move_cube --camera top=0 --image-size 240x320 --ask-success
+
+(each command on one line).
+
+Hand-guiding: hold the arm, press Enter to release the servos, move it; press Enter to toggle the gripper,
+type q + Enter (or Ctrl-C) to end the demonstration; the servos lock again. Episodes get source="robot";
+a fault (serial error, silent controller) stops the arm and still writes the steps recorded so far, with
+success=False and an ``aborted`` attribute.
 """
 
 from __future__ import annotations
@@ -31,19 +46,36 @@ def parse_cameras(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, help="task name, e.g. transfer_cube, insertion")
-    parser.add_argument("--episodes", type=int, required=True, help="successful episodes to record")
+    parser.add_argument("--task", default=None,
+                        help="task name, e.g. transfer_cube, insertion (required without --robot; with --robot a "
+                             "label, default mycobot_move_cube)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="successful episodes to record (required without --robot; with --robot default 1)")
     parser.add_argument("--out", required=True, help="episode store directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (continues on re-runs)")
     parser.add_argument("--cameras", type=parse_cameras, default=None,
                         help='comma-separated cameras, "" for none (default: the env default)')
     parser.add_argument("--image-size", type=parse_image_size, default=None, help="HxW, e.g. 240x320")
     parser.add_argument("--keep-failures", action="store_true", help="also keep unsuccessful episodes")
+    robot = parser.add_argument_group("recording on a real robot")
+    robot.add_argument("--robot", choices=["mycobot320"], default=None, help="record on this robot instead of a sim")
+    robot.add_argument("--mode", choices=["waypoints", "handguide"], default="waypoints")
+    robot.add_argument("--waypoints", default=None, help="YAML/JSON file of taught poses (--mode waypoints)")
+    robot.add_argument("--max-steps", type=int, default=6000, help="cap on samples per hand-guided episode")
+    robot.add_argument("--ask-success", action="store_true", help="ask after each episode whether it succeeded")
+    from lit_imit.robots.recording import add_robot_arguments
+
+    add_robot_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.robot is not None:
+        return record_on_robot(args)
+    if args.task is None or args.episodes is None:
+        parser.error("--task and --episodes are required (unless --robot is given)")
     from lit_imit.data.episodes import EpisodeStore
     from lit_imit.data.recording import record_teacher_episodes
     from lit_imit.envs import task_spec
@@ -72,6 +104,130 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(report.ids)} episodes (ids {report.ids[0]}..{report.ids[-1]}) to {args.out}; "
         f"{len(report.ids) / max(minutes, 1e-9):.1f} episodes/min"
     )
+    return 0
+
+
+class _Console:
+    """Lines typed on stdin, read by one background thread, for prompts and hand-guiding keys alike.
+
+    A single reader keeps prompts and key presses from competing for stdin (a second reader would
+    swallow the answer to a prompt).
+    """
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in sys.stdin:
+            self.lines.put(line.strip())
+        self.lines.put(None)  # end of input
+
+    def ask(self, prompt: str) -> str:
+        print(prompt, end="", flush=True)
+        line = self.lines.get()
+        if line is None:
+            raise EOFError("stdin closed")
+        return line
+
+    def pending(self) -> list[str]:
+        import queue
+
+        out = []
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return out
+            out.append("q" if line is None else line)
+
+
+class _HandKeys:
+    """During hand-guiding: Enter toggles the gripper, q + Enter ends the demonstration."""
+
+    def __init__(self, console: _Console) -> None:
+        import threading
+
+        self.console = console
+        self.stop = threading.Event()
+        self.gripper = 1.0
+
+    def __call__(self) -> float:
+        for line in self.console.pending():
+            if line.lower() == "q":
+                self.stop.set()
+            else:
+                self.gripper = 0.0 if self.gripper > 0.5 else 1.0
+                print(f"gripper -> {'open' if self.gripper > 0.5 else 'closed'}", flush=True)
+        return self.gripper
+
+
+def record_on_robot(args: argparse.Namespace) -> int:
+    """Record ``--episodes`` demonstrations on the real robot; a fault ends the session (data kept)."""
+    import logging
+
+    from lit_imit.data.episodes import EpisodeStore
+    from lit_imit.robots import RobotError
+    from lit_imit.robots.recording import (
+        WaypointError, load_waypoints, move_to, parse_home, record_handguided, record_waypoints, robot_from_args,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    task = args.task or "mycobot_move_cube"
+    episodes = args.episodes if args.episodes is not None else 1
+    try:
+        waypoints = None
+        if args.mode == "waypoints":
+            if not args.waypoints:
+                print("error: --mode waypoints needs --waypoints FILE", file=sys.stderr)
+                return 2
+            waypoints = load_waypoints(args.waypoints)
+        robot = robot_from_args(args)
+        home = parse_home(args.home)
+    except (ValueError, WaypointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    store = EpisodeStore(args.out)
+    console = _Console() if (args.ask_success or args.mode == "handguide") else None
+    judge = None
+    if args.ask_success:
+        judge = lambda: console.ask("did the demonstration succeed? [Y/n] ").lower() in ("", "y", "yes")  # noqa: E731
+    extra = {"waypoints_file": str(args.waypoints)} if waypoints is not None else {}
+    written = []
+    try:
+        with robot:
+            for episode in range(episodes):
+                if episode and home is not None:
+                    move_to(robot, home, 1.0, duration_s=3.0, fps=args.fps)
+                if waypoints is not None:
+                    result = record_waypoints(robot, waypoints, store, fps=args.fps, task=task, judge=judge,
+                                              image_size=args.image_size, attrs=extra)
+                else:
+                    keys = _HandKeys(console)
+                    result = record_handguided(
+                        robot, store, fps=args.fps, max_steps=args.max_steps, stop=keys.stop, gripper_fn=keys,
+                        task=task, judge=judge, image_size=args.image_size,
+                        ready=lambda: console.ask("hold the arm (it goes limp when released), then press Enter; "
+                                                  "then Enter toggles the gripper, q + Enter ends: "),
+                    )
+                written.append(result.episode_id)
+                print(f"episode {episode + 1}/{episodes}: id {result.episode_id}, {result.steps} steps, "
+                      f"success={result.success}" + (f", aborted: {result.aborted}" if result.aborted else ""))
+                if result.error is not None:
+                    print(f"error: {result.error}; stopping (the steps recorded so far were written)", file=sys.stderr)
+                    return 1
+                if result.aborted:
+                    return 130
+    except KeyboardInterrupt:
+        print(f"interrupted; episodes written: {[i for i in written if i is not None]}", file=sys.stderr)
+        return 130
+    except (RobotError, WaypointError, ImportError, EOFError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote episodes {written} to {args.out}")
     return 0
 
 

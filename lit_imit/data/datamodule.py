@@ -116,7 +116,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             log.info("recording %d %s teacher episodes into %s", missing, self.task, self.data_dir)
             record_teacher_episodes(
                 self.task, missing, store, cameras=self.cameras,
-                image_size=tuple(self.image_size) if self.image_size else None, seed=self.seed,
+                image_size=tuple(self.image_size) if self.image_size else None, seed=self.seed, progress=True,
             )
 
     # ---- splits and datasets ----------------------------------------------------------------------
