@@ -345,17 +345,6 @@ class ACTModule(PolicyModule):
                 mask = _env_mask(env_ids, len(self._chunk_uncertainty), self._chunk_uncertainty.device)
                 self._chunk_uncertainty[mask] = float("nan")
 
-    @contextlib.contextmanager
-    def _policy_mode(self) -> Iterator[None]:
-        """Eval mode under inference_mode for one control step; the previous train/eval mode is restored."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.train(was_training)
-
     def _check_stats(self) -> None:
         if not bool(self.stats_initialized) and not self._warned_stats:
             rank_zero_warn("ACTModule runs the policy with identity normalisation: no dataset stats were loaded")
@@ -413,20 +402,20 @@ class ACTModule(PolicyModule):
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: raw actions (N, A)."""
-        with self._policy_mode():
+        with self.policy_mode():
             action, _ = self._step(obs, with_uncertainty=False)
         return action
 
     def predict(self, obs: Mapping[str, Any]) -> Prediction:
         """The step of ``select_action`` plus the latent-sample spread per env (see the module docstring)."""
-        with self._policy_mode():
+        with self.policy_mode():
             action, uncertainty = self._step(obs, with_uncertainty=True)
         assert uncertainty is not None
         return Prediction(action=action, uncertainty=uncertainty)
 
     def predict_chunk(self, obs: Mapping[str, Any]) -> Tensor:
         """Raw action chunk (N, k, A) with z = 0 for the current observation (no queues involved)."""
-        with self._policy_mode():
+        with self.policy_mode():
             return self.unnormalize_mean_std("action", self._query_chunk(self.obs_to_tensors(obs)))
 
 

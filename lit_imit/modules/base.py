@@ -15,8 +15,9 @@ Normalisation statistics live in registered buffers so that a checkpoint alone r
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import lightning.pytorch as pl
 import numpy as np
@@ -121,6 +122,17 @@ class PolicyModule(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} cannot estimate uncertainty, so it cannot be gated")
 
     # ---- helpers -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def policy_mode(self) -> Iterator[None]:
+        """Eval mode under inference_mode for one control step; the previous train/eval mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)
+
     def obs_to_tensors(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
         """Env observations (numpy, batched) to tensors on this module's device, same layout as a batch."""
         out: dict[str, Tensor] = {}
