@@ -24,6 +24,23 @@ if os.environ["MUJOCO_GL"] == "egl":
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 
+def load_triton_before_gl() -> None:
+    """Load triton's LLVM before Mesa's, if triton is installed and not loaded yet.
+
+    Headless EGL rendering on Mesa (llvmpipe) loads Mesa's libLLVM; loading triton's own LLVM afterwards
+    (``import torch._dynamo``, which torchvision and Lightning do) crashes the process with a segfault.
+    The other order is fine, so every MuJoCo renderer calls this before its first frame.
+    """
+    import importlib.util
+    import sys
+
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton install must not stop rendering
+            pass
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything needed to build a task's env and teacher."""
@@ -89,11 +106,14 @@ register_task(TaskSpec(
     entry_point="lit_imit.envs.aloha:AlohaEnv", teacher="lit_imit.envs.aloha:InsertionTeacher",
     max_episode_steps=400, kwargs={"task": "insertion"},
 ))
-register_task(TaskSpec(
-    name="mycobot_move_cube", env_id="lit_imit/MyCobotMoveCube-v0",
-    entry_point="lit_imit.envs.mycobot:MyCobotMoveCubeEnv", teacher="lit_imit.envs.mycobot:MoveCubeTeacher",
-    max_episode_steps=300, kwargs={},
-))
+for _suffix, _variant in (("", "move"), ("_occupied", "occupied"), ("_mixed", "mixed")):
+    # move: cube A -> B; occupied: B is blocked, place at B2; mixed: either, chosen by the episode seed
+    register_task(TaskSpec(
+        name=f"mycobot_move_cube{_suffix}",
+        env_id=f"lit_imit/MyCobotMoveCube{_variant.capitalize() if _suffix else ''}-v0",
+        entry_point="lit_imit.envs.mycobot:MyCobotMoveCubeEnv", teacher="lit_imit.envs.mycobot:MoveCubeTeacher",
+        max_episode_steps=300, kwargs={"variant": _variant},
+    ))
 
 # Families with many tasks keep their table next to their code (light imports only).
 from lit_imit.envs.ravens import registry as _ravens_registry  # noqa: E402,F401

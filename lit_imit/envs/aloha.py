@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
-import mujoco
+
+from lit_imit.envs import load_triton_before_gl  # first: sets MUJOCO_GL before mujoco loads
+
+import mujoco  # noqa: E402
 import numpy as np
 from dm_control import mujoco as dm_mujoco
 from dm_control.rl.control import PhysicsError
@@ -369,6 +372,7 @@ class AlohaEnv(gym.Env):
 
     def _make_renderer(self) -> mujoco.Renderer:
         """One offscreen renderer per env, created on first use (envs without cameras never need GL)."""
+        load_triton_before_gl()
         height, width = self.image_size
         model = self.physics.model.ptr
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)  # buffer must fit the image

@@ -1,0 +1,936 @@
+"""myCobot 320 digital twin (MuJoCo): move a cube from A to B, or to B2 when B is occupied.
+
+The arm is a six-joint chain whose joint frames follow Elephant Robotics' published myCobot 320 M5
+description (shoulder 0.173 m above the base, upper arm 0.136 m, forearm 0.120 m, wrist offsets
+0.094 m and 0.055 m), so that joint angles mean the same thing as on the real robot: all zeros is the
+upright "candle" pose with the flange 0.523 m above the base, which is the top of pymycobot's z range.
+Links are capsules, the gripper is a parallel two-finger gripper (6 cm stroke). Joint limits are the
+controller's (J1 +-168, J2 +-135, J3 +-145, J4 +-145, J5 +-168, J6 +-180 degrees).
+
+Observation and action use the layout of :class:`lit_imit.robots.MyCobot320Robot`:
+
+* ``qpos`` (7,) float32: six joint angles in radians and the gripper in [0, 1] (1 = open). The real
+  adapter cannot read its gripper back and reports the last *command*; ``gripper_obs="commanded"``
+  (the default) does the same here so that twin and robot observations agree, ``"measured"`` reports
+  the finger opening instead.
+* ``qvel`` (7,) float32 (the real robot has no such key; policies for the robot should use ``qpos`` only).
+* ``images/<cam>`` (H, W, 3) uint8 RGB for each requested camera (``top``, ``front``, ``wrist``).
+* action (7,): absolute joint targets in radians and the gripper command in [0, 1].
+
+The twin applies the robot adapter's safety clamps to every action: joint limits, and (by default) at
+most ``max_delta_deg`` = 5 degrees of change per step around the measured joints. What was actually
+executed is ``env.last_action_sent`` and ``info["action_sent"]``.
+
+Variants: ``"move"`` (pick the cube at A, place it on the green mark B), ``"occupied"`` (a blue block
+stands on B; place on the yellow mark B2 instead) and ``"mixed"`` (B is occupied in half the episodes,
+decided by the seed: the policy must look). A and B are jittered per episode from the seed.
+
+The staged reward is 0-4: a finger touches the cube (1), the cube is lifted (2), the cube is over the
+target (3), the cube rests released at the target (4 = ``info["is_success"]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import gymnasium as gym
+
+from lit_imit.envs import load_triton_before_gl  # first: sets MUJOCO_GL before mujoco loads
+
+import mujoco  # noqa: E402
+import numpy as np
+from gymnasium import spaces
+
+# ---------------------------------------------------------------------------------------------- constants
+JOINT_LIMITS_DEG = np.array([168.0, 135.0, 145.0, 145.0, 168.0, 180.0])
+JOINT_LIMITS = np.deg2rad(JOINT_LIMITS_DEG)
+ARM_DOF = 6
+ACTION_DIM = 7
+FINGER_STROKE = 0.03  # m each finger travels from closed (pads touch) to open (pads 6 cm apart)
+CUBE_HALF = 0.015  # 3 cm cube
+OBSTACLE_HALF = np.array([0.022, 0.022, 0.03])  # the block that occupies B
+TIP_BELOW_TOOL = 0.015  # finger tips reach this far past the tool point
+TOOL_FROM_FLANGE = 0.085  # tool point (between the pads) along the flange axis
+PHYSICS_DT = 0.002
+MAX_REWARD = 4
+VARIANTS = ("move", "occupied", "mixed")
+CAMERAS = ("top", "front", "wrist")
+
+#: Start pose (degrees): the tool points straight down 0.16 m above the table at x = 0.22 m, y = 0.
+#: Top-down grasps on the table reach 0.19-0.35 m from the base axis (J3's +-145 degree limit keeps
+#: the arm from folding closer), so the places below lie 0.22-0.3 m out.
+HOME_DEG = np.array([22.0, 4.0, -98.0, 4.0, 90.0, 22.0])
+HOME_QPOS = np.deg2rad(HOME_DEG)
+
+# Nominal places on the table (x forward from the base, y to the left), metres.
+PLACE_A = np.array([0.22, -0.12])
+PLACE_B = np.array([0.22, 0.12])
+PLACE_B2 = np.array([0.29, 0.03])
+JITTER_A = 0.02  # +- m on x and y
+JITTER_B = 0.01
+SUCCESS_TOLERANCE = 0.02  # m between the cube centre and the target, horizontally
+
+
+def _look_at(position: Sequence[float], target: Sequence[float], up: Sequence[float]) -> str:
+    """MJCF ``xyaxes`` of a camera at ``position`` looking at ``target`` (image up close to ``up``)."""
+    forward = np.asarray(target, float) - np.asarray(position, float)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    image_up = np.cross(right, forward)
+    return " ".join(f"{v:.5f}" for v in (*right, *image_up))
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return " ".join(f"{float(v):.5g}" for v in values)
+
+
+def build_mjcf() -> str:
+    """The scene as an MJCF string: table, myCobot 320 with a parallel gripper, cube, marks, obstacle.
+
+    Frames of the arm (body ``pos``/``euler``, extrinsic XYZ like URDF rpy) follow the published
+    myCobot 320 M5 description; the geometry around them is a coarse capsule model. Arm geoms collide
+    with the world (table, cube, obstacle) but not with each other (contype 2 / conaffinity 1).
+    Bodies of the arm are gravity-compensated, as the servos' own position loops hold them in place.
+    """
+    lo = [-x for x in JOINT_LIMITS]
+    hi = list(JOINT_LIMITS)
+    top = _look_at((0.34, 0.0, 0.5), (0.23, 0.0, 0.0), (1.0, 0.0, 0.0))
+    front = _look_at((0.62, 0.0, 0.32), (0.15, 0.0, 0.04), (0.0, 0.0, 1.0))
+    # kp per joint (N m / rad) and torque limits (N m): stiff shoulder/elbow, lighter wrist.
+    kp = (400, 400, 300, 100, 100, 60)
+    torque = (30, 30, 20, 8, 8, 5)
+    arm_actuators = "\n".join(
+        f'    <position name="a{i + 1}" joint="j{i + 1}" kp="{kp[i]}" dampratio="1" '
+        f'ctrlrange="{lo[i]:.9f} {hi[i]:.9f}" forcerange="-{torque[i]} {torque[i]}"/>'
+        for i in range(ARM_DOF)
+    )
+
+    def joint(i: int) -> str:
+        armature = 0.05 if i < 3 else 0.01
+        return (f'<joint name="j{i + 1}" axis="0 0 1" range="{lo[i]:.9f} {hi[i]:.9f}" '
+                f'armature="{armature}" damping="0.5"/>')
+
+    return f"""
+<mujoco model="mycobot320_move_cube">
+  <compiler angle="radian" eulerseq="XYZ" autolimits="true"/>
+  <option timestep="{PHYSICS_DT}" integrator="implicitfast" cone="elliptic" impratio="10"/>
+  <visual>
+    <headlight ambient="0.35 0.35 0.35" diffuse="0.5 0.5 0.5" specular="0.1 0.1 0.1"/>
+    <global offwidth="640" offheight="480"/>
+  </visual>
+  <asset>
+    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.62 0.66 0.72" rgb2="0.25 0.26 0.3"
+             width="64" height="64"/>
+    <texture name="grid" type="2d" builtin="checker" rgb1="0.55 0.5 0.45" rgb2="0.5 0.46 0.41"
+             width="256" height="256"/>
+    <material name="table" texture="grid" texrepeat="6 6"/>
+    <material name="arm" rgba="0.92 0.92 0.92 1"/>
+    <material name="joint" rgba="0.25 0.25 0.28 1"/>
+  </asset>
+  <default>
+    <default class="robot">
+      <geom contype="2" conaffinity="1" material="arm" friction="0.8 0.01 0.001"/>
+    </default>
+    <default class="world">
+      <geom contype="1" conaffinity="1" friction="1 0.01 0.001"/>
+    </default>
+    <default class="mark">
+      <geom type="box" contype="0" conaffinity="0" group="2"/>
+    </default>
+  </default>
+  <worldbody>
+    <light name="sun" pos="0.3 -0.3 1.2" dir="-0.2 0.2 -1" directional="true" diffuse="0.6 0.6 0.6" castshadow="false"/>
+    <geom name="floor" type="plane" pos="0 0 -0.75" size="2 2 0.1" rgba="0.3 0.3 0.32 1" contype="1" conaffinity="1"/>
+    <geom name="table" class="world" type="box" pos="0.15 0 -0.02" size="0.4 0.45 0.02" material="table"/>
+    <camera name="top" pos="0.34 0 0.5" xyaxes="{top}" fovy="52"/>
+    <camera name="front" pos="0.62 0 0.32" xyaxes="{front}" fovy="50"/>
+    <body name="mark_b" pos="{_fmt(PLACE_B)} 0.0005">
+      <geom name="mark_b" class="mark" size="0.025 0.025 0.0005" rgba="0.2 0.7 0.25 1"/>
+    </body>
+    <body name="mark_b2" pos="{_fmt(PLACE_B2)} 0.0005">
+      <geom name="mark_b2" class="mark" size="0.025 0.025 0.0005" rgba="0.9 0.8 0.15 1"/>
+    </body>
+    <body name="obstacle" pos="0 0 -2">
+      <geom name="obstacle" class="world" type="box" size="{_fmt(OBSTACLE_HALF)}" rgba="0.15 0.3 0.85 1"/>
+    </body>
+    <geom name="base" class="robot" type="cylinder" pos="0 0 0.055" size="0.06 0.055"/>
+    <body name="link1" pos="0 0 0.173" gravcomp="1">
+      {joint(0)}
+      <geom class="robot" type="cylinder" pos="0 0 -0.03" size="0.045 0.035" mass="0.6"/>
+      <geom class="robot" type="capsule" fromto="0 0 0 0 -0.05 0" size="0.04" material="joint"/>
+      <body name="link2" pos="0 -0.086 0" euler="0 -1.5708 1.5708" gravcomp="1">
+        {joint(1)}
+        <geom class="robot" type="capsule" fromto="0 0 -0.035 0.13635 0 -0.045" size="0.032" mass="0.6"/>
+        <body name="link3" pos="0.13635 0 -0.086" gravcomp="1">
+          {joint(2)}
+          <geom class="robot" type="capsule" fromto="0 0 0.02 0.1195 0 0.03" size="0.028" mass="0.4"/>
+          <geom class="robot" type="cylinder" pos="0.1195 0 0.06" size="0.027 0.025" material="joint"/>
+          <body name="link4" pos="0.1195 0 0.082" euler="0 0 1.5708" gravcomp="1">
+            {joint(3)}
+            <geom class="robot" type="capsule" fromto="0 0 0 0 -0.07 0" size="0.026" mass="0.25"/>
+            <body name="link5" pos="0 -0.09415 0" euler="1.5708 0 0" gravcomp="1">
+              {joint(4)}
+              <geom class="robot" type="capsule" fromto="0 0 0 0 0.035 0" size="0.025" mass="0.2" material="joint"/>
+              <body name="link6" pos="0 0.055 0" euler="-1.5708 0 0" gravcomp="1">
+                {joint(5)}
+                <geom class="robot" type="cylinder" pos="0 0 -0.005" size="0.025 0.006" mass="0.05" material="joint"/>
+                <body name="gripper" pos="0 0 0" gravcomp="1">
+                  <geom name="gripper_base" class="robot" type="box" pos="0 0 0.02" size="0.045 0.02 0.02" mass="0.2"/>
+                  <site name="tool" pos="0 0 {TOOL_FROM_FLANGE}" size="0.004" rgba="1 0 1 0.5" group="3"/>
+                  <camera name="wrist" pos="0 0.045 0.03" xyaxes="1 0 0 0 -0.94 -0.34" fovy="75"/>
+                  <body name="finger_left" pos="0 0 0.04" gravcomp="1">
+                    <joint name="finger_left" type="slide" axis="1 0 0" range="0 {FINGER_STROKE}"
+                           damping="2" armature="0.01"/>
+                    <geom name="pad_left" class="robot" type="box" pos="0.004 0 0.025" size="0.004 0.012 0.025"
+                          mass="0.02" friction="1.2 0.02 0.001" condim="4" material="joint"/>
+                  </body>
+                  <body name="finger_right" pos="0 0 0.04" gravcomp="1">
+                    <joint name="finger_right" type="slide" axis="-1 0 0" range="0 {FINGER_STROKE}"
+                           damping="2" armature="0.01"/>
+                    <geom name="pad_right" class="robot" type="box" pos="-0.004 0 0.025" size="0.004 0.012 0.025"
+                          mass="0.02" friction="1.2 0.02 0.001" condim="4" material="joint"/>
+                  </body>
+                </body>
+              </body>
+            </body>
+          </body>
+        </body>
+      </body>
+    </body>
+    <body name="cube" pos="{_fmt(PLACE_A)} {CUBE_HALF}">
+      <freejoint name="cube"/>
+      <geom name="cube" class="world" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" mass="0.03"
+            rgba="0.85 0.15 0.12 1" condim="4" friction="1 0.02 0.001"/>
+    </body>
+  </worldbody>
+  <actuator>
+{arm_actuators}
+    <position name="grip_left" joint="finger_left" kp="300" dampratio="1" ctrlrange="0 {FINGER_STROKE}"
+              forcerange="-6 6"/>
+    <position name="grip_right" joint="finger_right" kp="300" dampratio="1" ctrlrange="0 {FINGER_STROKE}"
+              forcerange="-6 6"/>
+  </actuator>
+</mujoco>
+"""
+
+
+# ---------------------------------------------------------------------------------------------- geometry helpers
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """World-frame rotation vector turning ``current`` into ``target`` (3x3 matrices)."""
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, (target @ current.T).reshape(-1))
+    rotvec = np.empty(3)
+    mujoco.mju_quat2Vel(rotvec, quat, 1.0)
+    return rotvec
+
+
+def rotate(rotvec: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply the world-frame rotation vector ``rotvec`` to the rotation ``matrix``."""
+    angle = float(np.linalg.norm(rotvec))
+    if angle < 1e-12:
+        return matrix.copy()
+    quat = np.empty(4)
+    mujoco.mju_axisAngle2Quat(quat, rotvec / angle, angle)
+    rot = np.empty(9)
+    mujoco.mju_quat2Mat(rot, quat)
+    return rot.reshape(3, 3) @ matrix
+
+
+def quat_to_matrix(quat_wxyz: np.ndarray) -> np.ndarray:
+    rot = np.empty(9)
+    mujoco.mju_quat2Mat(rot, np.asarray(quat_wxyz, dtype=float))
+    return rot.reshape(3, 3)
+
+
+def tool_down(yaw: float) -> np.ndarray:
+    """Tool rotation pointing straight down (z = -world z) with the finger axis (x) at ``yaw``."""
+    x = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    z = np.array([0.0, 0.0, -1.0])
+    return np.column_stack([x, np.cross(z, x), z])
+
+
+def wrap_angle(angle: float, period: float = 2 * np.pi) -> float:
+    """``angle`` wrapped into [-period/2, period/2)."""
+    return float((angle + period / 2) % period - period / 2)
+
+
+def _yaw_of(rotation: np.ndarray, column: int = 0) -> float:
+    axis = rotation[:, column]
+    return float(np.arctan2(axis[1], axis[0]))
+
+
+# ---------------------------------------------------------------------------------------------- the environment
+@dataclass
+class Layout:
+    """Where things are in one episode (sampled at reset, part of the state)."""
+
+    cube_xy: np.ndarray
+    cube_yaw: float
+    b_xy: np.ndarray
+    b2_xy: np.ndarray
+    occupied: bool
+
+    @property
+    def target_xy(self) -> np.ndarray:
+        return self.b2_xy if self.occupied else self.b_xy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cube_xy": self.cube_xy.tolist(), "cube_yaw": float(self.cube_yaw), "b_xy": self.b_xy.tolist(),
+                "b2_xy": self.b2_xy.tolist(), "occupied": bool(self.occupied)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Layout":
+        return cls(np.asarray(d["cube_xy"], float), float(d["cube_yaw"]), np.asarray(d["b_xy"], float),
+                   np.asarray(d["b2_xy"], float), bool(d["occupied"]))
+
+
+def sample_layout(rng: np.random.Generator, variant: str, occupied: bool | None = None) -> Layout:
+    """A (seeded) episode layout: A jittered +-2 cm with any yaw, B +-1 cm, B2 +-1 cm."""
+    if occupied is None:
+        occupied = {"move": False, "occupied": True}.get(variant)
+        if occupied is None:  # mixed
+            occupied = bool(rng.random() < 0.5)
+    cube_xy = PLACE_A + rng.uniform(-JITTER_A, JITTER_A, 2)
+    cube_yaw = float(rng.uniform(-np.pi / 4, np.pi / 4))
+    b_xy = PLACE_B + rng.uniform(-JITTER_B, JITTER_B, 2)
+    b2_xy = PLACE_B2 + rng.uniform(-JITTER_B, JITTER_B, 2)
+    return Layout(cube_xy, cube_yaw, b_xy, b2_xy, bool(occupied))
+
+
+class MyCobotMoveCubeEnv(gym.Env):
+    """myCobot 320 twin: pick the cube at A and place it at B (or B2 when B is occupied).
+
+    Args:
+        variant: ``"move"``, ``"occupied"`` or ``"mixed"`` (see the module docstring).
+        cameras: camera names among ``top``, ``front``, ``wrist``; ``()`` for none (fast, state only).
+        image_size: (height, width) of the camera images.
+        control_hz: control rate; the real adapter's default is 20 Hz.
+        max_delta_deg: largest joint change per step around the measured joints, as the real adapter's
+            ``max_delta_deg`` (None disables the cap).
+        gripper_obs: ``"commanded"`` (what the real adapter reports) or ``"measured"``.
+        gripper_speed: m/s at which each finger's target follows a command (the 320's gripper takes about
+            half a second for its full stroke).
+        terminate_on_success: end the episode at the first successful step.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, variant: str = "move", cameras: Sequence[str] = ("top",),
+                 image_size: Sequence[int] = (240, 320), control_hz: float = 20.0,
+                 render_mode: str | None = "rgb_array", max_delta_deg: float | None = 5.0,
+                 gripper_obs: str = "commanded", gripper_speed: float = 0.06,
+                 terminate_on_success: bool = False):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        if gripper_obs not in ("commanded", "measured"):
+            raise ValueError(f"gripper_obs must be 'commanded' or 'measured', got {gripper_obs!r}")
+        if not control_hz > 0 or PHYSICS_DT * control_hz > 1:
+            raise ValueError(f"control_hz must be in (0, {1 / PHYSICS_DT:g}], got {control_hz}")
+        if max_delta_deg is not None and not max_delta_deg > 0:
+            raise ValueError(f"max_delta_deg must be positive or None, got {max_delta_deg}")
+        self.variant = variant
+        self.render_mode = render_mode
+        self.cameras = self._check_cameras(cameras)
+        self.image_size = self._check_image_size(image_size)
+        self.control_hz = float(control_hz)
+        self.dt = 1.0 / self.control_hz
+        self.n_substeps = max(1, int(round(self.dt / PHYSICS_DT)))
+        self.max_delta = None if max_delta_deg is None else float(np.deg2rad(max_delta_deg))
+        self.gripper_obs = gripper_obs
+        self.gripper_speed = float(gripper_speed)
+        self.terminate_on_success = bool(terminate_on_success)
+        self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}
+        self.model = mujoco.MjModel.from_xml_string(build_mjcf())
+        self.data = mujoco.MjData(self.model)
+        self._index_model()
+        self.action_space = spaces.Box(np.append(-JOINT_LIMITS, 0.0).astype(np.float32),
+                                       np.append(JOINT_LIMITS, 1.0).astype(np.float32), dtype=np.float32)
+        self.observation_space = self._make_observation_space()
+        self._renderer: mujoco.Renderer | None = None
+        self.layout = sample_layout(np.random.default_rng(0), variant)
+        self._gripper_cmd = 1.0
+        self.last_action_sent = np.append(HOME_QPOS, 1.0).astype(np.float32)
+        self._steps = 0
+        self._max_reward = 0
+
+    # ---- construction helpers --------------------------------------------------------------------
+    @staticmethod
+    def _check_cameras(cameras: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(cameras, str):
+            raise ValueError(f"cameras must be a list of names, got the string {cameras!r}")
+        for cam in cameras:
+            if cam not in CAMERAS:
+                raise ValueError(f"unknown camera {cam!r} for the myCobot twin; available: {list(CAMERAS)}")
+        return tuple(cameras)
+
+    @staticmethod
+    def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+        if len(image_size) != 2 or any(int(s) != s or s <= 0 for s in image_size):
+            raise ValueError(f"image_size must be (height, width) positive ints, got {image_size!r}")
+        return int(image_size[0]), int(image_size[1])
+
+    @property
+    def available_cameras(self) -> list[str]:
+        return list(CAMERAS)
+
+    def _index_model(self) -> None:
+        m = self.model
+        self._arm_qpos = np.array([m.jnt_qposadr[m.joint(f"j{i + 1}").id] for i in range(ARM_DOF)])
+        self._arm_dof = np.array([m.jnt_dofadr[m.joint(f"j{i + 1}").id] for i in range(ARM_DOF)])
+        self._finger_qpos = np.array([m.jnt_qposadr[m.joint(n).id] for n in ("finger_left", "finger_right")])
+        self._finger_dof = np.array([m.jnt_dofadr[m.joint(n).id] for n in ("finger_left", "finger_right")])
+        cube = m.joint("cube").id
+        self._cube_qpos = slice(int(m.jnt_qposadr[cube]), int(m.jnt_qposadr[cube]) + 7)
+        self._cube_dof = slice(int(m.jnt_dofadr[cube]), int(m.jnt_dofadr[cube]) + 6)
+        self._arm_ctrl = np.array([m.actuator(f"a{i + 1}").id for i in range(ARM_DOF)])
+        self._grip_ctrl = np.array([m.actuator(n).id for n in ("grip_left", "grip_right")])
+        self._tool_site = m.site("tool").id
+        self._geom = {name: m.geom(name).id for name in ("cube", "table", "obstacle", "pad_left", "pad_right")}
+        self._robot_geoms = {i for i in range(m.ngeom) if m.geom_contype[i] == 2}
+        self._bodies = {name: m.body(name).id for name in ("mark_b", "mark_b2", "obstacle")}
+
+    def _make_observation_space(self) -> spaces.Dict:
+        vec = spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
+        items: dict[str, spaces.Space] = {"qpos": vec, "qvel": vec}
+        for cam in self.cameras:
+            items[f"images/{cam}"] = spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
+        return spaces.Dict(items)
+
+    # ---- gymnasium API ---------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Home pose, gripper open, a seeded layout. ``options={"occupied": bool}`` forces B's state
+        (in any variant), ``options={"layout": Layout}`` a whole layout."""
+        super().reset(seed=seed)
+        options = options or {}
+        layout = options.get("layout")
+        if layout is None:
+            layout = sample_layout(self.np_random, self.variant, options.get("occupied"))
+        self._apply_layout(layout)
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        d.qpos[self._arm_qpos] = HOME_QPOS
+        d.ctrl[self._arm_ctrl] = HOME_QPOS
+        d.qpos[self._finger_qpos] = FINGER_STROKE
+        d.ctrl[self._grip_ctrl] = FINGER_STROKE
+        half_turn = np.array([np.cos(layout.cube_yaw / 2), 0.0, 0.0, np.sin(layout.cube_yaw / 2)])
+        d.qpos[self._cube_qpos] = np.concatenate([[*layout.cube_xy, CUBE_HALF], half_turn])
+        mujoco.mj_forward(m, d)
+        self._gripper_cmd = 1.0
+        self.last_action_sent = np.append(HOME_QPOS, 1.0).astype(np.float32)
+        self._steps = 0
+        self._max_reward = 0
+        return self._observation(), self._info(0)
+
+    def _apply_layout(self, layout: Layout) -> None:
+        """Move the static marks and the obstacle (model data: not part of MuJoCo's integration state)."""
+        self.layout = layout
+        m = self.model
+        m.body_pos[self._bodies["mark_b"]][:2] = layout.b_xy
+        m.body_pos[self._bodies["mark_b2"]][:2] = layout.b2_xy
+        obstacle = self._bodies["obstacle"]
+        if layout.occupied:
+            m.body_pos[obstacle] = [*layout.b_xy, OBSTACLE_HALF[2]]
+        else:
+            m.body_pos[obstacle] = [0.0, 0.0, -2.0]  # parked below the floor: unseen, touches nothing
+
+    def step(self, action):
+        sent = self.clamp_action(action)
+        before = self.get_state()
+        d = self.data
+        d.ctrl[self._arm_ctrl] = sent[:ARM_DOF]
+        self._gripper_cmd = float(sent[ARM_DOF])
+        goal = self._gripper_cmd * FINGER_STROKE
+        step = self.gripper_speed * self.dt / self.n_substeps
+        for _ in range(self.n_substeps):
+            current = d.ctrl[self._grip_ctrl[0]]
+            d.ctrl[self._grip_ctrl] = current + np.clip(goal - current, -step, step)
+            mujoco.mj_step(self.model, d)
+        if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
+            return self._diverged(before)
+        self.last_action_sent = sent
+        self._steps += 1
+        reward = self.reward_stage()
+        self._max_reward = max(self._max_reward, reward)
+        info = self._info(reward)
+        terminated = self.terminate_on_success and info["is_success"]
+        return self._observation(), float(reward), bool(terminated), False, info
+
+    def clamp_action(self, action) -> np.ndarray:
+        """The action the twin executes: the real adapter's checks and clamps, in the same order.
+
+        Rejects wrong shapes and non-finite values (``ValueError``, nothing executed), clamps joints to
+        their limits, then each joint's change to ``max_delta_deg`` around the measured joints, and the
+        gripper to [0, 1] on the adapter's 0..100 integer grid.
+        """
+        if hasattr(action, "detach"):
+            action = action.detach().cpu().numpy()
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape == (1, ACTION_DIM):
+            a = a[0]
+        if a.shape != (ACTION_DIM,):
+            raise ValueError(f"myCobot action must have shape ({ACTION_DIM},) = 6 joints [rad] + gripper, "
+                             f"got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"myCobot action has non-finite entries: {a.tolist()}; nothing was executed")
+        joints = np.clip(a[:ARM_DOF], -JOINT_LIMITS, JOINT_LIMITS)
+        if self.max_delta is not None:
+            measured = self.data.qpos[self._arm_qpos]
+            joints = np.clip(joints, measured - self.max_delta, measured + self.max_delta)
+            joints = np.clip(joints, -JOINT_LIMITS, JOINT_LIMITS)
+        gripper = np.round(np.clip(a[ARM_DOF], 0.0, 1.0) * 100.0) / 100.0
+        return np.append(joints, gripper).astype(np.float32)
+
+    def _diverged(self, before: dict[str, Any]):
+        """The simulation blew up: restore the last good state and truncate instead of crashing a run."""
+        obs = self.set_state(before)
+        info = self._info(0)
+        info["physics_error"] = "non-finite state after mj_step"
+        return obs, 0.0, False, True, info
+
+    def render(self):
+        """The first requested camera (``top`` when none), at ``image_size``; None without render_mode."""
+        if self.render_mode is None:
+            return None
+        return self._render_camera(self.cameras[0] if self.cameras else "top")
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ---- observation, reward, info ---------------------------------------------------------------
+    def _observation(self) -> dict[str, np.ndarray]:
+        d = self.data
+        qpos = np.empty(ACTION_DIM, dtype=np.float32)
+        qpos[:ARM_DOF] = d.qpos[self._arm_qpos]
+        qpos[ARM_DOF] = self._gripper_cmd if self.gripper_obs == "commanded" else self.gripper_opening()
+        qvel = np.empty(ACTION_DIM, dtype=np.float32)
+        qvel[:ARM_DOF] = d.qvel[self._arm_dof]
+        qvel[ARM_DOF] = d.qvel[self._finger_dof].mean() / FINGER_STROKE
+        obs = {"qpos": qpos, "qvel": qvel}
+        for cam in self.cameras:
+            obs[f"images/{cam}"] = self._render_camera(cam)
+        return obs
+
+    def _render_camera(self, camera: str) -> np.ndarray:
+        if self._renderer is None:
+            load_triton_before_gl()
+            height, width = self.image_size
+            visual = self.model.vis.global_
+            visual.offheight = max(visual.offheight, height)
+            visual.offwidth = max(visual.offwidth, width)
+            self._renderer = mujoco.Renderer(self.model, height=height, width=width)
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render().copy()
+
+    def _info(self, reward: int) -> dict[str, Any]:
+        return {"reward_stage": int(reward), "max_reward": int(self._max_reward), "is_success": reward == MAX_REWARD,
+                "occupied": self.layout.occupied, "action_sent": self.last_action_sent.copy()}
+
+    def reward_stage(self) -> int:
+        """0-4: touched (1), lifted (2), over the target (3), resting released at the target (4)."""
+        contacts = self.contacts()
+        cube, table = self._geom["cube"], self._geom["table"]
+        pads = {self._geom["pad_left"], self._geom["pad_right"]}
+        touched = any(frozenset((cube, p)) in contacts for p in pads)
+        robot_touch = any(frozenset((cube, g)) in contacts for g in self._robot_geoms)
+        on_table = frozenset((cube, table)) in contacts
+        pos = self.cube_pose()[:3]
+        over_target = np.linalg.norm(pos[:2] - self.layout.target_xy) < SUCCESS_TOLERANCE
+        resting = float(np.linalg.norm(self.data.qvel[self._cube_dof][:3])) < 0.05
+        if over_target and on_table and not robot_touch and resting and pos[2] < CUBE_HALF + 0.005:
+            return 4
+        if over_target and (touched or on_table):
+            return 3
+        if touched and not on_table:
+            return 2
+        return 1 if touched else 0
+
+    # ---- privileged state (teachers, tests, interactive learning) ---------------------------------
+    @property
+    def step_count(self) -> int:
+        return self._steps
+
+    @property
+    def max_reward(self) -> int:
+        return self._max_reward
+
+    @property
+    def arm_qpos(self) -> np.ndarray:
+        return self.data.qpos[self._arm_qpos].copy()
+
+    def cube_pose(self) -> np.ndarray:
+        """(x, y, z, qw, qx, qy, qz) of the cube."""
+        return self.data.qpos[self._cube_qpos].copy()
+
+    def target_position(self) -> np.ndarray:
+        """Where the cube should end up: (x, y, z of the resting cube centre)."""
+        return np.array([*self.layout.target_xy, CUBE_HALF])
+
+    def tool_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """World position and rotation of the tool point (between the pads; z points out of the flange,
+        x along the finger travel)."""
+        d = self.data
+        return d.site_xpos[self._tool_site].copy(), d.site_xmat[self._tool_site].reshape(3, 3).copy()
+
+    def gripper_opening(self) -> float:
+        """Measured opening, normalised (0 = pads touch, 1 = fully open)."""
+        return float(self.data.qpos[self._finger_qpos].mean() / FINGER_STROKE)
+
+    def contacts(self) -> set[frozenset[int]]:
+        """Geom id pairs in contact now."""
+        d = self.data
+        return {frozenset(pair) for pair in d.contact.geom[: d.ncon].tolist()}
+
+    def touching(self, a: str, b: str) -> bool:
+        """Do the geoms named ``a`` and ``b`` touch now (e.g. ``touching("cube", "pad_left")``)?"""
+        return frozenset((self.model.geom(a).id, self.model.geom(b).id)) in self.contacts()
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that determines the future: MuJoCo's integration state (time, qpos, qvel, act, ctrl,
+        warm start), the layout (marks and obstacle are model data), the gripper command, counters."""
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(self.model, spec))
+        mujoco.mj_getState(self.model, self.data, physics, spec)
+        return {"task": "mycobot_move_cube", "variant": self.variant, "physics": physics,
+                "layout": self.layout.to_dict(), "gripper_cmd": float(self._gripper_cmd),
+                "last_action_sent": self.last_action_sent.copy(), "steps": int(self._steps),
+                "max_reward": int(self._max_reward)}
+
+    def set_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Restore a :meth:`get_state` snapshot exactly; returns the observation there."""
+        if state.get("task") != "mycobot_move_cube":
+            raise ValueError(f"state is for task {state.get('task')!r}, this env runs 'mycobot_move_cube'")
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.asarray(state["physics"], dtype=np.float64)
+        if physics.shape != (mujoco.mj_stateSize(self.model, spec),):
+            raise ValueError(f"physics state has shape {physics.shape}, expected "
+                             f"({mujoco.mj_stateSize(self.model, spec)},) for the myCobot twin")
+        self._apply_layout(Layout.from_dict(state["layout"]))
+        mujoco.mj_setState(self.model, self.data, physics, spec)
+        mujoco.mj_forward(self.model, self.data)
+        self._gripper_cmd = float(state["gripper_cmd"])
+        self.last_action_sent = np.asarray(state["last_action_sent"], dtype=np.float32).copy()
+        self._steps = int(state["steps"])
+        self._max_reward = int(state["max_reward"])
+        return self._observation()
+
+
+# ---------------------------------------------------------------------------------------------- kinematics
+class ArmKinematics:
+    """Forward and damped-least-squares inverse kinematics of the twin's tool point.
+
+    Works on a private ``MjData`` so that solving never disturbs the simulation. A solve starts from
+    given joints and takes damped Gauss-Newton steps on position and orientation error (each step capped
+    so a far target cannot fling the arm), clipped to the joint limits.
+    """
+
+    def __init__(self, model: mujoco.MjModel):
+        self.model = model
+        self.data = mujoco.MjData(model)
+        self.qpos_index = np.array([model.jnt_qposadr[model.joint(f"j{i + 1}").id] for i in range(ARM_DOF)])
+        self.dof_index = np.array([model.jnt_dofadr[model.joint(f"j{i + 1}").id] for i in range(ARM_DOF)])
+        self.site = model.site("tool").id
+        self.lower = -JOINT_LIMITS + np.deg2rad(1.0)  # a degree inside the limits
+        self.upper = JOINT_LIMITS - np.deg2rad(1.0)
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+
+    def forward(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tool position and rotation for arm joints ``q``."""
+        self.data.qpos[self.qpos_index] = q
+        mujoco.mj_kinematics(self.model, self.data)
+        return self.data.site_xpos[self.site].copy(), self.data.site_xmat[self.site].reshape(3, 3).copy()
+
+    def pose_error(self, q: np.ndarray, position: np.ndarray, rotation: np.ndarray,
+                   rotation_weight: float = 0.1) -> float:
+        tool, rot = self.forward(q)
+        return float(np.linalg.norm(position - tool) + rotation_weight * np.linalg.norm(rotation_error(rotation, rot)))
+
+    def solve(self, q_start: np.ndarray, position: np.ndarray, rotation: np.ndarray, iterations: int = 15,
+              rotation_weight: float = 0.2, damping: float = 0.01, max_joint_step: float = 0.15,
+              tolerance: float = 1e-5) -> np.ndarray:
+        """Joints putting the tool at ``position`` with ``rotation`` (best effort within the limits)."""
+        q = np.clip(np.asarray(q_start, dtype=float), self.lower, self.upper)
+        for _ in range(iterations):
+            tool, rot = self.forward(q)
+            error = np.concatenate([position - tool, rotation_weight * rotation_error(rotation, rot)])
+            if np.linalg.norm(error) < tolerance:
+                break
+            mujoco.mj_comPos(self.model, self.data)
+            mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site)
+            jac = np.vstack([self._jacp[:, self.dof_index], rotation_weight * self._jacr[:, self.dof_index]])
+            step = np.linalg.solve(jac.T @ jac + damping ** 2 * np.eye(ARM_DOF), jac.T @ error)
+            largest = np.abs(step).max()
+            if largest > max_joint_step:
+                step *= max_joint_step / largest
+            q = np.clip(q + step, self.lower, self.upper)
+        return q
+
+
+# ---------------------------------------------------------------------------------------------- the teacher
+@dataclass
+class ToolCommand:
+    """Where the tool point should go, its orientation there, the gripper command and a speed cap."""
+
+    position: np.ndarray
+    rotation: np.ndarray
+    gripper: float  # 0 closed, 1 open
+    speed: float = 0.15  # m/s cap on how far the commanded tool point may lead the measured one
+
+
+class MoveCubeTeacher:
+    """State-feedback pick-and-place for the twin: every call reads the cube, the tool and the gripper
+    from the simulator, decides the phase from that state alone, and returns a joint-space action.
+
+    Phases: ``approach`` (above the cube, fingers across two faces, open), ``descend``, ``grasp``
+    (close at the cube), ``reopen`` (closed on nothing: open and back up), ``lift`` (straight up),
+    ``carry`` (over the target at carry height), ``place`` (down until the cube nearly touches the
+    table), ``release`` (open), ``retreat`` (up, then home), ``lost`` (the cube left the table: home).
+    Because nothing but the state decides, the teacher takes over from wherever a novice left the
+    robot (interactive learning), re-grasps a dropped cube and re-places a cube set down off target.
+
+    Joint targets come from damped-least-squares IK toward a lead pose a short distance from the
+    measured one (the pace is set by ``speed``), or, for long free moves with nothing in the hand,
+    from steps along a joint-space line to the IK solution of the goal. Every joint step stays below
+    ``max_joint_step`` (4 degrees), inside the robot adapter's 5-degree safety clamp.
+    """
+
+    pregrasp_height = 0.07  # tool above the grasp point when lining up
+    grasp_above_centre = 0.004  # tool point above the cube centre at the grasp (tips 4 mm above the table)
+    carry_height = 0.13  # tool height while carrying (the cube clears the obstacle by ~4 cm)
+    retreat_height = 0.15
+    place_clearance = 0.003  # cube bottom above the table when it is let go
+    free_speed = 0.2
+    slow_speed = 0.05
+    angular_speed = 1.5  # rad/s
+    transit_distance = 0.08  # m: farther free commands move in joint space
+    transit_joint_step = np.deg2rad(3.5)
+    max_joint_step = np.deg2rad(4.0)
+    holding_opening = (0.3, 0.65)  # measured opening when closed on the 3 cm cube (~0.5)
+    tilt_from = 0.20  # m from the base axis: closer cubes are grasped with a tilted tool ...
+    full_tilt_at = 0.12  # ... tilted by max_tilt at this distance
+    max_tilt = np.deg2rad(45.0)
+
+    def __init__(self, env: gym.Env):
+        self.env = env.unwrapped
+        if not isinstance(self.env, MyCobotMoveCubeEnv):
+            raise TypeError(f"MoveCubeTeacher needs a MyCobotMoveCubeEnv, got {type(self.env).__name__}")
+        self.kin = ArmKinematics(self.env.model)
+        self.phase = "start"
+        self._wrist_cache: tuple[Any, float] = (None, 0.0)
+
+    def reset(self) -> None:
+        """Nothing to forget (decisions come from the state); part of the teacher interface."""
+        self.phase = "start"
+
+    # ---- reading the state -----------------------------------------------------------------------
+    def _cube(self) -> tuple[np.ndarray, float]:
+        pose = self.env.cube_pose()
+        rot = quat_to_matrix(pose[3:])
+        # yaw of the most horizontal cube axis: a face normal, meaningful modulo 90 degrees
+        axes = [rot[:, i] for i in range(3)]
+        horizontal = max(axes, key=lambda a: np.hypot(a[0], a[1]) if abs(a[2]) < 0.7 else -1.0)
+        return pose[:3], float(np.arctan2(horizontal[1], horizontal[0]))
+
+    def holds(self, cube: np.ndarray, tool: np.ndarray, rotation: np.ndarray, opening: float) -> bool:
+        """The cube sits between the pads, a pad touches it and the gripper stopped at the cube's width."""
+        local = rotation.T @ (cube - tool)
+        between = abs(local[0]) < 0.02 and abs(local[1]) < 0.015 and -0.02 < local[2] < 0.02
+        touching = self.env.touching("cube", "pad_left") or self.env.touching("cube", "pad_right")
+        return between and touching and self.holding_opening[0] < opening < self.holding_opening[1]
+
+    # ---- the decision ------------------------------------------------------------------------------
+    def act(self, obs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Joint-space action (7,) float32 for the env's current state (``obs`` is not needed)."""
+        q = self.env.arm_qpos
+        tool, rotation = self.kin.forward(q)
+        command = self.plan(q, tool, rotation)
+        joints = self._joint_target(q, tool, rotation, command)
+        return np.append(joints, np.clip(command.gripper, 0.0, 1.0)).astype(np.float32)
+
+    def plan(self, q: np.ndarray, tool: np.ndarray, rotation: np.ndarray) -> ToolCommand:
+        """The tool command for the current state (sets ``phase``): holding the cube -> take it to the
+        target; cube resting at the target -> retreat; otherwise -> (re)pick it."""
+        cube, cube_yaw = self._cube()
+        opening = self.env.gripper_opening()
+        target = self.env.target_position()
+        if cube[2] < -0.05:
+            self.phase = "lost"  # fell off the table
+            return self._home(1.0)
+        if self.holds(cube, tool, rotation, opening):
+            return self._with_cube(cube, tool, rotation, target)
+        if np.linalg.norm(cube[:2] - target[:2]) < 0.75 * SUCCESS_TOLERANCE and cube[2] < CUBE_HALF + 0.006:
+            return self._retreat(cube, tool, rotation)
+        return self._pick(cube, cube_yaw, q, tool, rotation, opening)
+
+    def _grasp_frame(self, cube: np.ndarray, cube_yaw: float, q: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+        """Tool rotation for grasping the cube: fingers across two faces, pointing down.
+
+        Top-down grasps on the table only reach 0.19 m from the base axis (J3's limit); closer cubes are
+        taken with the tool tilted toward the base about the finger axis (up to 45 degrees at 0.12 m),
+        which moves the wrist outward. Untilted, any of the four horizontal face normals can be the
+        finger axis; tilted, the two closest to the tangential direction (so the tilt is about it).
+        Of those, the one needing the smallest turn of J6 without leaving J6's range is chosen.
+        """
+        radius = float(np.linalg.norm(cube[:2]))
+        tilt = self.max_tilt * float(np.clip((self.tilt_from - radius) / (self.tilt_from - self.full_tilt_at), 0, 1))
+        down = np.array([0.0, 0.0, -1.0])
+        if tilt <= 0.0:
+            candidates = [tool_down(cube_yaw + k * np.pi / 2) for k in range(4)]
+        else:
+            radial = np.array([*(cube[:2] / max(radius, 1e-6)), 0.0])
+            tangential_yaw = float(np.arctan2(radial[0], -radial[1]))
+            yaw = tangential_yaw + wrap_angle(cube_yaw - tangential_yaw, np.pi / 2)
+            candidates = []
+            for sign in (1.0, -1.0):
+                x = sign * np.array([np.cos(yaw), np.sin(yaw), 0.0])
+                inward = -(radial - x * (radial @ x))
+                inward /= max(np.linalg.norm(inward), 1e-9)
+                z = np.cos(tilt) * down + np.sin(tilt) * inward
+                candidates.append(np.column_stack([x, np.cross(z, x), z]))
+        return self._least_wrist_turn(candidates, q, cube)
+
+    def _least_wrist_turn(self, candidates: list[np.ndarray], q: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """The candidate frame whose grasp has J6 closest to its current angle, 5 degrees inside J6's range.
+
+        The candidates differ only by turns about the tool axis, which is J6's axis, so their grasp
+        configurations differ only in J6, by those turns: one IK solve (from the home pose, so on the
+        home branch) gives J6 for all of them.
+        """
+        base = candidates[0]
+        key = (tuple(np.round(position, 3)), tuple(np.round(base.ravel(), 2)))
+        if self._wrist_cache[0] != key:
+            self._wrist_cache = (key, float(self.kin.solve(HOME_QPOS, position, base, iterations=60)[5]))
+        base_j6 = self._wrist_cache[1]
+        margin = JOINT_LIMITS[5] - np.deg2rad(5.0)
+        best, best_cost = base, np.inf
+        for frame in candidates:
+            z = base[:, 2]
+            turn = float(np.arctan2(np.cross(base[:, 0], frame[:, 0]) @ z, base[:, 0] @ frame[:, 0]))
+            j6 = wrap_angle(base_j6 + turn)
+            cost = abs(j6 - q[5]) + (10.0 if abs(j6) > margin else 0.0)
+            if cost < best_cost:
+                best, best_cost = frame, cost
+        return best
+
+    def reachable(self, cube: np.ndarray) -> bool:
+        """Is the cube on the table within the grasping range (0.12-0.34 m from the base axis)?"""
+        radius = float(np.linalg.norm(cube[:2]))
+        return cube[2] > -0.01 and self.full_tilt_at <= radius <= 0.34
+
+    def _pick(self, cube: np.ndarray, cube_yaw: float, q: np.ndarray, tool: np.ndarray, rotation: np.ndarray,
+              opening: float) -> ToolCommand:
+        if not self.reachable(cube):
+            self.phase = "unreachable"  # nothing sensible to do: wait at home with the gripper open
+            return self._home(1.0)
+        frame = self._grasp_frame(cube, cube_yaw, q, rotation)
+        pointing = frame[:, 2]
+        lift = self.grasp_above_centre + 0.012 * float(np.hypot(pointing[0], pointing[1]))  # tilted pads reach lower
+        grasp = cube + np.array([0.0, 0.0, lift])
+        pregrasp = grasp - self.pregrasp_height * pointing
+        offset = tool - grasp
+        along = float(offset @ -pointing)  # distance still to go along the tool axis
+        across = float(np.linalg.norm(offset + along * pointing))
+        aligned = np.linalg.norm(rotation_error(frame, rotation)) < 0.1
+        near_cube = across < 0.03 and along < self.pregrasp_height - 0.01
+        if np.linalg.norm(offset) < 0.006 and aligned:
+            self.phase = "grasp"
+            return ToolCommand(grasp, frame, 0.0, self.slow_speed)
+        if opening < 0.8 and self.env._gripper_cmd < 0.5 and near_cube:
+            self.phase = "reopen"  # closed on nothing (or on a corner): open before anything else
+            return ToolCommand(tool, frame, 1.0, 0.0)
+        descending = along < self.pregrasp_height - 0.01
+        lined_up = across < (0.012 if descending else 0.005) and aligned
+        if lined_up and (opening > 0.9 or descending):
+            self.phase = "descend"
+            return ToolCommand(grasp, frame, 1.0, self.slow_speed if along < 0.04 else 0.1)
+        if descending and near_cube:
+            self.phase = "reopen"  # low and off: back out along the tool axis before lining up again
+            return ToolCommand(tool - (self.pregrasp_height - along) * pointing, frame, 1.0, self.slow_speed)
+        self.phase = "approach"
+        return ToolCommand(pregrasp, frame, 1.0, self.free_speed)
+
+    def _with_cube(self, cube: np.ndarray, tool: np.ndarray, rotation: np.ndarray,
+                   target: np.ndarray) -> ToolCommand:
+        in_hand = tool - cube  # targets move the tool by the cube's error
+        keep = tool_down(_yaw_of(rotation))
+        off = np.linalg.norm(cube[:2] - target[:2])
+        carry_cube_z = self.carry_height - in_hand[2]
+        place_z = CUBE_HALF + self.place_clearance
+        lowering = cube[2] < carry_cube_z - 0.02
+        low = cube[2] < place_z + 0.01
+        if off > 0.006 and low and off < 0.05:
+            self.phase = "adjust"  # set down (or re-grasped) a little off: lift a bit and shift over
+            above = np.array([*(target[:2] + in_hand[:2]), place_z + 0.02 + in_hand[2]])
+            return ToolCommand(above, keep, 0.0, self.slow_speed)
+        if off > (0.02 if lowering else 0.006):
+            if lowering and off > 0.03:
+                self.phase = "lift"
+                return ToolCommand(np.array([*tool[:2], self.carry_height]), keep, 0.0, 0.1)
+            self.phase = "carry"
+            return ToolCommand(np.array([*(target[:2] + in_hand[:2]), self.carry_height]), keep, 0.0, self.free_speed)
+        if cube[2] > place_z + 0.002 and not self.env.touching("cube", "table"):
+            self.phase = "place"
+            speed = self.slow_speed if cube[2] - place_z < 0.04 else 0.12
+            return ToolCommand(np.array([*(target[:2] + in_hand[:2]), place_z + in_hand[2]]), keep, 0.0, speed)
+        self.phase = "release"
+        return ToolCommand(tool, keep, 1.0, 0.0)
+
+    def _retreat(self, cube: np.ndarray, tool: np.ndarray, rotation: np.ndarray) -> ToolCommand:
+        self.phase = "retreat"
+        keep = tool_down(_yaw_of(rotation))
+        if np.linalg.norm(tool[:2] - cube[:2]) < 0.05 and tool[2] < cube[2] + self.retreat_height - 0.03:
+            return ToolCommand(np.array([*tool[:2], cube[2] + self.retreat_height]), keep, 1.0, 0.1)
+        return self._home(1.0)
+
+    def _home(self, gripper: float) -> ToolCommand:
+        tool, rotation = self.kin.forward(HOME_QPOS)
+        return ToolCommand(tool, rotation, gripper, self.free_speed)
+
+    # ---- from a tool command to joints -----------------------------------------------------------
+    def _joint_target(self, q: np.ndarray, tool: np.ndarray, rotation: np.ndarray,
+                      command: ToolCommand) -> np.ndarray:
+        free = command.gripper > 0.5 and self.phase not in ("release", "place")
+        if free and np.linalg.norm(command.position - tool) > self.transit_distance:
+            goal = self._ik_goal(q, command)
+            return q + self._capped(goal - q, self.transit_joint_step)
+        lead = self._lead(tool, rotation, command)
+        solved = self.kin.solve(q, *lead)
+        return q + self._capped(solved - q, self.max_joint_step)
+
+    def _lead(self, tool: np.ndarray, rotation: np.ndarray, command: ToolCommand) -> tuple[np.ndarray, np.ndarray]:
+        """A pose at most ``speed * dt`` and ``angular_speed * dt`` from the measured one, toward the
+        command: the lead (not a timed trajectory) sets the pace, so motion resumes from any state."""
+        dt = self.env.dt
+        delta = command.position - tool
+        distance = np.linalg.norm(delta)
+        max_step = command.speed * dt
+        position = command.position if distance <= max_step else tool + delta * (max_step / distance)
+        turn = rotation_error(command.rotation, rotation)
+        angle = np.linalg.norm(turn)
+        if angle > self.angular_speed * dt:
+            turn *= self.angular_speed * dt / angle
+        return position, rotate(turn, rotation)
+
+    def _ik_goal(self, q: np.ndarray, command: ToolCommand) -> np.ndarray:
+        """Joints reaching the command, solved from the current joints and, if that gets stuck (a novice
+        may have left the arm folded or against a limit), from the home pose; the better one is kept."""
+        best, best_error = q, np.inf
+        for seed in (q, HOME_QPOS):
+            goal = self.kin.solve(seed, command.position, command.rotation, iterations=60)
+            error = self.kin.pose_error(goal, command.position, command.rotation)
+            if error < best_error:
+                best, best_error = goal, error
+            if error < 0.003:
+                break
+        return best
+
+    @staticmethod
+    def _capped(step: np.ndarray, largest: float) -> np.ndarray:
+        peak = np.abs(step).max()
+        return step if peak <= largest else step * (largest / peak)
