@@ -43,6 +43,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         seed: seed of the split and of the per-epoch draws.
         generate_if_missing: record this many teacher episodes when the store is empty.
         image_size: (H, W) of recorded images when generating.
+        allow_empty: start from an empty store (interactive learning from scratch fills it; statistics are
+            computed from the first episodes added).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         generate_if_missing: int = 0,
         image_size: list[int] | None = None,
         pin_memory: bool = True,
+        allow_empty: bool = False,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "prioritized"):
@@ -93,6 +96,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.generate_if_missing = generate_if_missing
         self.image_size = image_size
         self.pin_memory = pin_memory
+        self.allow_empty = allow_empty
         self.store: EpisodeStore | None = None
         self.train_ids: list[int] = []
         self.val_ids: list[int] = []
@@ -123,14 +127,14 @@ class EpisodeDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
-        self.store = EpisodeStore(self.data_dir, create=False)
+        self.store = EpisodeStore(self.data_dir, create=self.allow_empty)
         ids = self.store.ids()
-        if not ids:
+        if not ids and not self.allow_empty:
             raise FileNotFoundError(
                 f"no episodes in {self.data_dir}: record some with scripts/record_demos.py or set "
                 f"data.generate_if_missing"
             )
-        self.train_ids, self.val_ids = self.split(ids)
+        self.train_ids, self.val_ids = self.split(ids) if ids else ([], [])
         self._build()
 
     def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -153,8 +157,12 @@ class EpisodeDataModule(pl.LightningDataModule):
     def _build(self) -> None:
         self.train_set = self.make_dataset(self.train_ids)
         self.val_set = self.make_dataset(self.val_ids) if self.val_ids else None
-        if self.stats is None:
-            self.stats = compute_stats(self.train_set.lowdim, [*self.state_keys, "action"])
+        if self.stats is None and self.train_ids:
+            self.stats = self.compute_stats()
+
+    def compute_stats(self) -> dict[str, dict[str, list[float]]]:
+        """Normalisation statistics of the training split (subclasses with other layouts override)."""
+        return compute_stats(self.train_set.lowdim, [*self.state_keys, "action"])
 
     # ---- growth (interactive learning) ------------------------------------------------------------
     def add_episodes(self, episode_ids: Sequence[int], meta: Sequence[dict[str, Any]] | None = None) -> None:
@@ -167,6 +175,8 @@ class EpisodeDataModule(pl.LightningDataModule):
             self.train_ids.append(episode_id)
             self.episode_meta[episode_id] = {k: _plain(v) for k, v in info.items()}
         self.train_set = self.make_dataset(self.train_ids)
+        if self.stats is None:
+            self.stats = self.compute_stats()
 
     def set_priorities(self, priorities: dict[int, float], beta: float) -> None:
         """Per-episode priorities (from PIER) and the importance-sampling exponent of this round."""

@@ -259,7 +259,7 @@ class EpisodeStore:
         path = self.path(episode_id)
         mtime = path.stat().st_mtime if path.exists() else None
         if entry is None or entry.get("mtime") != mtime:
-            length = check_episode(path)
+            length = check_episode(path, required=())  # layouts differ (pick-place has no qpos)
             entry = {"length": length, "mtime": mtime, "attrs": read_attrs(path)}
             self._index["episodes"][key] = entry
             self._save_index()

@@ -1,0 +1,475 @@
+"""InteractiveAggregation: DAgger / ASkDAgger as a Lightning callback (ARCHITECTURE.md §6).
+
+One training epoch is one round of gradient steps on the current dataset (``trainer.limit_train_batches``
+or the DataModule's ``samples_per_epoch``). At the end of the epoch the novice, with the weights it has
+now, runs ``episodes_per_round`` interactive episodes (:mod:`lit_imit.interactive.loop`): each decision is
+gated (SAG), the teacher's feedback becomes demonstrations (FIER: validated, relabeled, teacher segments),
+they are written to the DataModule's episode store and appended to its training split, and sampling
+priorities are recomputed (PIER). The next epoch trains on the grown dataset (the CLI reloads
+dataloaders every epoch and checkpoints after this hook, so a checkpoint always holds the aggregated data).
+
+Start: after BC pre-training on the DataModule's initial teacher demos (those are offline entries for
+PIER), or from scratch (``seed_episodes``): before the first epoch, gated episodes of the untrained novice
+seed the dataset (every decision is queried until SAG has enough labels, so the teacher does the work).
+
+DDP: episode ``i`` of a round runs on rank ``i % world_size`` with env seed ``seed + i`` and its own torch
+generator, so an episode's outcome does not depend on what else its rank ran. Every rank gates with a copy
+of the shared SAG state extended by its own decisions of the round; afterwards the decision records of all
+ranks are gathered and appended to the shared gate in episode order, so every rank ends the round with the
+same gate, counters, episode list and priorities. Demonstrations stay off the wire: rank 0 keeps its own
+in memory, the other ranks write theirs to ``<data_dir>/.interactive_staging``, and rank 0 adds all of
+them to the store in episode order (ids continue after the largest on disk) and broadcasts the ids.
+
+Resume: the gate (history and RNG), counters and decision log are this callback's state; the episode list,
+PIER metadata and priorities are the DataModule's. Episodes written after the checkpoint stay on disk,
+unused; a resumed run collects the same episodes again under new ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from lit_imit.interactive.loop import (
+    MODES,
+    EpisodeOutcome,
+    InteractiveConfig,
+    PolicyNovice,
+    SegmentJudge,
+    StepRewardJudge,
+    aloha_judge,
+    info_relabel,
+    pier_inputs,
+    round_summary,
+    run_interactive_episode,
+)
+from lit_imit.interactive.pier import PIER
+from lit_imit.interactive.sag import SAG, Label, gating_metrics
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = ".interactive_staging"
+STATE_FORMAT = 1
+
+
+def default_judge(task: str) -> SegmentJudge:
+    """The judge a task family uses unless configured: action agreement with the ALOHA teacher, or the
+    ASkDAgger step-reward test for Ravens pick-and-place."""
+    from lit_imit.envs import task_spec
+
+    entry = task_spec(task).entry_point
+    if "aloha" in entry:
+        return aloha_judge()
+    if "ravens" in entry:
+        return StepRewardJudge()
+    raise ValueError(f"no default judge for task {task!r}: configure `judge` "
+                     "(a lit_imit.interactive.loop.SegmentJudge)")
+
+
+# ----------------------------------------------------------------------------------------------
+# collectives (no-ops without torch.distributed)
+# ----------------------------------------------------------------------------------------------
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
+
+
+def _broadcast(obj: Any) -> Any:
+    if not _distributed():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextmanager
+def _isolated_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch for one episode without touching the training streams (ACT samples latents for its
+    uncertainty): the episode is reproducible wherever it runs and training draws stay in step."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+class InteractiveAggregation(pl.Callback):
+    """DAgger, ActiveDAgger and ASkDAgger (SAG + FIER + PIER) rounds between training epochs.
+
+    Args:
+        task: task name or gymnasium id (``lit_imit.envs.TASKS``); its teacher gives the feedback.
+        mode: ``dagger``, ``active_dagger``, ``askdagger``, ``askdagger_no_pier`` or ``askdagger_no_fier``.
+        episodes_per_round: interactive episodes after each round of training (over all ranks).
+        seed_episodes: gated novice episodes before the first epoch (required when the DataModule starts
+            empty, i.e. training from scratch).
+        warmup_epochs: epochs of plain behaviour cloning before the first round.
+        every_n_epochs: a round every this many epochs after the warm-up.
+        decision_steps: env steps per decision; default: the module's ``n_action_steps`` (one executed ACT
+            chunk; 1 with temporal ensembling or for modules without chunks, e.g. one pick-place).
+        max_steps: episode cap (default: the task's time limit).
+        env_kwargs: passed to the env (cameras and image_size must match the DataModule's).
+        seed: episode ``i`` (counted over the whole run) uses env seed ``seed + i``.
+        sag_mode, target, p_rand, n_min, n_rep, u_normalization, impute: SAG (REFERENCE.md §1.4); the
+            defaults are the reference's training config (sensitivity 0.9, n_min 15, p_rand 0.2).
+        pier_lambda, pier_base, pier_beta0, pier_beta_steps: PIER (§1.6); the exponent alpha is the
+            DataModule's ``priority_alpha`` (it does the sampling).
+        dagger_beta: DAgger mode: probability that the teacher drives a decision instead of the novice.
+        judge: the teacher's verdict on a segment (default: :func:`default_judge` of the task).
+        metrics_window: decisions (failures / successes) the logged gating rates look back over.
+        store_failed_teacher: also store teacher segments the judge rejects (the reference drops them).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        mode: str = "askdagger",
+        episodes_per_round: int = 4,
+        seed_episodes: int = 0,
+        warmup_epochs: int = 0,
+        every_n_epochs: int = 1,
+        decision_steps: int | None = None,
+        max_steps: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        seed: int = 10_000,
+        sag_mode: str = "sensitivity",
+        target: float = 0.9,
+        p_rand: float = 0.2,
+        n_min: int = 15,
+        n_rep: int = 10,
+        u_normalization: bool = True,
+        impute: bool = True,
+        pier_lambda: float = 0.5,
+        pier_base: float = 10.0,
+        pier_beta0: float = 1.0,
+        pier_beta_steps: int = 100,
+        dagger_beta: float = 0.0,
+        judge: SegmentJudge | None = None,
+        metrics_window: int = 50,
+        store_failed_teacher: bool = False,
+    ) -> None:
+        from lit_imit.envs import task_spec
+
+        spec = task_spec(task)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+        if episodes_per_round < 1 or seed_episodes < 0 or warmup_epochs < 0 or every_n_epochs < 1:
+            raise ValueError("need episodes_per_round >= 1, seed_episodes >= 0, warmup_epochs >= 0 and "
+                             "every_n_epochs >= 1")
+        self.task = task
+        self.sim_id = spec.env_id
+        self.mode = mode
+        self.spec = MODES[mode]
+        self.episodes_per_round = int(episodes_per_round)
+        self.seed_episodes = int(seed_episodes)
+        self.warmup_epochs = int(warmup_epochs)
+        self.every_n_epochs = int(every_n_epochs)
+        self.decision_steps = decision_steps
+        self.max_steps = int(max_steps) if max_steps is not None else int(spec.max_episode_steps)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.seed = int(seed)
+        self.sag_kwargs = dict(mode=sag_mode, target=target, p_rand=p_rand, n_min=n_min, n_rep=n_rep,
+                               u_normalization=u_normalization, impute=impute)
+        self.gate = SAG(**self.sag_kwargs, seed=self.seed)
+        self.pier_kwargs = dict(lam=pier_lambda, base=pier_base, beta0=pier_beta0, beta_steps=pier_beta_steps)
+        PIER(**self.pier_kwargs)  # validate now, not after the first round
+        self.dagger_beta = float(dagger_beta)
+        self.judge = judge if judge is not None else default_judge(task)
+        self.relabel = info_relabel()
+        self.metrics_window = int(metrics_window)
+        self.store_failed_teacher = bool(store_failed_teacher)
+        self._reset_progress()
+        self._env: Any = None
+        self._teacher: Any = None
+        self._config: InteractiveConfig | None = None
+
+    def _reset_progress(self) -> None:
+        self.seeded = False
+        self.episodes_done = 0
+        self.rounds_done = 0
+        self.n_interactive = 0  # episodes that yielded at least one demo (PIER's beta annealing)
+        self.counts = {"demos": 0, "annotations": 0, "validations": 0, "relabels": 0, "decisions": 0,
+                       "queries": 0, "episodes": 0, "successes": 0}
+        self.decision_log: dict[str, list[bool]] = {"failed": [], "queried": []}
+        self.last_round: dict[str, float] = {}
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        dm = trainer.datamodule
+        for name in ("add_episodes", "set_priorities", "train_ids", "episode_meta"):
+            if not hasattr(dm, name):
+                raise TypeError(f"InteractiveAggregation needs an EpisodeDataModule-like datamodule (missing {name!r})")
+        if self.spec.pier and getattr(dm, "sampling", None) != "prioritized":
+            raise ValueError(f"mode {self.mode!r} uses PIER: set data.init_args.sampling: prioritized")
+        if not callable(getattr(pl_module, "predict", None)):
+            raise TypeError(f"{type(pl_module).__name__} has no predict(): it cannot report uncertainty for gating")
+        self._config = InteractiveConfig(mode=self.mode, decision_steps=self._decision_steps(pl_module),
+                                         max_steps=self.max_steps, dagger_beta=self.dagger_beta,
+                                         store_failed_teacher=self.store_failed_teacher)
+
+    def _decision_steps(self, pl_module: pl.LightningModule) -> int:
+        """One executed chunk for chunking modules, else one step (see the class docstring)."""
+        if self.decision_steps is not None:
+            return int(self.decision_steps)
+        hp = getattr(pl_module, "hparams", {}) or {}
+        if hp.get("n_action_steps") and hp.get("temporal_ensemble_coeff") is None:
+            return int(hp["n_action_steps"])
+        return 1
+
+    def _actors(self) -> tuple[Any, Any]:
+        """The env (built lazily in each process: DDP relaunches the CLI per rank) and its teacher."""
+        if self._env is None:
+            from lit_imit.envs import make_env, make_teacher
+
+            self._env = make_env(self.task, **self.env_kwargs)
+            self._teacher = make_teacher(self.task, self._env)
+        return self._env, self._teacher
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env = self._teacher = None
+
+    # ---- hooks ------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Seed the dataset before the first dataloader is built (skipped on resume)."""
+        if self.seeded:
+            return
+        dm = trainer.datamodule
+        if self.seed_episodes > 0:
+            self._round(trainer, pl_module, version=0, n_episodes=self.seed_episodes)
+            if not bool(getattr(pl_module, "stats_initialized", True)) and getattr(dm, "stats", None) is not None:
+                pl_module.load_stats(dm.stats)  # from scratch: module.setup ran before there were data
+        elif not dm.train_ids:
+            raise ValueError("the DataModule has no training episodes: set seed_episodes to start from scratch")
+        self.seeded = True
+
+    def round_due(self, epoch: int) -> bool:
+        trained = epoch + 1
+        return trained > self.warmup_epochs and (trained - self.warmup_epochs) % self.every_n_epochs == 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.round_due(trainer.current_epoch):
+            return
+        self._round(trainer, pl_module, version=trainer.current_epoch + 1, n_episodes=self.episodes_per_round)
+        for name, value in self.metrics().items():  # NaN where undefined (e.g. no failure seen yet)
+            value = value if math.isfinite(value) else math.nan
+            pl_module.log(f"interactive/{name}", value, on_step=False, on_epoch=True, sync_dist=False,
+                          rank_zero_only=False)
+
+    # ---- one round --------------------------------------------------------------------------------
+    def _round(self, trainer: pl.Trainer, pl_module: pl.LightningModule, version: int, n_episodes: int) -> None:
+        start = time.perf_counter()
+        outcomes = self._rollouts(trainer, pl_module, version, n_episodes)
+        seconds = max(_all_gather(time.perf_counter() - start))
+        outcomes, arrays = self._exchange(trainer, outcomes)
+        ids = self._write(trainer, outcomes, arrays)
+        dm = trainer.datamodule
+        demos = [demo for outcome in outcomes for demo in outcome.demos]
+        if demos:
+            dm.add_episodes(ids, [demo.meta() for demo in demos])
+        self._absorb(outcomes, version)
+        if self.spec.pier:
+            self._prioritize(dm)
+        self.last_round = {**round_summary(outcomes), "seconds": float(seconds), "version": float(version)}
+        self.episodes_done += n_episodes
+        self.rounds_done += 1
+        if trainer.is_global_zero:
+            log.info("interactive round %d (model version %d): %d episodes, %d demos, %.1f s", self.rounds_done,
+                     version, n_episodes, len(demos), seconds)
+
+    def _round_gate(self, rank: int) -> SAG:
+        """This rank's gate for the round: the shared history, an RNG of its own (seed, round, rank)."""
+        gate = SAG(**self.sag_kwargs, seed=[self.seed, self.rounds_done, rank])  # type: ignore[arg-type]
+        gate.u, gate.r, gate.k = list(self.gate.u), list(self.gate.r), list(self.gate.k)
+        return gate
+
+    @contextmanager
+    def _policy_context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
+        """Eval mode and the EMA weights when an EMA callback is present; training mode restored after."""
+        averaged = next((cb.averaged(pl_module) for cb in trainer.callbacks if hasattr(cb, "averaged")), nullcontext())
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with averaged:
+                yield
+        finally:
+            pl_module.train(was_training)
+            pl_module.reset()
+
+    def _rollouts(self, trainer: pl.Trainer, pl_module: pl.LightningModule, version: int,
+                  n_episodes: int) -> list[EpisodeOutcome]:
+        assert self._config is not None, "setup() did not run"
+        rank, world = trainer.global_rank, trainer.world_size
+        env, teacher = self._actors()
+        gate = self._round_gate(rank) if self.spec.gated else None
+        novice = PolicyNovice(pl_module)
+        outcomes = []
+        with self._policy_context(trainer, pl_module):
+            for i in range(rank, n_episodes, world):
+                index = self.episodes_done + i
+                with _isolated_torch_rng(self.seed + index, pl_module.device):
+                    outcomes.append(run_interactive_episode(
+                        env.unwrapped, novice, teacher, gate, self.judge, self._config, index=index,
+                        seed=self.seed + index, version=version, relabel=self.relabel,
+                        rng=np.random.default_rng([self.seed, index]),
+                    ))
+        return outcomes
+
+    def _staged_path(self, trainer: pl.Trainer, episode: int, k: int) -> Path:
+        return Path(trainer.datamodule.data_dir) / STAGING_DIR / f"episode{episode:08d}_demo{k:04d}.hdf5"
+
+    def _exchange(self, trainer: pl.Trainer,
+                  outcomes: list[EpisodeOutcome]) -> tuple[list[EpisodeOutcome], dict[tuple[int, int], dict]]:
+        """All ranks' outcomes in episode order (arrays stripped); rank 0 also gets every demo's arrays
+        (its own from memory, the others' through staging files written here)."""
+        from lit_imit.data.episodes import write_episode
+
+        arrays: dict[tuple[int, int], dict] = {}
+        for outcome in outcomes:
+            for k, demo in enumerate(outcome.demos):
+                if trainer.is_global_zero:
+                    arrays[(outcome.index, k)] = demo.arrays
+                else:
+                    path = self._staged_path(trainer, outcome.index, k)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_episode(path, demo.arrays, {})
+                demo.arrays = {}
+        gathered = [o for part in _all_gather(outcomes) for o in part]
+        return sorted(gathered, key=lambda o: o.index), arrays
+
+    def _write(self, trainer: pl.Trainer, outcomes: list[EpisodeOutcome],
+               arrays: dict[tuple[int, int], dict]) -> list[int]:
+        """Rank 0 adds the demos to the store in episode order; every rank gets the ids."""
+        ids: list[int] = []
+        if trainer.is_global_zero:
+            from lit_imit.data.episodes import read_episode
+
+            store = trainer.datamodule.store
+            for outcome in outcomes:
+                for k, demo in enumerate(outcome.demos):
+                    staged = None
+                    data = arrays.get((outcome.index, k))
+                    if data is None:
+                        staged = self._staged_path(trainer, outcome.index, k)
+                        data = read_episode(staged).arrays
+                    ids.append(store.add(data, demo.attrs(self.task, self.sim_id, outcome.seed)))
+                    if staged is not None:
+                        os.unlink(staged)  # a hand-over file, not an episode
+        return [int(i) for i in _broadcast(ids)]
+
+    def _absorb(self, outcomes: Sequence[EpisodeOutcome], version: int) -> None:
+        """Shared gate, decision log and counters from the gathered records (identical on every rank)."""
+        for outcome in outcomes:
+            for d in outcome.decisions:
+                if self.spec.gated:
+                    self.gate.record(d.uncertainty, d.label, version)
+                    for _ in range(d.n_relabeled):
+                        self.gate.record(math.nan, Label.UNKNOWN_RELABELING, version)
+                if d.judged:  # the novice's decision was executed or foreseen, hence judged
+                    self.decision_log["failed"].append(bool(d.failed))
+                    self.decision_log["queried"].append(bool(d.query))
+            self.counts["decisions"] += len(outcome.decisions)
+            self.counts["queries"] += sum(d.query for d in outcome.decisions)
+            self.counts["episodes"] += 1
+            self.counts["successes"] += int(outcome.success)
+            self.counts["demos"] += len(outcome.demos)
+            self.counts["annotations"] += sum(d.source == "teacher" for d in outcome.demos)
+            self.counts["validations"] += sum(d.source == "validated" for d in outcome.demos)
+            self.counts["relabels"] += sum(d.source == "relabeled" for d in outcome.demos)
+            self.n_interactive += int(bool(outcome.demos))
+
+    def pier(self, dm: Any) -> PIER:
+        return PIER(alpha=float(getattr(dm, "priority_alpha", 1.0)), **self.pier_kwargs)
+
+    def _prioritize(self, dm: Any) -> None:
+        """PIER priorities of every training episode (per-episode entries, step counts as weights)."""
+        ids = list(dm.train_ids)
+        if not ids:
+            return
+        u, r, k = pier_inputs([dm.episode_meta.get(i) for i in ids])
+        counts = np.bincount(dm.train_set.index[:, 0], minlength=len(ids))
+        result = self.pier(dm).compute(u, r, k, n_interactive=self.n_interactive, counts=counts)
+        dm.set_priorities({i: float(p) for i, p in zip(ids, result.priorities)}, result.beta)
+
+    # ---- metrics ----------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """What is logged under ``interactive/`` after a round. ``threshold`` is the mean SAG threshold the
+        round's decisions used (NaN while SAG still queries everything); the rates are decision-level over
+        the last ``metrics_window`` decisions (``novice_success``: plans judged valid; ``system_success``:
+        valid or caught by a query); ``episode_success`` is the task success of the round's episodes with
+        the teacher's help."""
+        rates = gating_metrics(self.decision_log["failed"], self.decision_log["queried"], self.metrics_window)
+        last = self.last_round
+        return {
+            "threshold": last.get("threshold", math.nan),
+            "target": float(self.sag_kwargs["target"]),
+            f"target_{self.sag_kwargs['mode']}": float(self.sag_kwargs["target"]),  # the rate SAG aims at
+            "sensitivity": rates["sensitivity"],
+            "specificity": rates["specificity"],
+            "query_rate": rates["query_rate"],
+            "novice_success": rates["novice_success"],
+            "system_success": rates["system_success"],
+            "episode_success": last.get("episode_success", math.nan),
+            "round_query_rate": (last["queries"] / last["decisions"]) if last.get("decisions") else math.nan,
+            "n_annotations": float(self.counts["annotations"]),
+            "n_relabels": float(self.counts["relabels"]),
+            "n_validations": float(self.counts["validations"]),
+            "n_demos": float(self.counts["demos"]),
+            "n_episodes": float(self.counts["episodes"]),
+            "n_decisions": float(self.counts["decisions"]),
+            "n_queries": float(self.counts["queries"]),
+            "round_seconds": last.get("seconds", math.nan),
+            "teacher_steps": last.get("teacher_steps", math.nan),
+            "novice_steps": last.get("novice_steps", math.nan),
+        }
+
+    # ---- checkpointing ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python only (checkpoints load with weights_only=True)."""
+        return {
+            "format": STATE_FORMAT,
+            "mode": self.mode,
+            "gate": self.gate.state_dict(),
+            "seeded": bool(self.seeded),
+            "episodes_done": int(self.episodes_done),
+            "rounds_done": int(self.rounds_done),
+            "n_interactive": int(self.n_interactive),
+            "counts": {k: int(v) for k, v in self.counts.items()},
+            "decision_log": {k: [bool(x) for x in v] for k, v in self.decision_log.items()},
+            "last_round": {k: float(v) for k, v in self.last_round.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("format") != STATE_FORMAT:
+            raise ValueError(f"unknown InteractiveAggregation state format {state_dict.get('format')!r}")
+        if state_dict["mode"] != self.mode:
+            raise ValueError(f"the checkpoint was collected in mode {state_dict['mode']!r}, "
+                             f"the config says {self.mode!r}")
+        self.gate.load_state_dict(state_dict["gate"])
+        self.seeded = bool(state_dict["seeded"])
+        self.episodes_done = int(state_dict["episodes_done"])
+        self.rounds_done = int(state_dict["rounds_done"])
+        self.n_interactive = int(state_dict["n_interactive"])
+        self.counts = {k: int(v) for k, v in state_dict["counts"].items()}
+        self.decision_log = {k: [bool(x) for x in v] for k, v in state_dict["decision_log"].items()}
+        self.last_round = {k: float(v) for k, v in state_dict["last_round"].items()}
+
