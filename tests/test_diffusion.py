@@ -1,0 +1,426 @@
+"""DiffusionModule: schedulers, loss and masking, training, memorisation with DDIM, receding horizon."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lit_imit.modules.diffusion import (
+    DiffusionModule,
+    WarmupCosine,
+    build_scheduler,
+    dummy_batch,
+    dummy_stats,
+    edge_pad_actions,
+)
+
+TINY = dict(down_dims=[16, 32], diffusion_step_embed_dim=16, kernel_size=3, n_groups=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is many times faster than two when the CPU is shared (no OpenMP spinning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def state_only(**kw) -> DiffusionModule:
+    args = dict(cameras=[], state_dim=4, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4, **TINY)
+    args.update(kw)
+    module = DiffusionModule(**args)
+    module.load_stats(dummy_stats(args["state_dim"], args["action_dim"]))
+    return module
+
+
+# ---- configuration -------------------------------------------------------------------------------------
+def test_scheduler_configs_match_diffusion_policy():
+    module = state_only()
+    train, infer = module.train_scheduler.config, module.sampler.config
+    assert type(module.train_scheduler).__name__ == "DDPMScheduler"
+    assert type(module.sampler).__name__ == "DDIMScheduler"
+    for cfg in (train, infer):
+        assert cfg.num_train_timesteps == 100
+        assert cfg.beta_schedule == "squaredcos_cap_v2"
+        assert cfg.prediction_type == "epsilon"
+        assert cfg.clip_sample is True
+        assert (cfg.beta_start, cfg.beta_end) == (1e-4, 0.02)
+    assert train.variance_type == "fixed_small"
+    assert infer.set_alpha_to_one is True and infer.steps_offset == 0
+    assert module.num_inference_steps == 10
+    module.sampler.set_timesteps(module.num_inference_steps)
+    assert module.sampler.timesteps.tolist() == list(range(90, -1, -10))
+    # the same noise schedule for training and sampling
+    torch.testing.assert_close(module.train_scheduler.alphas_cumprod, module.sampler.alphas_cumprod)
+
+
+def test_ddpm_inference_defaults_to_all_training_steps():
+    assert state_only(inference_scheduler="ddpm").num_inference_steps == 100
+    assert state_only(inference_scheduler="ddim", num_inference_steps=8).num_inference_steps == 8
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        build_scheduler("euler")
+
+
+def test_invalid_horizons_are_rejected():
+    with pytest.raises(ValueError, match="multiple of 2"):
+        state_only(horizon=7, n_action_steps=2)
+    with pytest.raises(ValueError, match="do not fit"):
+        state_only(horizon=8, n_obs_steps=3, n_action_steps=7)
+
+
+def test_hparams_and_state_dict_are_plain_and_weights_only_loadable():
+    module = state_only()
+    plain = (int, float, str, bool, type(None), list)
+    assert all(isinstance(v, plain) for v in module.hparams.values()), dict(module.hparams)
+    assert all(isinstance(v, torch.Tensor) for v in module.state_dict().values())
+    assert {"stat_qpos_min", "stat_action_max", "stats_initialized"} <= set(module.state_dict())
+    buffer = io.BytesIO()
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    clone = DiffusionModule(**loaded["hyper_parameters"])
+    clone.load_state_dict(loaded["state_dict"])
+    obs = {"qpos": torch.rand(3, 2, 4)}
+    module.sampling_generator.manual_seed(1)
+    clone.sampling_generator.manual_seed(1)
+    assert torch.equal(module.sample_actions(obs), clone.sample_actions(obs))
+
+
+def test_warmup_cosine_schedule_values():
+    f = WarmupCosine(500, 1500)
+    assert f(0) == pytest.approx(1 / 500) and f(499) == pytest.approx(1.0)
+    assert f(500) == pytest.approx(1.0)
+    assert f(1000) == pytest.approx(0.5)
+    assert f(1500) == pytest.approx(0.0) and f(3000) == 0.0
+    assert WarmupCosine(10, None)(10_000) == 1.0
+
+
+def test_optimizer_settings():
+    module = state_only(max_steps=2000)
+    cfg = module.configure_optimizers()
+    opt = cfg["optimizer"]
+    assert isinstance(opt, torch.optim.AdamW)
+    group = opt.param_groups[0]
+    assert group["betas"] == (0.95, 0.999) and group["weight_decay"] == 1e-6 and group["eps"] == 1e-8
+    assert group["fused"] is True
+    assert cfg["lr_scheduler"]["interval"] == "step"
+    sched = cfg["lr_scheduler"]["scheduler"]
+    assert sched.lr_lambdas[0].warmup == 500 and sched.lr_lambdas[0].total == 2000
+    assert group["lr"] == pytest.approx(1e-4 / 500)  # first step of the warm-up
+
+
+# ---- loss ----------------------------------------------------------------------------------------------
+def test_edge_padding_repeats_the_nearest_valid_action():
+    action = torch.arange(6.0).view(1, 6, 1).repeat(1, 1, 2)
+    is_pad = torch.tensor([[True, False, False, False, True, True]])
+    out = edge_pad_actions(action, is_pad)
+    assert out[0, :, 0].tolist() == [1.0, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+class ZeroNet(torch.nn.Module):
+    """Predicts zero noise: the loss is then exactly the mean square of the drawn noise."""
+
+    def forward(self, x, t, cond):
+        return torch.zeros_like(x)
+
+
+def test_padding_is_masked_in_the_loss():
+    module = state_only()
+    module.unet = ZeroNet()
+    batch = {"qpos": torch.zeros(2, 2, 4), "action": torch.zeros(2, 8, 2),
+             "action_is_pad": torch.zeros(2, 8, dtype=torch.bool)}
+    batch["action_is_pad"][1, 5:] = True
+    loss = module.per_sample_loss(batch, torch.Generator().manual_seed(0))
+    noise = torch.randn((2, 8, 2), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss[0], noise[0].square().mean())
+    torch.testing.assert_close(loss[1], noise[1, :5].square().mean())  # only the 5 valid steps
+
+    # whatever the dataset put in the padded slots (even NaN) cannot reach the loss
+    batch["action"][1, 5:] = float("nan")
+    again = state_only()
+    torch.testing.assert_close(
+        again.per_sample_loss(batch, torch.Generator().manual_seed(3)),
+        again.per_sample_loss({**batch, "action": batch["action"].nan_to_num(7.0)}, torch.Generator().manual_seed(3)),
+    )
+
+
+def test_training_step_weights_samples():
+    module = state_only()
+    batch = dummy_batch(batch_size=4, horizon=8, cameras=(), state_dim=4, action_dim=2)
+    batch["weight"] = torch.tensor([1.0, 0.0, 3.0, 0.0])
+    torch.manual_seed(5)
+    per_sample = module.per_sample_loss(batch)
+    torch.manual_seed(5)
+    loss = module.training_step(batch, 0)
+    torch.testing.assert_close(loss, (per_sample[0] + 3 * per_sample[2]) / 4)
+
+
+def test_validation_noise_is_reproducible():
+    module = state_only()
+    batch = dummy_batch(batch_size=4, horizon=8, cameras=(), state_dim=4, action_dim=2)
+    module.on_validation_epoch_start()
+    first = module.validation_step(batch, 0)
+    module.on_validation_epoch_start()
+    assert torch.equal(first, module.validation_step(batch, 0))
+
+
+# ---- training ------------------------------------------------------------------------------------------
+def synthetic_windows(n_episodes=3, length=12, n_obs=2, horizon=8, hw=(48, 48), camera=True):
+    """Windows over smooth fake episodes (action at t = qpos at t+1) with camera frames, as a dataset yields."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(n_episodes):
+        qpos = np.cumsum(rng.normal(0, 0.1, size=(length + 1, 4)), axis=0).astype(np.float32)
+        action = qpos[1:, :2]
+        frames = rng.integers(0, 255, size=(length, *hw, 3), dtype=np.uint8)
+        for t in range(length):
+            obs_steps = np.clip(np.arange(t - n_obs + 1, t + 1), 0, None)
+            steps = np.arange(t - n_obs + 1, t - n_obs + 1 + horizon)
+            sample = {
+                "qpos": torch.from_numpy(qpos[obs_steps]),
+                "action": torch.from_numpy(action[np.clip(steps, 0, length - 1)]),
+                "action_is_pad": torch.from_numpy(steps >= length),
+                "weight": torch.tensor(1.0),
+            }
+            if camera:
+                sample["images/top"] = torch.from_numpy(frames[obs_steps])
+            samples.append(sample)
+    return samples
+
+
+def stats_of(samples):
+    q = torch.cat([s["qpos"] for s in samples])
+    a = torch.cat([s["action"] for s in samples])
+    return {
+        k: {"mean": v.mean(0), "std": v.std(0), "min": v.amin(0), "max": v.amax(0)}
+        for k, v in (("qpos", q), ("action", a))
+    }
+
+
+def fit_and_measure(module, samples, steps, tmp_path) -> tuple[float, float]:
+    """Denoising loss on all samples (fixed noise) before and after ``steps`` Trainer steps."""
+    module.load_stats(stats_of(samples))
+    eval_batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+    def loss_now() -> float:
+        module.eval()
+        with torch.no_grad():
+            return module.per_sample_loss(eval_batch, torch.Generator().manual_seed(0)).mean().item()
+
+    before = loss_now()
+    module.train()  # Lightning keeps the modules' mode as it finds them
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader(samples, batch_size=12, shuffle=True))
+    assert "train/loss" in trainer.callback_metrics
+    return before, loss_now()
+
+
+def test_denoising_loss_falls_with_the_trainer_on_synthetic_episodes(tmp_path):
+    torch.manual_seed(0)
+    module = DiffusionModule(cameras=[], state_dim=4, action_dim=2, horizon=8, n_action_steps=4, lr=3e-3,
+                             warmup_steps=5, **TINY)
+    before, after = fit_and_measure(module, synthetic_windows(camera=False), 150, tmp_path)
+    assert math.isfinite(after) and after < 0.6 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_denoising_loss_falls_with_a_camera(tmp_path):
+    torch.manual_seed(0)
+    module = DiffusionModule(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4,
+                             crop_shape=[40, 40], num_keypoints=8, image_feature_dim=8, lr=3e-3, warmup_steps=5,
+                             **TINY)
+    before, after = fit_and_measure(module, synthetic_windows(), 120, tmp_path)
+    assert math.isfinite(after) and after < 0.6 * before, (before, after)
+
+
+def test_gradients_reach_the_camera_encoder():
+    torch.manual_seed(0)
+    module = DiffusionModule(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4,
+                             crop_shape=[40, 40], num_keypoints=4, image_feature_dim=4, **TINY)
+    samples = synthetic_windows(n_episodes=1, length=4)
+    module.load_stats(stats_of(samples))
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    module.per_sample_loss(batch).mean().backward()
+    encoder = module.obs_encoder.encoders["top"]
+    for part in (encoder.trunk[0], encoder.keypoints.keypoint_conv, encoder.project):
+        assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
+
+
+def memorised_model():
+    """A tiny state-only model overfitted on 2 fixed (observation, chunk) pairs."""
+    torch.manual_seed(0)
+    module = state_only(down_dims=[64], diffusion_step_embed_dim=32, kernel_size=5)
+    g = torch.Generator().manual_seed(1)
+    qpos = (torch.rand(2, 1, 4, generator=g) * 2 - 1).repeat(1, 2, 1)  # a repeated frame, as after reset()
+    t = torch.linspace(0, 1, 8)[None, :, None]
+    chunks = 0.7 * torch.sin((torch.rand(2, 1, 2, generator=g) * 3 + 1) * 3 * t + torch.rand(2, 1, 2, generator=g) * 6)
+    batch = {"qpos": qpos.repeat(16, 1, 1), "action": chunks.repeat(16, 1, 1)}
+    steps = 400
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    for _ in range(steps):
+        loss = module.per_sample_loss(batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return module.eval(), qpos, chunks
+
+
+@pytest.fixture(scope="module")
+def memorised():
+    return memorised_model()
+
+
+def test_ddim_sampling_reproduces_a_memorised_chunk(memorised):
+    module, qpos, chunks = memorised
+    assert (chunks[0] - chunks[1]).abs().max() > 0.5, "the two chunks must be distinguishable"
+    for seed in range(3):
+        module.sampling_generator.manual_seed(seed)
+        sampled = module.sample_actions({"qpos": qpos})[:, 0]
+        err = (sampled - chunks).abs().amax(dim=(1, 2))
+        assert (err < 0.1).all(), f"seed {seed}: max abs error per pair {err.tolist()}"
+
+
+def test_predict_uncertainty_is_low_on_memorised_obs_and_high_untrained(memorised):
+    module, qpos, chunks = memorised
+    module.reset()
+    pred = module.predict({"qpos": qpos[:, -1].numpy()})
+    assert pred.action.shape == (2, 2) and pred.uncertainty.shape == (2,)
+    torch.testing.assert_close(pred.action, chunks[:, 1], atol=0.1, rtol=0)  # step To-1 of the window
+    untrained = state_only(down_dims=[64], diffusion_step_embed_dim=32, kernel_size=5)
+    untrained.reset()
+    raw = untrained.predict({"qpos": qpos[:, -1]})
+    assert pred.uncertainty.max() < 0.1 < 0.2 < raw.uncertainty.min(), (pred.uncertainty, raw.uncertainty)
+
+
+def test_sampling_is_seeded():
+    module = state_only()
+    obs = {"qpos": torch.rand(3, 4)}
+    module.reset()
+    first = [module.select_action(obs) for _ in range(6)]
+    module.reset()
+    again = [module.select_action(obs) for _ in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    module.reset(seed=123)
+    other = module.select_action(obs)
+    assert not torch.equal(other, first[0])
+
+
+# ---- acting --------------------------------------------------------------------------------------------
+def test_receding_horizon_queries_every_n_action_steps_and_returns_the_right_slice():
+    module = state_only(n_obs_steps=2, horizon=8, n_action_steps=3)
+    histories = []
+
+    def fake_sample(obs, num_samples=1):
+        histories.append(obs["qpos"][:, :, 0].clone())
+        call = len(histories) - 1
+        n = obs["qpos"].shape[0]
+        window = torch.arange(8.0).view(1, 1, 8, 1).expand(n, num_samples, 8, 2) + 100 * call
+        return window.clone()
+
+    module.sample_actions = fake_sample
+    module.reset()
+    actions = []
+    for step in range(7):
+        obs = {"qpos": np.full((2, 4), float(step), dtype=np.float32)}
+        actions.append(module.select_action(obs))
+    assert [a[0, 0].item() for a in actions] == [1, 2, 3, 101, 102, 103, 201]  # indices [To-1, To-1+Ta)
+    assert all(a.shape == (2, 2) for a in actions)
+    assert len(histories) == 3  # queried at steps 0, 3, 6
+    assert histories[0][0].tolist() == [0.0, 0.0]  # first observation repeated after reset
+    assert histories[1][0].tolist() == [2.0, 3.0]  # the last To observations
+    assert histories[2][0].tolist() == [5.0, 6.0]
+    module.reset()
+    module.select_action({"qpos": np.full((2, 4), 9.0, dtype=np.float32)})
+    assert histories[-1][0].tolist() == [9.0, 9.0]
+    with pytest.raises(ValueError, match="reset"):
+        module.select_action({"qpos": np.zeros((3, 4), dtype=np.float32)})
+
+
+def test_select_action_with_a_camera_and_restores_training_mode():
+    module = DiffusionModule(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4,
+                             crop_ratio=0.9, num_keypoints=4, image_feature_dim=4, **TINY)
+    module.load_stats(dummy_stats(4, 2))
+    module.train()
+    module.reset()
+    obs = {"qpos": np.zeros((2, 4), np.float32), "images/top": np.zeros((2, 64, 64, 3), np.uint8)}
+    action = module.select_action(obs)
+    assert action.shape == (2, 2) and torch.isfinite(action).all()
+    assert module.training, "select_action must restore the training mode"
+    with pytest.raises(KeyError, match="images/top"):
+        module.reset()
+        module.select_action({"qpos": obs["qpos"]})
+
+
+def test_actions_are_unnormalised_with_the_stats():
+    module = state_only()
+    stats = dummy_stats(4, 2)
+    stats["action"]["min"] = torch.tensor([10.0, -5.0])
+    stats["action"]["max"] = torch.tensor([12.0, -4.0])
+    module.load_stats(stats)
+    module.reset()
+    action = module.select_action({"qpos": torch.zeros(5, 4)})
+    # clip_sample keeps normalised samples in [-1, 1], so raw actions stay inside the data range
+    assert (action[:, 0] >= 10 - 1e-4).all() and (action[:, 0] <= 12 + 1e-4).all()
+    assert (action[:, 1] >= -5 - 1e-4).all() and (action[:, 1] <= -4 + 1e-4).all()
+
+
+def test_dummy_batch_layout():
+    batch = dummy_batch(batch_size=2, image_shape=(48, 64))
+    assert batch["qpos"].shape == (2, 2, 14) and batch["action"].shape == (2, 16, 14)
+    assert batch["images/top"].shape == (2, 2, 48, 64, 3) and batch["images/top"].dtype == torch.uint8
+    assert batch["action_is_pad"].dtype == torch.bool and batch["weight"].shape == (2,)
+
+
+def test_checkpoint_with_ema_loads_alone_and_runs_the_averaged_policy(tmp_path):
+    from callbacks.ema import EMA
+
+    torch.manual_seed(0)
+    samples = synthetic_windows(camera=False)
+    module = DiffusionModule(cameras=[], state_dim=4, action_dim=2, horizon=8, n_action_steps=4, lr=3e-3,
+                             warmup_steps=2, **TINY)
+    module.load_stats(stats_of(samples))
+    ema = EMA()
+    trainer = pl.Trainer(max_steps=6, callbacks=[ema], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(samples, batch_size=12), DataLoader(samples, batch_size=12))
+    assert "val/loss" in trainer.callback_metrics
+    path = tmp_path / "dp.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)  # what LightningCLI does at parse time
+    assert ckpt["lr_schedulers"][0]["lr_lambdas"][0] == {"warmup": 2, "total": 6}
+    alone = DiffusionModule.load_from_checkpoint(path, weights_only=True)
+    assert bool(alone.stats_initialized)
+    torch.testing.assert_close(alone.stat("action", "max"), module.stat("action", "max"))
+    obs = {"qpos": samples[0]["qpos"][-1:].numpy()}
+    alone.reset()
+    module.reset()
+    with ema.averaged(module):
+        expected = module.select_action(obs)
+    assert torch.equal(alone.select_action(obs), expected)
+    module.reset()
+    assert not torch.equal(module.select_action(obs), expected), "the live weights should act differently"
+
+
+def test_trains_on_the_project_dataset_layout(episode_store):
+    """ChunkDataset windows (history of 2, actions from the first observation step) feed the module as is."""
+    from lit_imit.data.datasets import ChunkDataset, compute_stats
+
+    dataset = ChunkDataset(episode_store, episode_store.ids(), camera_keys=("top",), chunk_size=8, n_obs_steps=2,
+                           action_offset=-1)
+    module = DiffusionModule(cameras=["top"], horizon=8, n_action_steps=4, crop_ratio=0.9, num_keypoints=4,
+                             image_feature_dim=4, **TINY)
+    module.load_stats(compute_stats(dataset.lowdim, ["qpos", "action"]))
+    batch = next(iter(DataLoader(dataset, batch_size=4)))
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
