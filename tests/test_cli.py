@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -24,6 +25,19 @@ TINY_ACT = {
 }
 
 
+TINY_DIFFUSION = {
+    "class_path": "lit_imit.modules.diffusion.DiffusionModule",
+    "init_args": {
+        "cameras": ["top"], "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": [16, 32],
+        "diffusion_step_embed_dim": 16, "num_keypoints": 4, "image_feature_dim": 8, "crop_shape": [40, 56],
+        "num_inference_steps": 2, "warmup_steps": 2,
+    },
+}
+DIFFUSION_DATA = {"chunk_size": 8, "n_obs_steps": 2, "action_offset": -1}
+EMA = {"class_path": "callbacks.ema.EMA", "init_args": {}}
+MODELS = {"act": (TINY_ACT, {}, []), "diffusion": (TINY_DIFFUSION, DIFFUSION_DATA, [EMA])}
+
+
 def synthetic_store(root: Path, episodes: int = 4, hw=(48, 64)) -> str:
     from lit_imit.data import EpisodeStore
 
@@ -33,7 +47,10 @@ def synthetic_store(root: Path, episodes: int = 4, hw=(48, 64)) -> str:
     return str(root)
 
 
-def config(tmp_path: Path, data: dict, **trainer) -> dict:
+def config(tmp_path: Path, data: dict, model: str = "act", **trainer) -> dict:
+    module, data_args, callbacks = MODELS[model]
+    trainer.setdefault("callbacks", [])
+    trainer["callbacks"] = [*callbacks, *trainer["callbacks"]]
     return {
         "seed_everything": 7,
         "trainer": {
@@ -44,9 +61,10 @@ def config(tmp_path: Path, data: dict, **trainer) -> dict:
                        "init_args": {"save_dir": str(tmp_path), "name": "logs", "version": 0}},
             **trainer,
         },
-        "model": TINY_ACT,
+        "model": module,
         "data": {"class_path": "lit_imit.data.EpisodeDataModule",
-                 "init_args": {"chunk_size": 10, "batch_size": 4, "num_workers": 0, "val_episodes": 1, **data}},
+                 "init_args": {"chunk_size": 10, "batch_size": 4, "num_workers": 0, "val_episodes": 1,
+                               **data_args, **data}},
     }
 
 
@@ -65,16 +83,30 @@ def test_malformed_config_is_a_clear_error(tmp_path):
     assert out.returncode != 0 and "chunk_size" in out.stderr
 
 
+class StopAfterEpochs(pl.Callback):
+    """Stops a run after ``n`` epochs, as if it had been killed right after saving that epoch's checkpoint."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.n:
+            trainer.should_stop = True
+
+
 def _params(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_exact_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("model", ["act", pytest.param("diffusion", marks=pytest.mark.slow)])
+def test_exact_resume_matches_uninterrupted_run(tmp_path, model):
     data_dir = synthetic_store(tmp_path / "data")
-    straight = main({"fit": config(tmp_path / "a", {"data_dir": data_dir}, max_epochs=4)})
+    straight = main({"fit": config(tmp_path / "a", {"data_dir": data_dir}, model, max_epochs=4)})
     ckpt_dir = tmp_path / "b" / "logs" / "version_0" / "checkpoints"
-    main({"fit": config(tmp_path / "b", {"data_dir": data_dir}, max_epochs=2)})
-    resumed_cfg = config(tmp_path / "b", {"data_dir": data_dir}, max_epochs=4)
+    interrupted = config(tmp_path / "b", {"data_dir": data_dir}, model, max_epochs=4)
+    interrupted["trainer"]["callbacks"].append({"class_path": "tests.test_cli.StopAfterEpochs", "init_args": {"n": 2}})
+    main({"fit": interrupted})  # the same run, killed after epoch 2 (schedules still see 4 epochs)
+    resumed_cfg = config(tmp_path / "b", {"data_dir": data_dir}, model, max_epochs=4)
     resumed_cfg["trainer"]["logger"]["init_args"]["version"] = 1
     resumed = main({"fit": {**resumed_cfg, "ckpt_path": str(ckpt_dir / "last.ckpt")}})
     assert straight.trainer.global_step == resumed.trainer.global_step == 16
@@ -133,13 +165,15 @@ def _write(path: Path, cfg: dict) -> str:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_train_and_evaluate(tmp_path):
+@pytest.mark.parametrize("model", ["act", "diffusion"])
+def test_ddp_two_cpu_processes_train_and_evaluate(tmp_path, model):
     data_dir = synthetic_store(tmp_path / "data")
     rollout = {"class_path": "callbacks.rollout.RolloutEvaluation",
                "init_args": {"task": "transfer_cube", "n_episodes": 2, "n_envs": 1, "every_n_epochs": 1,
                              "max_steps": 20, "video": False,
                              "env_kwargs": {"cameras": ["top"], "image_size": [48, 64]}}}
-    cfg = config(tmp_path, {"data_dir": data_dir}, callbacks=[rollout], devices=2, strategy="ddp", max_epochs=1)
+    cfg = config(tmp_path, {"data_dir": data_dir}, model, callbacks=[rollout], devices=2, strategy="ddp",
+                 max_epochs=1)
     path = _write(tmp_path / "ddp.yaml", cfg)
     out = subprocess.run([sys.executable, "-m", "lit_imit", "fit", "--config", path],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
