@@ -31,6 +31,7 @@ OPTIONAL_COMPONENTS = (
     "lit_imit.modules.cliport",
     "lit_imit.modules.skill_prior",
     "lit_imit.data.cliport",
+    "lit_imit.data.skills",
     "callbacks.ema",
     "callbacks.interactive",
 )

@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -212,6 +213,135 @@ def act_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     rate = n_envs * steps / (time.perf_counter() - start)
     yield {"name": "act_rollout", "value": rate, "unit": "env-steps/s", "num_envs": n_envs, "image_size": [120, 160],
            "policy": "quickstart ACT, chunk 50", "device": str(device)}
+
+
+# ---- CLIPort (Ravens pick-and-place) -------------------------------------------------------------------
+def _cliport_presets(device: torch.device) -> dict[str, dict[str, Any]]:
+    """configs/cliport/quick.yaml's network, and the paper's (RN50 CLIP, width 64, full resolution) on CUDA."""
+    from lit_imit.modules.cliport import TINY_CLIP
+
+    presets: dict[str, dict[str, Any]] = {
+        "quick": dict(spatial_width=8, clip_overrides=TINY_CLIP, downsample=4, crop_size=32),
+    }
+    if device.type == "cuda":
+        presets["paper"] = dict(channels_last=True)
+    return presets
+
+
+@row("cliport_train")
+def cliport_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """CLIPort training samples/s (pick + place fwd/bwd + Adam, batch in memory) at batch 1 and 8."""
+    from lit_imit.modules.cliport import CLIPortModule, make_dummy_batch, measure_train_throughput
+
+    device = device_of(args)
+    for preset, config in _cliport_presets(device).items():
+        module = CLIPortModule(**config).to(device)
+        for batch_size in (1, 8):
+            batch = make_dummy_batch(batch_size, device=device)
+            steps = max(1, args.steps // batch_size)
+            result = measure_train_throughput(module, batch, steps=steps, warmup=1)
+            yield {"name": f"cliport_train_{preset}", "value": result["samples_per_s"], "unit": "samples/s",
+                   "batch_size": batch_size, "heightmap": [320, 160], "augment": True, "device": str(device),
+                   "timed_steps": steps, **config, **{k: v for k, v in result.items() if k != "samples_per_s"}}
+
+
+@row("cliport_decisions")
+def cliport_decisions(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """CLIPort decisions/s of predict() (pick, place over 36 rotations, entropies) for 1 and 4 envs."""
+    from lit_imit.modules.cliport import CLIPortModule, make_dummy_batch, measure_decisions
+
+    device = device_of(args)
+    for preset, config in _cliport_presets(device).items():
+        module = CLIPortModule(**config).to(device)
+        for n_envs in (1, 4):
+            rate = measure_decisions(module, make_dummy_batch(n_envs, device=device), repeat=3)
+            yield {"name": f"cliport_decisions_{preset}", "value": rate, "unit": "decisions/s", "num_envs": n_envs,
+                   "device": str(device), **config}
+
+
+@row("ravens_env_steps")
+def ravens_env_steps(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Ravens pick-place steps/s driven by the oracle (physics + three rendered views fused per step), and resets/s."""
+    from lit_imit.envs import make_env, make_teacher
+
+    for task in ("put-block-in-bowl-seen-colors", "packing-seen-shapes"):
+        env = make_env(task)
+        teacher = make_teacher(task, env)
+        steps = resets = 0
+        step_time = reset_time = 0.0
+        for seed in range(3):
+            start = time.perf_counter()
+            env.reset(seed=seed)
+            reset_time += time.perf_counter() - start
+            resets += 1
+            done = False
+            while not done:
+                action = teacher.act(None)
+                start = time.perf_counter()
+                _, _, terminated, truncated, _ = env.step(action)
+                step_time += time.perf_counter() - start
+                steps += 1
+                done = terminated or truncated
+        env.close()
+        yield {"name": "ravens_env_steps", "value": steps / step_time, "unit": "pick-place steps/s", "task": task,
+               "steps": steps, "resets_per_s": resets / reset_time}
+
+
+# ---- Diffusion Policy ---------------------------------------------------------------------------------
+def _diffusion_module(device: torch.device, **overrides: Any):
+    """LeRobot's Diffusion image shape: one 480x640 camera cropped to 440x560, To 2, Tp 16, dims 512/1024/2048."""
+    from lit_imit.modules.diffusion import DiffusionModule, dummy_stats
+
+    kwargs = dict(cameras=["top"], n_obs_steps=2, horizon=16, n_action_steps=8, down_dims=[512, 1024, 2048],
+                  crop_shape=[440, 560], warmup_steps=1, max_steps=1000)
+    kwargs.update(overrides)
+    module = DiffusionModule(**kwargs)
+    module.load_stats(dummy_stats())
+    return module.to(device)
+
+
+@row("diffusion_train")
+def diffusion_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Diffusion training samples/s at LeRobot's Diffusion image shape (batch 8), fp32 and bf16 autocast."""
+    from lit_imit.modules.diffusion import dummy_batch
+
+    device = device_of(args)
+    batch = {k: v.to(device) for k, v in dummy_batch(8).items()}
+    for precision in ("32", "bf16-mixed"):
+        module = _diffusion_module(device).train()
+        optimizer = module.configure_optimizers()["optimizer"]
+
+        def step() -> None:
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision != "32" else nullcontext()
+            with ctx:
+                loss = module.per_sample_loss(batch).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        cpu0 = time.process_time()
+        seconds = timed(step, repeat=max(1, args.steps // 2), warmup=1)
+        yield {"name": "diffusion_train_lerobot_shape", "value": 8 / seconds, "unit": "samples/s",
+               "precision": precision, "batch_size": 8, "image_size": [480, 640], "crop": [440, 560],
+               "n_obs_steps": 2, "horizon": 16, "down_dims": [512, 1024, 2048], "device": str(device),
+               "step_s": seconds, "cpu_s_total": time.process_time() - cpu0}
+
+
+@row("diffusion_inference")
+def diffusion_inference(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Diffusion latency per action chunk for one env at LeRobot's shape: DDPM 100 steps vs DDIM 10."""
+    device = device_of(args)
+    obs = {"qpos": np.zeros((1, 14), np.float32), "images/top": np.zeros((1, 480, 640, 3), np.uint8)}
+    for scheduler, steps in (("ddim", 10), ("ddpm", 100)):
+        module = _diffusion_module(device, inference_scheduler=scheduler, num_inference_steps=steps).eval()
+
+        def query() -> None:
+            module.reset()  # an empty queue: every call denoises a new chunk
+            module.select_action(obs)
+
+        seconds = timed(query, repeat=2 if scheduler == "ddim" else 1, warmup=1)
+        yield {"name": "diffusion_inference", "value": seconds * 1000, "unit": "ms/chunk", "scheduler": scheduler,
+               "denoising_steps": steps, "device": str(device)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:  # `callbacks` and `scripts` live at the top of th
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny test models: one thread avoids oversubscription on 2 cores
 
 
 def make_episode_arrays(length: int = 30, dim: int = 14, cameras=("top",), hw=(24, 32), seed: int = 0):
