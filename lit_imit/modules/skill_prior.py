@@ -43,9 +43,8 @@ different scales, so we normalise); actions stay raw (both envs take actions in 
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -399,16 +398,6 @@ class SkillPriorModule(PolicyModule):
         self._step = 0
         self._lookup_features = None
 
-    @contextlib.contextmanager
-    def _policy_mode(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.train(was_training)
-
     def _check_ready(self) -> None:
         if not bool(self.stats_initialized) and not self._warned_stats:
             rank_zero_warn("SkillPriorModule runs the policy with identity normalisation: no stats were loaded")
@@ -480,12 +469,12 @@ class SkillPriorModule(PolicyModule):
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for N envs: (N, A) raw actions."""
-        with self._policy_mode():
+        with self.policy_mode():
             action, _ = self._step_actions(obs)
         return action
 
     def predict(self, obs: Mapping[str, Any]) -> Prediction:
         """The same step plus the spread of actions decoded from skills sampled around the chosen one."""
-        with self._policy_mode():
+        with self.policy_mode():
             action, uncertainty = self._step_actions(obs, n_samples=max(2, self.hparams.n_uncertainty_samples))
         return Prediction(action=action, uncertainty=uncertainty)
