@@ -29,7 +29,8 @@ def load_triton_before_gl() -> None:
 
     Headless EGL rendering on Mesa (llvmpipe) loads Mesa's libLLVM; loading triton's own LLVM afterwards
     (``import torch._dynamo``, which torchvision and Lightning do) crashes the process with a segfault.
-    The other order is fine, so every MuJoCo renderer calls this before its first frame.
+    The other order is fine. dm_control opens its EGL display when it is imported, so this runs when
+    ``lit_imit.envs`` is imported, before any simulator module loads.
     """
     import importlib.util
     import sys
@@ -39,6 +40,10 @@ def load_triton_before_gl() -> None:
             import triton  # noqa: F401
         except Exception:  # a broken triton install must not stop rendering
             pass
+
+
+if os.environ["MUJOCO_GL"] == "egl":
+    load_triton_before_gl()
 
 
 @dataclass(frozen=True)

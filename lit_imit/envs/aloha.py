@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 
-from lit_imit.envs import load_triton_before_gl  # first: sets MUJOCO_GL before mujoco loads
+import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton before mujoco/dm_control)
 
 import mujoco  # noqa: E402
 import numpy as np
@@ -372,7 +372,6 @@ class AlohaEnv(gym.Env):
 
     def _make_renderer(self) -> mujoco.Renderer:
         """One offscreen renderer per env, created on first use (envs without cameras never need GL)."""
-        load_triton_before_gl()
         height, width = self.image_size
         model = self.physics.model.ptr
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)  # buffer must fit the image

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import gymnasium as gym
 
-from lit_imit.envs import load_triton_before_gl  # first: sets MUJOCO_GL before mujoco loads
+import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton before mujoco)
 
 import mujoco  # noqa: E402
 import numpy as np
@@ -518,7 +518,6 @@ class MyCobotMoveCubeEnv(gym.Env):
 
     def _render_camera(self, camera: str) -> np.ndarray:
         if self._renderer is None:
-            load_triton_before_gl()
             height, width = self.image_size
             visual = self.model.vis.global_
             visual.offheight = max(visual.offheight, height)
