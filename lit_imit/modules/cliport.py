@@ -1,0 +1,420 @@
+"""CLIPortModule: language-conditioned pick-and-place (Shridhar et al., CoRL 2021) on ``nets.cliport.CLIPortNet``.
+
+Training (one sample = one pick-place decision, ``lit_imit.data.cliport``):
+
+* input: the fused colour map and height map of the observation as CLIPort's 6-channel heightmap, normalised
+  inside the network with CLIPort's fixed constants (no dataset statistics);
+* augmentation (``augment``, on by default as in CLIPort): a random rigid SE(2) transform of the whole
+  heightmap about its centre, yaw ~ N(0, ``theta_sigma`` degrees), shift ~ N(0, min(H, W)/6) pixels,
+  redrawn (up to 10 times) until both pick and place pixels stay inside the map. The pick and place
+  pixels move with the scene; the relative place yaw label does not change (turning the scene turns the
+  object and its target alike). CLIPort's README warns it hurts tasks with directional words;
+* losses: cross-entropy of the pick logits over all H x W pixels against the demo pick pixel, and of the
+  place logits over all n_rotations x H x W entries against (yaw bin, place pixel), the place computed with
+  the demo pick (teacher forcing). Per-sample losses are weighted by ``batch["weight"]`` (PIER). The
+  default is the per-sample cross-entropy (cliport-batchify's ``F.cross_entropy``); ``cliport_loss_scale``
+  divides each term by its number of elements as the original code does (its mean over all elements);
+* one Adam over all trainable weights at lr 1e-4. CLIPort steps two Adams, one per module; the attention
+  and transport share no trainable weight (the shared CLIP is frozen), so the updates are identical;
+* ``downsample`` (a CPU option, off in the paper): the network sees the maps pooled by d and predicts d x d
+  blocks; labels are divided by d, executed pixels are the blocks' centres.
+
+Execution, for a batch of N environments (``select_action`` / ``predict``): the pick is the argmax of the
+pick logits, the place is the argmax over (rotation, pixel) of the place logits given that pick; poses are
+the pixel centres at the height map's height, the pick yaw is 0 and the place yaw the bin's angle, returned
+as (N, 14) = pick (xyz + xyzw) + place, the flat action the Ravens envs take.
+
+Uncertainty (``predict``, ASkDAgger §1.3): the Shannon entropies H_pick of the pick softmax (over H x W) and
+H_place of the place softmax (over H x W x R), combined as u = 1/2 (H_pick / M_pick + H_place / M_place):
+
+* ``uncertainty_normalizer="running_max"`` (ASkDAgger's default): M are running maxima of the entropies seen
+  by ``predict`` (kept in buffers, saved in checkpoints); within a batch, envs are taken in order, as the
+  decisions would arrive one at a time, so each is normalised by the maximum up to and including itself;
+* ``"max_entropy"``: M are the largest possible entropies, log(H W) and log(H W R), so u is in [0, 1] and
+  equals 1 for uniform heatmaps.
+
+The module is stateless between decisions (``reset`` has nothing to clear).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_imit.envs.ravens import geometry as geo
+from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
+from lit_imit.nets.cliport import CLIPortNet
+from lit_imit.nets.transporter import bin_to_yaw, rotate_images, transform_pixels, yaw_to_bin
+
+#: a small CLIP for CPU runs and tests (random init only): ResNet with one block per stage, 1-layer text encoder
+TINY_CLIP = {"embed_dim": 64, "vision_cfg": {"width": 8, "layers": [1, 1, 1, 1]},
+             "text_cfg": {"width": 64, "heads": 2, "layers": 1}}
+UNCERTAINTY_NORMALIZERS = ("running_max", "max_entropy")
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Shannon entropy (nats) of the softmax over all entries of each row of (B, ...) logits."""
+    logp = F.log_softmax(logits.flatten(1).float(), dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def heightmap_batch(color: Tensor, height: Tensor) -> Tensor:
+    """(B, H, W, 3) colour (0..255) + (B, H, W) heights -> CLIPort's raw (B, 6, H, W) float input."""
+    if color.shape[:3] != height.shape[:3]:
+        raise ValueError(f"colour {tuple(color.shape)} and height {tuple(height.shape)} maps disagree")
+    h = height.float().unsqueeze(1)
+    return torch.cat([color.float().permute(0, 3, 1, 2), h, h, h], dim=1)
+
+
+def instructions_list(value: Any, n: int) -> list[str]:
+    """Instructions of a batch as a list of N strings: accepts a list/tuple, a numpy string array (what
+    ``stack_obs`` makes of per-env strings), bytes, or one string for every env."""
+    if isinstance(value, (str, bytes)):
+        value = [value] * n
+    elif isinstance(value, np.ndarray):
+        value = value.reshape(-1).tolist()
+    texts = [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+    if len(texts) != n:
+        raise ValueError(f"{len(texts)} instructions for a batch of {n} observations")
+    return texts
+
+
+def pixels_to_poses(pixels: Tensor, height: Tensor, yaw: Tensor, bounds: np.ndarray = geo.BOUNDS,
+                    pixel_size: float = geo.PIXEL_SIZE) -> Tensor:
+    """(N, 7) poses (xyz + xyzw) at the centres of pixels (N, 2) (row = y, col = x), z from the height
+    maps (N, H, W), rotated by ``yaw`` (N,) about z: ``geometry.pix_to_xyz`` + ``yaw_to_quat``, batched."""
+    rows, cols = pixels[:, 0].long(), pixels[:, 1].long()
+    x = bounds[0, 0] + (cols.double() + 0.5) * pixel_size
+    y = bounds[1, 0] + (rows.double() + 0.5) * pixel_size
+    z = bounds[2, 0] + height[torch.arange(len(pixels), device=height.device), rows, cols].double()
+    half = yaw.double() / 2
+    zeros = torch.zeros_like(x)
+    return torch.stack([x, y, z, zeros, zeros, torch.sin(half), torch.cos(half)], dim=1).float()
+
+
+class CLIPortModule(PolicyModule):
+    """CLIPort two-stream pick-and-place policy (see the module docstring).
+
+    Args:
+        spatial_width: base width of the Transporter ResNet streams (64 in the paper; 8-16 for CPU tests).
+        clip_model: open_clip ResNet CLIP (RN50 in the paper).
+        clip_pretrained: open_clip tag (e.g. "openai", from its cache) or a local checkpoint; None = random init.
+        clip_overrides: changes to the open_clip config (e.g. ``TINY_CLIP``) for a small network (random init).
+        train_clip: also train CLIP (frozen in the paper).
+        n_rotations / crop_size / transport_dim: transport settings (36 / 64 / 3 in the paper).
+        batchnorm / decoder_norm: batch norm in the ResNet blocks (off in the paper) / in the U-Net (on).
+        correlation: transport correlation method ("auto": grouped conv on CUDA, FFT on CPU).
+        init: "he" (He init, identity residual blocks, averaged correlation) or "torch" (the original's
+            PyTorch default init and summed correlation); see ``nets.cliport``.
+        lr: Adam learning rate (1e-4 in the paper).
+        augment / theta_sigma: random SE(2) augmentation and its yaw std in degrees (60 in CLIPort).
+        cliport_loss_scale: divide the losses by their element counts as the original code does.
+        uncertainty_normalizer: "running_max" (ASkDAgger) or "max_entropy".
+        accuracy_radius_px: a pick/place prediction within this many (full-resolution) pixels of the demo's
+            counts as correct in the logged accuracies (5 px = 1.6 cm).
+        downsample: run the network on heightmaps pooled by this factor (colour averaged, height max-pooled)
+            and map its pixels back to full-resolution centres: a CPU option, 1 (off) in the paper. At 4 a
+            pixel is 12.5 mm, enough for the 5 cm tolerance of put-block-in-bowl; the crop then covers
+            ``crop_size * downsample`` full-resolution pixels.
+        channels_last: run the convolutions in channels-last layout (for tensor cores; off by default: on
+            CPU, torch 2.15 aborts ("double free") in the backward of strided 1x1 convs in that layout).
+    """
+
+    def __init__(
+        self,
+        spatial_width: int = 64,
+        clip_model: str = "RN50",
+        clip_pretrained: str | None = None,
+        clip_overrides: dict[str, Any] | None = None,
+        train_clip: bool = False,
+        n_rotations: int = 36,
+        crop_size: int = 64,
+        transport_dim: int = 3,
+        batchnorm: bool = False,
+        decoder_norm: bool = True,
+        correlation: str = "auto",
+        init: str = "he",
+        lr: float = 1e-4,
+        augment: bool = True,
+        theta_sigma: float = 60.0,
+        cliport_loss_scale: bool = False,
+        uncertainty_normalizer: str = "running_max",
+        accuracy_radius_px: float = 5.0,
+        downsample: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if downsample < 1:
+            raise ValueError(f"downsample must be >= 1, got {downsample}")
+        if uncertainty_normalizer not in UNCERTAINTY_NORMALIZERS:
+            raise ValueError(
+                f"uncertainty_normalizer must be one of {UNCERTAINTY_NORMALIZERS}, got {uncertainty_normalizer!r}"
+            )
+        self.save_hyperparameters()
+        self.net = CLIPortNet(
+            spatial_width=spatial_width, clip_model=clip_model, clip_pretrained=clip_pretrained,
+            clip_overrides=clip_overrides, train_clip=train_clip, n_rotations=n_rotations, crop_size=crop_size,
+            transport_dim=transport_dim, batchnorm=batchnorm, decoder_norm=decoder_norm, correlation=correlation,
+            init=init,
+        )
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("entropy_max_pick", torch.zeros(()))
+        self.register_buffer("entropy_max_place", torch.zeros(()))
+        #: raw entropies of the last ``predict`` call: {"pick": (N,), "place": (N,)}
+        self.last_entropies: dict[str, Tensor] = {}
+
+    # ---- inputs ----------------------------------------------------------------------------------------
+    def _inputs(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
+        """Network input (B, 6, H/d, W/d), full-resolution heights (B, H, W) and instructions of a batch or
+        of env observations (numpy or tensors, batched or a single observation)."""
+        color, height = (batch[k] if isinstance(batch[k], Tensor) else torch.as_tensor(np.asarray(batch[k]))
+                         for k in ("color", "height"))
+        if color.ndim == 3:  # a single observation
+            color, height = color.unsqueeze(0), height.unsqueeze(0)
+        color, height = color.to(self.device), height.to(self.device, torch.float32)
+        texts = instructions_list(batch["instruction"], color.shape[0])
+        inp = heightmap_batch(color, height)
+        d = self.hparams.downsample
+        if d > 1:  # colour averaged, heights max-pooled so that object tops survive
+            rgb = F.avg_pool2d(inp[:, :3], d, ceil_mode=True)
+            inp = torch.cat([rgb, F.max_pool2d(inp[:, 3:], d, ceil_mode=True)], dim=1)
+        if self.hparams.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        return inp, height, texts
+
+    def _to_full(self, pixels: Tensor, hw: tuple[int, int]) -> Tensor:
+        """Network pixels -> the centre full-resolution pixel of each (identity without downsampling)."""
+        d = self.hparams.downsample
+        if d == 1:
+            return pixels
+        full = pixels * d + d // 2
+        return torch.minimum(full, torch.tensor(hw, device=pixels.device) - 1)
+
+    # ---- augmentation ----------------------------------------------------------------------------------
+    def perturb(self, inp: Tensor, pick: Tensor, place: Tensor, tries: int = 10) -> tuple[Tensor, Tensor, Tensor]:
+        """CLIPort's random SE(2) perturbation of a batch (see the module docstring); draws from torch's RNG."""
+        b, _, h, w = inp.shape
+        device = inp.device
+        pivots = torch.tensor([(h - 1) / 2, (w - 1) / 2], device=device).expand(b, 2)
+        limit = torch.tensor([h, w], device=device)
+        angles = torch.zeros(b, device=device)
+        shifts = torch.zeros(b, 2, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        for _ in range(tries):
+            theta = torch.randn(b, device=device) * math.radians(self.hparams.theta_sigma)
+            shift = torch.randn(b, 2, device=device) * (min(h, w) / 6)
+            ok = torch.ones(b, dtype=torch.bool, device=device)
+            for pix in (pick, place):
+                moved = transform_pixels(pix, theta, pivots, shift).round()
+                ok &= ((moved >= 0) & (moved < limit)).all(dim=1)
+            take = ok & ~done
+            angles = torch.where(take, theta, angles)
+            shifts = torch.where(take.unsqueeze(1), shift, shifts)
+            done |= ok
+            if bool(done.all()):
+                break
+        out = rotate_images(inp, angles, pivots, shifts, mode="nearest")
+        new_pick = transform_pixels(pick, angles, pivots, shifts).round().long()
+        new_place = transform_pixels(place, angles, pivots, shifts).round().long()
+        return out, new_pick, new_place
+
+    # ---- training --------------------------------------------------------------------------------------
+    def compute_loss(self, batch: Mapping[str, Any], weighted: bool = True, augment: bool = False) -> dict[str, Tensor]:
+        """Losses and accuracies of a batch of decisions (per-sample terms, batch means)."""
+        hp = self.hparams
+        inp, _, texts = self._inputs(batch)
+        d = hp.downsample
+        pick = batch["pick_pixel"].to(self.device).long() // d
+        place = batch["place_pixel"].to(self.device).long() // d
+        if augment:
+            inp, pick, place = self.perturb(inp, pick, place)
+        b, _, h, w = inp.shape
+        rot = yaw_to_bin(batch["place_theta"].to(self.device).float(), hp.n_rotations)
+        text = self.net.encode_text(texts)
+        pick_logits = self.net.pick_logits(inp, text).flatten(1)
+        place_logits = self.net.place_logits(inp, pick, text).flatten(1)
+        pick_target = pick[:, 0] * w + pick[:, 1]
+        place_target = (rot * h + place[:, 0]) * w + place[:, 1]
+        pick_ce = F.cross_entropy(pick_logits.float(), pick_target, reduction="none")
+        place_ce = F.cross_entropy(place_logits.float(), place_target, reduction="none")
+        if hp.cliport_loss_scale:
+            pick_ce, place_ce = pick_ce / (h * w), place_ce / (hp.n_rotations * h * w)
+        weight = batch.get("weight") if weighted else None
+        weight = weight.to(self.device) if weight is not None else None
+        with torch.no_grad():
+            pick_hat = torch.stack([pick_logits.argmax(1) // w, pick_logits.argmax(1) % w], dim=1)
+            place_idx = place_logits.argmax(1)
+            rot_hat, pix = place_idx // (h * w), place_idx % (h * w)
+            place_hat = torch.stack([pix // w, pix % w], dim=1)
+            pick_dist = (pick_hat - pick).float().norm(dim=1) * d  # in full-resolution pixels
+            place_dist = (place_hat - place).float().norm(dim=1) * d
+        radius = hp.accuracy_radius_px
+        return {
+            "loss": weighted_mean(pick_ce + place_ce, weight),
+            "pick_loss": weighted_mean(pick_ce, weight),
+            "place_loss": weighted_mean(place_ce, weight),
+            "pick_acc": (pick_dist <= radius).float().mean(),
+            "place_acc": (place_dist <= radius).float().mean(),
+            "rotation_acc": (rot_hat == rot).float().mean(),
+            "pick_dist_px": pick_dist.mean(),
+            "place_dist_px": place_dist.mean(),
+        }
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        out = self.compute_loss(batch, weighted=True, augment=self.hparams.augment)
+        bs = len(batch["pick_pixel"])
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
+        for name in ("pick_loss", "place_loss", "pick_acc", "place_acc", "rotation_acc"):
+            self.log(f"train/{name}", out[name], batch_size=bs)
+        return out["loss"]
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        """Unweighted, unaugmented losses and pixel errors on held-out demos."""
+        out = self.compute_loss(batch, weighted=False, augment=False)
+        bs = len(batch["pick_pixel"])
+        for name, value in out.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=bs, sync_dist=True)
+        return out["loss"]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
+
+    # ---- the policy contract ---------------------------------------------------------------------------
+    def decide(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Pick/place decisions and entropies for a batch of observations (no mode switching here).
+
+        Returns ``action`` (N, 14), ``pick_pixel`` / ``place_pixel`` (N, 2) full-resolution pixels,
+        ``rotation`` (N,) bins, ``pick_entropy`` / ``place_entropy`` (N,) nats over the network's heatmaps and
+        ``support`` (their sizes).
+        """
+        r = self.hparams.n_rotations
+        inp, height, texts = self._inputs(obs)
+        n, _, h, w = inp.shape
+        text = self.net.encode_text(texts)
+        pick_logits = self.net.pick_logits(inp, text)
+        idx = pick_logits.flatten(1).argmax(1)
+        pick = torch.stack([idx // w, idx % w], dim=1)
+        place_logits = self.net.place_logits(inp, pick, text)
+        idx = place_logits.flatten(1).argmax(1)
+        rotation, pix = idx // (h * w), idx % (h * w)
+        place = torch.stack([pix // w, pix % w], dim=1)
+        full_hw = (height.shape[1], height.shape[2])
+        pick, place = self._to_full(pick, full_hw), self._to_full(place, full_hw)
+        zeros = torch.zeros(n, device=inp.device)
+        action = torch.cat([
+            pixels_to_poses(pick, height, zeros), pixels_to_poses(place, height, bin_to_yaw(rotation, r)),
+        ], dim=1)
+        return {"action": action, "pick_pixel": pick, "place_pixel": place, "rotation": rotation,
+                "pick_entropy": entropy(pick_logits), "place_entropy": entropy(place_logits),
+                "support": torch.tensor([h * w, h * w * r], dtype=torch.float64)}
+
+    def select_action(self, obs: Mapping[str, Any]) -> Tensor:
+        """(N, 14) pick + place poses for a batch of observations (``color``, ``height``, ``instruction``)."""
+        with self.policy_mode():
+            return self.decide(obs)["action"]
+
+    def normalized_uncertainty(self, pick_entropy: Tensor, place_entropy: Tensor, support: Tensor) -> Tensor:
+        """u = 1/2 (H_pick / M_pick + H_place / M_place) per env (see the module docstring)."""
+        if self.hparams.uncertainty_normalizer == "max_entropy":
+            m_pick = math.log(float(support[0]))
+            m_place = math.log(float(support[1]))
+            return 0.5 * (pick_entropy / m_pick + place_entropy / m_place)
+        prev_pick = self.entropy_max_pick.to(pick_entropy.dtype)
+        prev_place = self.entropy_max_place.to(place_entropy.dtype)
+        m_pick = torch.cummax(torch.maximum(pick_entropy, prev_pick), dim=0).values
+        m_place = torch.cummax(torch.maximum(place_entropy, prev_place), dim=0).values
+        self.entropy_max_pick.copy_(m_pick[-1])
+        self.entropy_max_place.copy_(m_place[-1])
+        return 0.5 * (pick_entropy / m_pick.clamp_min(1e-12) + place_entropy / m_place.clamp_min(1e-12))
+
+    def predict(self, obs: Mapping[str, Any]) -> Prediction:
+        """The decision of ``select_action`` plus the heatmap-entropy uncertainty per env."""
+        with self.policy_mode():
+            out = self.decide(obs)
+            u = self.normalized_uncertainty(out["pick_entropy"], out["place_entropy"], out["support"])
+            self.last_entropies = {"pick": out["pick_entropy"].clone(), "place": out["place_entropy"].clone()}
+        return Prediction(action=out["action"], uncertainty=u)
+
+
+# ---- throughput measurement (scripts/benchmark.py) ------------------------------------------------------
+def make_dummy_batch(batch_size: int = 1, hw: tuple[int, int] = geo.HEIGHTMAP_SHAPE, seed: int = 0,
+                     device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A random batch of decisions in the training layout (uint8 colour, heights in metres, labels)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    return {
+        "color": torch.randint(0, 256, (batch_size, h, w, 3), dtype=torch.uint8, generator=g).to(device),
+        "height": (torch.rand(batch_size, h, w, generator=g) * 0.05).to(device),
+        "instruction": ["put the red blocks in a green bowl"] * batch_size,
+        "pick_pixel": torch.stack([torch.randint(0, h, (batch_size,), generator=g),
+                                   torch.randint(0, w, (batch_size,), generator=g)], dim=1).to(device),
+        "place_pixel": torch.stack([torch.randint(0, h, (batch_size,), generator=g),
+                                    torch.randint(0, w, (batch_size,), generator=g)], dim=1).to(device),
+        "place_theta": (torch.rand(batch_size, generator=g) * 2 * math.pi - math.pi).to(device),
+        "weight": torch.ones(batch_size, device=device),
+    }
+
+
+def measure_train_throughput(module: CLIPortModule, batch: Mapping[str, Any], steps: int = 3,
+                             warmup: int = 1) -> dict[str, float]:
+    """Samples/s of full Adam steps (pick + place forward and backward) on a batch already in memory."""
+    module.train()
+    optimizer = module.configure_optimizers()
+    device_type = module.device.type
+
+    def step() -> None:
+        loss = module.compute_loss(batch, augment=module.hparams.augment)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return {"samples_per_s": len(batch["pick_pixel"]) / seconds, "step_s": seconds}
+
+
+def measure_decisions(module: CLIPortModule, batch: Mapping[str, Any], repeat: int = 3) -> float:
+    """Decisions/s of ``predict`` (pick + place + uncertainty) on a batch of observations."""
+    module.predict(batch)
+    if module.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        module.predict(batch)
+    if module.device.type == "cuda":
+        torch.cuda.synchronize()
+    return repeat * len(batch["pick_pixel"]) / (time.perf_counter() - start)
+
+
+def tiny_config(**overrides: Any) -> dict[str, Any]:
+    """Init args of a tiny CLIPortModule for CPU tests (random init)."""
+    config: dict[str, Any] = {"spatial_width": 8, "clip_overrides": TINY_CLIP, "augment": False}
+    config.update(overrides)
+    return config
+
+
+def pixels_of(action: Tensor | np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Heightmap pick and place pixels of (N, 14) actions (the inverse of the poses ``select_action`` returns)."""
+    flat = np.asarray(action.detach().cpu() if isinstance(action, Tensor) else action, np.float64).reshape(-1, 14)
+    return [geo.xyz_to_pix(a[:3]) for a in flat], [geo.xyz_to_pix(a[7:10]) for a in flat]
+
+
+__all__: Sequence[str] = (
+    "CLIPortModule", "TINY_CLIP", "entropy", "heightmap_batch", "instructions_list", "make_dummy_batch",
+    "measure_decisions", "measure_train_throughput", "pixels_to_poses", "tiny_config",
+)

@@ -1,0 +1,380 @@
+"""CLIPort's two-stream "what/where" pick-and-place network (Shridhar et al., CoRL 2021): plain nn.Modules.
+
+The network maps a top-down 6-channel heightmap (RGB 0..255 plus the height in metres repeated three
+times, ``lit_imit.envs.ravens.geometry.heightmap_input``) and a language instruction to
+
+* pick logits over every pixel (the *attention* module), and
+* place logits over every pixel x ``n_rotations`` yaws (the *transport* module): a 64x64 crop around the pick
+  pixel is rotated ``n_rotations`` times, each rotation is embedded into a query kernel, and the kernels
+  are cross-correlated with a key embedding of the whole scene. Rotating the crop rather than learning the
+  rotation makes the place prediction equivariant to the pick crop's rotation.
+
+Each of the three embeddings (attention, key, query) is a ``TwoStreamNet``: a Transporter ResNet on the
+heightmap (``SpatialStream``, the "where" stream) and a CLIP ResNet U-Net conditioned on the instruction
+(``LanguageUNet``, the "what" stream), joined by six lateral connections (spatial -> semantic, concat + 1x1
+conv), with the sentence embedding multiplied into three decoder stages. Stream outputs are added
+(attention) or concatenated and mixed by a 1x1 conv (transport), as CLIPort's ``cliport`` agent does.
+
+Where this differs from the original, on purpose:
+
+* one frozen CLIP model is shared by all streams (CLIPort loads one per stream, each frozen from the same
+  weights, so the features are identical); ``train_clip=True`` trains it instead (not in the paper);
+* the CLIP weights come from open_clip: ``clip_pretrained`` is an open_clip tag (e.g. ``"openai"``, which
+  needs the file in open_clip's cache or a network) or a local checkpoint file; None = random init;
+* the query crops are sampled directly at their rotated positions (no rotation of the full image) and the
+  correlation keeps exactly the output pixels (the original resizes the correlation map by one pixel);
+* the streams are He-initialised with identity-initialised residual blocks and the transport averages its
+  correlation over the kernel entries instead of summing them (``init="torch"`` restores the original's
+  PyTorch default init and raw sum; under it a random stream's output is ~1e-5 of its input's scale);
+* widths are configurable (``spatial_width``, ``clip_overrides``) so that tests and CPU runs can use a tiny
+  network; the paper's network is the default (spatial width 64, CLIP RN50).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_imit.nets.transporter import (
+    ConvBlock,
+    IdentityBlock,
+    SpatialStream,
+    correlate,
+    he_init_,
+    rotated_crops,
+    rotation_angles,
+)
+
+#: CLIPort's normalisation constants (``utils.preprocess``): Transporter stream colour/depth, CLIP colour
+TRANSPORTER_COLOR_MEAN, TRANSPORTER_COLOR_STD = 0.18877631, 0.07276466
+DEPTH_MEAN, DEPTH_STD = 0.00509261, 0.00903967
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_STRIDE = 32
+
+
+def normalize_spatial(x: Tensor) -> Tensor:
+    """Raw 6-channel input -> the Transporter stream's normalised input (CLIPort's fixed constants)."""
+    rgb = (x[:, :3] / 255.0 - TRANSPORTER_COLOR_MEAN) / TRANSPORTER_COLOR_STD
+    depth = (x[:, 3:] - DEPTH_MEAN) / DEPTH_STD
+    return torch.cat([rgb, depth], dim=1)
+
+
+def normalize_clip(x: Tensor) -> Tensor:
+    """Raw 6-channel input -> CLIP's normalised RGB (the height channels are not seen by CLIP)."""
+    mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x[:, :3] / 255.0 - mean) / std
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class CLIPEncoders(nn.Module):
+    """The CLIP ResNet visual trunk (pre-pool features plus U-Net skips) and text encoder, via open_clip.
+
+    Frozen by default (CLIPort runs CLIP under ``no_grad``): its parameters do not train, batch norm stays
+    in eval mode, and sentence embeddings are cached per instruction string (the cache is dropped whenever
+    weights are loaded).
+
+    Args:
+        model_name: an open_clip model with a ResNet ("modified ResNet") visual tower: RN50, RN101, RN50x4...
+        pretrained: open_clip pretrained tag or a local checkpoint file; None = random init.
+        overrides: changes to the open_clip model config, e.g. ``{"embed_dim": 64, "vision_cfg": {"width": 8,
+            "layers": [1, 1, 1, 1]}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}`` (random init only).
+        trainable: train the CLIP weights too (not in the paper).
+    """
+
+    def __init__(self, model_name: str = "RN50", pretrained: str | None = None,
+                 overrides: Mapping[str, Any] | None = None, trainable: bool = False) -> None:
+        super().__init__()
+        import open_clip
+
+        config = open_clip.get_model_config(model_name)
+        if config is None:
+            raise ValueError(f"open_clip has no model named {model_name!r}")
+        if not isinstance(config["vision_cfg"].get("layers"), (list, tuple)):
+            raise ValueError(f"CLIPort needs a ResNet CLIP (RN50, RN101, ...); {model_name} has a ViT visual tower")
+        if overrides:
+            if pretrained:
+                raise ValueError("clip_overrides change the architecture: they cannot be used with pretrained weights")
+            config = _deep_merge(config, overrides)
+            model = open_clip.model.CLIP(**config)
+        else:
+            model = open_clip.create_model(model_name, pretrained=pretrained)
+        model.visual.attnpool = nn.Identity()  # CLIPort uses the pre-pool map; the pooling head would be dead weight
+        model.logit_scale.requires_grad_(False)
+        self.model = model
+        context_length = config["text_cfg"].get("context_length", 77)
+        self.tokenizer = open_clip.get_tokenizer(model_name, context_length=context_length)
+        width = int(config["vision_cfg"].get("width", 64))
+        self.skip_channels = (4 * width, 8 * width, 16 * width)  # layer1..layer3 (Bottleneck expansion 4)
+        self.out_channels = 32 * width  # layer4
+        self.text_dim = int(config["embed_dim"])
+        self.trainable = trainable
+        if not trainable:
+            self.model.requires_grad_(False)
+            self.model.eval()
+        self._text_cache: dict[str, Tensor] = {}
+
+    def train(self, mode: bool = True) -> "CLIPEncoders":
+        """A frozen CLIP stays in eval mode (its batch norm statistics never move)."""
+        super().train(mode)
+        if not self.trainable:
+            self.model.eval()
+        return self
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._text_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def image_features(self, rgb: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(layer4 map at 1/32, [layer1 @1/4, layer2 @1/8, layer3 @1/16]) of CLIP-normalised RGB."""
+        visual = self.model.visual
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            x = visual.stem(rgb.to(visual.conv1.weight.dtype))
+            skips = []
+            for layer in (visual.layer1, visual.layer2, visual.layer3):
+                x = layer(x)
+                skips.append(x)
+            x = visual.layer4(x)
+        return x, skips
+
+    def encode_text(self, instructions: Sequence[str]) -> Tensor:
+        """Sentence embeddings (B, text_dim) of the instructions (CLIP's projected end-of-text feature)."""
+        device = self.model.token_embedding.weight.device
+        if self.trainable:
+            return self.model.encode_text(self.tokenizer(list(instructions)).to(device)).float()
+        missing = sorted({s for s in instructions if s not in self._text_cache})
+        if missing:
+            with torch.no_grad():
+                emb = self.model.encode_text(self.tokenizer(missing).to(device)).float()
+            for text, row in zip(missing, emb):
+                self._text_cache[text] = row
+        return torch.stack([self._text_cache[s].to(device) for s in instructions])
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv -> norm -> ReLU) x 2, the U-Net decoder block (batch norm in CLIPort's U-Net)."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int, norm: bool = True) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid_channels) if norm else nn.Identity(), nn.ReLU(inplace=True),
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels) if norm else nn.Identity(), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Up(nn.Module):
+    """x2 bilinear upsampling, concatenation with the skip feature, DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: bool = True) -> None:
+        super().__init__()
+        self.conv = DoubleConv(in_channels, out_channels, in_channels // 2, norm)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+        if dy or dx:
+            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class LateralFusion(nn.Module):
+    """Lateral connection from the spatial stream: ReLU(concat) -> 1x1 conv (CLIPort's FusionConvLat)."""
+
+    def __init__(self, channels: int, lateral_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels + lateral_channels, channels, 1, bias=False)
+
+    def forward(self, x: Tensor, lateral: Tensor) -> Tensor:
+        if lateral.shape[-2:] != x.shape[-2:]:
+            lateral = F.interpolate(lateral, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(F.relu(torch.cat([x, lateral], dim=1)))
+
+
+class LanguageUNet(nn.Module):
+    """The "what" stream decoder (CLIPort's ``CLIPLingUNetLat``) on top of CLIP's visual features.
+
+    With CLIP channels c (2048 for RN50): conv c -> c/2; three stages of [multiply by a linear projection of
+    the sentence embedding -> U-Net up-step with CLIP's layer3/2/1 skip -> lateral fusion] down to c/16
+    channels at 1/4 resolution; three ConvBlock+IdentityBlock+x2 stages (c/32, c/64, c/128 channels) each
+    followed by a lateral fusion; a 1x1 head. The output is at 2x the input resolution before the final
+    resize, as in the original.
+    """
+
+    def __init__(self, clip_channels: int, skip_channels: Sequence[int], text_dim: int,
+                 lateral_channels: Sequence[int], out_channels: int, batchnorm: bool = False,
+                 decoder_norm: bool = True) -> None:
+        super().__init__()
+        c = clip_channels
+        if c % 128:
+            raise ValueError(f"CLIP feature channels must be a multiple of 128, got {c}")
+        d = [c // 2, c // 4, c // 8, c // 16, c // 32, c // 64, c // 128]
+        s1, s2, s3 = skip_channels
+        self.conv_in = nn.Sequential(nn.Conv2d(c, d[0], 3, padding=1, bias=False), nn.ReLU(inplace=True))
+        self.lang_proj = nn.ModuleList([nn.Linear(text_dim, width) for width in d[:3]])
+        self.ups = nn.ModuleList([
+            Up(d[0] + s3, d[1], decoder_norm), Up(d[1] + s2, d[2], decoder_norm), Up(d[2] + s1, d[3], decoder_norm),
+        ])
+        self.decs = nn.ModuleList([
+            nn.Sequential(
+                ConvBlock(a, [b, b, b], batchnorm=batchnorm), IdentityBlock(b, [b, b, b], batchnorm=batchnorm),
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+            )
+            for a, b in zip(d[3:6], d[4:7])
+        ])
+        widths = [d[1], d[2], d[3], d[4], d[5], d[6]]
+        if len(lateral_channels) != 6:
+            raise ValueError(f"the semantic stream takes 6 lateral features, got {len(lateral_channels)}")
+        self.lateral = nn.ModuleList([LateralFusion(w, lc) for w, lc in zip(widths, lateral_channels)])
+        self.head = nn.Conv2d(d[6], out_channels, 1)
+
+    def forward(self, clip_x: Tensor, clip_skips: Sequence[Tensor], lateral: Sequence[Tensor], text: Tensor,
+                size: tuple[int, int]) -> Tensor:
+        x = self.conv_in(clip_x.float())
+        skips = [s.float() for s in clip_skips]
+        for i in range(3):
+            x = x * self.lang_proj[i](text).unsqueeze(-1).unsqueeze(-1)  # multiplicative language fusion
+            x = self.ups[i](x, skips[2 - i])
+            x = self.lateral[i](x, lateral[i])
+        for i in range(3):
+            x = self.decs[i](x)
+            x = self.lateral[3 + i](x, lateral[3 + i])
+        return F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
+
+
+class TwoStreamNet(nn.Module):
+    """Spatial (heightmap) + semantic (CLIP + language) streams, laterally connected, fused at the output.
+
+    ``fusion="add"`` sums the two streams' logits (CLIPort's attention); ``"conv"`` concatenates them and mixes
+    them with ReLU + a 1x1 conv (CLIPort's transport).
+    """
+
+    def __init__(self, out_channels: int, fusion: str, spatial_width: int, clip_channels: int,
+                 skip_channels: Sequence[int], text_dim: int, batchnorm: bool = False,
+                 decoder_norm: bool = True) -> None:
+        super().__init__()
+        if fusion not in ("add", "conv"):
+            raise ValueError(f"stream fusion must be 'add' or 'conv', got {fusion!r}")
+        self.spatial = SpatialStream(6, out_channels, spatial_width, batchnorm)
+        self.semantic = LanguageUNet(clip_channels, skip_channels, text_dim, self.spatial.lateral_channels,
+                                     out_channels, batchnorm, decoder_norm)
+        self.fusion = fusion
+        self.mix = nn.Conv2d(2 * out_channels, out_channels, 1, bias=False) if fusion == "conv" else None
+
+    def forward(self, x_spatial: Tensor, clip_features: tuple[Tensor, list[Tensor]], text: Tensor) -> Tensor:
+        size = (x_spatial.shape[-2], x_spatial.shape[-1])
+        out_spatial, lateral = self.spatial(x_spatial)
+        out_semantic = self.semantic(clip_features[0], clip_features[1], lateral, text, size)
+        if self.mix is None:
+            return out_spatial + out_semantic
+        return self.mix(F.relu(torch.cat([out_spatial, out_semantic], dim=1)))
+
+
+def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad the bottom/right so both sides are multiples of ``multiple`` (CLIP's stride)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, [0, pw, 0, ph]) if ph or pw else x
+
+
+class CLIPortNet(nn.Module):
+    """Attention (pick) and transport (place) of CLIPort, language-conditioned (see the module docstring).
+
+    Args:
+        spatial_width: base width of the Transporter ResNets (64 in the paper).
+        clip_model / clip_pretrained / clip_overrides / train_clip: see ``CLIPEncoders``.
+        n_rotations: place yaw bins (36 = 10 degrees in the paper).
+        crop_size: side of the query crop around the pick (64 in the paper; a multiple of 32).
+        transport_dim: channels of the key and query embeddings (3 in the paper).
+        batchnorm: batch norm in the ResNet blocks (off in the paper's config).
+        decoder_norm: batch norm in the semantic U-Net up-steps (on in the paper's code).
+        correlation: "auto", "conv" or "fft" (see ``transporter.correlate``).
+        init: "he" (``transporter.he_init_``: the streams keep their signal scale at initialisation, and the
+            correlation is averaged rather than summed over the k*k*D kernel entries so that the place logits
+            start at the features' scale) or "torch" (PyTorch's default init and the raw sum, as the original).
+    """
+
+    def __init__(self, spatial_width: int = 64, clip_model: str = "RN50", clip_pretrained: str | None = None,
+                 clip_overrides: Mapping[str, Any] | None = None, train_clip: bool = False, n_rotations: int = 36,
+                 crop_size: int = 64, transport_dim: int = 3, batchnorm: bool = False, decoder_norm: bool = True,
+                 correlation: str = "auto", init: str = "he") -> None:
+        super().__init__()
+        if init not in ("he", "torch"):
+            raise ValueError(f"init must be 'he' or 'torch', got {init!r}")
+        if crop_size % CLIP_STRIDE or crop_size <= 0:
+            raise ValueError(f"crop_size must be a positive multiple of {CLIP_STRIDE}, got {crop_size}")
+        if n_rotations < 1:
+            raise ValueError(f"n_rotations must be >= 1, got {n_rotations}")
+        if correlation not in ("auto", "conv", "fft"):
+            raise ValueError(f"correlation must be 'auto', 'conv' or 'fft', got {correlation!r}")
+        self.clip = CLIPEncoders(clip_model, clip_pretrained, clip_overrides, train_clip)
+        kwargs = dict(spatial_width=spatial_width, clip_channels=self.clip.out_channels,
+                      skip_channels=self.clip.skip_channels, text_dim=self.clip.text_dim,
+                      batchnorm=batchnorm, decoder_norm=decoder_norm)
+        self.attention = TwoStreamNet(1, "add", **kwargs)
+        self.key = TwoStreamNet(transport_dim, "conv", **kwargs)
+        self.query = TwoStreamNet(transport_dim, "conv", **kwargs)
+        if init == "he":
+            for net in (self.attention, self.key, self.query):
+                he_init_(net)
+        self.n_rotations = n_rotations
+        self.crop_size = crop_size
+        self.correlation = correlation
+        self.correlation_scale = 1.0 / (crop_size * crop_size * transport_dim) if init == "he" else 1.0
+
+    def encode_text(self, instructions: Sequence[str]) -> Tensor:
+        return self.clip.encode_text(instructions)
+
+    def _embed(self, net: TwoStreamNet, raw: Tensor, text: Tensor) -> Tensor:
+        """Run one two-stream net on raw 6-channel input (padded internally to CLIP's stride)."""
+        h, w = raw.shape[-2:]
+        padded = _pad_to_multiple(raw, CLIP_STRIDE)
+        features = self.clip.image_features(normalize_clip(padded))
+        return net(normalize_spatial(padded), features, text)[..., :h, :w]
+
+    def pick_logits(self, inp: Tensor, text: Tensor) -> Tensor:
+        """Pick logits (B, H, W) of raw inputs (B, 6, H, W): the input is padded to a square, as CLIPort does."""
+        h, w = inp.shape[-2:]
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        square = F.pad(inp, [left, side - w - left, top, side - h - top])
+        logits = self._embed(self.attention, square, text)
+        return logits[:, 0, top:top + h, left:left + w]
+
+    def query_kernels(self, padded: Tensor, pivots: Tensor, text: Tensor) -> Tensor:
+        """Query embeddings (B, R, D, k, k) of the crops around ``pivots`` (padded coordinates), rotated R times."""
+        b = padded.shape[0]
+        k, r = self.crop_size, self.n_rotations
+        crops = rotated_crops(padded, pivots, rotation_angles(r, padded.device), k)  # (B, R, 6, k, k)
+        kernels = self._embed(self.query, crops.flatten(0, 1), text.repeat_interleave(r, dim=0))
+        return kernels.reshape(b, r, -1, k, k)
+
+    def place_logits(self, inp: Tensor, pick_pixels: Tensor, text: Tensor) -> Tensor:
+        """Place logits (B, R, H, W) for raw inputs (B, 6, H, W) and pick pixels (B, 2) (row, col).
+
+        Entry (r, u, v) scores placing at pixel (u, v) after turning the picked object by yaw bin r.
+        """
+        h, w = inp.shape[-2:]
+        pad = self.crop_size // 2
+        padded = F.pad(inp, [pad, pad, pad, pad])
+        key = self._embed(self.key, padded, text)
+        kernels = self.query_kernels(padded, pick_pixels.float() + pad, text)
+        return correlate(key, kernels, (h, w), self.correlation) * self.correlation_scale
