@@ -259,6 +259,32 @@ def cliport_decisions(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                    "device": str(device), **config}
 
 
+@row("cliport_rollout")
+def cliport_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Pick-place steps/s of the quick CLIPort policy in 2 lock-stepped put-block-in-bowl envs (policy + sim)."""
+    from lit_imit.envs import make_env
+    from lit_imit.interactive.rollout import evaluate
+    from lit_imit.modules.cliport import CLIPortModule
+
+    device = device_of(args)
+    config = _cliport_presets(torch.device("cpu"))["quick"]
+    module = CLIPortModule(**config).to(device).eval()
+    task, n_envs = "put-block-in-bowl-seen-colors", 2
+    envs = [make_env(task) for _ in range(n_envs)]
+
+    def policy(obs):
+        return module.select_action(obs).float().cpu().numpy()
+
+    start = time.perf_counter()
+    results = evaluate(envs, policy, module.reset, list(range(2 * n_envs)), seed=0)
+    seconds = time.perf_counter() - start
+    for env in envs:
+        env.close()
+    steps = sum(r.length for r in results)
+    yield {"name": "cliport_rollout", "value": steps / seconds, "unit": "pick-place steps/s", "task": task,
+           "num_envs": n_envs, "episodes": len(results), "policy": "quick CLIPort", "device": str(device)}
+
+
 @row("ravens_env_steps")
 def ravens_env_steps(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Ravens pick-place steps/s driven by the oracle (physics + three rendered views fused per step), and resets/s."""

@@ -89,6 +89,23 @@ def test_datamodule_splits_by_episode_samples_with_weights_and_restores(demo_sto
     assert len(restored.train_set) == len(dm.train_set)
 
 
+def test_datamodule_grows_from_an_empty_store(demo_store, tmp_path):
+    """Interactive learning from scratch: an empty store, then episodes appended between rounds."""
+    from lit_imit.data import EpisodeStore
+    from lit_imit.data.cliport import CLIPortDataModule
+
+    dm = CLIPortDataModule(str(tmp_path / "grow"), allow_empty=True)
+    dm.setup("fit")
+    assert len(dm.train_set) == 0 and dm.stats is None
+    source = EpisodeStore(demo_store)
+    new_ids = [dm.store.add(source.read(i).arrays, {"task": TASK, "source": "teacher"}) for i in source.ids()[:2]]
+    dm.add_episodes(new_ids[:1])
+    dm.add_episodes(new_ids[1:])
+    assert dm.stats == {} and len(dm.train_set) == sum(dm.store.length(i) for i in new_ids)
+    assert sorted(dm._loaded) == new_ids  # earlier episodes are not read again when the dataset is rebuilt
+    assert next(iter(dm.train_dataloader()))["color"].shape[1:] == (*geo.HEIGHTMAP_SHAPE, 3)
+
+
 # ---- the policy API ---------------------------------------------------------------------------------------
 def test_select_action_returns_pick_place_poses_of_its_argmax_pixels(tiny):
     obs = small_obs(3)
@@ -244,6 +261,72 @@ def test_loss_falls_and_accuracy_rises_on_a_few_scenes():
     assert last["loss"] < 0.5 * first["loss"], (first, last)
     assert last["pick_dist_px"] < first["pick_dist_px"] / 3 and last["place_dist_px"] < first["place_dist_px"] / 3
     assert max(last["pick_acc"], last["place_acc"]) >= 2 / 3, last
+
+
+@pytest.mark.slow
+def test_overfits_a_few_recorded_demos(tmp_path):
+    """A tiny network (quarter resolution) learns the picks, places and place rotations of three recorded
+    packing-seen-shapes oracle episodes (one unambiguous pick-place each; with put-block-in-bowl several
+    blocks and bowls of the instructed colours would all be right, which a distance to the demo cannot score)."""
+    from lit_imit.data import EpisodeStore
+    from lit_imit.data.cliport import PickPlaceDataset
+    from lit_imit.data.recording import record_teacher_episodes
+
+    store = EpisodeStore(tmp_path / "packing")
+    record_teacher_episodes("packing-seen-shapes", 3, store, seed=0)
+    ds = PickPlaceDataset(store, store.ids())
+    batch = default_collate([ds[i] for i in range(len(ds))])
+    assert batch["place_theta"].abs().max() > 0.05  # the place rotations matter here
+    torch.manual_seed(0)
+    module = CLIPortModule(**tiny_config(downsample=4, crop_size=32, lr=5e-4, accuracy_radius_px=8.0))
+    first, last = overfit(module, batch, steps=40)
+    assert last["loss"] < 0.3 * first["loss"], (first, last)
+    assert last["pick_acc"] >= 2 / 3 and last["place_acc"] >= 2 / 3 and last["rotation_acc"] >= 2 / 3, last
+    assert first["pick_acc"] < 1 / 2 or first["place_acc"] < 1 / 2, first
+
+
+# ---- end to end ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_records_fits_rolls_out_and_tests(tmp_path, capsys):
+    """``python -m lit_imit fit`` with a tiny CLIPort: oracle demos recorded into an empty store, training and
+    validation, Ravens rollouts (string instructions batched by stack_obs), TensorBoard scalars, a video,
+    weights-only checkpoints, then ``test`` from the best checkpoint."""
+    from lit_imit.cli import main
+    from tests.test_cli import _tags
+
+    rollout = {"class_path": "callbacks.rollout.RolloutEvaluation",
+               "init_args": {"task": TASK, "n_episodes": 2, "n_envs": 2, "every_n_epochs": 1, "max_steps": 2,
+                             "env_kwargs": {"render_mode": "rgb_array"}, "video_fps": 2}}
+    cfg = {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 1,
+            "log_every_n_steps": 1, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(tmp_path), "name": "logs", "version": 0}},
+            "callbacks": [rollout],
+        },
+        "checkpoint": {"monitor": "rollout/return", "mode": "max", "save_top_k": 1},
+        "model": {"class_path": "lit_imit.modules.cliport.CLIPortModule",
+                  "init_args": tiny_config(downsample=4, crop_size=32, augment=True)},
+        "data": {"class_path": "lit_imit.data.cliport.CLIPortDataModule",
+                 "init_args": {"data_dir": str(tmp_path / "data"), "task": TASK, "generate_if_missing": 3,
+                               "batch_size": 2, "val_episodes": 1, "samples_per_epoch": 6}},
+    }
+    cli = main({"fit": cfg})
+    assert cli.trainer.global_step == 3
+    log_dir = tmp_path / "logs" / "version_0"
+    tags = _tags(log_dir)
+    for tag in ("train/loss", "train/pick_loss", "train/place_loss", "val/loss", "val/pick_dist_px",
+                "rollout/success_rate", "rollout/return"):
+        assert tag in tags, (tag, tags)
+    assert (log_dir / "videos" / "epoch_0000.mp4").stat().st_size > 0
+    best = next(p for p in (log_dir / "checkpoints").glob("epoch*.ckpt"))
+    checkpoint = torch.load(best, weights_only=True)
+    assert "entropy_max_pick" in " ".join(checkpoint["state_dict"])
+    cfg["trainer"]["logger"]["init_args"]["version"] = 1
+    main({"test": {**cfg, "ckpt_path": str(best)}})
+    assert "rollout success rate" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["quick", "put_block_in_bowl", "packing_shapes"])

@@ -18,6 +18,7 @@ Normalisation uses CLIPort's fixed constants inside the network, so the DataModu
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -67,8 +68,6 @@ def read_instructions(f: h5py.File, length: int, path: str) -> list[str]:
         attr = f.attrs.get("instructions")
         if attr is None:
             raise EpisodeError(f"{path}: no per-step instructions ({INSTRUCTION_KEY!r} or an 'instructions' attr)")
-        import json
-
         texts = json.loads(attr) if isinstance(attr, str) else [str(a) for a in attr]
     if len(texts) != length:
         raise EpisodeError(f"{path}: {len(texts)} instructions for {length} steps")

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -414,7 +414,7 @@ def pixels_of(action: Tensor | np.ndarray) -> tuple[list[tuple[int, int]], list[
     return [geo.xyz_to_pix(a[:3]) for a in flat], [geo.xyz_to_pix(a[7:10]) for a in flat]
 
 
-__all__: Sequence[str] = (
+__all__ = [
     "CLIPortModule", "TINY_CLIP", "entropy", "heightmap_batch", "instructions_list", "make_dummy_batch",
-    "measure_decisions", "measure_train_throughput", "pixels_to_poses", "tiny_config",
-)
+    "measure_decisions", "measure_train_throughput", "pixels_of", "pixels_to_poses", "tiny_config",
+]

@@ -112,7 +112,14 @@ class CLIPEncoders(nn.Module):
             config = _deep_merge(config, overrides)
             model = open_clip.model.CLIP(**config)
         else:
-            model = open_clip.create_model(model_name, pretrained=pretrained)
+            try:
+                model = open_clip.create_model(model_name, pretrained=pretrained)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"could not load CLIP {model_name} weights {pretrained!r} ({err}). Give a local checkpoint file "
+                    f"(clip_pretrained: /path/to/{model_name}.bin), put the weights in open_clip's cache, or set "
+                    f"clip_pretrained to null for a random CLIP"
+                ) from err
         model.visual.attnpool = nn.Identity()  # CLIPort uses the pre-pool map; the pooling head would be dead weight
         model.logit_scale.requires_grad_(False)
         self.model = model
