@@ -292,8 +292,11 @@ class EpisodeStore:
     def read(self, episode_id: int, keys: Sequence[str] | None = None) -> Episode:
         return read_episode(self.path(episode_id), keys)
 
-    def verify(self, required: Sequence[str] = ("observations/qpos",)) -> list[str]:
-        """Check every episode file; return one message per unreadable or inconsistent file (empty = fine)."""
+    def verify(self, required: Sequence[str] = ()) -> list[str]:
+        """Check every episode file; return one message per unreadable or inconsistent file (empty = fine).
+
+        Every episode needs an action; pass ``required`` for more (pick-and-place episodes have no qpos).
+        """
         problems = []
         for episode_id in self.ids_on_disk():
             try:
