@@ -229,6 +229,30 @@ def test_gripper_is_tracked_and_sent_only_on_change(emu):
         assert len(emu.commands("set_gripper_value")) == n0 + 3
 
 
+def test_release_and_lock_servos_and_a_lone_gripper_command(emu):
+    """Hand-guiding needs the servos released and locked again through focus_all_servos (FOCUS_SERVO 0x57 with
+    id 0, the frame pymycobot sends), not through power_on; the gripper moves alone; a NaN is refused."""
+    with make_robot(emu) as robot:
+        robot.release_servos()
+        assert emu.servos_released
+        n_power = len(emu.commands("power_on"))
+        assert robot.lock_servos() is True
+        assert not emu.servos_released
+        assert len(emu.commands("focus_servo")) == 1 and len(emu.commands("power_on")) == n_power
+        robot.set_gripper(0.42)
+        assert emu.gripper_target == 42 and robot.gripper_command == 42
+        with pytest.raises(UnsafeActionError, match="finite"):
+            robot.set_gripper(float("nan"))
+        assert emu.gripper_target == 42
+
+
+def test_release_servos_unanswered_is_an_error(emu):
+    with make_robot(emu, max_consecutive_failures=100) as robot:
+        emu.inject("silent", "release_all_servos", count=10)
+        with pytest.raises(RobotError, match="release_all_servos"):
+            robot.release_servos()
+
+
 def test_frames_are_spaced_on_the_bus(emu):
     with make_robot(emu, min_command_interval_s=0.02) as robot:
         start = len(emu.received)

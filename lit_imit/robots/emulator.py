@@ -58,6 +58,7 @@ COMMANDS = {
     "power_off": 0x11,
     "is_power_on": 0x12,
     "release_all_servos": 0x13,
+    "focus_all_servos_legacy": 0x18,
     "is_controller_connected": 0x14,
     "set_fresh_mode": 0x16,
     "get_fresh_mode": 0x17,
@@ -69,6 +70,7 @@ COMMANDS = {
     "stop": 0x29,
     "is_in_position": 0x2A,
     "is_moving": 0x2B,
+    "focus_servo": 0x57,  # pymycobot's focus_all_servos() sends this with servo id 0
     "get_gripper_value": 0x65,
     "set_gripper_state": 0x66,
     "set_gripper_value": 0x67,
@@ -500,6 +502,15 @@ class MyCobot320Emulator:
         self._state.queue.clear()
         return b"\x01"
 
+    def _h_focus_servo(self, data: bytes) -> bytes:
+        """Servo id 0 (or the legacy FOCUS_ALL_SERVOS frame) locks all joints where they are; 1-6 one joint
+        (the emulator tracks release for the whole arm only, so any focus ends hand-guiding)."""
+        if data[:1] and data[0] > 6:
+            return b"\x00"
+        self._state.servos_released = False
+        self._state.targets = list(self._state.joints)
+        return b"\x01"
+
     def _h_is_controller_connected(self, data: bytes) -> bytes:
         return b"\x01"
 
@@ -576,6 +587,8 @@ class MyCobot320Emulator:
         COMMANDS["power_off"]: _h_power_off,
         COMMANDS["is_power_on"]: _h_is_power_on,
         COMMANDS["release_all_servos"]: _h_release_all_servos,
+        COMMANDS["focus_all_servos_legacy"]: _h_focus_servo,
+        COMMANDS["focus_servo"]: _h_focus_servo,
         COMMANDS["is_controller_connected"]: _h_is_controller_connected,
         COMMANDS["set_fresh_mode"]: _h_set_fresh_mode,
         COMMANDS["get_fresh_mode"]: _h_get_fresh_mode,

@@ -712,6 +712,35 @@ class MyCobot320Robot:
             self._gripper_cmd = int(value)
             self.stats["gripper_commands"] += 1
 
+    def set_gripper(self, value: float) -> None:
+        """Command only the gripper (0 closed .. 1 open), leaving the arm alone (hand-guided recording)."""
+        value = float(value)
+        if not np.isfinite(value):
+            raise UnsafeActionError(f"gripper command must be finite, got {value}")
+        self._command_gripper(int(round(float(np.clip(value, 0.0, 1.0)) * 100)))
+
+    def release_servos(self) -> None:
+        """Let the arm be moved by hand (``release_all_servos``). The arm sags under gravity: hold it first.
+
+        Raises RobotError when the controller does not acknowledge, so a recording never starts on an arm
+        that is still holding.
+        """
+        if not self._require_ack("release_all_servos", self._call("release_all_servos")):
+            raise RobotError(f"the myCobot 320 on {self.port} did not acknowledge release_all_servos")
+
+    def lock_servos(self) -> bool:
+        """Hold the arm where it is again: ``focus_all_servos``, else ``power_on`` (which also re-enables all
+        servos). Never raises (it runs on the way out of a failed recording); returns whether the controller
+        acknowledged one of them."""
+        for name in ("focus_all_servos", "power_on"):
+            try:
+                if self._require_ack(name, self._call(name)):
+                    return True
+            except Exception as e:  # the link may be gone: report, try the next, never mask the original error
+                log.error("%s failed on %s: %s", name, self.port, e)
+        log.error("could not lock the servos of the myCobot 320 on %s: support the arm by hand", self.port)
+        return False
+
     def safe_stop(self) -> bool:
         """Stop the arm where it is (power stays on, servos hold). Never raises; returns success."""
         if self._client is None or self._link_lost:

@@ -350,38 +350,19 @@ def move_to(robot: MyCobot320Robot, joints_deg: Sequence[float], gripper: float 
 
 
 # ---------------------------------------------------------------------------------------------- hand-guiding
-def _command(robot: MyCobot320Robot, name: str, *args: Any) -> bool:
-    """One acknowledged controller command through the adapter's guarded bus access.
-
-    The adapter has no public call for servo release/lock or a lone gripper command yet, so this goes
-    through its ``_call``/``_require_ack`` (link errors -> RobotCommunicationError, missing replies
-    counted toward its failure limit).
-    """
-    return bool(robot._require_ack(name, robot._call(name, *args)))
-
-
 def release_servos(robot: MyCobot320Robot) -> None:
-    """Let the arm be moved by hand (``release_all_servos``). The arm sags under gravity: hold it first."""
-    if not _command(robot, "release_all_servos"):
-        raise RobotError(f"the myCobot 320 on {robot.port} did not acknowledge release_all_servos")
+    """Let the arm be moved by hand (see :meth:`MyCobot320Robot.release_servos`)."""
+    robot.release_servos()
 
 
 def lock_servos(robot: MyCobot320Robot) -> bool:
-    """Hold the arm where it is again: ``focus_all_servos``, else ``power_on`` (which also re-enables all
-    servos). Never raises; returns whether the controller acknowledged one of them."""
-    for name in ("focus_all_servos", "power_on"):
-        try:
-            if _command(robot, name):
-                return True
-        except Exception as e:  # the link may be gone: report, try the next, never mask the original error
-            log.error("%s failed on %s: %s", name, robot.port, e)
-    log.error("could not lock the servos of the myCobot 320 on %s: support the arm by hand", robot.port)
-    return False
+    """Hold the arm again (see :meth:`MyCobot320Robot.lock_servos`); never raises."""
+    return robot.lock_servos()
 
 
 def send_gripper(robot: MyCobot320Robot, value: float) -> None:
     """Command only the gripper (0 closed .. 1 open); the arm joints are left alone."""
-    robot._command_gripper(int(round(float(np.clip(value, 0.0, 1.0)) * 100)))
+    robot.set_gripper(value)
 
 
 def record_handguided(robot: MyCobot320Robot, store: EpisodeStore, *, fps: float | None = None,
