@@ -48,6 +48,10 @@ class RolloutEvaluation(pl.Callback):
         video: save the first episode as mp4 + TensorBoard frames.
         video_camera: camera to film (default: the first camera of the observation, else env.render()).
         video_fps: frame rate of the mp4.
+        log_prefix: metrics go to ``<log_prefix>/success_rate`` etc.; a second evaluation callback (say on
+            the unseen-colour variant of a task) needs its own prefix, e.g. ``rollout_unseen``.
+        score_scale: also log ``<log_prefix>/score`` = mean return x this (100 for Ravens tasks, whose
+            return is the partial credit in [0, 1]: CLIPort reports that score x 100).
     """
 
     def __init__(
@@ -62,6 +66,8 @@ class RolloutEvaluation(pl.Callback):
         video: bool = True,
         video_camera: str | None = None,
         video_fps: int = 50,
+        log_prefix: str = "rollout",
+        score_scale: float | None = None,
     ) -> None:
         from lit_imit.envs import task_spec
 
@@ -76,6 +82,10 @@ class RolloutEvaluation(pl.Callback):
         self.video = video
         self.video_camera = video_camera or next(iter(self.env_kwargs.get("cameras", ["top"]) or []), None)
         self.video_fps = video_fps
+        if not log_prefix or "/" in log_prefix:
+            raise ValueError(f"log_prefix must be a non-empty name without '/', got {log_prefix!r}")
+        self.log_prefix = log_prefix
+        self.score_scale = score_scale
         self._envs: list[Any] | None = None
         self.last_summary: dict[str, float] | None = None
 
@@ -101,10 +111,11 @@ class RolloutEvaluation(pl.Callback):
         summary = self.run(trainer, pl_module, tag="test")
         if trainer.is_global_zero:
             print(
-                f"rollout success rate {summary['success_rate']:.3f} "
+                f"{self.log_prefix} success rate {summary['success_rate']:.3f} "
                 f"(95% CI {summary['success_ci_low']:.3f}-{summary['success_ci_high']:.3f}, "
                 f"{int(summary['episodes'])} episodes of {self.task}), mean return {summary['return']:.2f}, "
                 f"mean max reward {summary['max_reward']:.2f}"
+                + (f", score {summary['score']:.1f}" if "score" in summary else "")
             )
 
     # ---- evaluation -------------------------------------------------------------------------------
@@ -134,9 +145,14 @@ class RolloutEvaluation(pl.Callback):
         pl_module.train(was_training)
         results = gather_results(results)
         summary = summarize(results)
+        keys = ["success_rate", "return", "max_reward", "episode_length"]
+        if self.score_scale is not None:
+            summary["score"] = summary["return"] * float(self.score_scale)
+            keys.append("score")
         self.last_summary = summary
-        for key in ("success_rate", "return", "max_reward", "episode_length"):
-            pl_module.log(f"rollout/{key}", summary[key], on_epoch=True, sync_dist=False, rank_zero_only=False)
+        for key in keys:
+            pl_module.log(f"{self.log_prefix}/{key}", summary[key], on_epoch=True, sync_dist=False,
+                          rank_zero_only=False)
         if trainer.is_global_zero:
             self._save_video(trainer, results, tag)
         return summary
@@ -148,7 +164,8 @@ class RolloutEvaluation(pl.Callback):
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         video_dir = log_dir / "videos"
         video_dir.mkdir(parents=True, exist_ok=True)
-        path = video_dir / f"{tag}.mp4"
+        name = tag if self.log_prefix == "rollout" else f"{self.log_prefix}_{tag}"
+        path = video_dir / f"{name}.mp4"
         try:
             import imageio.v2 as imageio
 
@@ -159,4 +176,4 @@ class RolloutEvaluation(pl.Callback):
         if experiment is not None and hasattr(experiment, "add_images"):
             picks = np.linspace(0, len(frames) - 1, num=min(8, len(frames))).astype(int)
             strip = np.stack([frames[i] for i in picks]).astype(np.uint8)
-            experiment.add_images("rollout/frames", strip, global_step=trainer.global_step, dataformats="NHWC")
+            experiment.add_images(f"{self.log_prefix}/frames", strip, global_step=trainer.global_step, dataformats="NHWC")

@@ -296,7 +296,10 @@ def test_cli_records_fits_rolls_out_and_tests(tmp_path, capsys):
 
     rollout = {"class_path": "callbacks.rollout.RolloutEvaluation",
                "init_args": {"task": TASK, "n_episodes": 2, "n_envs": 2, "every_n_epochs": 1, "max_steps": 2,
-                             "env_kwargs": {"render_mode": "rgb_array"}, "video_fps": 2}}
+                             "env_kwargs": {"render_mode": "rgb_array"}, "video_fps": 2, "score_scale": 100}}
+    unseen = {"class_path": "callbacks.rollout.RolloutEvaluation",
+              "init_args": {"task": TASK.replace("seen", "unseen"), "n_episodes": 1, "every_n_epochs": 1,
+                            "max_steps": 1, "video": False, "log_prefix": "rollout_unseen"}}
     cfg = {
         "seed_everything": 7,
         "trainer": {
@@ -304,7 +307,7 @@ def test_cli_records_fits_rolls_out_and_tests(tmp_path, capsys):
             "log_every_n_steps": 1, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": str(tmp_path), "name": "logs", "version": 0}},
-            "callbacks": [rollout],
+            "callbacks": [rollout, unseen],
         },
         "checkpoint": {"monitor": "rollout/return", "mode": "max", "save_top_k": 1},
         "model": {"class_path": "lit_imit.modules.cliport.CLIPortModule",
@@ -318,7 +321,7 @@ def test_cli_records_fits_rolls_out_and_tests(tmp_path, capsys):
     log_dir = tmp_path / "logs" / "version_0"
     tags = _tags(log_dir)
     for tag in ("train/loss", "train/pick_loss", "train/place_loss", "val/loss", "val/pick_dist_px",
-                "rollout/success_rate", "rollout/return"):
+                "rollout/success_rate", "rollout/return", "rollout/score", "rollout_unseen/success_rate"):
         assert tag in tags, (tag, tags)
     assert (log_dir / "videos" / "epoch_0000.mp4").stat().st_size > 0
     best = next(p for p in (log_dir / "checkpoints").glob("epoch*.ckpt"))

@@ -672,3 +672,90 @@ def test_from_scratch_seeds_with_gated_novice_episodes(tmp_path):
     assert bool(cli.model.stats_initialized)  # stats from the seeded episodes reached the module
     assert torch.allclose(cli.model.stat("action", "mean"), torch.tensor(dm.stats["action"]["mean"]))
     assert dm.episode_priority == {}  # no PIER in this mode
+
+
+# ------------------------------------------------------------------------------------------------
+# ASkDAgger's own setting: CLIPort on a Ravens task, from scratch, through the CLI
+# ------------------------------------------------------------------------------------------------
+
+def cliport_interactive_cfg(tmp: Path, max_epochs: int, version: int = 0) -> dict:
+    """A tiny CLIPort trained from an empty store by 1 gated episode per round (8 steps of batch 1)."""
+    from lit_imit.modules.cliport import tiny_config
+
+    init = {"task": "put-block-in-bowl-seen-colors", "mode": "askdagger", "episodes_per_round": 1,
+            "seed_episodes": 1, "n_min": 2, "max_steps": 3}
+    return {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "log_every_n_steps": 1,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp),
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(tmp), "name": "logs", "version": version}},
+            "callbacks": [{"class_path": "callbacks.interactive.InteractiveAggregation", "init_args": init}],
+        },
+        "checkpoint": {"save_top_k": -1, "every_n_epochs": 1},
+        "model": {"class_path": "lit_imit.modules.cliport.CLIPortModule",
+                  "init_args": tiny_config(downsample=4, crop_size=32, lr=5e-5, activation="leaky_relu")},
+        "data": {"class_path": "lit_imit.data.cliport.CLIPortDataModule",
+                 "init_args": {"data_dir": str(tmp / "data"), "task": "put-block-in-bowl-seen-colors",
+                               "allow_empty": True, "batch_size": 1, "val_episodes": 0, "sampling": "prioritized",
+                               "priority_alpha": 1.5, "samples_per_epoch": 8}},
+    }
+
+
+@pytest.mark.slow
+def test_cliport_askdagger_from_scratch_on_ravens_through_the_cli(tmp_path):
+    """The reference's loop: the untrained CLIPort is gated from the first decision, the oracle's feedback
+    (validated / relabeled / annotated pick-places) lands in the store with PIER metadata, every round trains
+    8 steps at batch 1 on the prioritized data, and the stored demos are CLIPort training samples."""
+    from lit_imit.data.cliport import PickPlaceDataset
+
+    cli = main({"fit": cliport_interactive_cfg(tmp_path, max_epochs=2)})
+    cb, dm = _callback(cli), cli.datamodule
+    assert cb.seeded and cb.episodes_done == 3 and cb.rounds_done == 3  # the seed episode + one per epoch
+    assert cli.trainer.global_step == 16  # 8 steps of batch 1 per round
+    counts = cb.counts
+    assert counts["demos"] == counts["annotations"] + counts["validations"] + counts["relabels"] > 0
+    assert counts["annotations"] > 0  # an untrained novice fails and is queried (everything is, below n_min)
+    store = EpisodeStore(tmp_path / "data")
+    assert store.ids() == dm.train_ids and len(dm.train_ids) == counts["demos"]
+    assert set(dm.episode_priority) == set(dm.train_ids)
+    for i in dm.train_ids:
+        meta = dm.episode_meta[i]
+        assert meta["source"] in ("teacher", "validated", "relabeled")
+        assert (meta["label"] == Label.UNKNOWN) == (meta["source"] == "relabeled")
+        if meta["source"] == "relabeled":  # relabeled demos carry the achieved instruction and no uncertainty
+            assert math.isnan(meta["uncertainty"]) if meta["uncertainty"] is not None else True
+    sample = PickPlaceDataset(store, dm.train_ids)[0]
+    assert isinstance(sample["instruction"], str) and sample["instruction"]
+    tags = _tags(tmp_path / "logs" / "version_0")
+    for tag in INTERACTIVE_TAGS:
+        assert f"interactive/{tag}" in tags, tag
+    ckpt = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["callbacks"]["InteractiveAggregation"]["counts"] == counts
+
+
+@pytest.mark.parametrize("name", ["put_block_in_bowl", "packing_shapes"])
+def test_shipped_cliport_askdagger_configs_hold_the_reference_settings(name, tmp_path):
+    """Built from the shipped file (with a random tiny CLIP instead of the offline-unavailable openai weights)."""
+    from lit_imit.modules.cliport import TINY_CLIP
+
+    cfg = yaml.safe_load((ROOT / "configs" / "cliport" / f"askdagger_{name}.yaml").read_text())
+    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                "init_args": {"save_dir": str(tmp_path)}}
+    cfg["model"]["init_args"].update(clip_pretrained=None, clip_overrides=TINY_CLIP, spatial_width=8)
+    cfg["data"]["init_args"]["data_dir"] = str(tmp_path / "data")
+    cli = main(cfg, run=False)
+    cb = _callback(cli)
+    assert cb.mode == "askdagger" and cb.episodes_per_round == 1 and cb.seed_episodes == 1
+    assert cb.sag_kwargs == {"mode": "sensitivity", "target": 0.9, "p_rand": 0.2, "n_min": 15, "n_rep": 10,
+                             "u_normalization": True, "impute": True}
+    assert cb.pier(cli.datamodule).state_dict() == {"lam": 0.5, "base": 10.0, "alpha": 1.5, "beta0": 1.0,
+                                                    "beta_steps": 100}
+    assert isinstance(cb.judge, StepRewardJudge) and cb._decision_steps(cli.model) == 1
+    hp, dm = cli.model.hparams, cli.datamodule
+    assert hp.lr == 5e-5 and hp.activation == "leaky_relu" and hp.uncertainty_measure == "entropy"
+    assert dm.batch_size == 1 and dm.samples_per_epoch == 8 and dm.allow_empty and dm.sampling == "prioritized"
+    assert cli.trainer.max_epochs == 300
+    prefixes = sorted(c.log_prefix for c in cli.trainer.callbacks if hasattr(c, "log_prefix"))
+    assert prefixes == ["rollout", "rollout_unseen"]

@@ -24,14 +24,23 @@ pick logits, the place is the argmax over (rotation, pixel) of the place logits 
 the pixel centres at the height map's height, the pick yaw is 0 and the place yaw the bin's angle, returned
 as (N, 14) = pick (xyz + xyzw) + place, the flat action the Ravens envs take.
 
-Uncertainty (``predict``, ASkDAgger §1.3): the Shannon entropies H_pick of the pick softmax (over H x W) and
-H_place of the place softmax (over H x W x R), combined as u = 1/2 (H_pick / M_pick + H_place / M_place):
+Uncertainty (``predict``, ASkDAgger §1.3): one scalar per heatmap, u_pick from the pick softmax (over H x W)
+and u_place from the place softmax (over H x W x R), by ``uncertainty_measure`` (ASkDAgger's ``measure``):
 
-* ``uncertainty_normalizer="running_max"`` (ASkDAgger's default): M are running maxima of the entropies seen
+* ``"entropy"`` (ASkDAgger's default): the Shannon entropy of the flattened softmax, in nats;
+* ``"confidence"``: 1 - max p (ASkDAgger's name; "least confidence"), in [0, 1 - 1/n];
+* ``"margin"``: 1 - (p(1) - p(2)), the two largest probabilities of the flattened map, in [0, 1];
+
+combined as u = 1/2 (u_pick / M_pick + u_place / M_place):
+
+* ``uncertainty_normalizer="running_max"`` (ASkDAgger's default): M are running maxima of the measures seen
   by ``predict`` (kept in buffers, saved in checkpoints); within a batch, envs are taken in order, as the
-  decisions would arrive one at a time, so each is normalised by the maximum up to and including itself;
-* ``"max_entropy"``: M are the largest possible entropies, log(H W) and log(H W R), so u is in [0, 1] and
-  equals 1 for uniform heatmaps.
+  decisions would arrive one at a time, so each is normalised by the maximum up to and including itself.
+  The buffers keep the names ``entropy_max_pick`` / ``entropy_max_place`` (older checkpoints load) but hold
+  the running maxima of whichever measure is selected; zero them when switching measures on a live module;
+* ``"max_entropy"``: M are the largest possible values of the measure: for the entropy log(H W) and
+  log(H W R), so u is in [0, 1] and equals 1 for uniform heatmaps; confidence and margin already lie in
+  [0, 1], so M = 1 for them (u = 1 for uniform maps under margin, 1 - 1/n under confidence).
 
 The module is stateless between decisions (``reset`` has nothing to clear).
 """
@@ -56,12 +65,47 @@ from lit_imit.nets.transporter import bin_to_yaw, rotate_images, transform_pixel
 TINY_CLIP = {"embed_dim": 64, "vision_cfg": {"width": 8, "layers": [1, 1, 1, 1]},
              "text_cfg": {"width": 64, "heads": 2, "layers": 1}}
 UNCERTAINTY_NORMALIZERS = ("running_max", "max_entropy")
+#: ASkDAgger's single-prediction uncertainty measures of a heatmap (``uncertainty_quantification.py``)
+UNCERTAINTY_MEASURES = ("entropy", "confidence", "margin")
 
 
 def entropy(logits: Tensor) -> Tensor:
     """Shannon entropy (nats) of the softmax over all entries of each row of (B, ...) logits."""
     logp = F.log_softmax(logits.flatten(1).float(), dim=1)
     return -(logp.exp() * logp).sum(dim=1)
+
+
+def _top_probabilities(logits: Tensor, k: int) -> Tensor:
+    """The k largest softmax probabilities (B, k) over all entries of each row of (B, ...) logits, computed
+    from the top logits and the log-normaliser so that the full probability map is never materialised."""
+    flat = logits.flatten(1).float()
+    top = flat.topk(min(k, flat.shape[1]), dim=1).values
+    probs = (top - torch.logsumexp(flat, dim=1, keepdim=True)).exp()
+    return F.pad(probs, [0, k - probs.shape[1]])  # a map with fewer than k entries: the missing ones are 0
+
+
+def confidence(logits: Tensor) -> Tensor:
+    """ASkDAgger's "confidence" uncertainty, 1 - max p, of the softmax over each row of (B, ...) logits: 0 for
+    a one-hot map, 1 - 1/n for a uniform one over n entries."""
+    return 1.0 - _top_probabilities(logits, 1)[:, 0]
+
+
+def margin(logits: Tensor) -> Tensor:
+    """ASkDAgger's "margin" uncertainty, 1 - (p(1) - p(2)) with the two largest probabilities of the softmax
+    over each row of (B, ...) logits: 0 for a one-hot map, 1 when the best two entries tie."""
+    top = _top_probabilities(logits, 2)
+    return 1.0 - (top[:, 0] - top[:, 1])
+
+
+def heatmap_uncertainty(logits: Tensor, measure: str = "entropy") -> Tensor:
+    """(B,) uncertainty of each heatmap of (B, ...) logits by one of ``UNCERTAINTY_MEASURES``."""
+    if measure == "entropy":
+        return entropy(logits)
+    if measure == "confidence":
+        return confidence(logits)
+    if measure == "margin":
+        return margin(logits)
+    raise ValueError(f"uncertainty measure must be one of {UNCERTAINTY_MEASURES}, got {measure!r}")
 
 
 def heightmap_batch(color: Tensor, height: Tensor) -> Tensor:
@@ -115,7 +159,10 @@ class CLIPortModule(PolicyModule):
         lr: Adam learning rate (1e-4 in the paper).
         augment / theta_sigma: random SE(2) augmentation and its yaw std in degrees (60 in CLIPort).
         cliport_loss_scale: divide the losses by their element counts as the original code does.
-        uncertainty_normalizer: "running_max" (ASkDAgger) or "max_entropy".
+        uncertainty_measure: per-heatmap uncertainty of ``predict``: "entropy" (ASkDAgger's default),
+            "confidence" (1 - max p) or "margin" (1 - (p(1) - p(2))); see the module docstring.
+        uncertainty_normalizer: "running_max" (ASkDAgger) or "max_entropy" (the measure's largest value:
+            log of the heatmap size for the entropy, 1 for confidence and margin).
         accuracy_radius_px: a pick/place prediction within this many (full-resolution) pixels of the demo's
             counts as correct in the logged accuracies (5 px = 1.6 cm).
         downsample: run the network on heightmaps pooled by this factor (colour averaged, height max-pooled)
@@ -124,6 +171,9 @@ class CLIPortModule(PolicyModule):
             ``crop_size * downsample`` full-resolution pixels.
         channels_last: run the convolutions in channels-last layout (for tensor cores; off by default: on
             CPU, torch 2.15 aborts ("double free") in the backward of strided 1x1 convs in that layout).
+        activation: "relu" (CLIPort) or "leaky_relu" (ASkDAgger, against vanishing gradients in interactive
+            training; slope 0.01) in every trainable stream; CLIP is untouched. Checkpoints load under either
+            (activations have no weights), but a model trained with one should be run with the same one.
     """
 
     def __init__(
@@ -148,6 +198,8 @@ class CLIPortModule(PolicyModule):
         accuracy_radius_px: float = 5.0,
         downsample: int = 1,
         channels_last: bool = False,
+        activation: str = "relu",
+        uncertainty_measure: str = "entropy",
     ) -> None:
         super().__init__()
         if downsample < 1:
@@ -156,19 +208,27 @@ class CLIPortModule(PolicyModule):
             raise ValueError(
                 f"uncertainty_normalizer must be one of {UNCERTAINTY_NORMALIZERS}, got {uncertainty_normalizer!r}"
             )
+        if uncertainty_measure not in UNCERTAINTY_MEASURES:
+            raise ValueError(
+                f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}, got {uncertainty_measure!r}"
+            )
         self.save_hyperparameters()
         self.net = CLIPortNet(
             spatial_width=spatial_width, clip_model=clip_model, clip_pretrained=clip_pretrained,
             clip_overrides=clip_overrides, train_clip=train_clip, n_rotations=n_rotations, crop_size=crop_size,
             transport_dim=transport_dim, batchnorm=batchnorm, decoder_norm=decoder_norm, correlation=correlation,
-            init=init,
+            init=init, activation=activation,
         )
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        # running maxima of the selected uncertainty measure (named for the entropy, the default, so that
+        # checkpoints from before ``uncertainty_measure`` existed still load)
         self.register_buffer("entropy_max_pick", torch.zeros(()))
         self.register_buffer("entropy_max_place", torch.zeros(()))
         #: raw entropies of the last ``predict`` call: {"pick": (N,), "place": (N,)}
         self.last_entropies: dict[str, Tensor] = {}
+        #: raw (unnormalised) ``uncertainty_measure`` of the last ``predict`` call: {"pick": (N,), "place": (N,)}
+        self.last_measures: dict[str, Tensor] = {}
 
     # ---- inputs ----------------------------------------------------------------------------------------
     def _inputs(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
@@ -288,10 +348,11 @@ class CLIPortModule(PolicyModule):
 
     # ---- the policy contract ---------------------------------------------------------------------------
     def decide(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Pick/place decisions and entropies for a batch of observations (no mode switching here).
+        """Pick/place decisions and heatmap uncertainties for a batch of observations (no mode switching here).
 
         Returns ``action`` (N, 14), ``pick_pixel`` / ``place_pixel`` (N, 2) full-resolution pixels,
-        ``rotation`` (N,) bins, ``pick_entropy`` / ``place_entropy`` (N,) nats over the network's heatmaps and
+        ``rotation`` (N,) bins, ``pick_entropy`` / ``place_entropy`` (N,) nats over the network's heatmaps,
+        ``pick_measure`` / ``place_measure`` (N,) the ``uncertainty_measure`` of the same heatmaps and
         ``support`` (their sizes).
         """
         r = self.hparams.n_rotations
@@ -311,8 +372,16 @@ class CLIPortModule(PolicyModule):
         action = torch.cat([
             pixels_to_poses(pick, height, zeros), pixels_to_poses(place, height, bin_to_yaw(rotation, r)),
         ], dim=1)
+        measure = self.hparams.uncertainty_measure
+        pick_entropy, place_entropy = entropy(pick_logits), entropy(place_logits)
+        if measure == "entropy":
+            pick_measure, place_measure = pick_entropy, place_entropy
+        else:
+            pick_measure = heatmap_uncertainty(pick_logits, measure)
+            place_measure = heatmap_uncertainty(place_logits, measure)
         return {"action": action, "pick_pixel": pick, "place_pixel": place, "rotation": rotation,
-                "pick_entropy": entropy(pick_logits), "place_entropy": entropy(place_logits),
+                "pick_entropy": pick_entropy, "place_entropy": place_entropy,
+                "pick_measure": pick_measure, "place_measure": place_measure,
                 "support": torch.tensor([h * w, h * w * r], dtype=torch.float64)}
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
@@ -320,26 +389,35 @@ class CLIPortModule(PolicyModule):
         with self.policy_mode():
             return self.decide(obs)["action"]
 
-    def normalized_uncertainty(self, pick_entropy: Tensor, place_entropy: Tensor, support: Tensor) -> Tensor:
-        """u = 1/2 (H_pick / M_pick + H_place / M_place) per env (see the module docstring)."""
+    def measure_bounds(self, support: Tensor) -> tuple[float, float]:
+        """Largest possible pick and place values of the ``uncertainty_measure`` on heatmaps of ``support``
+        entries: log(n) for the entropy; 1 for confidence and margin, which already lie in [0, 1]."""
+        if self.hparams.uncertainty_measure == "entropy":
+            return math.log(float(support[0])), math.log(float(support[1]))
+        return 1.0, 1.0
+
+    def normalized_uncertainty(self, pick_u: Tensor, place_u: Tensor, support: Tensor) -> Tensor:
+        """u = 1/2 (u_pick / M_pick + u_place / M_place) per env, from the raw per-heatmap measures (see the
+        module docstring); under "running_max" this also advances the running maxima."""
         if self.hparams.uncertainty_normalizer == "max_entropy":
-            m_pick = math.log(float(support[0]))
-            m_place = math.log(float(support[1]))
-            return 0.5 * (pick_entropy / m_pick + place_entropy / m_place)
-        prev_pick = self.entropy_max_pick.to(pick_entropy.dtype)
-        prev_place = self.entropy_max_place.to(place_entropy.dtype)
-        m_pick = torch.cummax(torch.maximum(pick_entropy, prev_pick), dim=0).values
-        m_place = torch.cummax(torch.maximum(place_entropy, prev_place), dim=0).values
+            m_pick, m_place = self.measure_bounds(support)
+            return 0.5 * (pick_u / m_pick + place_u / m_place)
+        prev_pick = self.entropy_max_pick.to(pick_u.dtype)
+        prev_place = self.entropy_max_place.to(place_u.dtype)
+        m_pick = torch.cummax(torch.maximum(pick_u, prev_pick), dim=0).values
+        m_place = torch.cummax(torch.maximum(place_u, prev_place), dim=0).values
         self.entropy_max_pick.copy_(m_pick[-1])
         self.entropy_max_place.copy_(m_place[-1])
-        return 0.5 * (pick_entropy / m_pick.clamp_min(1e-12) + place_entropy / m_place.clamp_min(1e-12))
+        return 0.5 * (pick_u / m_pick.clamp_min(1e-12) + place_u / m_place.clamp_min(1e-12))
 
     def predict(self, obs: Mapping[str, Any]) -> Prediction:
-        """The decision of ``select_action`` plus the heatmap-entropy uncertainty per env."""
+        """The decision of ``select_action`` plus the normalised heatmap uncertainty per env; the raw measures
+        are kept in ``last_measures`` (and the entropies in ``last_entropies``)."""
         with self.policy_mode():
             out = self.decide(obs)
-            u = self.normalized_uncertainty(out["pick_entropy"], out["place_entropy"], out["support"])
+            u = self.normalized_uncertainty(out["pick_measure"], out["place_measure"], out["support"])
             self.last_entropies = {"pick": out["pick_entropy"].clone(), "place": out["place_entropy"].clone()}
+            self.last_measures = {"pick": out["pick_measure"].clone(), "place": out["place_measure"].clone()}
         return Prediction(action=out["action"], uncertainty=u)
 
 
@@ -415,6 +493,7 @@ def pixels_of(action: Tensor | np.ndarray) -> tuple[list[tuple[int, int]], list[
 
 
 __all__ = [
-    "CLIPortModule", "TINY_CLIP", "entropy", "heightmap_batch", "instructions_list", "make_dummy_batch",
-    "measure_decisions", "measure_train_throughput", "pixels_of", "pixels_to_poses", "tiny_config",
+    "CLIPortModule", "TINY_CLIP", "UNCERTAINTY_MEASURES", "confidence", "entropy", "heatmap_uncertainty",
+    "heightmap_batch", "instructions_list", "make_dummy_batch", "margin", "measure_decisions",
+    "measure_train_throughput", "pixels_of", "pixels_to_poses", "tiny_config",
 ]

@@ -27,7 +27,11 @@ Where this differs from the original, on purpose:
   correlation over the kernel entries instead of summing them (``init="torch"`` restores the original's
   PyTorch default init and raw sum; under it a random stream's output is ~1e-5 of its input's scale);
 * widths are configurable (``spatial_width``, ``clip_overrides``) so that tests and CPU runs can use a tiny
-  network; the paper's network is the default (spatial width 64, CLIP RN50).
+  network; the paper's network is the default (spatial width 64, CLIP RN50);
+* ``activation="leaky_relu"`` swaps every ReLU of the trainable streams (Transporter ResNet blocks, the
+  semantic decoder and its U-Net steps, the lateral fusions, the transport's stream fusion) for a LeakyReLU
+  of slope 0.01, as ASkDAgger does against vanishing gradients in interactive training; the frozen CLIP
+  keeps its own ReLUs. The default "relu" is CLIPort's.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from lit_imit.nets.transporter import (
     ConvBlock,
     IdentityBlock,
     SpatialStream,
+    activation_layer,
+    check_activation,
     correlate,
     he_init_,
     rotated_crops,
@@ -173,15 +179,16 @@ class CLIPEncoders(nn.Module):
 
 
 class DoubleConv(nn.Module):
-    """(3x3 conv -> norm -> ReLU) x 2, the U-Net decoder block (batch norm in CLIPort's U-Net)."""
+    """(3x3 conv -> norm -> activation) x 2, the U-Net decoder block (batch norm in CLIPort's U-Net)."""
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int, norm: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int, norm: bool = True,
+                 activation: str = "relu") -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_channels) if norm else nn.Identity(), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(mid_channels) if norm else nn.Identity(), activation_layer(activation, True),
             nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels) if norm else nn.Identity(), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(out_channels) if norm else nn.Identity(), activation_layer(activation, True),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,9 +198,9 @@ class DoubleConv(nn.Module):
 class Up(nn.Module):
     """x2 bilinear upsampling, concatenation with the skip feature, DoubleConv."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: bool = True, activation: str = "relu") -> None:
         super().__init__()
-        self.conv = DoubleConv(in_channels, out_channels, in_channels // 2, norm)
+        self.conv = DoubleConv(in_channels, out_channels, in_channels // 2, norm, activation)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
@@ -204,16 +211,17 @@ class Up(nn.Module):
 
 
 class LateralFusion(nn.Module):
-    """Lateral connection from the spatial stream: ReLU(concat) -> 1x1 conv (CLIPort's FusionConvLat)."""
+    """Lateral connection from the spatial stream: activation(concat) -> 1x1 conv (CLIPort's FusionConvLat)."""
 
-    def __init__(self, channels: int, lateral_channels: int) -> None:
+    def __init__(self, channels: int, lateral_channels: int, activation: str = "relu") -> None:
         super().__init__()
+        self.act = activation_layer(activation)
         self.conv = nn.Conv2d(channels + lateral_channels, channels, 1, bias=False)
 
     def forward(self, x: Tensor, lateral: Tensor) -> Tensor:
         if lateral.shape[-2:] != x.shape[-2:]:
             lateral = F.interpolate(lateral, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return self.conv(F.relu(torch.cat([x, lateral], dim=1)))
+        return self.conv(self.act(torch.cat([x, lateral], dim=1)))
 
 
 class LanguageUNet(nn.Module):
@@ -223,26 +231,29 @@ class LanguageUNet(nn.Module):
     the sentence embedding -> U-Net up-step with CLIP's layer3/2/1 skip -> lateral fusion] down to c/16
     channels at 1/4 resolution; three ConvBlock+IdentityBlock+x2 stages (c/32, c/64, c/128 channels) each
     followed by a lateral fusion; a 1x1 head. The output is at 2x the input resolution before the final
-    resize, as in the original.
+    resize, as in the original. Every activation of this decoder is ``activation`` (CLIP's own are not).
     """
 
     def __init__(self, clip_channels: int, skip_channels: Sequence[int], text_dim: int,
                  lateral_channels: Sequence[int], out_channels: int, batchnorm: bool = False,
-                 decoder_norm: bool = True) -> None:
+                 decoder_norm: bool = True, activation: str = "relu") -> None:
         super().__init__()
         c = clip_channels
         if c % 128:
             raise ValueError(f"CLIP feature channels must be a multiple of 128, got {c}")
+        act = check_activation(activation)
         d = [c // 2, c // 4, c // 8, c // 16, c // 32, c // 64, c // 128]
         s1, s2, s3 = skip_channels
-        self.conv_in = nn.Sequential(nn.Conv2d(c, d[0], 3, padding=1, bias=False), nn.ReLU(inplace=True))
+        self.conv_in = nn.Sequential(nn.Conv2d(c, d[0], 3, padding=1, bias=False), activation_layer(act, True))
         self.lang_proj = nn.ModuleList([nn.Linear(text_dim, width) for width in d[:3]])
         self.ups = nn.ModuleList([
-            Up(d[0] + s3, d[1], decoder_norm), Up(d[1] + s2, d[2], decoder_norm), Up(d[2] + s1, d[3], decoder_norm),
+            Up(d[0] + s3, d[1], decoder_norm, act), Up(d[1] + s2, d[2], decoder_norm, act),
+            Up(d[2] + s1, d[3], decoder_norm, act),
         ])
         self.decs = nn.ModuleList([
             nn.Sequential(
-                ConvBlock(a, [b, b, b], batchnorm=batchnorm), IdentityBlock(b, [b, b, b], batchnorm=batchnorm),
+                ConvBlock(a, [b, b, b], batchnorm=batchnorm, activation=act),
+                IdentityBlock(b, [b, b, b], batchnorm=batchnorm, activation=act),
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
             )
             for a, b in zip(d[3:6], d[4:7])
@@ -250,7 +261,7 @@ class LanguageUNet(nn.Module):
         widths = [d[1], d[2], d[3], d[4], d[5], d[6]]
         if len(lateral_channels) != 6:
             raise ValueError(f"the semantic stream takes 6 lateral features, got {len(lateral_channels)}")
-        self.lateral = nn.ModuleList([LateralFusion(w, lc) for w, lc in zip(widths, lateral_channels)])
+        self.lateral = nn.ModuleList([LateralFusion(w, lc, act) for w, lc in zip(widths, lateral_channels)])
         self.head = nn.Conv2d(d[6], out_channels, 1)
 
     def forward(self, clip_x: Tensor, clip_skips: Sequence[Tensor], lateral: Sequence[Tensor], text: Tensor,
@@ -271,20 +282,22 @@ class TwoStreamNet(nn.Module):
     """Spatial (heightmap) + semantic (CLIP + language) streams, laterally connected, fused at the output.
 
     ``fusion="add"`` sums the two streams' logits (CLIPort's attention); ``"conv"`` concatenates them and mixes
-    them with ReLU + a 1x1 conv (CLIPort's transport).
+    them with an activation + a 1x1 conv (CLIPort's transport). ``activation`` is used by both streams and the
+    mixing ("relu" or "leaky_relu").
     """
 
     def __init__(self, out_channels: int, fusion: str, spatial_width: int, clip_channels: int,
                  skip_channels: Sequence[int], text_dim: int, batchnorm: bool = False,
-                 decoder_norm: bool = True) -> None:
+                 decoder_norm: bool = True, activation: str = "relu") -> None:
         super().__init__()
         if fusion not in ("add", "conv"):
             raise ValueError(f"stream fusion must be 'add' or 'conv', got {fusion!r}")
-        self.spatial = SpatialStream(6, out_channels, spatial_width, batchnorm)
+        self.spatial = SpatialStream(6, out_channels, spatial_width, batchnorm, activation)
         self.semantic = LanguageUNet(clip_channels, skip_channels, text_dim, self.spatial.lateral_channels,
-                                     out_channels, batchnorm, decoder_norm)
+                                     out_channels, batchnorm, decoder_norm, activation)
         self.fusion = fusion
         self.mix = nn.Conv2d(2 * out_channels, out_channels, 1, bias=False) if fusion == "conv" else None
+        self.mix_act = activation_layer(activation) if fusion == "conv" else None
 
     def forward(self, x_spatial: Tensor, clip_features: tuple[Tensor, list[Tensor]], text: Tensor) -> Tensor:
         size = (x_spatial.shape[-2], x_spatial.shape[-1])
@@ -292,7 +305,7 @@ class TwoStreamNet(nn.Module):
         out_semantic = self.semantic(clip_features[0], clip_features[1], lateral, text, size)
         if self.mix is None:
             return out_spatial + out_semantic
-        return self.mix(F.relu(torch.cat([out_spatial, out_semantic], dim=1)))
+        return self.mix(self.mix_act(torch.cat([out_spatial, out_semantic], dim=1)))
 
 
 def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -317,13 +330,16 @@ class CLIPortNet(nn.Module):
         init: "he" (``transporter.he_init_``: the streams keep their signal scale at initialisation, and the
             correlation is averaged rather than summed over the k*k*D kernel entries so that the place logits
             start at the features' scale) or "torch" (PyTorch's default init and the raw sum, as the original).
+        activation: "relu" (CLIPort) or "leaky_relu" (ASkDAgger: LeakyReLU, slope 0.01) in every trainable
+            stream; parameter-free, so the state_dict keys are the same under both.
     """
 
     def __init__(self, spatial_width: int = 64, clip_model: str = "RN50", clip_pretrained: str | None = None,
                  clip_overrides: Mapping[str, Any] | None = None, train_clip: bool = False, n_rotations: int = 36,
                  crop_size: int = 64, transport_dim: int = 3, batchnorm: bool = False, decoder_norm: bool = True,
-                 correlation: str = "auto", init: str = "he") -> None:
+                 correlation: str = "auto", init: str = "he", activation: str = "relu") -> None:
         super().__init__()
+        check_activation(activation)
         if init not in ("he", "torch"):
             raise ValueError(f"init must be 'he' or 'torch', got {init!r}")
         if crop_size % CLIP_STRIDE or crop_size <= 0:
@@ -335,13 +351,13 @@ class CLIPortNet(nn.Module):
         self.clip = CLIPEncoders(clip_model, clip_pretrained, clip_overrides, train_clip)
         kwargs = dict(spatial_width=spatial_width, clip_channels=self.clip.out_channels,
                       skip_channels=self.clip.skip_channels, text_dim=self.clip.text_dim,
-                      batchnorm=batchnorm, decoder_norm=decoder_norm)
+                      batchnorm=batchnorm, decoder_norm=decoder_norm, activation=activation)
         self.attention = TwoStreamNet(1, "add", **kwargs)
         self.key = TwoStreamNet(transport_dim, "conv", **kwargs)
         self.query = TwoStreamNet(transport_dim, "conv", **kwargs)
         if init == "he":
             for net in (self.attention, self.key, self.query):
-                he_init_(net)
+                he_init_(net, activation)
         self.n_rotations = n_rotations
         self.crop_size = crop_size
         self.correlation = correlation

@@ -1,7 +1,8 @@
 """Transporter Network building blocks (Zeng et al., CoRL 2020) as CLIPort uses them: plain nn.Modules.
 
 * ``ConvBlock`` / ``IdentityBlock``: the three-convolution residual blocks (1x1, kxk, 1x1) of the Transporter
-  ResNets, with optional batch norm (CLIPort trains without it: ``batchnorm: False`` in its config);
+  ResNets, with optional batch norm (CLIPort trains without it: ``batchnorm: False`` in its config) and a
+  choice of activation (``activation_layer``: CLIPort's ReLU or ASkDAgger's LeakyReLU);
 * ``SpatialStream``: the "where" stream, a fully convolutional ResNet on the 6-channel heightmap (encoder to
   1/16 resolution, decoder back up to 2x, then resized to the input size) that also returns its decoder
   features for the lateral connections into the semantic stream (CLIPort's ``ResNet45_10s``);
@@ -26,59 +27,94 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+#: activations of the trainable streams: CLIPort's ReLU, or ASkDAgger's LeakyReLU
+ACTIVATIONS = ("relu", "leaky_relu")
+#: LeakyReLU's negative slope: PyTorch's default, which ASkDAgger uses (``nn.LeakyReLU()`` / ``F.leaky_relu``)
+LEAKY_RELU_SLOPE = 0.01
+
+
+def check_activation(activation: str) -> str:
+    """``activation`` if it is one of ``ACTIVATIONS``, else a ValueError naming the choices."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def activation_layer(activation: str = "relu", inplace: bool = False) -> nn.Module:
+    """The activation module of a trainable stream: ``nn.ReLU`` or ``nn.LeakyReLU(0.01)``.
+
+    Why a choice: ASkDAgger replaced CLIPort's ReLUs by LeakyReLUs against vanishing gradients in interactive
+    training (a few steps per update from a model that must keep learning). Activations hold no parameters,
+    so swapping them leaves every state_dict key unchanged and checkpoints load under either choice.
+    """
+    if check_activation(activation) == "leaky_relu":
+        return nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=inplace)
+    return nn.ReLU(inplace=inplace)
+
+
 def _norm(channels: int, batchnorm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
 
 
+def _final_activation(final_relu: bool, activation: str) -> nn.Module:
+    """The activation after a residual sum, or an identity for the logit heads (``final_relu=False``)."""
+    return activation_layer(activation) if final_relu else nn.Identity()
+
+
 class ConvBlock(nn.Module):
-    """Residual block with a projection shortcut: 1x1 -> kxk (stride) -> 1x1, plus 1x1 (stride) shortcut."""
+    """Residual block with a projection shortcut: 1x1 -> kxk (stride) -> 1x1, plus 1x1 (stride) shortcut.
+
+    ``activation`` ("relu" or "leaky_relu", see ``activation_layer``) follows the first two convolutions and,
+    with ``final_relu``, the residual sum.
+    """
 
     def __init__(self, in_channels: int, filters: Sequence[int], kernel_size: int = 3, stride: int = 1,
-                 final_relu: bool = True, batchnorm: bool = False) -> None:
+                 final_relu: bool = True, batchnorm: bool = False, activation: str = "relu") -> None:
         super().__init__()
         f1, f2, f3 = filters
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, f1, 1, bias=False), _norm(f1, batchnorm), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, f1, 1, bias=False), _norm(f1, batchnorm), activation_layer(activation, True),
             nn.Conv2d(f1, f2, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
-            _norm(f2, batchnorm), nn.ReLU(inplace=True),
+            _norm(f2, batchnorm), activation_layer(activation, True),
             nn.Conv2d(f2, f3, 1, bias=False), _norm(f3, batchnorm),
         )
         self.shortcut = nn.Sequential(nn.Conv2d(in_channels, f3, 1, stride=stride, bias=False), _norm(f3, batchnorm))
         self.final_relu = final_relu
+        self.out_act = _final_activation(final_relu, activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.body(x) + self.shortcut(x)
-        return F.relu(out) if self.final_relu else out
+        return self.out_act(self.body(x) + self.shortcut(x))
 
 
 class IdentityBlock(nn.Module):
-    """Residual block with an identity shortcut: 1x1 -> kxk -> 1x1 (input and output channels equal)."""
+    """Residual block with an identity shortcut: 1x1 -> kxk -> 1x1 (input and output channels equal); the
+    activations are placed as in ``ConvBlock``."""
 
     def __init__(self, in_channels: int, filters: Sequence[int], kernel_size: int = 3,
-                 final_relu: bool = True, batchnorm: bool = False) -> None:
+                 final_relu: bool = True, batchnorm: bool = False, activation: str = "relu") -> None:
         super().__init__()
         f1, f2, f3 = filters
         if f3 != in_channels:
             raise ValueError(f"an identity block must keep its channels: {in_channels} in, {f3} out")
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, f1, 1, bias=False), _norm(f1, batchnorm), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, f1, 1, bias=False), _norm(f1, batchnorm), activation_layer(activation, True),
             nn.Conv2d(f1, f2, kernel_size, padding=kernel_size // 2, bias=False), _norm(f2, batchnorm),
-            nn.ReLU(inplace=True),
+            activation_layer(activation, True),
             nn.Conv2d(f2, f3, 1, bias=False), _norm(f3, batchnorm),
         )
         self.final_relu = final_relu
+        self.out_act = _final_activation(final_relu, activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.body(x) + x
-        return F.relu(out) if self.final_relu else out
+        return self.out_act(self.body(x) + x)
 
 
 def _stage(in_channels: int, out_channels: int, stride: int = 1, upsample: bool = False,
-           batchnorm: bool = False) -> nn.Sequential:
+           batchnorm: bool = False, activation: str = "relu") -> nn.Sequential:
     """A ConvBlock + IdentityBlock pair, optionally followed by a x2 bilinear upsampling."""
     layers: list[nn.Module] = [
-        ConvBlock(in_channels, [out_channels] * 3, stride=stride, batchnorm=batchnorm),
-        IdentityBlock(out_channels, [out_channels] * 3, batchnorm=batchnorm),
+        ConvBlock(in_channels, [out_channels] * 3, stride=stride, batchnorm=batchnorm, activation=activation),
+        IdentityBlock(out_channels, [out_channels] * 3, batchnorm=batchnorm, activation=activation),
     ]
     if upsample:
         layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True))
@@ -94,29 +130,33 @@ class SpatialStream(nn.Module):
 
     ``forward`` returns ``(logits, lateral)``: ``lateral`` holds the six tensors entering the decoder stages
     and the head (16w @1/16, 8w @1/8, 4w @1/4, 2w @1/2, w @1, w/2 @2), which the semantic stream fuses in.
-    Inputs must have sides divisible by 16.
+    Inputs must have sides divisible by 16. ``activation``: "relu" (CLIPort) or "leaky_relu" (ASkDAgger).
     """
 
-    def __init__(self, in_channels: int = 6, out_channels: int = 1, width: int = 64, batchnorm: bool = False) -> None:
+    def __init__(self, in_channels: int = 6, out_channels: int = 1, width: int = 64, batchnorm: bool = False,
+                 activation: str = "relu") -> None:
         super().__init__()
         if width < 4 or width % 4:
             raise ValueError(f"spatial stream width must be a multiple of 4 (>= 4), got {width}")
         w = width
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1), _norm(w, batchnorm), nn.ReLU(inplace=True))
+        act = check_activation(activation)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1), _norm(w, batchnorm),
+                                  activation_layer(act, True))
         self.encoder = nn.ModuleList([
-            _stage(w, w, 1, batchnorm=batchnorm),
-            _stage(w, 2 * w, 2, batchnorm=batchnorm),
-            _stage(2 * w, 4 * w, 2, batchnorm=batchnorm),
-            _stage(4 * w, 8 * w, 2, batchnorm=batchnorm),
-            _stage(8 * w, 16 * w, 2, batchnorm=batchnorm),
+            _stage(w, w, 1, batchnorm=batchnorm, activation=act),
+            _stage(w, 2 * w, 2, batchnorm=batchnorm, activation=act),
+            _stage(2 * w, 4 * w, 2, batchnorm=batchnorm, activation=act),
+            _stage(4 * w, 8 * w, 2, batchnorm=batchnorm, activation=act),
+            _stage(8 * w, 16 * w, 2, batchnorm=batchnorm, activation=act),
         ])
         widths = [16 * w, 8 * w, 4 * w, 2 * w, w, w // 2]
         self.decoder = nn.ModuleList([
-            _stage(a, b, upsample=True, batchnorm=batchnorm) for a, b in zip(widths[:-1], widths[1:])
+            _stage(a, b, upsample=True, batchnorm=batchnorm, activation=act) for a, b in zip(widths[:-1], widths[1:])
         ])
         self.head = nn.Sequential(
-            ConvBlock(w // 2, [w // 4, w // 4, out_channels], final_relu=False, batchnorm=batchnorm),
-            IdentityBlock(out_channels, [w // 4, w // 4, out_channels], final_relu=False, batchnorm=batchnorm),
+            ConvBlock(w // 2, [w // 4, w // 4, out_channels], final_relu=False, batchnorm=batchnorm, activation=act),
+            IdentityBlock(out_channels, [w // 4, w // 4, out_channels], final_relu=False, batchnorm=batchnorm,
+                          activation=act),
         )
         #: channels of the lateral features, in the order ``forward`` returns them
         self.lateral_channels = tuple(widths)
@@ -135,18 +175,23 @@ class SpatialStream(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False), lateral
 
 
-def he_init_(module: nn.Module) -> nn.Module:
-    """He (Kaiming-normal, ReLU gain) init of every convolution, with the last convolution of each residual
-    body zeroed so that every block starts as its shortcut ("zero-gamma"/Fixup style).
+def he_init_(module: nn.Module, activation: str = "relu") -> nn.Module:
+    """He (Kaiming-normal) init of every convolution, with the last convolution of each residual body zeroed
+    so that every block starts as its shortcut ("zero-gamma"/Fixup style). The gain is that of the streams'
+    ``activation``: sqrt(2) for ReLU, sqrt(2 / (1 + 0.01^2)) for the LeakyReLU.
 
     Why: these streams are ~30 layers deep without normalisation. With PyTorch's default init (the original
     CLIPort's) the signal shrinks by about 6x per layer, and a randomly initialised stream outputs ~1e-5 of
     its input's scale: the first updates then barely reach the early layers. He init keeps the scale through
     plain layers, and identity-initialised residual bodies keep it through the 15 residual blocks.
     """
+    if check_activation(activation) == "leaky_relu":
+        gain_args = dict(a=LEAKY_RELU_SLOPE, nonlinearity="leaky_relu")
+    else:
+        gain_args = dict(nonlinearity="relu")
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", **gain_args)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     for m in module.modules():
