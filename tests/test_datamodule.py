@@ -26,6 +26,25 @@ def test_chunk_window_values_and_padding(episode_store):
     assert sample["images/top"].dtype == torch.uint8 and sample["weight"].item() == 1.0
 
 
+def test_worker_processes_read_frames_through_their_own_handles(episode_store):
+    """Frames are read lazily through per-process HDF5 handles: a pickled dataset (what a DataLoader worker
+    gets) starts without the parent's open files, and 2 workers deliver exactly what 0 workers do."""
+    import pickle
+
+    ds = ChunkDataset(episode_store, [0, 1, 2], chunk_size=4)
+    first = ds[3]
+    assert ds._files._files  # the parent opened a file
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._files._files == {}
+    torch.testing.assert_close(copy[3]["images/top"], first["images/top"])
+
+    def frames(workers: int) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=workers, shuffle=False)
+        return torch.cat([batch["images/top"] for batch in loader])
+
+    torch.testing.assert_close(frames(2), frames(0))
+
+
 def test_observation_history_repeats_first_frame_and_action_offset(episode_store):
     ds = ChunkDataset(episode_store, [1], chunk_size=4, n_obs_steps=2, action_offset=-1)
     episode = episode_store.read(1)

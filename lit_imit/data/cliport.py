@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Sequence
 
 import h5py
@@ -29,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lit_imit.data.datamodule import EpisodeDataModule
-from lit_imit.data.episodes import EpisodeError, EpisodeStore, open_episode
+from lit_imit.data.episodes import EpisodeError, EpisodeStore, LazyEpisodeFiles, open_episode
 from lit_imit.envs.ravens import geometry as geo
 
 log = logging.getLogger(__name__)
@@ -104,8 +103,7 @@ class PickPlaceDataset(Dataset):
             rows.append(np.stack([np.full(n, e), np.arange(n)], axis=1))
         self.index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
         self.weights = np.ones(len(self.index), dtype=np.float32)
-        self._handles: dict[str, h5py.File] = {}
-        self._handles_pid = -1
+        self._files = LazyEpisodeFiles()
 
     def _load(self, path: str) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
         with open_episode(path) as f:
@@ -135,20 +133,11 @@ class PickPlaceDataset(Dataset):
     def episode_of(self, index: int) -> int:
         return self.episode_ids[int(self.index[index, 0])]
 
-    def _handle(self, path: str) -> h5py.File:
-        pid = os.getpid()
-        if pid != self._handles_pid:  # a fresh worker process: never reuse the parent's handles
-            self._handles, self._handles_pid = {}, pid
-        handle = self._handles.get(path)
-        if handle is None:
-            handle = self._handles[path] = open_episode(path)
-        return handle
-
     def _images(self, e: int, t: int) -> tuple[np.ndarray, np.ndarray]:
         if self.cache:
             color, height = self.images[e]
             return color[t], height[t]
-        f = self._handle(self.paths[e])
+        f = self._files.get(self.paths[e])
         try:
             return f[COLOR_KEY][t], np.asarray(f[HEIGHT_KEY][t], np.float32)
         except OSError as err:
@@ -170,11 +159,6 @@ class PickPlaceDataset(Dataset):
             "episode_index": torch.tensor(self.episode_ids[e]),
             "frame_index": torch.tensor(t),
         }
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"], state["_handles_pid"] = {}, -1
-        return state
 
 
 class CLIPortDataModule(EpisodeDataModule):

@@ -14,7 +14,6 @@ Low-dimensional arrays are loaded once into RAM. Images are read lazily from the
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import h5py
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lit_imit.data.episodes import EpisodeError, EpisodeStore, obs_path, open_episode
+from lit_imit.data.episodes import EpisodeError, EpisodeStore, LazyEpisodeFiles, obs_path, open_episode
 
 
 class ChunkDataset(Dataset):
@@ -54,8 +53,7 @@ class ChunkDataset(Dataset):
         self._check_images()
         self.index = self._build_index(drop_last_steps)
         self.weights = np.ones(len(self.index), dtype=np.float32)
-        self._handles: dict[str, h5py.File] = {}
-        self._handles_pid = -1
+        self._files = LazyEpisodeFiles()
 
     # ---- construction -----------------------------------------------------------------------------
     def _load_lowdim(self, path: str, action_dim: int | None) -> dict[str, np.ndarray]:
@@ -104,15 +102,6 @@ class ChunkDataset(Dataset):
     def episode_of(self, index: int) -> int:
         return self.episode_ids[int(self.index[index, 0])]
 
-    def _handle(self, path: str) -> h5py.File:
-        pid = os.getpid()
-        if pid != self._handles_pid:  # a fresh worker process: never reuse the parent's handles
-            self._handles, self._handles_pid = {}, pid
-        handle = self._handles.get(path)
-        if handle is None:
-            handle = self._handles[path] = open_episode(path)
-        return handle
-
     def _obs_steps(self, t: int) -> np.ndarray:
         return np.clip(np.arange(t - self.n_obs_steps + 1, t + 1), 0, None)
 
@@ -126,7 +115,7 @@ class ChunkDataset(Dataset):
             value = low[key][obs_steps]
             sample[key] = torch.from_numpy(value[0] if self.n_obs_steps == 1 else value)
         if self.image_keys:
-            handle = self._handle(self.paths[e])
+            handle = self._files.get(self.paths[e])
             for key in self.image_keys:
                 ds = handle[obs_path(key)]
                 try:
@@ -142,11 +131,6 @@ class ChunkDataset(Dataset):
         sample["episode_index"] = torch.tensor(self.episode_ids[e])
         sample["frame_index"] = torch.tensor(t)
         return sample
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"], state["_handles_pid"] = {}, -1
-        return state
 
 
 def compute_stats(

@@ -146,6 +146,34 @@ def open_episode(path: str | os.PathLike) -> h5py.File:
         raise EpisodeError(f"{path}: not a readable HDF5 episode (truncated or corrupt?): {err}") from err
 
 
+class LazyEpisodeFiles:
+    """Episode files opened on first use and kept open, once per process.
+
+    Datasets read frames per sample; reopening an HDF5 file per sample costs more than the read. DataLoader
+    workers must not inherit the parent's open handles (HDF5 handles are not fork-safe), so the handles
+    belong to the process that opened them and a pickled copy starts empty.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, h5py.File] = {}
+        self._pid = -1
+
+    def get(self, path: str) -> h5py.File:
+        pid = os.getpid()
+        if pid != self._pid:  # a fresh worker process: never reuse the parent's handles
+            self._files, self._pid = {}, pid
+        handle = self._files.get(path)
+        if handle is None:
+            handle = self._files[path] = open_episode(path)
+        return handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     with open_episode(path) as f:
         return {k: _decode_attr(v) for k, v in f.attrs.items()}
