@@ -32,6 +32,8 @@ from dm_control import mujoco as dm_mujoco
 from dm_control.rl.control import PhysicsError
 from gymnasium import spaces
 
+from lit_imit.envs.kinematics import DampedLeastSquaresIK, capped, quat_to_matrix, rotate, rotation_error
+
 DT = 0.02  # control period (50 Hz), as in ACT
 MAX_REWARD = 4
 # Per arm: waist, shoulder, elbow, forearm_roll, wrist_angle, wrist_rotate, left finger, right finger.
@@ -509,15 +511,6 @@ def most_horizontal_cross_axis(rotation: np.ndarray) -> np.ndarray:
     return y if abs(y[2]) <= abs(z[2]) else z
 
 
-def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """World-frame rotation vector that turns ``current`` into ``target``."""
-    quat = np.empty(4)
-    mujoco.mju_mat2Quat(quat, (target @ current.T).reshape(-1))
-    rotvec = np.empty(3)
-    mujoco.mju_quat2Vel(rotvec, quat, 1.0)
-    return rotvec
-
-
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rotation vector of the smallest rotation taking direction ``a`` onto direction ``b``."""
     a = a / np.linalg.norm(a)
@@ -529,85 +522,46 @@ def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return axis / sine * np.arctan2(sine, a @ b)
 
 
-def rotate(rotvec: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply the world-frame rotation vector ``rotvec`` to the rotation ``matrix``."""
-    angle = np.linalg.norm(rotvec)
-    if angle < 1e-12:
-        return matrix.copy()
-    quat = np.empty(4)
-    mujoco.mju_axisAngle2Quat(quat, rotvec / angle, angle)
-    rot = np.empty(9)
-    mujoco.mju_quat2Mat(rot, quat)
-    return rot.reshape(3, 3) @ matrix
-
-
-def quat_to_matrix(quat_wxyz: np.ndarray) -> np.ndarray:
-    rot = np.empty(9)
-    mujoco.mju_quat2Mat(rot, np.asarray(quat_wxyz, dtype=float))
-    return rot.reshape(3, 3)
-
-
-def _capped(step: np.ndarray, largest: float) -> np.ndarray:
-    """``step`` scaled down (direction kept) so that no joint moves more than ``largest``."""
-    peak = np.abs(step).max()
-    return step if peak <= largest else step * (largest / peak)
-
-
-class ArmKinematics:
+class ArmKinematics(DampedLeastSquaresIK):
     """Forward and damped-least-squares inverse kinematics of one ViperX arm's tool point.
 
-    Works on a private ``MjData`` so that solving never touches the simulation. A solve starts from the
-    measured joints and takes a few damped Gauss-Newton steps (each capped, so a far target cannot throw
-    the arm around); it is cheap because the teachers' targets are rate-limited, hence always close.
+    A solve starts from the measured joints and takes a few capped damped Gauss-Newton steps; it is cheap
+    because the teachers' targets are rate-limited, hence always close.
     """
 
     def __init__(self, model: mujoco.MjModel, side: str, tool_offset: np.ndarray = TOOL_OFFSET):
-        self.model = model
-        self.data = mujoco.MjData(model)
         joint_ids = [model.joint(f"vx300s_{side}/{name}").id for name in ARM_JOINTS]
-        self.qpos_index = model.jnt_qposadr[joint_ids]
-        self.dof_index = model.jnt_dofadr[joint_ids]
-        self.lower, self.upper = model.jnt_range[joint_ids].T.copy()
+        lower, upper = model.jnt_range[joint_ids].T.copy()
         # Keep the forearm roll within about a half turn: the wrist can flip to an equivalent branch (roll
         # by pi, wrist angle mirrored) that then runs into the wrist-angle limit and stalls the arm.
         roll = ARM_JOINTS.index("forearm_roll")
-        self.lower[roll], self.upper[roll] = -FOREARM_ROLL_LIMIT, FOREARM_ROLL_LIMIT
+        lower[roll], upper[roll] = -FOREARM_ROLL_LIMIT, FOREARM_ROLL_LIMIT
+        super().__init__(model, model.jnt_qposadr[joint_ids], model.jnt_dofadr[joint_ids], lower, upper)
         self.body = model.body(f"vx300s_{side}/gripper_link").id
         self.tool_offset = np.asarray(tool_offset, dtype=float)
-        self._jacp = np.zeros((3, model.nv))
-        self._jacr = np.zeros((3, model.nv))
 
-    def forward(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tool-point position and gripper rotation for arm joints ``q``."""
-        self.data.qpos[self.qpos_index] = q
-        mujoco.mj_kinematics(self.model, self.data)
+    def tool_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tool-point position and gripper rotation."""
         rot = self.data.xmat[self.body].reshape(3, 3).copy()
         return self.data.xpos[self.body] + rot @ self.tool_offset, rot
+
+    def tool_jacobian(self, tool: np.ndarray) -> None:
+        mujoco.mj_jac(self.model, self.data, self._jacp, self._jacr, tool, self.body)
 
     def solve(self, q_start: np.ndarray, position: np.ndarray, rotation: np.ndarray, iterations: int = 12,
               rotation_weight: float = 0.3, damping: float = 0.02, roll_weight: float = 0.05,
               max_joint_step: float = 0.2, tolerance: float = 2e-4) -> np.ndarray:
         """Joints that put the tool at ``position`` with ``rotation`` (best effort within joint limits).
 
-        Each iteration solves ``min |J dq - e|^2 + damping^2 |dq|^2 + roll_weight^2 d_roll^2``: near the
-        start pose the forearm-roll and wrist-rotate axes are almost parallel, and unless moving the
-        forearm roll costs a little more than the other joints the two wind up against each other.
-        (It penalises the roll's motion, not its value, so converged solutions stay exact.)
+        Near the start pose the forearm-roll and wrist-rotate axes are almost parallel, and unless moving
+        the forearm roll costs a little more than the other joints (``roll_weight``) the two wind up
+        against each other. (It penalises the roll's motion, not its value, so converged solutions stay
+        exact.)
         """
-        q = np.clip(np.asarray(q_start, dtype=float), self.lower, self.upper)
-        damping_per_joint = np.full(ARM_DOF, damping ** 2)
-        damping_per_joint[ARM_JOINTS.index("forearm_roll")] += roll_weight ** 2
-        for _ in range(iterations):
-            tool, rot = self.forward(q)
-            error = np.concatenate([position - tool, rotation_weight * rotation_error(rotation, rot)])
-            if np.linalg.norm(error) < tolerance:
-                break
-            mujoco.mj_comPos(self.model, self.data)
-            mujoco.mj_jac(self.model, self.data, self._jacp, self._jacr, tool, self.body)
-            jac = np.vstack([self._jacp[:, self.dof_index], rotation_weight * self._jacr[:, self.dof_index]])
-            step = np.linalg.solve(jac.T @ jac + np.diag(damping_per_joint), jac.T @ error)
-            q = np.clip(q + _capped(step, max_joint_step), self.lower, self.upper)
-        return q
+        damping_sq = np.full(ARM_DOF, damping ** 2)
+        damping_sq[ARM_JOINTS.index("forearm_roll")] += roll_weight ** 2
+        return super().solve(q_start, position, rotation, iterations=iterations, rotation_weight=rotation_weight,
+                             damping_sq=damping_sq, max_joint_step=max_joint_step, tolerance=tolerance)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -696,7 +650,7 @@ class BimanualTeacher(ABC):
         posture the lead cannot leave (e.g. a wrist flipped against a joint limit by a novice).
         Transits only while the gripper is open: carrying stays gentle."""
         if command.joints is not None:
-            return state.q + _capped(command.joints - state.q, self.transit_joint_step)
+            return state.q + capped(command.joints - state.q, self.transit_joint_step)
         free = command.gripper > 0.5
         if free and np.linalg.norm(command.position - state.tool) > self.transit_distance:
             return self._transit(side, state, command)
@@ -706,10 +660,10 @@ class BimanualTeacher(ABC):
                  or np.linalg.norm(rotation_error(lead_rotation, rotation)) > 0.05)
         if free and stuck:
             return self._transit(side, state, command)
-        return state.q + _capped(lead_q - state.q, MAX_JOINT_STEP)
+        return state.q + capped(lead_q - state.q, MAX_JOINT_STEP)
 
     def _transit(self, side: str, state: ArmState, command: ArmCommand) -> np.ndarray:
-        return state.q + _capped(self._ik_goal(side, state.q, command) - state.q, self.transit_joint_step)
+        return state.q + capped(self._ik_goal(side, state.q, command) - state.q, self.transit_joint_step)
 
     def _cartesian_lead(self, side: str, state: ArmState,
                         command: ArmCommand) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -42,6 +42,8 @@ import mujoco  # noqa: E402
 import numpy as np
 from gymnasium import spaces
 
+from lit_imit.envs.kinematics import DampedLeastSquaresIK, quat_to_matrix, rotate, rotation_error
+
 # ---------------------------------------------------------------------------------------------- constants
 JOINT_LIMITS_DEG = np.array([168.0, 135.0, 145.0, 145.0, 168.0, 180.0])
 JOINT_LIMITS = np.deg2rad(JOINT_LIMITS_DEG)
@@ -217,33 +219,6 @@ def build_mjcf() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- geometry helpers
-def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """World-frame rotation vector turning ``current`` into ``target`` (3x3 matrices)."""
-    quat = np.empty(4)
-    mujoco.mju_mat2Quat(quat, (target @ current.T).reshape(-1))
-    rotvec = np.empty(3)
-    mujoco.mju_quat2Vel(rotvec, quat, 1.0)
-    return rotvec
-
-
-def rotate(rotvec: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply the world-frame rotation vector ``rotvec`` to the rotation ``matrix``."""
-    angle = float(np.linalg.norm(rotvec))
-    if angle < 1e-12:
-        return matrix.copy()
-    quat = np.empty(4)
-    mujoco.mju_axisAngle2Quat(quat, rotvec / angle, angle)
-    rot = np.empty(9)
-    mujoco.mju_quat2Mat(rot, quat)
-    return rot.reshape(3, 3) @ matrix
-
-
-def quat_to_matrix(quat_wxyz: np.ndarray) -> np.ndarray:
-    rot = np.empty(9)
-    mujoco.mju_quat2Mat(rot, np.asarray(quat_wxyz, dtype=float))
-    return rot.reshape(3, 3)
-
-
 def tool_down(yaw: float) -> np.ndarray:
     """Tool rotation pointing straight down (z = -world z) with the finger axis (x) at ``yaw``."""
     x = np.array([np.cos(yaw), np.sin(yaw), 0.0])
@@ -620,55 +595,29 @@ class MyCobotMoveCubeEnv(gym.Env):
 
 
 # ---------------------------------------------------------------------------------------------- kinematics
-class ArmKinematics:
-    """Forward and damped-least-squares inverse kinematics of the twin's tool point.
-
-    Works on a private ``MjData`` so that solving never disturbs the simulation. A solve starts from
-    given joints and takes damped Gauss-Newton steps on position and orientation error (each step capped
-    so a far target cannot fling the arm), clipped to the joint limits.
-    """
+class ArmKinematics(DampedLeastSquaresIK):
+    """Forward and damped-least-squares inverse kinematics of the twin's tool point (the ``tool`` site),
+    a degree inside the joint limits."""
 
     def __init__(self, model: mujoco.MjModel):
-        self.model = model
-        self.data = mujoco.MjData(model)
-        self.qpos_index = np.array([model.jnt_qposadr[model.joint(f"j{i + 1}").id] for i in range(ARM_DOF)])
-        self.dof_index = np.array([model.jnt_dofadr[model.joint(f"j{i + 1}").id] for i in range(ARM_DOF)])
+        joints = [model.joint(f"j{i + 1}").id for i in range(ARM_DOF)]
+        margin = np.deg2rad(1.0)
+        super().__init__(model, model.jnt_qposadr[joints], model.jnt_dofadr[joints],
+                         -JOINT_LIMITS + margin, JOINT_LIMITS - margin)
         self.site = model.site("tool").id
-        self.lower = -JOINT_LIMITS + np.deg2rad(1.0)  # a degree inside the limits
-        self.upper = JOINT_LIMITS - np.deg2rad(1.0)
-        self._jacp = np.zeros((3, model.nv))
-        self._jacr = np.zeros((3, model.nv))
 
-    def forward(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tool position and rotation for arm joints ``q``."""
-        self.data.qpos[self.qpos_index] = q
-        mujoco.mj_kinematics(self.model, self.data)
+    def tool_pose(self) -> tuple[np.ndarray, np.ndarray]:
         return self.data.site_xpos[self.site].copy(), self.data.site_xmat[self.site].reshape(3, 3).copy()
 
-    def pose_error(self, q: np.ndarray, position: np.ndarray, rotation: np.ndarray,
-                   rotation_weight: float = 0.1) -> float:
-        tool, rot = self.forward(q)
-        return float(np.linalg.norm(position - tool) + rotation_weight * np.linalg.norm(rotation_error(rotation, rot)))
+    def tool_jacobian(self, tool: np.ndarray) -> None:
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site)
 
     def solve(self, q_start: np.ndarray, position: np.ndarray, rotation: np.ndarray, iterations: int = 15,
               rotation_weight: float = 0.2, damping: float = 0.01, max_joint_step: float = 0.15,
               tolerance: float = 1e-5) -> np.ndarray:
         """Joints putting the tool at ``position`` with ``rotation`` (best effort within the limits)."""
-        q = np.clip(np.asarray(q_start, dtype=float), self.lower, self.upper)
-        for _ in range(iterations):
-            tool, rot = self.forward(q)
-            error = np.concatenate([position - tool, rotation_weight * rotation_error(rotation, rot)])
-            if np.linalg.norm(error) < tolerance:
-                break
-            mujoco.mj_comPos(self.model, self.data)
-            mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site)
-            jac = np.vstack([self._jacp[:, self.dof_index], rotation_weight * self._jacr[:, self.dof_index]])
-            step = np.linalg.solve(jac.T @ jac + damping ** 2 * np.eye(ARM_DOF), jac.T @ error)
-            largest = np.abs(step).max()
-            if largest > max_joint_step:
-                step *= max_joint_step / largest
-            q = np.clip(q + step, self.lower, self.upper)
-        return q
+        return super().solve(q_start, position, rotation, iterations=iterations, rotation_weight=rotation_weight,
+                             damping_sq=damping ** 2, max_joint_step=max_joint_step, tolerance=tolerance)
 
 
 # ---------------------------------------------------------------------------------------------- the teacher
