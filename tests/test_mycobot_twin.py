@@ -6,6 +6,8 @@ variant and the 20-seed take-over test are marked slow.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -225,3 +227,47 @@ def test_record_demos_script_records_twin_episodes(tmp_path):
     assert episode.arrays["observations/images/top"].shape == (300, 48, 64, 3)
     assert episode.attrs["success"] and episode.attrs["source"] == "teacher"
     assert episode.attrs["task"] == "mycobot_move_cube"
+
+
+# ---------------------------------------------------------------------------------------------- replay
+def test_reset_can_start_from_a_recorded_pose():
+    env = MyCobotMoveCubeEnv(cameras=[])
+    pose = HOME_QPOS + np.deg2rad([10, -5, 8, 0, 3, -20])
+    obs, _ = env.reset(seed=0, options={"arm_qpos": pose, "gripper": 0.4})
+    np.testing.assert_allclose(obs["qpos"][:6], pose, atol=1e-6)
+    assert obs["qpos"][6] == pytest.approx(0.4) and env.last_action_sent[6] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="arm_qpos"):
+        env.reset(seed=0, options={"arm_qpos": [0.0, np.nan, 0, 0, 0, 0]})
+    assert np.allclose(env.reset(seed=0)[0]["qpos"][:6], HOME_QPOS, atol=1e-6)  # the default is unchanged
+
+
+def test_replaying_a_twin_recording_reproduces_it_and_a_bad_recording_is_flagged(tmp_path):
+    """A teacher episode replayed from its file follows its own joints (float32 storage aside) and ends in
+    the same success; actions corrupted halfway (a slipped joint) show up as tracking error and clamps."""
+    from lit_imit.data.episodes import EpisodeStore, read_episode, write_episode
+    from lit_imit.data.recording import record_teacher_episodes
+    from lit_imit.robots.replay import replay_episode
+    from scripts.replay_in_twin import main as replay_main
+
+    store = EpisodeStore(tmp_path / "twin")
+    record_teacher_episodes("mycobot_move_cube", 1, store, cameras=[], seed=4)
+    path = store.path(store.ids()[0])
+    report = replay_episode(path)
+    assert report.layout_known and report.success is True and report.max_reward == 4
+    assert report.max_error_deg < 0.5 and report.clamped_steps == 0
+    assert len(report.rms_error_deg) == 6 and report.steps == store.length(store.ids()[0])
+
+    episode = read_episode(path)
+    bad = {k: v.copy() for k, v in episode.arrays.items()}
+    bad["action"][150:, 1] += np.deg2rad(20.0)  # shoulder commanded 20 deg off from step 150 on
+    bad_path = tmp_path / "slipped.hdf5"
+    write_episode(bad_path, bad, {**episode.attrs, "sim": False, "source": "robot", "fps": 20.0})
+    flagged = replay_episode(bad_path)
+    assert not flagged.layout_known and flagged.success is None
+    assert flagged.max_error_deg > 10 and flagged.clamped_steps >= 1
+
+    assert replay_main([str(path)]) == 0
+    assert replay_main([str(path), str(bad_path), "--json"]) == 1
+    truncated = tmp_path / "truncated.hdf5"
+    truncated.write_bytes(Path(path).read_bytes()[:2000])
+    assert replay_main([str(truncated)]) == 1

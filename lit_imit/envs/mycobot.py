@@ -378,24 +378,30 @@ class MyCobotMoveCubeEnv(gym.Env):
     # ---- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Home pose, gripper open, a seeded layout. ``options={"occupied": bool}`` forces B's state
-        (in any variant), ``options={"layout": Layout}`` a whole layout."""
+        (in any variant), ``options={"layout": Layout}`` a whole layout, ``options={"arm_qpos": (6,) rad,
+        "gripper": [0, 1]}`` another start pose (replaying a recording that began elsewhere)."""
         super().reset(seed=seed)
         options = options or {}
+        start = HOME_QPOS if options.get("arm_qpos") is None else np.asarray(options["arm_qpos"], dtype=np.float64)
+        if start.shape != (ARM_DOF,) or not np.all(np.isfinite(start)):
+            raise ValueError(f"arm_qpos must be {ARM_DOF} finite joint angles in radians, got {options['arm_qpos']!r}")
+        start = np.clip(start, -JOINT_LIMITS, JOINT_LIMITS)
+        gripper = float(np.clip(options.get("gripper", 1.0), 0.0, 1.0))
         layout = options.get("layout")
         if layout is None:
             layout = sample_layout(self.np_random, self.variant, options.get("occupied"))
         self._apply_layout(layout)
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
-        d.qpos[self._arm_qpos] = HOME_QPOS
-        d.ctrl[self._arm_ctrl] = HOME_QPOS
-        d.qpos[self._finger_qpos] = FINGER_STROKE
-        d.ctrl[self._grip_ctrl] = FINGER_STROKE
+        d.qpos[self._arm_qpos] = start
+        d.ctrl[self._arm_ctrl] = start
+        d.qpos[self._finger_qpos] = gripper * FINGER_STROKE
+        d.ctrl[self._grip_ctrl] = gripper * FINGER_STROKE
         half_turn = np.array([np.cos(layout.cube_yaw / 2), 0.0, 0.0, np.sin(layout.cube_yaw / 2)])
         d.qpos[self._cube_qpos] = np.concatenate([[*layout.cube_xy, CUBE_HALF], half_turn])
         mujoco.mj_forward(m, d)
-        self._gripper_cmd = 1.0
-        self.last_action_sent = np.append(HOME_QPOS, 1.0).astype(np.float32)
+        self._gripper_cmd = gripper
+        self.last_action_sent = np.append(start, gripper).astype(np.float32)
         self._steps = 0
         self._max_reward = 0
         return self._observation(), self._info(0)
