@@ -6,6 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+# Before torch loads OpenMP: spinning worker threads fight the 2-process DDP tests and the data-loader
+# workers for the two cores; passive waiting keeps them out of each other's way.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import h5py
 import numpy as np
 import pytest
