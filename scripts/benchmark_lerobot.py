@@ -95,7 +95,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    import lerobot
+    try:
+        import lerobot
+    except ImportError:
+        parser.error("lerobot is not installed in this environment; run this script with the python of a venv "
+                     "that has it (pip install 'lerobot==0.4.4'), see the top of this file")
 
     builders = {"act": act_policy_and_batch, "diffusion": diffusion_policy_and_batch}
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]

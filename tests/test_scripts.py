@@ -65,3 +65,19 @@ def test_record_demos_appends_new_ids_with_cameras_and_act_layout(tmp_path):
         assert f["observations/images/angle"].shape == (400, 48, 64, 3)
         assert f.attrs["success"] and f.attrs["source"] == "teacher" and f.attrs["seed"] == 1
         assert f.attrs["task"] == "transfer_cube"
+
+
+def test_lerobot_benchmark_explains_where_it_runs(capsys, monkeypatch):
+    """The LeRobot comparison runs in LeRobot's own venv; without lerobot it says so instead of a traceback."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("lerobot") is not None:
+        pytest.skip("lerobot is installed here")
+    from scripts.benchmark_lerobot import main
+
+    monkeypatch.setattr(sys, "argv", ["benchmark_lerobot.py", "--steps", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "lerobot is not installed" in capsys.readouterr().err
