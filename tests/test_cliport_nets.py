@@ -154,3 +154,27 @@ def test_labels_match_the_pixel_geometry():
     np.testing.assert_allclose(geo.pix_to_xyz(pick_pix[0])[:2], pick[0, :2], atol=geo.PIXEL_SIZE / 2 + 1e-9)
     np.testing.assert_allclose(theta, [-0.3, 0.2 - 0.5], atol=1e-6)
     assert place_pix[1].tolist() == [0, geo.HEIGHTMAP_SHAPE[1] - 1]  # y below, x beyond the workspace: clipped
+
+
+def test_unavailable_clip_weights_fall_back_to_random_init_loudly(monkeypatch, tmp_path):
+    """Offline, open_clip cannot fetch "openai" weights (it raises RuntimeError after its retries, ~45 s, so
+    that failure is reproduced here by patching its loader): the encoder warns and builds a random CLIP. A
+    weights *file* that does not exist is a typo and fails at once."""
+    import open_clip
+
+    from lit_imit.nets.cliport import CLIPEncoders
+
+    real = open_clip.create_model
+
+    def offline(name, pretrained=None, **kwargs):
+        if pretrained:
+            raise RuntimeError(f"Failed to download weights for tag {pretrained!r}")
+        return real(name, pretrained=None, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED CLIP"):
+        clip = CLIPEncoders("RN50", pretrained="openai")
+    assert clip.pretrained_loaded is False
+    assert clip.encode_text(["put the red blocks in a green bowl"]).shape[-1] == 1024
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CLIPEncoders("RN50", pretrained=str(tmp_path / "RN50.bin"))

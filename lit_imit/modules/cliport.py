@@ -148,7 +148,8 @@ class CLIPortModule(PolicyModule):
     Args:
         spatial_width: base width of the Transporter ResNet streams (64 in the paper; 8-16 for CPU tests).
         clip_model: open_clip ResNet CLIP (RN50 in the paper).
-        clip_pretrained: open_clip tag (e.g. "openai", from its cache) or a local checkpoint; None = random init.
+        clip_pretrained: open_clip tag (e.g. "openai", from its cache) or a local checkpoint; None = random init
+            (also, with a warning, when a tag's weights cannot be had offline).
         clip_overrides: changes to the open_clip config (e.g. ``TINY_CLIP``) for a small network (random init).
         train_clip: also train CLIP (frozen in the paper).
         n_rotations / crop_size / transport_dim: transport settings (36 / 64 / 3 in the paper).

@@ -20,7 +20,8 @@ Where this differs from the original, on purpose:
 * one frozen CLIP model is shared by all streams (CLIPort loads one per stream, each frozen from the same
   weights, so the features are identical); ``train_clip=True`` trains it instead (not in the paper);
 * the CLIP weights come from open_clip: ``clip_pretrained`` is an open_clip tag (e.g. ``"openai"``, which
-  needs the file in open_clip's cache or a network) or a local checkpoint file; None = random init;
+  needs the file in open_clip's cache or a network) or a local checkpoint file; None = random init, and a
+  tag whose weights cannot be had falls back to random init with a warning (a missing file is an error);
 * the query crops are sampled directly at their rotated positions (no rotation of the full image) and the
   correlation keeps exactly the output pixels (the original resizes the correlation map by one pixel);
 * the streams are He-initialised with identity-initialised residual blocks and the transport averages its
@@ -37,6 +38,10 @@ Where this differs from the original, on purpose:
 from __future__ import annotations
 
 import copy
+import logging
+import os
+import warnings
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -87,6 +92,41 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+log = logging.getLogger(__name__)
+
+_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
+
+
+def _looks_like_file(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES)
+
+
+def _create_clip(open_clip: Any, model_name: str, pretrained: str | None) -> nn.Module:
+    """open_clip's model with ``pretrained`` weights; random init, loudly, when a tag cannot be fetched.
+
+    Offline machines cannot download "openai" weights; the paper configs should still build (and say that
+    they run with a random CLIP, which is not the paper's setting) rather than stop. A local weights file
+    that is missing is a typo and fails at once.
+    """
+    if pretrained and _looks_like_file(pretrained) and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"CLIP weights file {pretrained!r} does not exist (clip_pretrained)")
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained)
+        model.pretrained_loaded = bool(pretrained)
+        return model
+    except (RuntimeError, OSError) as err:
+        if not pretrained:
+            raise
+        message = (f"could not load CLIP {model_name} weights {pretrained!r} ({err}); using a RANDOMLY INITIALISED "
+                   f"CLIP instead, which is not the paper's setting. Give a local checkpoint file "
+                   f"(clip_pretrained: /path/to/{model_name}.bin) or put the weights in open_clip's cache.")
+        warnings.warn(message, stacklevel=3)
+        log.warning(message)
+    model = open_clip.create_model(model_name, pretrained=None)
+    model.pretrained_loaded = False
+    return model
+
+
 class CLIPEncoders(nn.Module):
     """The CLIP ResNet visual trunk (pre-pool features plus U-Net skips) and text encoder, via open_clip.
 
@@ -96,7 +136,9 @@ class CLIPEncoders(nn.Module):
 
     Args:
         model_name: an open_clip model with a ResNet ("modified ResNet") visual tower: RN50, RN101, RN50x4...
-        pretrained: open_clip pretrained tag or a local checkpoint file; None = random init.
+        pretrained: open_clip pretrained tag or a local checkpoint file; None = random init. A tag whose
+            weights cannot be had (offline, not in open_clip's cache) falls back to random init with a warning
+            (``pretrained_loaded`` is then False); a local file that does not exist is an error.
         overrides: changes to the open_clip model config, e.g. ``{"embed_dim": 64, "vision_cfg": {"width": 8,
             "layers": [1, 1, 1, 1]}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}`` (random init only).
         trainable: train the CLIP weights too (not in the paper).
@@ -118,17 +160,11 @@ class CLIPEncoders(nn.Module):
             config = _deep_merge(config, overrides)
             model = open_clip.model.CLIP(**config)
         else:
-            try:
-                model = open_clip.create_model(model_name, pretrained=pretrained)
-            except RuntimeError as err:
-                raise RuntimeError(
-                    f"could not load CLIP {model_name} weights {pretrained!r} ({err}). Give a local checkpoint file "
-                    f"(clip_pretrained: /path/to/{model_name}.bin), put the weights in open_clip's cache, or set "
-                    f"clip_pretrained to null for a random CLIP"
-                ) from err
+            model = _create_clip(open_clip, model_name, pretrained)
         model.visual.attnpool = nn.Identity()  # CLIPort uses the pre-pool map; the pooling head would be dead weight
         model.logit_scale.requires_grad_(False)
         self.model = model
+        self.pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
         context_length = config["text_cfg"].get("context_length", 77)
         self.tokenizer = open_clip.get_tokenizer(model_name, context_length=context_length)
         width = int(config["vision_cfg"].get("width", 64))
