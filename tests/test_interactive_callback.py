@@ -723,9 +723,10 @@ def test_cliport_askdagger_from_scratch_on_ravens_through_the_cli(tmp_path):
     for i in dm.train_ids:
         meta = dm.episode_meta[i]
         assert meta["source"] in ("teacher", "validated", "relabeled")
-        assert (meta["label"] == Label.UNKNOWN) == (meta["source"] == "relabeled")
-        if meta["source"] == "relabeled":  # relabeled demos carry the achieved instruction and no uncertainty
-            assert math.isnan(meta["uncertainty"]) if meta["uncertainty"] is not None else True
+        if meta["source"] == "relabeled":  # no uncertainty, an unknown label (PIER priority 1)
+            assert meta["label"] == Label.UNKNOWN_RELABELING and math.isnan(meta["uncertainty"])
+        else:  # a queried decision: known label and the novice's uncertainty
+            assert meta["label"] in (Label.KNOWN_SUCCESS, Label.KNOWN_FAILURE) and math.isfinite(meta["uncertainty"])
     sample = PickPlaceDataset(store, dm.train_ids)[0]
     assert isinstance(sample["instruction"], str) and sample["instruction"]
     tags = _tags(tmp_path / "logs" / "version_0")
