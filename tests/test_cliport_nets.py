@@ -156,25 +156,31 @@ def test_labels_match_the_pixel_geometry():
     assert place_pix[1].tolist() == [0, geo.HEIGHTMAP_SHAPE[1] - 1]  # y below, x beyond the workspace: clipped
 
 
-def test_unavailable_clip_weights_fall_back_to_random_init_loudly(monkeypatch, tmp_path):
-    """Offline, open_clip cannot fetch "openai" weights (it raises RuntimeError after its retries, ~45 s, so
-    that failure is reproduced here by patching its loader): the encoder warns and builds a random CLIP. A
-    weights *file* that does not exist is a typo and fails at once."""
+def test_uncached_clip_weights_stop_unless_random_init_is_allowed(monkeypatch, tmp_path):
+    """Offline, "openai" weights can only come from open_clip's caches (empty here). Then the encoder stops
+    with an error that says how to provide them; with ``allow_random_init`` it warns and builds a random
+    CLIP instead. A weights *file* that does not exist is a typo and fails at once either way. Nothing tries
+    the network (open_clip's download would retry for ~45 s; its loaders raise here if called)."""
+    import huggingface_hub.constants
     import open_clip
 
+    import lit_imit.nets.cliport as cliport_nets
     from lit_imit.nets.cliport import CLIPEncoders
+    from lit_imit.nets.pretrained import PretrainedWeightsUnavailable
 
-    real = open_clip.create_model
+    def no_download(*args, **kwargs):
+        raise AssertionError("open_clip was asked to download weights")
 
-    def offline(name, pretrained=None, **kwargs):
-        if pretrained:
-            raise RuntimeError(f"Failed to download weights for tag {pretrained!r}")
-        return real(name, pretrained=None, **kwargs)
-
-    monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED CLIP"):
-        clip = CLIPEncoders("RN50", pretrained="openai")
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", no_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_hub"))
+    monkeypatch.setattr(cliport_nets, "CLIP_URL_CACHE", tmp_path / "clip_cache")
+    with pytest.raises(PretrainedWeightsUnavailable, match="allow_random_init: true"):
+        CLIPEncoders("RN50", pretrained="openai")
+    with pytest.warns(UserWarning, match="RANDOM INIT") as record:
+        clip = CLIPEncoders("RN50", pretrained="openai", allow_random_init=True)
+    assert sum("RANDOM INIT" in str(w.message) for w in record) == 1  # loud, once
     assert clip.pretrained_loaded is False
     assert clip.encode_text(["put the red blocks in a green bowl"]).shape[-1] == 1024
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        CLIPEncoders("RN50", pretrained=str(tmp_path / "RN50.bin"))
+    for allow_random_init in (False, True):
+        with pytest.raises(FileNotFoundError, match="RN50.bin"):
+            CLIPEncoders("RN50", pretrained=str(tmp_path / "RN50.bin"), allow_random_init=allow_random_init)

@@ -24,7 +24,7 @@ pick logits, the place is the argmax over (rotation, pixel) of the place logits 
 the pixel centres at the height map's height, the pick yaw is 0 and the place yaw the bin's angle, returned
 as (N, 14) = pick (xyz + xyzw) + place, the flat action the Ravens envs take.
 
-Uncertainty (``predict``, ASkDAgger §1.3): one scalar per heatmap, u_pick from the pick softmax (over H x W)
+Uncertainty (``predict``, ASkDAgger: Luijkx et al., TMLR 2025): one scalar per heatmap, u_pick from the pick softmax (over H x W)
 and u_place from the place softmax (over H x W x R), by ``uncertainty_measure`` (ASkDAgger's ``measure``):
 
 * ``"entropy"`` (ASkDAgger's default): the Shannon entropy of the flattened softmax, in nats;
@@ -148,8 +148,11 @@ class CLIPortModule(PolicyModule):
     Args:
         spatial_width: base width of the Transporter ResNet streams (64 in the paper; 8-16 for CPU tests).
         clip_model: open_clip ResNet CLIP (RN50 in the paper).
-        clip_pretrained: open_clip tag (e.g. "openai", from its cache) or a local checkpoint; None = random init
-            (also, with a warning, when a tag's weights cannot be had offline).
+        clip_pretrained: open_clip tag (e.g. "openai", from open_clip's caches; never downloaded) or a local
+            checkpoint; None = random init. A tag whose weights are not cached stops the run with
+            ``PretrainedWeightsUnavailable`` (which says where to put them); a missing file is always an error.
+        allow_random_init: a tag whose weights are not cached gives a random CLIP with a loud warning instead
+            of an error (CPU smoke runs; never the paper's setting).
         clip_overrides: changes to the open_clip config (e.g. ``TINY_CLIP``) for a small network (random init).
         train_clip: also train CLIP (frozen in the paper).
         n_rotations / crop_size / transport_dim: transport settings (36 / 64 / 3 in the paper).
@@ -201,6 +204,7 @@ class CLIPortModule(PolicyModule):
         channels_last: bool = False,
         activation: str = "relu",
         uncertainty_measure: str = "entropy",
+        allow_random_init: bool = False,
     ) -> None:
         super().__init__()
         if downsample < 1:
@@ -218,7 +222,7 @@ class CLIPortModule(PolicyModule):
             spatial_width=spatial_width, clip_model=clip_model, clip_pretrained=clip_pretrained,
             clip_overrides=clip_overrides, train_clip=train_clip, n_rotations=n_rotations, crop_size=crop_size,
             transport_dim=transport_dim, batchnorm=batchnorm, decoder_norm=decoder_norm, correlation=correlation,
-            init=init, activation=activation,
+            init=init, activation=activation, allow_random_init=allow_random_init,
         )
         if channels_last:
             self.net.to(memory_format=torch.channels_last)

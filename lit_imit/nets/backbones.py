@@ -9,13 +9,13 @@ inside the graph, so the convolution weights still get their exact gradients and
 torchvision's key names (ImageNet files load unchanged).
 
 Weights never come from the network: ``pretrained`` is a path to a state dict, or ``"imagenet"`` for the
-file torchvision keeps in its hub cache (used only when it is already there), or None for random init.
+file torchvision keeps in its hub cache (read only when it is already there), or None for random init.
+Asked-for weights that are not there stop the run (``nets.pretrained``) unless ``allow_random_init``.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+
+from lit_imit.nets.pretrained import missing_file, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +81,37 @@ def imagenet_weights_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def load_pretrained_state(pretrained: str | None) -> tuple[dict[str, Tensor] | None, str]:
+def imagenet_weights_help(path: Path) -> str:
+    """How to provide the ImageNet file without a network (for the error and the warning)."""
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    return (f"Put torchvision's ResNet-18 ImageNet file ({url}) at {path} (torchvision's cache, "
+            f"torch.hub.get_dir()/checkpoints, i.e. $TORCH_HOME/hub/checkpoints), or set "
+            f"`pretrained_backbone: /path/to/resnet18.pth` to a local .pth file holding a torchvision "
+            f"resnet18 state_dict (fc.* entries are ignored)")
+
+
+def load_pretrained_state(
+    pretrained: str | None, allow_random_init: bool = False
+) -> tuple[dict[str, Tensor] | None, str]:
     """Resolve ``pretrained`` to (state dict or None, a description of where the weights come from).
 
-    ``None``/``"none"``/``""``: random init. ``"imagenet"``: torchvision's cached file if present, else a
-    warning and random init (this package never downloads). Anything else is a path that must exist.
+    ``None``/``"none"``/``""``: random init, as asked. ``"imagenet"``: torchvision's cached file; when it is
+    absent, ``PretrainedWeightsUnavailable`` (with ``allow_random_init``: a loud warning and random init).
+    The file is checked and read here because ``resnet18(weights=...)`` would try to download a missing one.
+    Anything else is a path that must exist, whatever ``allow_random_init`` says (a typo is not a choice).
     """
     if pretrained is None or pretrained.strip().lower() in ("", "none", "random"):
         return None, "random init"
     if pretrained.strip().lower() == "imagenet":
         path = imagenet_weights_cache_path()
         if not path.is_file():
-            warnings.warn(
-                f"ImageNet ResNet-18 weights were requested but {path} does not exist and nothing is downloaded; "
-                "the backbone starts from random init (put the file there, or pass a path)",
-                stacklevel=2,
-            )
-            return None, "random init (ImageNet file not cached)"
+            what = f"ImageNet ResNet-18 weights were asked for (pretrained_backbone: imagenet), but {path} is missing"
+            unavailable(what, imagenet_weights_help(path), allow_random_init, "pretrained_backbone")
+            return None, "random init (ImageNet file not cached; allow_random_init)"
     else:
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"backbone weights file {path} does not exist")
+            raise missing_file(path, "pretrained_backbone")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -113,14 +125,17 @@ class ResNet18Features(nn.Module):
     Module and state-dict names match torchvision's ``resnet18`` without ``fc``, so ImageNet files load as is.
     """
 
-    def __init__(self, pretrained: str | None = None, fuse_frozen_bn: bool = True) -> None:
+    def __init__(
+        self, pretrained: str | None = None, fuse_frozen_bn: bool = True, allow_random_init: bool = False
+    ) -> None:
         super().__init__()
+        self.allow_random_init = allow_random_init
         net = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.fuse_frozen_bn = fuse_frozen_bn
         self.num_channels = RESNET18_FEATURE_CHANNELS
-        state, self.weights_source = load_pretrained_state(pretrained)
+        state, self.weights_source = load_pretrained_state(pretrained, allow_random_init)
         if state is not None:
             self.load_state_dict(state, strict=True)
         log.info("ResNet-18 backbone: %s", self.weights_source)

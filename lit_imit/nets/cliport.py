@@ -19,9 +19,13 @@ Where this differs from the original, on purpose:
 
 * one frozen CLIP model is shared by all streams (CLIPort loads one per stream, each frozen from the same
   weights, so the features are identical); ``train_clip=True`` trains it instead (not in the paper);
-* the CLIP weights come from open_clip: ``clip_pretrained`` is an open_clip tag (e.g. ``"openai"``, which
-  needs the file in open_clip's cache or a network) or a local checkpoint file; None = random init, and a
-  tag whose weights cannot be had falls back to random init with a warning (a missing file is an error);
+* the CLIP weights come from open_clip: ``clip_pretrained`` is an open_clip tag (e.g. ``"openai"``, read
+  from the Hugging Face cache open_clip downloads it into, or from ``~/.cache/clip``; nothing is downloaded)
+  or a local checkpoint file; None = random init. Asked-for weights that are not on this machine stop with
+  ``PretrainedWeightsUnavailable`` unless ``allow_random_init`` (then random init and a loud warning); a
+  missing file is always an error. A tag's QuickGELU setting is applied (the OpenAI weights were trained
+  with it; open_clip's "RN50" config alone would build plain GELU); a file is loaded into ``clip_model``'s
+  config as it is (name the model ``RN50-quickgelu`` for a file of OpenAI's weights);
 * the query crops are sampled directly at their rotated positions (no rotation of the full image) and the
   correlation keeps exactly the output pixels (the original resizes the correlation map by one pixel);
 * the streams are He-initialised with identity-initialised residual blocks and the transport averages its
@@ -40,7 +44,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -48,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_imit.nets.pretrained import missing_file, unavailable
 from lit_imit.nets.transporter import (
     ConvBlock,
     IdentityBlock,
@@ -95,36 +100,111 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
 log = logging.getLogger(__name__)
 
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
+#: where open_clip itself caches weights it fetches from a URL (the OpenAI ``clip`` package uses it too)
+CLIP_URL_CACHE = Path("~/.cache/clip")
 
 
 def _looks_like_file(pretrained: str) -> bool:
     return os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES)
 
 
-def _create_clip(open_clip: Any, model_name: str, pretrained: str | None) -> nn.Module:
-    """open_clip's model with ``pretrained`` weights; random init, loudly, when a tag cannot be fetched.
+def _hf_file_names(filename: str) -> list[str]:
+    """The files open_clip asks the Hugging Face hub for, in its order (safetensors first)."""
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-    Offline machines cannot download "openai" weights; the paper configs should still build (and say that
-    they run with a random CLIP, which is not the paper's setting) rather than stop. A local weights file
-    that is missing is a typo and fails at once.
+    if not filename:
+        return [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]
+
+
+def clip_cache_candidates(tag_cfg: Mapping[str, Any]) -> list[tuple[str, Path | None]]:
+    """(description, cached file or None) of every place open_clip's download of a tag would land.
+
+    Only the local caches are looked at (``try_to_load_from_cache`` never touches the network), so a tag
+    can be resolved to a file offline and open_clip is then only ever given that file.
     """
-    if pretrained and _looks_like_file(pretrained) and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"CLIP weights file {pretrained!r} does not exist (clip_pretrained)")
-    try:
-        model = open_clip.create_model(model_name, pretrained=pretrained)
-        model.pretrained_loaded = bool(pretrained)
-        return model
-    except (RuntimeError, OSError) as err:
-        if not pretrained:
-            raise
-        message = (f"could not load CLIP {model_name} weights {pretrained!r} ({err}); using a RANDOMLY INITIALISED "
-                   f"CLIP instead, which is not the paper's setting. Give a local checkpoint file "
-                   f"(clip_pretrained: /path/to/{model_name}.bin) or put the weights in open_clip's cache.")
-        warnings.warn(message, stacklevel=3)
-        log.warning(message)
+    candidates: list[tuple[str, Path | None]] = []
+    hf_hub = tag_cfg.get("hf_hub", "")
+    if hf_hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hf_hub)
+        for name in _hf_file_names(filename):
+            hit = try_to_load_from_cache(repo_id, name)
+            where = (f"{constants.HF_HUB_CACHE}/models--{repo_id.replace('/', '--')}/snapshots/<revision>/{name} "
+                     f"(Hugging Face cache of {repo_id})")
+            candidates.append((where, Path(hit) if isinstance(hit, str) else None))
+    url = tag_cfg.get("url", "")
+    if url:
+        path = CLIP_URL_CACHE.expanduser() / os.path.basename(url)
+        candidates.append((f"{path} (from {url})", path if path.is_file() else None))
+    return candidates
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """OpenAI's own RN50.pt is a TorchScript archive: torch.load refuses those with weights_only=True."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _clip_from_file(open_clip: Any, model_name: str, path: Path, quick_gelu: bool) -> nn.Module:
+    """open_clip's model with the weights of a local file (open_clip is given a file, so it fetches nothing)."""
+    model = open_clip.create_model(model_name, pretrained=str(path), force_quick_gelu=quick_gelu,
+                                   weights_only=not _is_torchscript_archive(path))
+    model.pretrained_loaded = True
+    log.info("CLIP %s: weights from %s", model_name, path)
+    return model
+
+
+def _random_clip(open_clip: Any, model_name: str) -> nn.Module:
     model = open_clip.create_model(model_name, pretrained=None)
     model.pretrained_loaded = False
     return model
+
+
+def _create_clip(open_clip: Any, model_name: str, pretrained: str | None, allow_random_init: bool = False) -> nn.Module:
+    """open_clip's model with ``pretrained`` weights, read from a local file or open_clip's caches only.
+
+    ``pretrained`` is a file (which must exist: a typo is never random init) or an open_clip tag of
+    ``model_name``; a tag whose weights are in none of the caches raises ``PretrainedWeightsUnavailable``
+    naming them, or, with ``allow_random_init``, warns loudly and builds a random CLIP.
+    """
+    if not pretrained:
+        return _random_clip(open_clip, model_name)
+    tag_cfg = open_clip.pretrained.get_pretrained_cfg(model_name, pretrained)  # tags first, as open_clip does
+    path = Path(pretrained).expanduser()
+    if not tag_cfg:
+        if path.is_file():
+            return _clip_from_file(open_clip, model_name, path, quick_gelu=False)
+        if _looks_like_file(pretrained):
+            raise missing_file(path, "clip_pretrained")
+        tags = open_clip.pretrained.list_pretrained_tags_by_model(model_name)
+        raise ValueError(f"clip_pretrained {pretrained!r} is neither a file nor an open_clip tag of {model_name} "
+                         f"(tags: {tags})")
+    candidates = clip_cache_candidates(tag_cfg)
+    for _, cached in candidates:
+        if cached is not None:
+            return _clip_from_file(open_clip, model_name, cached, quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
+    looked_up = "; ".join(where for where, _ in candidates)
+    what = (f"CLIP {model_name} weights were asked for (clip_pretrained: {pretrained}) but open_clip's caches "
+            f"hold none: looked up {looked_up}")
+    unavailable(what, _clip_weights_help(model_name, tag_cfg), allow_random_init, "clip_pretrained")
+    return _random_clip(open_clip, model_name)
+
+
+def _clip_weights_help(model_name: str, tag_cfg: Mapping[str, Any]) -> str:
+    """How to provide a tag's weights without a network (for the error and the warning)."""
+    how = (f"Put the file there (`hf download {os.path.split(tag_cfg.get('hf_hub', ''))[0]}` on a machine with a "
+           f"network fills that cache: copy it over), or set `clip_pretrained: /path/to/{model_name}.bin` to a "
+           f"local CLIP checkpoint open_clip loads (a state dict of open_clip's {model_name}, such as the cached "
+           f"open_clip_pytorch_model.bin")
+    if tag_cfg.get("quick_gelu") and not model_name.endswith("-quickgelu"):
+        how += f"; for a file of these weights also set `clip_model: {model_name}-quickgelu`, their activation"
+    return how + ")"
 
 
 class CLIPEncoders(nn.Module):
@@ -136,16 +216,19 @@ class CLIPEncoders(nn.Module):
 
     Args:
         model_name: an open_clip model with a ResNet ("modified ResNet") visual tower: RN50, RN101, RN50x4...
-        pretrained: open_clip pretrained tag or a local checkpoint file; None = random init. A tag whose
-            weights cannot be had (offline, not in open_clip's cache) falls back to random init with a warning
-            (``pretrained_loaded`` is then False); a local file that does not exist is an error.
+        pretrained: open_clip pretrained tag (read from open_clip's caches, never downloaded) or a local
+            checkpoint file; None = random init. A tag whose weights are not cached raises
+            ``PretrainedWeightsUnavailable``; a local file that does not exist is always an error.
+        allow_random_init: a tag whose weights are not cached gives a random CLIP and a loud warning instead
+            (``pretrained_loaded`` is then False).
         overrides: changes to the open_clip model config, e.g. ``{"embed_dim": 64, "vision_cfg": {"width": 8,
             "layers": [1, 1, 1, 1]}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}`` (random init only).
         trainable: train the CLIP weights too (not in the paper).
     """
 
     def __init__(self, model_name: str = "RN50", pretrained: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, trainable: bool = False) -> None:
+                 overrides: Mapping[str, Any] | None = None, trainable: bool = False,
+                 allow_random_init: bool = False) -> None:
         super().__init__()
         import open_clip
 
@@ -160,7 +243,7 @@ class CLIPEncoders(nn.Module):
             config = _deep_merge(config, overrides)
             model = open_clip.model.CLIP(**config)
         else:
-            model = _create_clip(open_clip, model_name, pretrained)
+            model = _create_clip(open_clip, model_name, pretrained, allow_random_init)
         model.visual.attnpool = nn.Identity()  # CLIPort uses the pre-pool map; the pooling head would be dead weight
         model.logit_scale.requires_grad_(False)
         self.model = model
@@ -357,6 +440,7 @@ class CLIPortNet(nn.Module):
     Args:
         spatial_width: base width of the Transporter ResNets (64 in the paper).
         clip_model / clip_pretrained / clip_overrides / train_clip: see ``CLIPEncoders``.
+        allow_random_init: random CLIP (with a loud warning) when ``clip_pretrained``'s weights are not cached.
         n_rotations: place yaw bins (36 = 10 degrees in the paper).
         crop_size: side of the query crop around the pick (64 in the paper; a multiple of 32).
         transport_dim: channels of the key and query embeddings (3 in the paper).
@@ -373,7 +457,8 @@ class CLIPortNet(nn.Module):
     def __init__(self, spatial_width: int = 64, clip_model: str = "RN50", clip_pretrained: str | None = None,
                  clip_overrides: Mapping[str, Any] | None = None, train_clip: bool = False, n_rotations: int = 36,
                  crop_size: int = 64, transport_dim: int = 3, batchnorm: bool = False, decoder_norm: bool = True,
-                 correlation: str = "auto", init: str = "he", activation: str = "relu") -> None:
+                 correlation: str = "auto", init: str = "he", activation: str = "relu",
+                 allow_random_init: bool = False) -> None:
         super().__init__()
         check_activation(activation)
         if init not in ("he", "torch"):
@@ -384,7 +469,7 @@ class CLIPortNet(nn.Module):
             raise ValueError(f"n_rotations must be >= 1, got {n_rotations}")
         if correlation not in ("auto", "conv", "fft"):
             raise ValueError(f"correlation must be 'auto', 'conv' or 'fft', got {correlation!r}")
-        self.clip = CLIPEncoders(clip_model, clip_pretrained, clip_overrides, train_clip)
+        self.clip = CLIPEncoders(clip_model, clip_pretrained, clip_overrides, train_clip, allow_random_init)
         kwargs = dict(spatial_width=spatial_width, clip_channels=self.clip.out_channels,
                       skip_channels=self.clip.skip_channels, text_dim=self.clip.text_dim,
                       batchnorm=batchnorm, decoder_norm=decoder_norm, activation=activation)
