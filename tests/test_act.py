@@ -20,6 +20,7 @@ from lit_imit.modules.act import (
 )
 from lit_imit.nets.backbones import FrozenBatchNorm2d, ResNet18Features, imagenet_weights_cache_path
 from lit_imit.nets.positional import SinePositionEncoding2d, sinusoid_table
+from lit_imit.nets.pretrained import PretrainedWeightsUnavailable
 
 K = 10  # chunk size of the tiny configs
 HW = (64, 64)
@@ -145,8 +146,10 @@ def test_backbone_weights_from_path_and_imagenet_cache(tmp_path, monkeypatch):
     assert "r18.pth" in loaded.weights_source
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    with pytest.warns(UserWarning, match="random init"):
-        missing = ResNet18Features("imagenet")
+    with pytest.raises(PretrainedWeightsUnavailable, match="allow_random_init"):
+        ResNet18Features("imagenet")
+    with pytest.warns(UserWarning, match="RANDOM INIT"):
+        missing = ResNet18Features("imagenet", allow_random_init=True)
     assert missing.weights_source.startswith("random init")
     cache = imagenet_weights_cache_path()
     assert str(cache).startswith(str(tmp_path))
@@ -176,8 +179,8 @@ def test_image_tokens_follow_camera_count():
     torch.manual_seed(0)
     for cameras in (("top",), ("top", "wrist")):
         module = tiny(cameras)
-        qpos, images = module._observation(batch_for(cameras))
-        tokens, pos = module.model.observation_tokens(qpos, images)
+        qpos, images, extra = module._observation(batch_for(cameras))
+        tokens, pos = module.model.observation_tokens(qpos, images, extra)
         assert tokens.shape == (2, 1 + 4 * len(cameras), 32)
         assert pos.shape == (1, 1 + 4 * len(cameras), 32)
 
@@ -193,7 +196,7 @@ def test_padded_actions_are_ignored_by_loss_and_cvae_encoder():
     changed = {k: v.clone() for k, v in batch.items()}
     changed["action"][batch["action_is_pad"]] = 1e3  # wild values where padded
 
-    qpos, _ = module._observation(batch)
+    qpos, _, _ = module._observation(batch)
     a1, pad = module._targets(batch)
     a2, _ = module._targets(changed)
     mu1, logvar1 = module.model.encode_latent(qpos, a1, pad)
@@ -215,12 +218,63 @@ def test_padded_actions_are_ignored_by_loss_and_cvae_encoder():
     assert module.compute_loss(changed)["l1"].item() != pytest.approx(loss1["l1"].item(), rel=1e-4)
 
 
-def test_masked_l1_divides_by_valid_entries_per_sample():
+def test_masked_l1_reductions_against_hand_computed_values():
     pred = torch.zeros(2, 4, 3)
     target = torch.ones(2, 4, 3)
     target[0, 2:] = 7.0  # padded below
     is_pad = torch.tensor([[False, False, True, True], [False, False, False, False]])
-    assert masked_l1_per_sample(pred, target, is_pad).tolist() == pytest.approx([1.0, 1.0])
+    # valid_entries: each sample divided by its own valid count (2*3 and 4*3 entries of error 1)
+    assert masked_l1_per_sample(pred, target, is_pad, "valid_entries").tolist() == pytest.approx([1.0, 1.0])
+    # all_entries (original ACT / LeRobot): padded entries count as 0 in a mean over all 4*3 entries
+    per_sample = masked_l1_per_sample(pred, target, is_pad, "all_entries")
+    assert per_sample.tolist() == pytest.approx([0.5, 1.0])
+    reference = (torch.nn.functional.l1_loss(pred, target, reduction="none") * ~is_pad.unsqueeze(-1)).mean()
+    assert per_sample.mean().item() == pytest.approx(reference.item())  # 0.75
+    with pytest.raises(ValueError, match="l1_reduction"):
+        masked_l1_per_sample(pred, target, is_pad, "sum")
+
+
+def test_act_default_l1_is_the_original_reduction():
+    torch.manual_seed(0)
+    module = with_stats(tiny()).eval()
+    assert module.hparams.l1_reduction == "all_entries"
+    batch = batch_for(batch_size=3)
+    batch["action_is_pad"][:] = False
+    batch["action_is_pad"][0, 4:] = True
+    torch.manual_seed(3)
+    out = module(batch)
+    target, pad = module._targets(batch)
+    expected = ((out.actions - target).abs() * ~pad.unsqueeze(-1)).mean()
+    torch.manual_seed(3)
+    assert module.compute_loss(batch)["l1"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_state_only_act_with_env_state_token():
+    """No camera: the encoder reads [latent, qpos, env_state]; env_state really changes the chunk."""
+    torch.manual_seed(0)
+    module = ACTModule(
+        cameras=[], state_keys=["qpos", "env_state"], state_dim=[STATE, 7], action_dim=ACTION, chunk_size=K,
+        n_action_steps=K, dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=1,
+        n_vae_encoder_layers=1, latent_dim=4,
+    )
+    assert len(module.model.backbones) == 0
+    stats = {key: {"mean": [0.0] * d, "std": [1.0] * d, "min": [-1.0] * d, "max": [1.0] * d}
+             for key, d in (("qpos", STATE), ("env_state", 7), ("action", ACTION))}
+    module.load_stats(stats)
+    obs = {"qpos": torch.zeros(2, STATE), "env_state": torch.zeros(2, 7)}
+    obs["env_state"][1, 0] = 3.0
+    chunk = module.predict_chunk(obs)
+    assert chunk.shape == (2, K, ACTION)
+    assert not torch.allclose(chunk[0], chunk[1])
+    batch = {"qpos": torch.randn(4, STATE), "env_state": torch.randn(4, 7), "action": torch.randn(4, K, ACTION),
+             "action_is_pad": torch.zeros(4, K, dtype=torch.bool)}
+    losses = module.compute_loss(batch)
+    losses["loss"].backward()
+    assert module.model.extra_state_projs[0].weight.grad.abs().sum() > 0
+    with pytest.raises(KeyError, match="env_state"):
+        module.select_action({"qpos": torch.zeros(2, STATE)})
+    with pytest.raises(ValueError, match="one size per state key"):
+        ACTModule(cameras=[], state_keys=["qpos", "env_state"], state_dim=14)
 
 
 def test_kl_matches_closed_form_and_the_module_uses_it():

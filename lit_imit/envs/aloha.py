@@ -200,6 +200,13 @@ class AlohaEnv(gym.Env):
     (sticky) says whether stage 4 was reached. Episodes run a fixed horizon (the registered TimeLimit)
     unless ``terminate_on_success``.
 
+    ``env_state=True`` adds ``env_state``: the object poses (x, y, z, qw, qx, qy, qz) as the original ACT
+    sim's ``env_state`` — the cube (7) for transfer cube, peg then socket (14) for insertion — the
+    low-dimensional observation of state-based policies.
+
+    The reward is read from the contacts of the state *after* the control step, as gym-aloha and the
+    original ACT (dm_control's legacy step ends with the position stage of the next step) compute it.
+
     ``fast_render`` (the default) drops the MJCF's shadows (4096-pixel shadow map) and 4x multisampling:
     about 9x faster frames on a CPU's software OpenGL (~30 ms instead of ~290 ms at 480x640), same scene
     (mean pixel difference < 5). ``fast_render=False`` renders the MJCF's full look.
@@ -209,7 +216,7 @@ class AlohaEnv(gym.Env):
 
     def __init__(self, task: str = "transfer_cube", cameras: Sequence[str] = ("top",),
                  image_size: tuple[int, int] = (480, 640), render_mode: str | None = "rgb_array",
-                 terminate_on_success: bool = False, fast_render: bool = True):
+                 terminate_on_success: bool = False, fast_render: bool = True, env_state: bool = False):
         if task not in ALOHA_TASKS:
             raise ValueError(f"unknown ALOHA task {task!r}; choose one of {sorted(ALOHA_TASKS)}")
         if render_mode not in (None, "rgb_array"):
@@ -219,6 +226,7 @@ class AlohaEnv(gym.Env):
         self.render_mode = render_mode
         self.terminate_on_success = bool(terminate_on_success)
         self.fast_render = bool(fast_render)
+        self.env_state = bool(env_state)
         self.physics = dm_mujoco.Physics.from_xml_path(str(aloha_assets_dir() / self.task.xml))
         self.physics.legacy_step = False  # one plain mj_step per substep (no split step1/step2 bookkeeping)
         self.n_substeps = int(round(DT / self.physics.model.opt.timestep))
@@ -269,6 +277,8 @@ class AlohaEnv(gym.Env):
     def _make_observation_space(self) -> spaces.Dict:
         vec = spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
         items: dict[str, spaces.Space] = {"qpos": vec, "qvel": vec}
+        if self.env_state:
+            items["env_state"] = spaces.Box(-np.inf, np.inf, (7 * len(self.task.objects),), np.float32)
         for cam in self.cameras:
             items[f"images/{cam}"] = spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
         return spaces.Dict(items)
@@ -298,6 +308,10 @@ class AlohaEnv(gym.Env):
             physics.step(self.n_substeps)
         except PhysicsError as error:
             return self._diverged(before, error)
+        # mj_step leaves the contacts of the state before its last integration; recompute the position
+        # stage (kinematics + collisions) so the reward sees the state the observation shows. This changes
+        # no state variable, so the dynamics stay bit-identical.
+        mujoco.mj_fwdPosition(physics.model.ptr, physics.data.ptr)
         reward = self.task.reward(ContactSet(physics.model.ptr, physics.data.ptr))
         self._steps += 1
         self._max_reward = max(self._max_reward, reward)
@@ -343,6 +357,8 @@ class AlohaEnv(gym.Env):
     def _observation(self) -> dict[str, np.ndarray]:
         obs = {"qpos": self._arm_layout(self.physics.data.qpos, normalize_gripper_position),
                "qvel": self._arm_layout(self.physics.data.qvel, self._normalize_gripper_velocity)}
+        if self.env_state:
+            obs["env_state"] = np.concatenate(list(self.object_poses().values())).astype(np.float32)
         for cam in self.cameras:
             obs[f"images/{cam}"] = self._render_camera(cam)
         return obs

@@ -288,6 +288,8 @@ class MyCobotMoveCubeEnv(gym.Env):
         gripper_speed: m/s at which each finger's target follows a command (the 320's gripper takes about
             half a second for its full stroke).
         terminate_on_success: end the episode at the first successful step.
+        env_state: add ``env_state`` to the observation: the cube's pose (x, y, z, qw, qx, qy, qz) and the
+            target position (x, y, z), 10 values, the low-dimensional observation of state-based policies.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -296,7 +298,7 @@ class MyCobotMoveCubeEnv(gym.Env):
                  image_size: Sequence[int] = (240, 320), control_hz: float = 20.0,
                  render_mode: str | None = "rgb_array", max_delta_deg: float | None = 5.0,
                  gripper_obs: str = "commanded", gripper_speed: float = 0.06,
-                 terminate_on_success: bool = False):
+                 terminate_on_success: bool = False, env_state: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
         if render_mode not in (None, "rgb_array"):
@@ -318,6 +320,7 @@ class MyCobotMoveCubeEnv(gym.Env):
         self.gripper_obs = gripper_obs
         self.gripper_speed = float(gripper_speed)
         self.terminate_on_success = bool(terminate_on_success)
+        self.env_state = bool(env_state)
         self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}
         self.model = mujoco.MjModel.from_xml_string(build_mjcf())
         self.data = mujoco.MjData(self.model)
@@ -371,6 +374,8 @@ class MyCobotMoveCubeEnv(gym.Env):
     def _make_observation_space(self) -> spaces.Dict:
         vec = spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
         items: dict[str, spaces.Space] = {"qpos": vec, "qvel": vec}
+        if self.env_state:
+            items["env_state"] = spaces.Box(-np.inf, np.inf, (10,), np.float32)
         for cam in self.cameras:
             items[f"images/{cam}"] = spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
         return spaces.Dict(items)
@@ -493,6 +498,8 @@ class MyCobotMoveCubeEnv(gym.Env):
         qvel[:ARM_DOF] = d.qvel[self._arm_dof]
         qvel[ARM_DOF] = d.qvel[self._finger_dof].mean() / FINGER_STROKE
         obs = {"qpos": qpos, "qvel": qvel}
+        if self.env_state:
+            obs["env_state"] = np.concatenate([self.cube_pose(), self.target_position()]).astype(np.float32)
         for cam in self.cameras:
             obs[f"images/{cam}"] = self._render_camera(cam)
         return obs

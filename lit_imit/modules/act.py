@@ -1,9 +1,15 @@
 """ACTModule: training and execution logic of ACT on top of :class:`lit_imit.nets.act.ACT`.
 
-Training: qpos and actions are mean/std normalised with the dataset statistics (std floored at 0.01 as in
-the original), images go to the network as uint8. The loss is the L1 error over the valid (non-padded)
-entries of the chunk plus ``kl_weight`` times the KL divergence of the CVAE posterior from N(0, I). Both
-terms are computed per sample so that importance weights (``batch["weight"]``, PIER) can weight them.
+Training: the low-dimensional inputs (``state_keys``: qpos, and e.g. the object poses ``env_state``) and the
+actions are mean/std normalised with the dataset statistics (std floored at 0.01 as in the original), images
+go to the network as uint8. The loss is the L1 error of the chunk plus ``kl_weight`` times the KL divergence
+of the CVAE posterior from N(0, I). Both terms are computed per sample so that importance weights
+(``batch["weight"]``, PIER) can weight them.
+
+L1 reduction (``l1_reduction``): ``"all_entries"`` (default) zeroes the padded steps and averages over all
+k x A entries, ``(l1 * ~is_pad).mean()``, as the original ACT and LeRobot compute it; ``"valid_entries"``
+divides each sample by its own count of valid entries instead, which up-weights the samples near the end of
+an episode (the last ~k steps) relative to the KL term.
 
 Execution (``select_action`` / ``predict``), for a batch of N environments:
 
@@ -40,13 +46,24 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)
 
 
-def masked_l1_per_sample(pred: Tensor, target: Tensor, is_pad: Tensor | None) -> Tensor:
-    """Mean absolute error per sample (B,) over the valid steps only; padded targets never enter."""
+L1_REDUCTIONS = ("all_entries", "valid_entries")
+
+
+def masked_l1_per_sample(pred: Tensor, target: Tensor, is_pad: Tensor | None, reduction: str = "all_entries") -> Tensor:
+    """Absolute error per sample (B,) with padded targets zeroed; see ``l1_reduction`` in the module docstring.
+
+    ``"all_entries"`` divides by k x A for every sample, so the batch mean equals ``(l1 * ~is_pad).mean()``
+    (original ACT, LeRobot); ``"valid_entries"`` divides by the sample's own number of valid entries.
+    """
+    if reduction not in L1_REDUCTIONS:
+        raise ValueError(f"l1_reduction must be one of {L1_REDUCTIONS}, got {reduction!r}")
     err = (pred - target).abs()
     if is_pad is None:
         return err.mean(dim=(1, 2))
     valid = ~is_pad.bool()
     err = torch.where(valid.unsqueeze(-1), err, torch.zeros((), dtype=err.dtype, device=err.device))
+    if reduction == "all_entries":
+        return err.mean(dim=(1, 2))
     n_valid = valid.sum(dim=1).to(err.dtype) * err.shape[-1]
     return err.sum(dim=(1, 2)) / n_valid.clamp_min(1.0)
 
@@ -158,12 +175,10 @@ class TemporalEnsembler:
 class ACTModule(PolicyModule):
     """ACT (Zhao et al., RSS 2023) with LeRobot's defaults (one decoder layer, see ``lit_imit.nets.act``)."""
 
-    normalized_keys = ("qpos", "action")
-
     def __init__(
         self,
         cameras: Sequence[str] = ("top",),
-        state_dim: int = 14,
+        state_dim: int | list[int] = 14,
         action_dim: int = 14,
         chunk_size: int = 100,
         n_action_steps: int = 100,
@@ -178,8 +193,10 @@ class ACTModule(PolicyModule):
         dropout: float = 0.1,
         use_vae: bool = True,
         kl_weight: float = 10.0,
+        l1_reduction: str = "all_entries",
         shared_backbone: bool = True,
         pretrained_backbone: str | None = None,
+        allow_random_init: bool = False,
         lr: float = 1e-5,
         lr_backbone: float = 1e-5,
         weight_decay: float = 1e-4,
@@ -187,14 +204,24 @@ class ACTModule(PolicyModule):
         channels_last: bool = True,
         fuse_frozen_bn: bool = True,
         compile: bool = False,
+        state_keys: Sequence[str] = ("qpos",),
     ) -> None:
         """
         Args:
-            cameras: camera names; batches carry ``images/<name>``.
+            cameras: camera names; batches carry ``images/<name>``. ``[]`` is the state-only policy.
+            state_dim: size of each low-dimensional input, one int per ``state_keys`` entry (an int when
+                there is only qpos).
+            state_keys: low-dimensional observation keys; the first is the proprioception the CVAE encoder
+                also reads (qpos), every other one (e.g. ``env_state``) is one more encoder token.
+            l1_reduction: ``all_entries`` (original ACT, LeRobot) or ``valid_entries``; module docstring.
             n_action_steps: actions executed from each chunk before the next query (<= chunk_size).
             temporal_ensemble_coeff: m of the ensembling weights exp(-m i); needs ``n_action_steps=1``.
-            pretrained_backbone: path to a ResNet-18 state dict, ``"imagenet"`` (torchvision's cached file if
-                present, else random init with a warning) or None (random init). Nothing is downloaded.
+            pretrained_backbone: path to a ResNet-18 state dict, ``"imagenet"`` (torchvision's cached file) or
+                None (random init). Nothing is downloaded: asked-for weights that are not on this machine
+                stop with ``PretrainedWeightsUnavailable``, which says where to put them.
+            allow_random_init: with asked-for weights missing, warn loudly and start from random init instead
+                of stopping (CPU smoke runs; never the paper's setting). A missing file named by path is
+                always an error.
             lr_backbone: learning rate of the ResNets; <= 0 freezes them (no backward through the images).
             n_uncertainty_samples: latent samples decoded by ``predict`` to measure the spread (>= 2).
             channels_last / fuse_frozen_bn / compile: speed switches that do not change the maths
@@ -202,8 +229,14 @@ class ACTModule(PolicyModule):
         """
         super().__init__()
         cameras = list(cameras)
-        if not cameras:
-            raise ValueError("ACT needs at least one camera")
+        state_keys = list(state_keys)
+        state_dims = [int(state_dim)] if isinstance(state_dim, int) else [int(d) for d in state_dim]
+        if not state_keys or len(state_dims) != len(state_keys):
+            raise ValueError(
+                f"state_dim must give one size per state key: state_keys={state_keys}, state_dim={state_dim}"
+            )
+        if l1_reduction not in L1_REDUCTIONS:
+            raise ValueError(f"l1_reduction must be one of {L1_REDUCTIONS}, got {l1_reduction!r}")
         if not 1 <= n_action_steps <= chunk_size:
             raise ValueError(f"n_action_steps must be in [1, chunk_size={chunk_size}], got {n_action_steps}")
         if temporal_ensemble_coeff is not None and n_action_steps != 1:
@@ -212,8 +245,11 @@ class ACTModule(PolicyModule):
             raise ValueError("n_uncertainty_samples must be >= 2 to measure a spread")
         self.save_hyperparameters()
         self.cameras = cameras
+        self.state_keys = state_keys
+        self.normalized_keys = (*state_keys, "action")
         self.model = ACT(
-            state_dim=state_dim,
+            state_dim=state_dims[0],
+            extra_state_dims=state_dims[1:],
             action_dim=action_dim,
             n_cameras=len(cameras),
             chunk_size=chunk_size,
@@ -228,6 +264,7 @@ class ACTModule(PolicyModule):
             use_vae=use_vae,
             shared_backbone=shared_backbone,
             pretrained_backbone=pretrained_backbone,
+            allow_random_init=allow_random_init,
             fuse_frozen_bn=fuse_frozen_bn,
         )
         if channels_last:
@@ -237,7 +274,8 @@ class ACTModule(PolicyModule):
                 p.requires_grad_(False)
         if compile:
             self.model.compile()
-        self.register_stats_buffers("qpos", state_dim)
+        for key, dim in zip(state_keys, state_dims):
+            self.register_stats_buffers(key, dim)
         self.register_stats_buffers("action", action_dim)
         self._queue = ChunkQueue(n_action_steps)
         self._ensembler = (
@@ -263,14 +301,17 @@ class ACTModule(PolicyModule):
             raise ValueError(f"{name} should have {ndim} dims (batch first), got shape {tuple(x.shape)}")
         return x
 
-    def _observation(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """Normalised qpos (B, S) and uint8 images [(B, H, W, 3)] in camera order."""
-        qpos = self._single_step(batch["qpos"], "qpos", 2).float()
-        missing = [c for c in self.cameras if f"images/{c}" not in batch]
+    def _observation(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Normalised qpos (B, S), uint8 images [(B, H, W, 3)] in camera order, the other normalised states."""
+        missing = [k for k in self.state_keys if k not in batch]
+        missing += [f"images/{c}" for c in self.cameras if f"images/{c}" not in batch]
         if missing:
-            raise KeyError(f"batch has no images for cameras {missing} (keys: {sorted(batch)})")
+            raise KeyError(f"batch has no {missing} (keys: {sorted(batch)})")
+        states = [
+            self.normalize_mean_std(key, self._single_step(batch[key], key, 2).float()) for key in self.state_keys
+        ]
         images = [self._single_step(batch[f"images/{c}"], f"images/{c}", 4) for c in self.cameras]
-        return self.normalize_mean_std("qpos", qpos), images
+        return states[0], images, states[1:]
 
     def _targets(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Normalised action chunk (B, k, A) and its padding mask (B, k), cut to chunk_size."""
@@ -285,17 +326,17 @@ class ACTModule(PolicyModule):
 
     def forward(self, batch: Mapping[str, Tensor]) -> ACTOutput:
         """Training-style forward: posterior z when the VAE is on, normalised predicted chunk."""
-        qpos, images = self._observation(batch)
+        qpos, images, extra = self._observation(batch)
         actions, is_pad = self._targets(batch)
-        return self.model(qpos, images, actions, is_pad)
+        return self.model(qpos, images, actions, is_pad, extra_states=extra)
 
     def compute_loss(self, batch: Mapping[str, Tensor], weighted: bool = True) -> dict[str, Tensor]:
         """{"loss", "l1", "kl"}: batch means of the per-sample terms, importance-weighted when asked."""
-        qpos, images = self._observation(batch)
+        qpos, images, extra = self._observation(batch)
         actions, is_pad = self._targets(batch)
-        out = self.model(qpos, images, actions, is_pad)
+        out = self.model(qpos, images, actions, is_pad, extra_states=extra)
         weight = batch.get("weight") if weighted else None
-        l1 = masked_l1_per_sample(out.actions.float(), actions, is_pad)
+        l1 = masked_l1_per_sample(out.actions.float(), actions, is_pad, self.hparams.l1_reduction)
         if out.mu is not None and out.logvar is not None:
             kl = kl_divergence(out.mu.float(), out.logvar.float())
         else:
@@ -352,25 +393,25 @@ class ACTModule(PolicyModule):
 
     def _query_chunk(self, obs: Mapping[str, Tensor]) -> Tensor:
         """Normalised chunk (N, k, A) with z = 0."""
-        qpos, images = self._observation(obs)
-        return self.model(qpos, images).actions.float()
+        qpos, images, extra = self._observation(obs)
+        return self.model(qpos, images, extra_states=extra).actions.float()
 
     def _query_chunk_with_uncertainty(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Normalised chunk with z = 0 and the spread over z ~ N(0, I) samples, in one decoder batch."""
         if not self.hparams.use_vae:
             raise RuntimeError("ACT without the CVAE (use_vae=False) never learned to use z: no uncertainty")
-        qpos, images = self._observation(obs)
+        qpos, images, extra = self._observation(obs)
         n, s = qpos.shape[0], self.hparams.n_uncertainty_samples
         z = torch.randn(n, 1 + s, self.hparams.latent_dim, device=qpos.device, dtype=qpos.dtype)
         z[:, 0] = 0.0
-        chunks = self.model.decode_latents(qpos, images, z).float()
+        chunks = self.model.decode_latents(qpos, images, z, extra_states=extra).float()
         return chunks[:, 0], chunks[:, 1:].std(dim=1).mean(dim=(1, 2))
 
     def _step(self, obs: Mapping[str, Any], with_uncertainty: bool) -> tuple[Tensor, Tensor | None]:
         """One control step for N envs: raw actions (N, A) and, if asked, the uncertainty per env (N,)."""
         self._check_stats()
-        batch = self.obs_to_tensors(obs)
-        n = batch["qpos"].shape[0]
+        batch = self.obs_to_tensors({k: obs[k] for k in self._input_keys(obs)})
+        n = batch[self.state_keys[0]].shape[0]
         if self._ensembler is not None:
             if with_uncertainty:
                 chunk, uncertainty = self._query_chunk_with_uncertainty(batch)
@@ -400,6 +441,14 @@ class ACTModule(PolicyModule):
             uncertainty = self._chunk_uncertainty.clone()
         return self._queue.pop(), uncertainty
 
+    def _input_keys(self, obs: Mapping[str, Any]) -> list[str]:
+        """The observation entries the policy reads (others, e.g. video-only cameras, never reach the device)."""
+        keys = [*self.state_keys, *(f"images/{c}" for c in self.cameras)]
+        missing = [k for k in keys if k not in obs]
+        if missing:
+            raise KeyError(f"observation lacks {missing} (has {sorted(obs)})")
+        return keys
+
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: raw actions (N, A)."""
         with self.policy_mode():
@@ -416,7 +465,8 @@ class ACTModule(PolicyModule):
     def predict_chunk(self, obs: Mapping[str, Any]) -> Tensor:
         """Raw action chunk (N, k, A) with z = 0 for the current observation (no queues involved)."""
         with self.policy_mode():
-            return self.unnormalize_mean_std("action", self._query_chunk(self.obs_to_tensors(obs)))
+            batch = self.obs_to_tensors({k: obs[k] for k in self._input_keys(obs)})
+            return self.unnormalize_mean_std("action", self._query_chunk(batch))
 
 
 def _adamw_kernel(params: Iterator[torch.nn.Parameter]) -> dict[str, bool]:

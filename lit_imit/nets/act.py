@@ -12,6 +12,10 @@ The network predicts a chunk of ``chunk_size`` future actions from proprioceptio
   proj(qpos), get a learned 2-slot position embedding. A post-norm transformer encoder reads all tokens and a
   decoder with ``chunk_size`` learned queries attends to them; a linear head maps each query to an action.
 * Positions are added to queries and keys at every attention layer (never to values), as in DETR.
+* Low-dimensional observations besides qpos (``extra_state_dims``, e.g. the object poses of the original
+  ACT sim's ``env_state``) each get their own projection and token, as LeRobot does for its environment
+  state; the CVAE encoder keeps reading qpos only. With ``n_cameras=0`` the policy reads only these tokens
+  (the original's state-only variant has no backbone either).
 
 About the decoder depth: the original builds 7 decoder layers, but it keeps the intermediate outputs and
 reads index 0, i.e. the first layer's (layer-normed) output. Layers 2-7 never influence the loss and receive
@@ -168,11 +172,14 @@ class ACT(nn.Module):
         shared_backbone: bool = True,
         pretrained_backbone: str | None = None,
         fuse_frozen_bn: bool = True,
+        extra_state_dims: Sequence[int] = (),
+        allow_random_init: bool = False,
     ) -> None:
         super().__init__()
-        if n_cameras < 1:
-            raise ValueError("ACT needs at least one camera")
+        if n_cameras < 0:
+            raise ValueError(f"n_cameras must be >= 0, got {n_cameras}")
         self.state_dim, self.action_dim, self.n_cameras = state_dim, action_dim, n_cameras
+        self.extra_state_dims = [int(d) for d in extra_state_dims]
         self.chunk_size, self.dim_model, self.latent_dim = chunk_size, dim_model, latent_dim
         self.use_vae, self.shared_backbone = use_vae, shared_backbone
         self.channels_last = False
@@ -185,15 +192,19 @@ class ACT(nn.Module):
             self.vae_latent_proj = nn.Linear(dim_model, 2 * latent_dim)
             self.register_buffer("vae_pos_table", sinusoid_table(2 + chunk_size, dim_model)[None], persistent=False)
 
-        n_backbones = 1 if shared_backbone else n_cameras
+        n_backbones = 0 if n_cameras == 0 else 1 if shared_backbone else n_cameras
         self.backbones = nn.ModuleList(
-            ResNet18Features(pretrained_backbone, fuse_frozen_bn=fuse_frozen_bn) for _ in range(n_backbones)
+            ResNet18Features(pretrained_backbone, fuse_frozen_bn=fuse_frozen_bn, allow_random_init=allow_random_init)
+            for _ in range(n_backbones)
         )
-        self.image_proj = nn.Conv2d(self.backbones[0].num_channels, dim_model, kernel_size=1)
-        self.image_pos = SinePositionEncoding2d(dim_model)
+        if n_cameras:
+            self.image_proj = nn.Conv2d(self.backbones[0].num_channels, dim_model, kernel_size=1)
+            self.image_pos = SinePositionEncoding2d(dim_model)
         self.state_proj = nn.Linear(state_dim, dim_model)
+        self.extra_state_projs = nn.ModuleList(nn.Linear(d, dim_model) for d in self.extra_state_dims)
         self.latent_proj = nn.Linear(latent_dim, dim_model)
-        self.extra_pos_embed = nn.Embedding(2, dim_model)  # positions of the [latent, qpos] tokens
+        # positions of the [latent, qpos, extra states...] tokens
+        self.extra_pos_embed = nn.Embedding(2 + len(self.extra_state_dims), dim_model)
         self.encoder = TransformerEncoder(n_encoder_layers, dim_model, n_heads, dim_feedforward, dropout)
         self.decoder = TransformerDecoder(n_decoder_layers, dim_model, n_heads, dim_feedforward, dropout)
         self.query_embed = nn.Embedding(chunk_size, dim_model)
@@ -219,8 +230,9 @@ class ACT(nn.Module):
     def use_channels_last(self, enabled: bool = True) -> None:
         """Run the ResNets in channels-last layout (usually faster convolutions on CPU and on tensor cores)."""
         fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.backbones.to(memory_format=fmt)
-        self.image_proj.to(memory_format=fmt)
+        if self.n_cameras:
+            self.backbones.to(memory_format=fmt)
+            self.image_proj.to(memory_format=fmt)
         self.channels_last = enabled
 
     # ---- CVAE encoder ---------------------------------------------------------------------------------
@@ -249,6 +261,8 @@ class ACT(nn.Module):
     # ---- policy ----------------------------------------------------------------------------------------
     def _camera_features(self, images: Sequence[Tensor]) -> list[Tensor]:
         """Backbone features (B, 512, h, w) per camera; a shared backbone sees all cameras in one batch."""
+        if not images:
+            return []
         inputs = [images_to_input(img, channels_last=self.channels_last) for img in images]
         if not self.shared_backbone:
             return [bb(x) for bb, x in zip(self.backbones, inputs)]
@@ -256,8 +270,10 @@ class ACT(nn.Module):
             return list(self.backbones[0](torch.cat(inputs, dim=0)).chunk(len(inputs), dim=0))
         return [self.backbones[0](x) for x in inputs]
 
-    def observation_tokens(self, qpos: Tensor, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """Tokens (B, 1 + n_img, d) for [qpos, image cells of every camera] and their positions (1, 1 + n_img, d).
+    def observation_tokens(
+        self, qpos: Tensor, images: Sequence[Tensor], extra_states: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
+        """Tokens (B, L, d) for [qpos, extra states, image cells of every camera] and their positions (1, L, d).
 
         Cameras are concatenated camera after camera; the original concatenates feature maps along the
         width instead, which is the same set of (token, position) pairs in another order, and attention
@@ -265,7 +281,12 @@ class ACT(nn.Module):
         """
         if len(images) != self.n_cameras:
             raise ValueError(f"expected {self.n_cameras} camera images, got {len(images)}")
+        if len(extra_states) != len(self.extra_state_dims):
+            raise ValueError(f"expected {len(self.extra_state_dims)} extra state inputs, got {len(extra_states)}")
         tokens, positions = [self.state_proj(qpos).unsqueeze(1)], [self.extra_pos_embed.weight[1:2].unsqueeze(0)]
+        for i, (proj, state) in enumerate(zip(self.extra_state_projs, extra_states)):
+            tokens.append(proj(state).unsqueeze(1))
+            positions.append(self.extra_pos_embed.weight[2 + i : 3 + i].unsqueeze(0))
         for feat in self._camera_features(images):
             proj = self.image_proj(feat)
             tokens.append(proj.flatten(2).transpose(1, 2))
@@ -290,6 +311,7 @@ class ACT(nn.Module):
         actions: Tensor | None = None,
         action_is_pad: Tensor | None = None,
         z: Tensor | None = None,
+        extra_states: Sequence[Tensor] = (),
     ) -> ACTOutput:
         """Training (actions given, use_vae): z from the posterior. Otherwise z = ``z`` or 0 (prior mean)."""
         mu = logvar = None
@@ -299,16 +321,18 @@ class ACT(nn.Module):
                 z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             else:
                 z = qpos.new_zeros(qpos.shape[0], self.latent_dim)
-        obs_tokens, obs_pos = self.observation_tokens(qpos, images)
+        obs_tokens, obs_pos = self.observation_tokens(qpos, images, extra_states)
         return ACTOutput(self.decode(obs_tokens, obs_pos, z), mu, logvar)
 
-    def decode_latents(self, qpos: Tensor, images: Sequence[Tensor], z: Tensor) -> Tensor:
+    def decode_latents(
+        self, qpos: Tensor, images: Sequence[Tensor], z: Tensor, extra_states: Sequence[Tensor] = ()
+    ) -> Tensor:
         """Chunks (B, n, k, A) for n latents per sample, z (B, n, latent_dim), in one decoder batch.
 
         The images go through the backbone once; only the transformer runs on the B * n rows.
         """
         b, n, _ = z.shape
-        obs_tokens, obs_pos = self.observation_tokens(qpos, images)
+        obs_tokens, obs_pos = self.observation_tokens(qpos, images, extra_states)
         obs_tokens = obs_tokens.repeat_interleave(n, dim=0)
         chunks = self.decode(obs_tokens, obs_pos, z.reshape(b * n, -1))
         return chunks.view(b, n, self.chunk_size, self.action_dim)
