@@ -5,7 +5,8 @@
         --steps 300 --image-size 240x320 --crop 40,80,400,480 --temporal-ensemble 0.01 --out data/deploy
     (one line)
 
-The checkpoint is read with ``torch.load(weights_only=True)`` (no code from the file is run); the policy
+The checkpoint is read with ``torch.load(weights_only=True)`` (no code from the file is run; an empty,
+truncated or foreign file is one line of error naming it, see :mod:`lit_imit.checkpoints`); the policy
 class comes from ``--policy-class``, the checkpoint's ``_class_path`` hyper-parameter, or the known
 modules whose constructor fits the saved hyper-parameters (ACT, Diffusion). ``--temporal-ensemble M``
 turns ACT's temporal ensembling on (coefficient M, one query per step).
@@ -18,9 +19,10 @@ executed after the safety clamps) goes to an episode in ``--out`` (source="novic
 
 On the robot the loop runs at ``--fps`` through the adapter's ``run_loop``: joint limits and a per-step
 cap of ``--max-delta-deg`` around the measured pose are enforced, a policy that takes longer than
-``--policy-timeout`` stops the arm, and Ctrl-C or a communication error stops the arm and still writes the
-steps so far. ``--robot twin`` runs the same policy in the simulated twin, with the same clamps, and
-reports the success rate.
+``--policy-timeout`` stops the arm, and Ctrl-C, ``kill`` (SIGTERM), a closed terminal (SIGHUP) or a
+communication error stops the arm and still writes the steps so far, every command sent included.
+``--robot twin`` runs the same policy in the simulated twin, with the same clamps, and reports the
+success rate.
 """
 
 from __future__ import annotations
@@ -86,15 +88,15 @@ def load_policy(path: str | Path, device: str = "cpu", policy_class: str | None 
     ``overrides`` replace hyper-parameters before the module is built (e.g. ACT's
     ``temporal_ensemble_coeff`` and ``n_action_steps``); an override the class does not take is an error.
     """
-    import torch
+    from lit_imit.checkpoints import CheckpointError, load_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, disallowed globals
-        raise DeployError(f"cannot read checkpoint {path} (weights_only=True): {e}") from e
+        checkpoint = load_checkpoint(path)
+    except CheckpointError as e:  # empty, truncated, corrupt, not a checkpoint, disallowed objects: one line
+        raise DeployError(str(e)) from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise DeployError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -105,8 +107,9 @@ def load_policy(path: str | Path, device: str = "cpu", policy_class: str | None 
         if key not in params:
             raise DeployError(f"{cls.__name__} has no hyper-parameter {key!r} to override")
         kwargs[key] = value
-    if "pretrained_backbone" in params:
-        kwargs["pretrained_backbone"] = None  # the checkpoint holds the trained weights; read no other file
+    for key in ("pretrained_backbone", "clip_pretrained"):
+        if key in params:
+            kwargs[key] = None  # the checkpoint holds the trained weights; read (and ask for) no other file
     try:
         module = cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -364,6 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; ``kill`` (SIGTERM) and a closed terminal (SIGHUP) end it as Ctrl-C does: the arm
+    is stopped and the steps that ran are written (see :mod:`lit_imit.signals`)."""
+    from lit_imit.signals import stop_signals_as_interrupt
+
+    with stop_signals_as_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as err:  # outside the control loop (connecting, homing, the twin)
+            print(f"interrupted: {err or 'Ctrl-C'}", file=sys.stderr)
+            return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch

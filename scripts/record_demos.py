@@ -1,10 +1,12 @@
 """Record scripted-teacher demonstrations into an episode store, or demonstrations on the real myCobot 320.
 
-    python scripts/record_demos.py --task transfer_cube --episodes 50 --out data/transfer_cube
+    python scripts/record_demos.py --task transfer_cube --episodes 50 --out data/transfer_cube --no-fast-render
     python scripts/record_demos.py --task insertion --episodes 5 --out data/ins --cameras "" --keep-failures
     python scripts/record_demos.py --task mycobot_move_cube --episodes 20 --out data/mycobot_move_cube
 
-Only successful episodes are kept unless ``--keep-failures``. Re-running appends episodes with new ids and
+Only successful episodes are kept unless ``--keep-failures``. ``--no-fast-render`` renders the ALOHA images
+with the MJCF's shadows and multisampling, as the paper configs' rollouts do (the env's default is the fast
+look; record with the look the policy will be evaluated on). Re-running appends episodes with new ids and
 new seeds; an interrupted run keeps every finished episode and leaves no half-written file.
 
 Real robot (``--robot mycobot320``), by scripted waypoints or by hand-guiding::
@@ -19,7 +21,10 @@ Real robot (``--robot mycobot320``), by scripted waypoints or by hand-guiding::
 Hand-guiding: hold the arm, press Enter to release the servos, move it; press Enter to toggle the gripper,
 type q + Enter (or Ctrl-C) to end the demonstration; the servos lock again. Episodes get source="robot";
 a fault (serial error, silent controller) stops the arm and still writes the steps recorded so far, with
-success=False and an ``aborted`` attribute.
+success=False and an ``aborted`` attribute; so do ``kill`` (SIGTERM) and a closed terminal (SIGHUP).
+
+Several ``record_demos.py`` runs may write into one ``--out`` store at once (on one machine): every
+episode gets its own id and its own seed.
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def parse_episodes(text: str) -> int:
+    """``--episodes``: at least one (zero would record nothing, and there would be nothing to report)."""
+    try:
+        episodes = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a whole number of episodes, got {text!r}") from err
+    if episodes < 1:
+        raise argparse.ArgumentTypeError(f"record at least 1 episode, got {episodes}")
+    return episodes
+
+
 def parse_cameras(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
@@ -49,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", default=None,
                         help="task name, e.g. transfer_cube, insertion (required without --robot; with --robot a "
                              "label, default mycobot_move_cube)")
-    parser.add_argument("--episodes", type=int, default=None,
+    parser.add_argument("--episodes", type=parse_episodes, default=None,
                         help="successful episodes to record (required without --robot; with --robot default 1)")
     parser.add_argument("--out", required=True, help="episode store directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (continues on re-runs)")
@@ -57,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='comma-separated cameras, "" for none (default: the env default)')
     parser.add_argument("--image-size", type=parse_image_size, default=None, help="HxW, e.g. 240x320")
     parser.add_argument("--keep-failures", action="store_true", help="also keep unsuccessful episodes")
+    parser.add_argument("--fast-render", action=argparse.BooleanOptionalAction, default=None,
+                        help="ALOHA envs: no shadows / multisampling (the env default) or, with --no-fast-render, "
+                             "the MJCF's full look as in the paper configs")
     robot = parser.add_argument_group("recording on a real robot")
     robot.add_argument("--robot", choices=["mycobot320"], default=None, help="record on this robot instead of a sim")
     robot.add_argument("--mode", choices=["waypoints", "handguide"], default="waypoints")
@@ -69,7 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recording_env_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """Env options from the flags; an option left unset is not passed (envs without it still work)."""
+    return {} if args.fast_render is None else {"fast_render": args.fast_render}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; ``kill`` (SIGTERM) and a closed terminal (SIGHUP) end it as Ctrl-C does, so a
+    robot recording stops the arm and writes its steps (see :mod:`lit_imit.signals`)."""
+    from lit_imit.signals import stop_signals_as_interrupt
+
+    with stop_signals_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.robot is not None:
@@ -90,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = record_teacher_episodes(
             args.task, args.episodes, store, cameras=args.cameras, image_size=args.image_size, seed=args.seed,
-            keep_failures=args.keep_failures, progress=True,
+            keep_failures=args.keep_failures, progress=True, env_kwargs=recording_env_kwargs(args),
         )
     except KeyboardInterrupt:
         print(f"interrupted: {len(store)} complete episodes are in {args.out}", file=sys.stderr)

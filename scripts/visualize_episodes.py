@@ -3,7 +3,8 @@
     python scripts/visualize_episodes.py data/transfer_cube/episode_000000.hdf5 [--out DIR]
 
 Writes ``<name>.mp4`` (cameras side by side) and ``<name>_joints.png`` (one panel per joint: the
-commanded action against the measured qpos) next to the file or into ``--out``.
+commanded action against the measured qpos) next to the file or into ``--out``. A file without
+``observations/qpos`` or ``action`` is an error naming the missing key (exit status 1), not an empty result.
 """
 
 from __future__ import annotations
@@ -51,9 +52,14 @@ def plot_joints(qpos: np.ndarray, action: np.ndarray, path: Path, title: str) ->
     plt.close(fig)
 
 
+#: what the joint plot needs; checked before anything is written
+PLOT_KEYS = ("observations/qpos", "action")
+
+
 def visualize(path: Path, out: Path | None = None, fps: int = 50) -> list[Path]:
     from lit_imit.data.episodes import read_episode
 
+    read_episode(path, keys=PLOT_KEYS)  # a missing key is an EpisodeError naming it, before any output
     episode = read_episode(path)
     out = out or path.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -65,11 +71,10 @@ def visualize(path: Path, out: Path | None = None, fps: int = 50) -> list[Path]:
         video_path = out / f"{path.stem}.mp4"
         imageio.mimwrite(video_path, camera_video(images), fps=fps, macro_block_size=1)
         written.append(video_path)
-    if "action" in episode.arrays and "observations/qpos" in episode.arrays:
-        plot_path = out / f"{path.stem}_joints.png"
-        title = f"{path.name}: task={episode.attrs.get('task')} success={episode.attrs.get('success')}"
-        plot_joints(episode.obs("qpos"), episode.arrays["action"], plot_path, title)
-        written.append(plot_path)
+    plot_path = out / f"{path.stem}_joints.png"
+    title = f"{path.name}: task={episode.attrs.get('task')} success={episode.attrs.get('success')}"
+    plot_joints(episode.obs("qpos"), episode.arrays["action"], plot_path, title)
+    written.append(plot_path)
     return written
 
 

@@ -156,3 +156,24 @@ def test_unknown_task_and_empty_store_errors(tmp_path):
     dm.prepare_data()
     with pytest.raises(FileNotFoundError, match="no episodes"):
         dm.setup("fit")
+
+
+def test_non_finite_training_data_is_refused_naming_file_and_key(episode_store):
+    """NaN in an episode used to give NaN statistics, then a NaN loss and NaN weights with exit status 0."""
+    from lit_imit.data import write_episode
+
+    arrays = make_episode_arrays(20, seed=9)
+    arrays["action"][3, 2] = np.nan
+    write_episode(episode_store.path(5), arrays, {"task": "transfer_cube"})  # behind the store's back
+    with pytest.raises(EpisodeError, match=r"episode_000005\.hdf5: key 'action' has non-finite values: 1 NaN"):
+        ChunkDataset(episode_store, [0, 5], camera_keys=[])
+    with pytest.raises(EpisodeError, match=r"episode_000005\.hdf5: key 'action'"):
+        _dm(episode_store, val_episodes=0)
+    good = ChunkDataset(episode_store, [0, 1], camera_keys=[])
+    low = [dict(d) for d in good.lowdim]
+    low[1]["qpos"] = low[1]["qpos"].copy()
+    low[1]["qpos"][0, 0] = np.inf
+    with pytest.raises(EpisodeError, match=r"episode_000001\.hdf5: key 'observations/qpos' has non-finite .* 1 inf"):
+        compute_stats(low, ["qpos", "action"], paths=good.paths)
+    with pytest.raises(EpisodeError, match=r"episode #1 of the split: key 'observations/qpos'"):
+        compute_stats(low, ["qpos"])

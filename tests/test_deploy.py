@@ -382,3 +382,148 @@ def test_record_demos_cli_on_the_emulated_robot(tmp_path, capsys):
     assert all(store.info(i)["attrs"]["source"] == "robot" for i in store.ids())
     assert record_demos.main(["--robot", "mycobot320", "--mode", "waypoints", "--out", str(out)]) == 2
     assert "needs --waypoints" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- damaged checkpoints
+def _damaged_checkpoints(tmp_path, ckpt) -> dict:
+    import datetime
+
+    data = ckpt.read_bytes()
+    files = {"truncated": data[: len(data) // 2], "random": np.random.default_rng(0).bytes(4096), "empty": b""}
+    paths = {}
+    for name, content in files.items():
+        paths[name] = tmp_path / f"{name}.ckpt"
+        paths[name].write_bytes(content)
+    paths["objects"] = tmp_path / "objects.ckpt"
+    torch.save({"state_dict": {}, "saved": datetime.date(2024, 1, 1)}, paths["objects"])
+    return paths
+
+
+def test_damaged_checkpoints_get_one_line_naming_file_and_cause(ckpt, tmp_path, capsys):
+    causes = {"truncated": "truncated or corrupt", "random": "not a PyTorch checkpoint", "empty": "empty (0 bytes)",
+              "objects": "holds a Python object (datetime.date)"}
+    for name, path in _damaged_checkpoints(tmp_path, ckpt).items():
+        with pytest.raises(deploy.DeployError) as info:
+            deploy.load_policy(path)
+        message = str(info.value)
+        assert message.startswith(f"cannot read checkpoint {path}: ") and causes[name] in message, message
+        assert "\n" not in message and "weights_only=False" not in message
+        assert deploy.main(["--ckpt", str(path), "--robot", "twin", "--out", str(tmp_path / "logs")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err and "weights_only=False" not in err, err
+
+
+# ---------------------------------------------------------------------------------------------- stop signals
+def _wait_for(condition, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def _check_stopped_and_logged(emu_frames: list[str], sent: list, episode) -> None:
+    """The arm got a stop after its last move, and the log holds every command sent, in order."""
+    last_move = len(emu_frames) - 1 - emu_frames[::-1].index("send_angles")
+    assert "stop" in emu_frames[last_move:], "the arm was not told to stop"
+    assert len(episode) == len(sent) >= 3, (len(episode), len(sent))
+    np.testing.assert_allclose(np.rad2deg(episode.arrays["action"][:, :6]), sent, atol=1e-3)
+    assert episode.attrs["success"] is False and "interrupted" in episode.attrs["aborted"]
+
+
+def test_ctrl_c_while_a_command_is_on_the_wire_still_logs_it(tmp_path):
+    """SIGINT lands while send_angles waits for the controller's reply: the robot got the command, so the
+    episode must have the step (it used to lose it)."""
+    pytest.importorskip("pymycobot")
+    import os
+    import signal
+    import threading
+
+    from lit_imit.robots import MyCobot320Robot, run_loop
+    from lit_imit.robots.emulator import MyCobot320Emulator
+    from lit_imit.robots.recording import RobotEpisodeRecorder
+
+    store = EpisodeStore(tmp_path / "demos")
+    with MyCobot320Emulator(reply_delay_s=0.1) as emu:
+        with MyCobot320Robot(emu.port, fps=10, home_deg=None, min_command_interval_s=0.0) as robot:
+            recorder = RobotEpisodeRecorder(store, {"source": "robot"})
+
+            def interrupt_mid_command():  # the 3rd move was received; its reply is 0.1 s away
+                _wait_for(lambda: len(emu.sent_angles()) >= 3, 60, "three moves")
+                os.kill(os.getpid(), signal.SIGINT)
+
+            threading.Thread(target=interrupt_mid_command, daemon=True).start()
+            stats = run_loop(robot, lambda obs: obs["qpos"] + 0.01, 500, on_step=recorder.on_step, fps=10,
+                             policy_timeout_s=None)
+            episode_id = recorder.save(False, aborted=stats.stop_reason)
+        frames, sent = [f.name for f in emu.received], emu.sent_angles()
+    assert stats.stop_reason == "interrupted"
+    _check_stopped_and_logged(frames, sent, store.read(episode_id))
+
+
+def _signal_mid_run(emu, argv: list[str], signum: int) -> tuple[int, str]:
+    """Start a script on the emulated robot, send ``signum`` while its 3rd move is on the wire."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MUJOCO_GL": "egl"}
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: len(emu.sent_angles()) >= 3 or proc.poll() is not None, 600, "three moves")
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_deploy_on_sigterm_or_sighup_stops_the_arm_and_writes_every_step(tmp_path, signame):
+    pytest.importorskip("pymycobot")
+    import signal
+
+    from lit_imit.robots.emulator import MyCobot320Emulator
+
+    from tests.deploy_policy import save_nudge_checkpoint
+
+    save_nudge_checkpoint(tmp_path / "nudge.ckpt")  # state-only: the emulated robot has no camera
+    out_dir = tmp_path / "logs"
+    with MyCobot320Emulator(max_joint_speed_deg_s=400.0, reply_delay_s=0.05) as emu:
+        rc, out = _signal_mid_run(emu, ["scripts/deploy.py", "--ckpt", str(tmp_path / "nudge.ckpt"), "--policy-class",
+                                        "tests.deploy_policy:NudgePolicy", "--robot", "mycobot320", "--port", emu.port,
+                                        "--home", "none", "--steps", "2000", "--fps", "10", "--out", str(out_dir),
+                                        "--device", "cpu"], getattr(signal, signame))
+        frames, sent = [f.name for f in emu.received], emu.sent_angles()
+    assert rc == 130, out
+    store = EpisodeStore(out_dir)
+    (episode_id,) = store.ids()
+    _check_stopped_and_logged(frames, sent, store.read(episode_id))
+
+
+def test_robot_recording_on_sigterm_stops_the_arm_and_writes_every_step(tmp_path):
+    pytest.importorskip("pymycobot")
+    import signal
+
+    from lit_imit.robots.emulator import MyCobot320Emulator
+
+    waypoints = tmp_path / "wp.json"
+    waypoints.write_text('{"waypoints": [{"joints": [40, 10, -30, 0, 20, 0], "duration": 60}]}')
+    out_dir = tmp_path / "demos"
+    with MyCobot320Emulator(max_joint_speed_deg_s=400.0, reply_delay_s=0.05) as emu:
+        rc, out = _signal_mid_run(emu, ["scripts/record_demos.py", "--robot", "mycobot320", "--port", emu.port,
+                                        "--mode", "waypoints", "--waypoints", str(waypoints), "--home", "none",
+                                        "--fps", "10", "--out", str(out_dir)], signal.SIGTERM)
+        frames, sent = [f.name for f in emu.received], emu.sent_angles()
+    assert rc == 130, out
+    store = EpisodeStore(out_dir)
+    (episode_id,) = store.ids()
+    _check_stopped_and_logged(frames, sent, store.read(episode_id))

@@ -48,6 +48,26 @@ def test_record_demos_rejects_unknown_task_and_bad_size(tmp_path, capsys):
     assert "240x320" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag,expected", [(["--no-fast-render"], {"fast_render": False}),
+                                           (["--fast-render"], {"fast_render": True}), ([], {})])
+def test_record_demos_fast_render_flag_reaches_the_env(tmp_path, monkeypatch, flag, expected):
+    """--no-fast-render records the ALOHA images with the full look (as the paper configs roll out);
+    without the flag nothing is passed and the env keeps its default."""
+    import lit_imit.data.recording as recording
+    from scripts import record_demos
+
+    calls = []
+
+    def fake_record(*args, **kwargs):
+        calls.append(kwargs["env_kwargs"])
+        raise KeyboardInterrupt  # stop right there: only the arguments matter
+
+    monkeypatch.setattr(recording, "record_teacher_episodes", fake_record)
+    argv = ["--task", "transfer_cube", "--episodes", "1", "--out", str(tmp_path / "store"), *flag]
+    assert record_demos.main(argv) == 130
+    assert calls == [expected]
+
+
 @pytest.mark.slow
 def test_record_demos_appends_new_ids_with_cameras_and_act_layout(tmp_path):
     out_dir = tmp_path / "store"

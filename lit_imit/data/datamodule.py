@@ -45,6 +45,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         image_size: (H, W) of recorded images when generating.
         allow_empty: start from an empty store (interactive learning from scratch fills it; statistics are
             computed from the first episodes added).
+        env_kwargs: extra arguments of the env that records the demos (e.g. ``fast_render: false``);
+            ``env_state: true`` is added automatically when ``state_keys`` asks for ``env_state``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         image_size: list[int] | None = None,
         pin_memory: bool = True,
         allow_empty: bool = False,
+        env_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "prioritized"):
@@ -97,6 +100,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.pin_memory = pin_memory
         self.allow_empty = allow_empty
+        self.env_kwargs = dict(env_kwargs or {})
         self.store: EpisodeStore | None = None
         self.train_ids: list[int] = []
         self.val_ids: list[int] = []
@@ -121,7 +125,15 @@ class EpisodeDataModule(pl.LightningDataModule):
             record_teacher_episodes(
                 self.task, missing, store, cameras=self.cameras,
                 image_size=tuple(self.image_size) if self.image_size else None, seed=self.seed, progress=True,
+                env_kwargs=self.recording_env_kwargs(),
             )
+
+    def recording_env_kwargs(self) -> dict[str, Any]:
+        """Env arguments for recording: the configured ones, plus ``env_state`` when the policy reads it."""
+        kwargs = dict(self.env_kwargs)
+        if "env_state" in self.state_keys:
+            kwargs.setdefault("env_state", True)
+        return kwargs
 
     # ---- splits and datasets ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -162,7 +174,7 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def compute_stats(self) -> dict[str, dict[str, list[float]]]:
         """Normalisation statistics of the training split (subclasses with other layouts override)."""
-        return compute_stats(self.train_set.lowdim, [*self.state_keys, "action"])
+        return compute_stats(self.train_set.lowdim, [*self.state_keys, "action"], paths=self.train_set.paths)
 
     # ---- growth (interactive learning) ------------------------------------------------------------
     def add_episodes(self, episode_ids: Sequence[int], meta: Sequence[dict[str, Any]] | None = None) -> None:

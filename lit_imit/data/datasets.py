@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lit_imit.data.episodes import EpisodeError, EpisodeStore, LazyEpisodeFiles, obs_path, open_episode
+from lit_imit.data.episodes import (
+    EpisodeError,
+    EpisodeStore,
+    LazyEpisodeFiles,
+    nonfinite_summary,
+    obs_path,
+    open_episode,
+)
 
 
 class ChunkDataset(Dataset):
@@ -64,6 +71,7 @@ class ChunkDataset(Dataset):
                 if file_key not in f or not isinstance(f[file_key], h5py.Dataset):
                     raise EpisodeError(f"{path}: missing key {file_key!r}")
                 arrays[key] = np.asarray(f[file_key][()], dtype=np.float32)
+                _check_finite(arrays[key], path, file_key)
         lengths = {k: len(v) for k, v in arrays.items()}
         if len(set(lengths.values())) != 1:
             raise EpisodeError(f"{path}: arrays disagree on the episode length: {lengths}")
@@ -133,17 +141,28 @@ class ChunkDataset(Dataset):
         return sample
 
 
+def _check_finite(values: np.ndarray, path: str, key: str) -> None:
+    """NaN / inf in training data poisons the statistics and then every weight: refuse it, naming file and key."""
+    problem = nonfinite_summary(values)
+    if problem is not None:
+        raise EpisodeError(f"{path}: key {key!r} has non-finite values: {problem}")
+
+
 def compute_stats(
-    datasets_lowdim: Sequence[dict[str, np.ndarray]], keys: Sequence[str], std_floor: float = 1e-2
+    datasets_lowdim: Sequence[dict[str, np.ndarray]], keys: Sequence[str], std_floor: float = 1e-2,
+    paths: Sequence[str] | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Per-dimension mean/std (std floored, as ACT does) and min/max over all steps of all episodes.
 
     Returned as plain lists so the statistics can live in a checkpoint loaded with weights_only=True.
+    Non-finite values are an EpisodeError naming the episode (its file, given ``paths``) and the key.
     """
     stats: dict[str, dict[str, list[float]]] = {}
     for key in keys:
         if not datasets_lowdim:
             raise ValueError("cannot compute normalisation statistics of an empty training split")
+        for i, d in enumerate(datasets_lowdim):
+            _check_finite(d[key], paths[i] if paths is not None else f"episode #{i} of the split", obs_path(key))
         values = np.concatenate([d[key].reshape(len(d[key]), -1) for d in datasets_lowdim]).astype(np.float64)
         stats[key] = {
             "mean": values.mean(0).tolist(),

@@ -14,16 +14,23 @@ Arrays are addressed by their path below the root without the leading slash ("ob
 "images/top"), so a dataset key maps to a file path by prefixing ``observations/``.
 
 An ``EpisodeStore`` is a directory of ``episode_<id>.hdf5`` files plus ``index.json``. Writes go to a
-temporary file that is renamed into place, ids are never reused (the index remembers the largest id ever
-handed out), and nothing here ever deletes an episode.
+temporary file that is renamed into place, ids are never reused (``.next_id`` remembers the largest id ever
+handed out), several processes may write into one store at once, and nothing here ever deletes an
+episode. Float arrays must be finite: a NaN that gets in ends up in the normalisation statistics and then
+in every weight of a model trained on them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
+import socket
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -34,6 +41,8 @@ import numpy as np
 SCHEMA_VERSION = 1
 SOURCES = ("teacher", "validated", "relabeled", "novice", "robot")
 _EPISODE_RE = re.compile(r"^episode_(\d+)\.hdf5$")
+# temporary files: .<final name>.<host>.<pid>.<random>.tmp (the writer's host and pid tell leftovers from writes)
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 class EpisodeError(RuntimeError):
@@ -74,6 +83,81 @@ def _is_image_key(path: str) -> bool:
     return "/images/" in path
 
 
+def nonfinite_summary(arr: np.ndarray) -> str | None:
+    """None for a finite (or non-float) array, else what is wrong: "2 NaN, 1 inf (first at step 5)"."""
+    if arr.dtype.kind not in "fc":
+        return None
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    nan = int(np.isnan(arr).sum())
+    first = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
+    return f"{nan} NaN, {int(bad.sum()) - nan} inf (first at step {first})"
+
+
+def check_finite(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Refuse NaN / inf in float arrays, naming the key: caught here, not as a NaN loss hours later."""
+    for key, arr in arrays.items():
+        problem = nonfinite_summary(np.asarray(arr))
+        if problem is not None:
+            raise ValueError(f"{where}: key {key!r} has non-finite values: {problem}")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
+
+
+def _tmp_prefix(name: str) -> str:
+    """Temporary files carry their writer's host and pid, so a dead writer's leftover can be told from a write
+    in progress (``EpisodeStore.clean_stale_tmp``)."""
+    return f".{name}.{_host()}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Small files (index, counters): write a temporary file, fsync, rename over the old one."""
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _place(tmp: str, path: Path, overwrite: bool) -> None:
+    """Rename a finished temporary file into place; without ``overwrite`` an existing file is never replaced
+    (a hard link fails on an existing name, atomically, even where locks do not work)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as err:  # file systems without hard links: check, then rename (not atomic, but rare)
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "episode file exists", str(path)) from err
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def _jsonable_attr(value: Any) -> Any:
     """HDF5 attrs accept scalars and strings; lists of strings become JSON."""
     if isinstance(value, (list, tuple, dict)):
@@ -83,16 +167,18 @@ def _jsonable_attr(value: Any) -> Any:
     return value
 
 
-def write_episode(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+def write_episode(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
+                  overwrite: bool = True) -> None:
     """Write one episode atomically: a temporary file in the same directory, fsync, then rename.
 
-    An interrupted write therefore never leaves a half-written ``episode_*.hdf5`` behind.
+    An interrupted write therefore never leaves a half-written ``episode_*.hdf5`` behind. With
+    ``overwrite=False`` an existing file is never replaced (``FileExistsError``), whoever wrote it.
     """
     path = Path(path)
     where = str(path)
     arrays = {k.lstrip("/"): np.asarray(v) for k, v in arrays.items()}
     episode_length(arrays, where)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
@@ -110,7 +196,7 @@ def write_episode(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], att
             f.flush()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _place(tmp, path, overwrite)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -198,8 +284,12 @@ def read_episode(path: str | os.PathLike, keys: Sequence[str] | None = None) -> 
     return Episode(arrays, attrs)
 
 
-def check_episode(path: str | os.PathLike, required: Sequence[str] = ("observations/qpos",)) -> int:
-    """Open an episode, check required keys and consistent lengths, read every chunk; return its length."""
+def check_episode(path: str | os.PathLike, required: Sequence[str] = ("observations/qpos",),
+                  finite: bool = False) -> int:
+    """Open an episode, check required keys and consistent lengths, read every chunk; return its length.
+
+    ``finite=True`` also reads every float array whole and refuses NaN / inf, naming the key.
+    """
     with open_episode(path) as f:
         datasets = _collect_datasets(f)
         for key in required:
@@ -213,9 +303,30 @@ def check_episode(path: str | os.PathLike, required: Sequence[str] = ("observati
                 ds[-1]  # the last chunk is the first casualty of a truncated file
                 if _is_image_key(key):
                     ds[0]
+                problem = nonfinite_summary(ds[()]) if finite and ds.dtype.kind in "fc" else None
             except (OSError, ValueError) as err:
                 raise EpisodeError(f"{path}: key {key!r} cannot be read (truncated or corrupt?): {err}") from err
+            if problem is not None:
+                raise EpisodeError(f"{path}: key {key!r} has non-finite values: {problem}")
     return length
+
+
+def _tmp_state(name: str) -> tuple[str, str]:
+    """("live" | "stale" | "foreign", why) for a temporary file, from the writer named in it.
+
+    "live": its writer still runs on this machine (a write in progress); "stale": the writer is gone, or the
+    name predates writer names, so nothing will ever finish it; "foreign": written on another host, whose
+    processes cannot be checked from here.
+    """
+    match = _TMP_RE.match(name)
+    if match is None:
+        return "stale", "leftover temporary file of an interrupted write (unknown writer)"
+    host, pid = match["host"], int(match["pid"])
+    if host != _host():
+        return "foreign", f"temporary file of a writer on host {host} (pid {pid}); cannot tell from here if it runs"
+    if _pid_alive(pid):
+        return "live", f"being written by process {pid}"
+    return "stale", f"leftover temporary file of an interrupted write (writer process {pid} is gone)"
 
 
 class EpisodeStore:
@@ -223,9 +334,36 @@ class EpisodeStore:
 
     The index caches per-episode length and attributes so that building a dataset does not open every
     file; ``refresh()`` rebuilds it from the files, which stay the source of truth.
+
+    **Several writers.** Recorders, an interactive run and deployments may add to one store at the same
+    time. On one machine (a local file system) the store guarantees:
+
+    * ``add`` gives every episode an id that no other writer gets, and no id is handed out twice, even
+      after ``index.json`` and the newest episodes are deleted: ids come from the ``.next_id`` high-water
+      mark, advanced under an exclusive ``flock`` of ``.lock`` before the episode is written;
+    * an existing episode file is never replaced: the finished file is hard-linked into place, which fails
+      on a name that exists (the writer then takes the next id), and an interrupted write leaves at most a
+      ``.episode_<id>.hdf5.<host>.<pid>.<random>.tmp`` file, never a half-written episode;
+    * ``reserve_seed`` hands out env seeds from ``.next_seed`` under the same lock, so two recorders never
+      record the same seed (the recorder reserves one per attempt);
+    * index updates are merged with the other writers' (read, merge and atomic rename under the lock);
+    * ``verify()`` reports temporary files whose writer died and ``clean_stale_tmp()`` removes them
+      (a write in progress is neither reported nor removed).
+
+    On a shared network file system (NFS, SMB, sshfs...) ``flock`` is **not reliable**: depending on client,
+    server and mount options it locks only on the local machine, or not at all. Writers on different
+    machines may then be handed the same id; the hard link still keeps every episode that was written
+    (the loser of the race retries with the next id, where the file system supports hard links), but
+    seeds can repeat and the index may lose entries (``refresh()`` rebuilds it), and ``verify`` cannot
+    tell whether another host's temporary file is a write in progress. Record on one machine per store,
+    or into per-machine stores that are merged afterwards.
     """
 
     INDEX = "index.json"
+    LOCK = ".lock"  # flock'ed around id / seed allocation and index updates
+    NEXT_ID = ".next_id"  # one past the largest id ever handed out
+    NEXT_SEED = ".next_seed"  # one past the largest seed ever handed out or recorded
+    _ID_TRIES = 1000
 
     def __init__(self, root: str | os.PathLike, create: bool = True) -> None:
         self.root = Path(root)
@@ -233,7 +371,53 @@ class EpisodeStore:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise FileNotFoundError(f"episode store {self.root} does not exist")
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
         self._index = self._load_index()
+
+    def __getstate__(self) -> dict[str, Any]:  # datasets holding a store go to DataLoader workers
+        state = dict(self.__dict__)
+        state.pop("_thread_lock")
+        state["_lock_depth"] = 0
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.RLock()
+
+    # ---- the store lock and its counters ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's exclusive lock (``flock`` of ``.lock``); re-entrant within this object."""
+        with self._thread_lock:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            fd = os.open(self.root / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
+
+    def _read_counter(self, name: str) -> int | None:
+        try:
+            return int((self.root / name).read_text().strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # damaged: the files and the index still give a usable value
+            return None
+
+    def _write_counter(self, name: str, value: int) -> None:
+        _atomic_write_text(self.root / name, f"{int(value)}\n")
 
     # ---- ids and paths ----------------------------------------------------------------------------
     def path(self, episode_id: int) -> Path:
@@ -259,8 +443,49 @@ class EpisodeStore:
         return iter(self.ids_on_disk())
 
     def next_id(self) -> int:
-        on_disk = self.ids_on_disk()
-        return max([self._index["next_id"], *(i + 1 for i in on_disk)])
+        """The id the next ``add`` gets unless another writer comes first: past the high-water mark, the
+        index's record and every file on disk."""
+        marks = [self._read_counter(self.NEXT_ID) or 0, self._index["next_id"], self._load_index()["next_id"]]
+        return max([*marks, *(i + 1 for i in self.ids_on_disk())])
+
+    def _allocate_id(self) -> int:
+        """Hand out a fresh id: the high-water mark moves under the lock, before anything is written, so a
+        crash mid-write or a concurrent writer can never get it again."""
+        with self._locked():
+            episode_id = self.next_id()
+            self._write_counter(self.NEXT_ID, episode_id + 1)
+        self._index["next_id"] = max(self._index["next_id"], episode_id + 1)
+        return episode_id
+
+    # ---- seeds ------------------------------------------------------------------------------------
+    def reserve_seed(self, base: int = 0) -> int:
+        """An env seed no writer of this store has used or will get: one past the largest seed handed out
+        or recorded so far, or ``base`` in a store without seeds. Taken under the store lock, so recorders
+        writing into one store at once never record the same seed, and re-runs append new episodes."""
+        with self._locked():
+            mark = self._seed_mark()
+            seed = int(base) if mark is None else mark
+            self._write_counter(self.NEXT_SEED, seed + 1)
+        return seed
+
+    def _seed_mark(self) -> int | None:
+        """One past the largest seed handed out or recorded, None when there is none (call under the lock)."""
+        mark = self._read_counter(self.NEXT_SEED)
+        if mark is None:  # a store written before .next_seed existed: its recorded seeds tell
+            seeds = [_int_seed(self.info(i)["attrs"].get("seed")) for i in self.ids_on_disk()]
+            seeds = [s for s in seeds if s is not None]
+            mark = max(seeds) + 1 if seeds else None
+        return mark
+
+    def _note_seed(self, seed: Any) -> None:
+        """An episode was recorded with ``seed`` (possibly not reserved here): later seeds come after it."""
+        seed = _int_seed(seed)
+        if seed is None:
+            return
+        with self._locked():
+            mark = self._seed_mark()
+            if mark is None or seed + 1 > mark:
+                self._write_counter(self.NEXT_SEED, seed + 1)
 
     # ---- index ------------------------------------------------------------------------------------
     def _load_index(self) -> dict[str, Any]:
@@ -274,11 +499,26 @@ class EpisodeStore:
                 pass  # a damaged index is only a cache: rebuilt from the files below
         return {"next_id": 0, "episodes": {}}
 
-    def _save_index(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=self.root)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self._index, fh)
-        os.replace(tmp, self.root / self.INDEX)
+    def _save_index(self, updates: Mapping[str, Any] | None = None, replace: bool = False) -> None:
+        """Merge ``updates`` (id -> entry) into the index on disk, under the lock.
+
+        The other writers' entries are kept, entries of files that are gone are dropped, and the file is
+        replaced atomically, so a reader never sees a half-written index.
+        """
+        with self._locked():
+            index = {"next_id": 0, "episodes": {}} if replace else self._load_index()
+            index["episodes"].update(updates or {})
+            on_disk = {str(i) for i in self.ids_on_disk()}
+            index["episodes"] = {k: v for k, v in index["episodes"].items() if k in on_disk}
+            index["next_id"] = max([index["next_id"], self._index["next_id"], self._read_counter(self.NEXT_ID) or 0,
+                                    *(int(k) + 1 for k in index["episodes"])])
+            _atomic_write_text(self.root / self.INDEX, json.dumps(index))
+        self._index = index
+
+    @staticmethod
+    def _entry(path: Path, mtime: float | None) -> dict[str, Any]:
+        length = check_episode(path, required=())  # layouts differ (pick-place has no qpos)
+        return {"length": length, "mtime": mtime, "attrs": read_attrs(path)}
 
     def info(self, episode_id: int) -> dict[str, Any]:
         """Length and attributes of an episode, from the index (read from the file when not cached)."""
@@ -287,10 +527,8 @@ class EpisodeStore:
         path = self.path(episode_id)
         mtime = path.stat().st_mtime if path.exists() else None
         if entry is None or entry.get("mtime") != mtime:
-            length = check_episode(path, required=())  # layouts differ (pick-place has no qpos)
-            entry = {"length": length, "mtime": mtime, "attrs": read_attrs(path)}
-            self._index["episodes"][key] = entry
-            self._save_index()
+            entry = self._entry(path, mtime)
+            self._save_index({key: entry})
         return entry
 
     def length(self, episode_id: int) -> int:
@@ -298,40 +536,78 @@ class EpisodeStore:
 
     def refresh(self) -> None:
         """Forget cached entries and rebuild the index from the files on disk."""
-        self._index = {"next_id": self.next_id(), "episodes": {}}
+        entries = {}
         for episode_id in self.ids_on_disk():
-            self.info(episode_id)
-        self._save_index()
+            path = self.path(episode_id)
+            entries[str(episode_id)] = self._entry(path, path.stat().st_mtime)
+        self._save_index(entries, replace=True)
 
     # ---- reading and writing ----------------------------------------------------------------------
     def add(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> int:
-        """Write a new episode under a fresh id and return the id (ids are never reused)."""
+        """Write a new episode under a fresh id and return the id (ids are never reused).
+
+        Float arrays must be finite: NaN / inf is a ValueError naming the key, and nothing is written.
+        Safe with other writers adding to the same store (see the class docstring).
+        """
         attrs = dict(attrs)
         source = attrs.get("source")
         if source is not None and source not in SOURCES:
             raise ValueError(f"episode source {source!r} is not one of {SOURCES}")
-        episode_id = self.next_id()
-        self._index["next_id"] = episode_id + 1
-        self._save_index()  # reserve the id before writing, so a crash mid-write cannot hand it out twice
-        write_episode(self.path(episode_id), arrays, attrs)
-        self.info(episode_id)
-        return episode_id
+        check_finite(arrays, where=f"{self.root}: new episode")
+        for _ in range(self._ID_TRIES):
+            episode_id = self._allocate_id()
+            try:
+                write_episode(self.path(episode_id), arrays, attrs, overwrite=False)
+            except FileExistsError:  # a writer the lock did not hold back (another host on NFS) took it
+                continue
+            self._note_seed(attrs.get("seed"))
+            self.info(episode_id)
+            return episode_id
+        raise EpisodeError(f"{self.root}: no free episode id in {self._ID_TRIES} tries (is {self.NEXT_ID} writable?)")
 
     def read(self, episode_id: int, keys: Sequence[str] | None = None) -> Episode:
         return read_episode(self.path(episode_id), keys)
 
     def verify(self, required: Sequence[str] = ()) -> list[str]:
-        """Check every episode file; return one message per unreadable or inconsistent file (empty = fine).
+        """Check every episode file; return one message per problem, naming the file (empty = fine).
 
         Every episode needs an action; pass ``required`` for more (pick-and-place episodes have no qpos).
+        Float arrays must be finite (the message names the key). Temporary files of writers that died are
+        reported (``clean_stale_tmp()`` removes them); a write in progress on this machine is not.
         """
         problems = []
         for episode_id in self.ids_on_disk():
             try:
-                check_episode(self.path(episode_id), required)
+                check_episode(self.path(episode_id), required, finite=True)
             except EpisodeError as err:
                 problems.append(str(err))
-        for name in os.listdir(self.root):
-            if name.endswith(".tmp"):
-                problems.append(f"{self.root / name}: leftover temporary file of an interrupted write")
+        for path, state, why in self._tmp_files():
+            if state != "live":
+                hint = "; clean_stale_tmp() removes it" if state == "stale" else ""
+                problems.append(f"{path}: {why}{hint}")
         return problems
+
+    def _tmp_files(self) -> list[tuple[Path, str, str]]:
+        names = sorted(name for name in os.listdir(self.root) if name.endswith(".tmp"))
+        return [(self.root / name, *_tmp_state(name)) for name in names]
+
+    def clean_stale_tmp(self) -> list[Path]:
+        """Remove temporary files whose writer died on this machine (or that name no writer); return them.
+
+        Writes in progress and files of writers on other hosts are left alone. (A dead writer's pid that the
+        system has reused for another process keeps its file until that process ends too.)
+        """
+        removed = []
+        for path, state, _ in self._tmp_files():
+            if state == "stale":
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+        return removed
+
+
+def _int_seed(value: Any) -> int | None:
+    """A recorded ``seed`` attribute as an int (None when absent or not a whole number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)

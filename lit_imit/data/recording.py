@@ -75,13 +75,6 @@ def run_episode(
     return buffer, info
 
 
-def _next_seed(store: EpisodeStore, base_seed: int) -> int:
-    """Seeds continue after the largest recorded one, so re-running appends new, different episodes."""
-    seeds = [store.info(i)["attrs"].get("seed") for i in store.ids()]
-    seeds = [int(s) for s in seeds if s is not None]
-    return max(seeds) + 1 if seeds else base_seed
-
-
 def record_teacher_episodes(
     task: str,
     episodes: int,
@@ -92,12 +85,19 @@ def record_teacher_episodes(
     keep_failures: bool = False,
     max_attempts: int | None = None,
     progress: bool = False,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> RecordingReport:
-    """Record ``episodes`` teacher episodes of ``task`` into ``store`` (only successful ones by default)."""
+    """Record ``episodes`` teacher episodes of ``task`` into ``store`` (only successful ones by default).
+
+    Seeds continue after the largest one in ``store`` (``seed`` starts an empty store); several recorders
+    may write into one store at once, each episode gets its own id and seed (``EpisodeStore.reserve_seed``).
+    ``env_kwargs`` go to the env as they are (e.g. ``env_state=True`` to record the object poses,
+    ``fast_render=False``); ``cameras`` and ``image_size`` override entries of the same name.
+    """
     from lit_imit.envs import make_env, make_teacher, task_spec
 
     spec = task_spec(task)
-    env_kwargs: dict[str, Any] = {}
+    env_kwargs = dict(env_kwargs or {})
     if cameras is not None:
         env_kwargs["cameras"] = list(cameras)
     if image_size is not None:
@@ -106,7 +106,6 @@ def record_teacher_episodes(
     teacher = make_teacher(task, env)
     report = RecordingReport()
     max_attempts = max_attempts if max_attempts is not None else 3 * episodes + 10
-    next_seed = _next_seed(store, seed)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -114,7 +113,9 @@ def record_teacher_episodes(
         bar = tqdm(total=episodes, desc=f"recording {task}", unit="ep")
     try:
         while len(report.ids) < episodes and report.attempts < max_attempts:
-            episode_seed = next_seed + report.attempts
+            # from the store, under its lock: seeds continue after the largest one recorded (re-runs append
+            # new episodes) and recorders writing into the same store at once never share one
+            episode_seed = store.reserve_seed(seed)
             buffer, info = run_episode(env, teacher.act, episode_seed, teacher.reset)
             report.attempts += 1
             success = bool(info.get("is_success", False))

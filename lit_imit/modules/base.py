@@ -142,3 +142,24 @@ class PolicyModule(pl.LightningModule):
                 t = t.float()
             out[key] = t.to(self.device, non_blocking=True)
         return out
+
+    # ---- guards --------------------------------------------------------------------------------------
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop at the first non-finite training loss, naming the step and the logged loss terms.
+
+        One NaN backward turns every weight NaN, and Lightning would carry on and checkpoint them with exit
+        status 0. Checking costs one sync per step, which the progress bar's loss display already pays.
+        """
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        trainer = self._trainer
+        terms = {}
+        if trainer is not None:  # what training_step logged for this step (train/l1, train/kl, ...)
+            terms = {k: v.tolist() if isinstance(v, Tensor) else v
+                     for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        where = f"global step {self.global_step}, epoch {self.current_epoch}" if trainer is not None else "a step"
+        raise FloatingPointError(
+            f"non-finite training loss {loss.detach().float().cpu().tolist()} at {where}; loss terms of this step: "
+            f"{terms or 'none logged'}. Check the data (EpisodeStore.verify()), the normalisation statistics "
+            "and the learning rate; nothing of this step was applied to the weights"
+        )

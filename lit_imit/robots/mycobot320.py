@@ -56,6 +56,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from lit_imit.signals import stop_signals_as_interrupt, uninterrupted
+
 try:  # termios.error is what tcflush raises on a vanished tty; not an OSError subclass
     import termios
 
@@ -731,7 +733,11 @@ class MyCobot320Robot:
     def lock_servos(self) -> bool:
         """Hold the arm where it is again: ``focus_all_servos``, else ``power_on`` (which also re-enables all
         servos). Never raises (it runs on the way out of a failed recording); returns whether the controller
-        acknowledged one of them."""
+        acknowledged one of them. A stop signal while locking is ignored: a half-sent lock leaves the arm limp."""
+        with uninterrupted(stopping=True):
+            return self._lock()
+
+    def _lock(self) -> bool:
         for name in ("focus_all_servos", "power_on"):
             try:
                 if self._require_ack(name, self._call(name)):
@@ -742,7 +748,14 @@ class MyCobot320Robot:
         return False
 
     def safe_stop(self) -> bool:
-        """Stop the arm where it is (power stays on, servos hold). Never raises; returns success."""
+        """Stop the arm where it is (power stays on, servos hold). Never raises; returns success.
+
+        A second stop signal (Ctrl-C, SIGTERM) while stopping is ignored rather than cutting the stop short.
+        """
+        with uninterrupted(stopping=True):
+            return self._stop()
+
+    def _stop(self) -> bool:
         if self._client is None or self._link_lost:
             log.error("cannot stop the myCobot 320 on %s: the serial link is gone -- use the robot's emergency stop "
                       "if it is still moving", self.port)
@@ -949,9 +962,11 @@ def run_loop(
     send, hand the ``LoopStep`` to ``on_step``, wait for the next tick. ``on_step`` runs before anything
     else of the next step can fail, so a recorder sees every executed step even when the loop dies.
 
-    Ending: after ``steps`` steps returns stats with ``stop_reason="completed"``; on Ctrl-C stops the arm
-    and returns with ``"interrupted"``. Any failure (communication, policy timeout or error, unsafe
-    action, ``on_step`` error) stops the arm and re-raises, with the stats attached as ``exc.loop_stats``::
+    Ending: after ``steps`` steps returns stats with ``stop_reason="completed"``; on Ctrl-C, SIGTERM or
+    SIGHUP (see :mod:`lit_imit.signals`) stops the arm and returns with ``"interrupted"``; a signal that
+    arrives while a command is being sent waits until ``on_step`` has logged it. Any failure
+    (communication, policy timeout or error, unsafe action, ``on_step`` error) stops the arm and
+    re-raises, with the stats attached as ``exc.loop_stats``::
 
         try:
             stats = run_loop(robot, policy, 400, on_step=recorder.add)
@@ -963,41 +978,45 @@ def run_loop(
     rate = RateLimiter(fps or robot.fps)
     stats = LoopStats(period_s=rate.period)
     worker = _PolicyWorker(policy_fn) if policy_timeout_s is not None else None
-    try:
-        rate.start()
-        for index in range(steps):
-            t0 = time.monotonic()
-            obs = robot.get_observation()
-            stale = robot.last_observation_stale
-            action = worker(obs, policy_timeout_s) if worker is not None else policy_fn(obs)
-            sent = robot.send_action(action)
-            stats.steps += 1
-            stats.step_times_s.append(time.monotonic() - t0)
-            if on_step is not None:
-                on_step(LoopStep(index, t0, obs, np.asarray(_as_action(action), dtype=np.float32), sent, stale))
-            if index + 1 < steps:
-                rate.sleep()
-        stats.stop_reason = "completed"
-        return stats
-    except KeyboardInterrupt:
-        stats.stop_reason = "interrupted"
-        log.warning("interrupted after %d steps; stopping the arm", stats.steps)
-        robot.safe_stop()
-        return stats
-    except BaseException as e:
-        stats.stop_reason = (
-            "policy_timeout" if isinstance(e, PolicyTimeoutError)
-            else "communication_error" if isinstance(e, RobotCommunicationError)
-            else "error"
-        )
-        log.error("control loop stopped after %d steps (%s: %s); stopping the arm", stats.steps, type(e).__name__, e)
-        robot.safe_stop()
+    with stop_signals_as_interrupt():  # SIGTERM / SIGHUP stop the arm like Ctrl-C
         try:
-            e.loop_stats = stats  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
-        raise
-    finally:
-        stats.overruns = rate.overruns
-        if worker is not None:
-            worker.close()
+            rate.start()
+            for index in range(steps):
+                t0 = time.monotonic()
+                obs = robot.get_observation()
+                stale = robot.last_observation_stale
+                action = worker(obs, policy_timeout_s) if worker is not None else policy_fn(obs)
+                with uninterrupted():  # a command that went out is logged: a stop signal waits for on_step
+                    sent = robot.send_action(action)
+                    stats.steps += 1
+                    stats.step_times_s.append(time.monotonic() - t0)
+                    if on_step is not None:
+                        asked = np.asarray(_as_action(action), dtype=np.float32)
+                        on_step(LoopStep(index, t0, obs, asked, sent, stale))
+                if index + 1 < steps:
+                    rate.sleep()
+            stats.stop_reason = "completed"
+            return stats
+        except KeyboardInterrupt as e:
+            stats.stop_reason = "interrupted"
+            log.warning("interrupted (%s) after %d steps; stopping the arm", e or "Ctrl-C", stats.steps)
+            robot.safe_stop()
+            return stats
+        except BaseException as e:
+            stats.stop_reason = (
+                "policy_timeout" if isinstance(e, PolicyTimeoutError)
+                else "communication_error" if isinstance(e, RobotCommunicationError)
+                else "error"
+            )
+            log.error("control loop stopped after %d steps (%s: %s); stopping the arm", stats.steps,
+                      type(e).__name__, e)
+            robot.safe_stop()
+            try:
+                e.loop_stats = stats  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+            raise
+        finally:
+            stats.overruns = rate.overruns
+            if worker is not None:
+                worker.close()

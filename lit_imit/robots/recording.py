@@ -15,15 +15,17 @@ Both modes write the episode layout of :mod:`lit_imit.data.episodes` (``observat
   when the controller does not acknowledge that) however the session ends.
 
 Nothing recorded is lost: whatever ends a run -- a serial error, a controller that stops answering,
-Ctrl-C, a bug in a callback -- the steps recorded so far are written (``success=False`` and an
-``aborted`` attribute with the reason) before the error is reported. An episode is written atomically
-by the :class:`~lit_imit.data.episodes.EpisodeStore`, so a crash during the write leaves no half file.
+Ctrl-C, ``kill`` (SIGTERM), a closed terminal (SIGHUP), a bug in a callback -- the steps recorded so far
+are written (``success=False`` and an ``aborted`` attribute with the reason) before the error is
+reported. An episode is written atomically by the :class:`~lit_imit.data.episodes.EpisodeStore`, so a
+crash during the write leaves no half file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from lit_imit.robots.mycobot320 import (
     RobotError,
     run_loop,
 )
+from lit_imit.signals import stop_signals_as_interrupt, uninterrupted
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +270,8 @@ class RobotEpisodeRecorder:
         meta = {**self.attrs, **attrs, "success": bool(success), "steps": len(self.buffer)}
         if aborted is not None:
             meta["aborted"] = aborted
-        self.episode_id = self.store.add(self.buffer.arrays(), meta)
+        with uninterrupted():  # a stop signal now waits until the episode is on disk
+            self.episode_id = self.store.add(self.buffer.arrays(), meta)
         log.info("wrote episode %d (%d steps%s) to %s", self.episode_id, len(self.buffer),
                  f", aborted: {aborted}" if aborted else "", self.store.root)
         return self.episode_id
@@ -374,7 +378,8 @@ def record_handguided(robot: MyCobot320Robot, store: EpisodeStore, *, fps: float
     """Record a hand-guided demonstration on a connected robot.
 
     ``ready()`` is called before the servos are released (a prompt: "hold the arm, press Enter").
-    Then the joints are sampled at ``fps`` until ``stop`` is set, Ctrl-C, or ``max_steps`` samples;
+    Then the joints are sampled at ``fps`` until ``stop`` is set, Ctrl-C, or ``max_steps`` samples
+    (SIGTERM / SIGHUP also end it, as an aborted recording: the process is being stopped);
     ``gripper_fn()`` is polled every step for a gripper command in [0, 1] (None = unchanged). The servos
     are locked again however the loop ends. Sample t+1's joints (and gripper command) are the action of
     step t, so N samples give N-1 steps. A communication failure ends the recording with ``aborted``.
@@ -386,31 +391,44 @@ def record_handguided(robot: MyCobot320Robot, store: EpisodeStore, *, fps: float
     if ready is not None:
         ready()
     released = False
-    try:
-        release_servos(robot)
-        released = True
-        rate = RateLimiter(fps, name="hand-guiding")
-        rate.start()
-        while len(samples) < max_steps and not (stop is not None and stop.is_set()):
-            command = gripper_fn() if gripper_fn is not None else None
-            if command is not None and abs(float(command) - robot.gripper_command / 100.0) >= 0.01:
-                send_gripper(robot, command)
-            t = time.monotonic()
-            obs = robot.get_observation()
-            samples.append((obs, robot.last_observation_stale, t))
-            rate.sleep()
-    except KeyboardInterrupt:
-        log.info("hand-guiding ended by Ctrl-C after %d samples", len(samples))
-    except Exception as e:
-        error = e
-        aborted = f"{type(e).__name__}: {e}"
-        log.error("hand-guided recording aborted after %d samples: %s", len(samples), aborted)
-    finally:
-        if released:
-            lock_servos(robot)
-        for (obs, stale, t), (nxt, _, _) in zip(samples, samples[1:]):
-            recorder.add(obs, nxt["qpos"], stale=stale, timestamp=t)
+    with stop_signals_as_interrupt():
+        try:
+            release_servos(robot)
+            released = True
+            rate = RateLimiter(fps, name="hand-guiding")
+            rate.start()
+            while len(samples) < max_steps and not (stop is not None and stop.is_set()):
+                command = gripper_fn() if gripper_fn is not None else None
+                if command is not None and abs(float(command) - robot.gripper_command / 100.0) >= 0.01:
+                    send_gripper(robot, command)
+                t = time.monotonic()
+                obs = robot.get_observation()
+                samples.append((obs, robot.last_observation_stale, t))
+                rate.sleep()
+        except KeyboardInterrupt as e:
+            if getattr(e, "signum", signal.SIGINT) != signal.SIGINT:  # kill / hang-up: not a demo's normal end
+                aborted = str(e)
+            log.info("hand-guiding ended by %s after %d samples", e or "Ctrl-C", len(samples))
+        except Exception as e:
+            error = e
+            aborted = f"{type(e).__name__}: {e}"
+            log.error("hand-guided recording aborted after %d samples: %s", len(samples), aborted)
+        finally:
+            _lock_and_keep(robot, released, samples, recorder)
     return _finish(recorder, aborted, error, judge)
+
+
+def _lock_and_keep(robot: MyCobot320Robot, released: bool, samples: list, recorder: RobotEpisodeRecorder) -> None:
+    """Lock the servos and turn the samples into steps; a stop signal meanwhile still gets the episode written."""
+    try:
+        with uninterrupted(stopping=True):
+            if released:
+                lock_servos(robot)
+            for (obs, stale, t), (nxt, _, _) in zip(samples, samples[1:]):
+                recorder.add(obs, nxt["qpos"], stale=stale, timestamp=t)
+    except KeyboardInterrupt as e:  # held back while locking: write what was recorded, then stop
+        recorder.save(False, aborted=str(e) or "interrupted")
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- command lines
