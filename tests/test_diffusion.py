@@ -42,30 +42,53 @@ def state_only(**kw) -> DiffusionModule:
 
 # ---- configuration -------------------------------------------------------------------------------------
 def test_scheduler_configs_match_diffusion_policy():
+    """Defaults (Chi et al. / LeRobot): DDPM with all 100 steps for training and for sampling."""
     module = state_only()
     train, infer = module.train_scheduler.config, module.sampler.config
     assert type(module.train_scheduler).__name__ == "DDPMScheduler"
-    assert type(module.sampler).__name__ == "DDIMScheduler"
+    assert type(module.sampler).__name__ == "DDPMScheduler"
     for cfg in (train, infer):
         assert cfg.num_train_timesteps == 100
         assert cfg.beta_schedule == "squaredcos_cap_v2"
         assert cfg.prediction_type == "epsilon"
-        assert cfg.clip_sample is True
+        assert cfg.clip_sample is True and cfg.clip_sample_range == 1.0
         assert (cfg.beta_start, cfg.beta_end) == (1e-4, 0.02)
-    assert train.variance_type == "fixed_small"
+        assert cfg.variance_type == "fixed_small"
+    assert module.hparams.inference_scheduler == "ddpm" and module.hparams.num_inference_steps is None
+    assert module.num_inference_steps == 100
+    module.sampler.set_timesteps(module.num_inference_steps)
+    assert module.sampler.timesteps.tolist() == list(range(99, -1, -1))
+    torch.testing.assert_close(module.train_scheduler.alphas_cumprod, module.sampler.alphas_cumprod)
+
+
+def test_ddim_sampler_through_explicit_arguments():
+    """The former default (DDIM, 10 steps) stays selectable and samples the same noise schedule."""
+    module = state_only(inference_scheduler="ddim", num_inference_steps=10)
+    assert type(module.train_scheduler).__name__ == "DDPMScheduler"
+    assert type(module.sampler).__name__ == "DDIMScheduler"
+    infer = module.sampler.config
     assert infer.set_alpha_to_one is True and infer.steps_offset == 0
+    assert infer.num_train_timesteps == 100 and infer.clip_sample is True
     assert module.num_inference_steps == 10
     module.sampler.set_timesteps(module.num_inference_steps)
     assert module.sampler.timesteps.tolist() == list(range(90, -1, -10))
     # the same noise schedule for training and sampling
     torch.testing.assert_close(module.train_scheduler.alphas_cumprod, module.sampler.alphas_cumprod)
+    actions = module.sample_actions({"qpos": torch.rand(2, 2, 4)})
+    assert actions.shape == (2, 1, 8, 2) and torch.isfinite(actions).all()
 
 
-def test_ddpm_inference_defaults_to_all_training_steps():
+def test_inference_steps_default_to_all_training_steps():
+    """``num_inference_steps=None`` means ``num_train_timesteps`` for either sampler (LeRobot)."""
+    assert state_only().num_inference_steps == 100
     assert state_only(inference_scheduler="ddpm").num_inference_steps == 100
+    assert state_only(inference_scheduler="ddim").num_inference_steps == 100
+    assert state_only(num_train_timesteps=50).num_inference_steps == 50
     assert state_only(inference_scheduler="ddim", num_inference_steps=8).num_inference_steps == 8
     with pytest.raises(ValueError, match="unknown scheduler"):
         build_scheduler("euler")
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        state_only(inference_scheduler="euler")
 
 
 def test_invalid_horizons_are_rejected():
@@ -76,7 +99,7 @@ def test_invalid_horizons_are_rejected():
 
 
 def test_hparams_and_state_dict_are_plain_and_weights_only_loadable():
-    module = state_only()
+    module = state_only(num_inference_steps=10)
     plain = (int, float, str, bool, type(None), list)
     assert all(isinstance(v, plain) for v in module.hparams.values()), dict(module.hparams)
     assert all(isinstance(v, torch.Tensor) for v in module.state_dict().values())
@@ -131,8 +154,21 @@ class ZeroNet(torch.nn.Module):
         return torch.zeros_like(x)
 
 
-def test_padding_is_masked_in_the_loss():
+def test_loss_is_unmasked_by_default():
+    """LeRobot's ``do_mask_loss_for_padding=False``: every step of the window counts, padded ones included."""
     module = state_only()
+    assert module.hparams.mask_padding is False
+    module.unet = ZeroNet()
+    batch = {"qpos": torch.zeros(2, 2, 4), "action": torch.zeros(2, 8, 2),
+             "action_is_pad": torch.zeros(2, 8, dtype=torch.bool)}
+    batch["action_is_pad"][1, 5:] = True
+    loss = module.per_sample_loss(batch, torch.Generator().manual_seed(0))
+    noise = torch.randn((2, 8, 2), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss, noise.square().mean(dim=(1, 2)))
+
+
+def test_padding_is_masked_in_the_loss():
+    module = state_only(mask_padding=True)
     module.unet = ZeroNet()
     batch = {"qpos": torch.zeros(2, 2, 4), "action": torch.zeros(2, 8, 2),
              "action_is_pad": torch.zeros(2, 8, dtype=torch.bool)}
@@ -142,13 +178,42 @@ def test_padding_is_masked_in_the_loss():
     torch.testing.assert_close(loss[0], noise[0].square().mean())
     torch.testing.assert_close(loss[1], noise[1, :5].square().mean())  # only the 5 valid steps
 
-    # whatever the dataset put in the padded slots (even NaN) cannot reach the loss
+    # whatever the dataset put in the padded slots (even NaN) cannot reach the loss, masked or not
     batch["action"][1, 5:] = float("nan")
-    again = state_only()
-    torch.testing.assert_close(
-        again.per_sample_loss(batch, torch.Generator().manual_seed(3)),
-        again.per_sample_loss({**batch, "action": batch["action"].nan_to_num(7.0)}, torch.Generator().manual_seed(3)),
-    )
+    for mask_padding in (True, False):
+        again = state_only(mask_padding=mask_padding)
+        torch.testing.assert_close(
+            again.per_sample_loss(batch, torch.Generator().manual_seed(3)),
+            again.per_sample_loss({**batch, "action": batch["action"].nan_to_num(7.0)},
+                                  torch.Generator().manual_seed(3)),
+        )
+
+
+class WildOnPaddedSteps(torch.nn.Module):
+    """Predicts zero noise, except a wild value on the steps marked in ``pad`` (the padded ones)."""
+
+    def __init__(self, pad: torch.Tensor) -> None:
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x, t, cond):
+        return torch.where(self.pad[:, :, None], torch.full_like(x, 1e3), torch.zeros_like(x))
+
+
+def test_a_wild_padded_step_changes_the_unmasked_loss_only():
+    batch = {"qpos": torch.zeros(2, 2, 4), "action": torch.zeros(2, 8, 2),
+             "action_is_pad": torch.zeros(2, 8, dtype=torch.bool)}
+    batch["action_is_pad"][1, 5:] = True
+    noise = torch.randn((2, 8, 2), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for mask_padding in (False, True):
+        module = state_only(mask_padding=mask_padding)
+        module.unet = WildOnPaddedSteps(batch["action_is_pad"])
+        losses[mask_padding] = module.per_sample_loss(batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(losses[True][1], noise[1, :5].square().mean())  # the wild steps are left out
+    assert losses[False][1] > 1e5  # the unmasked loss counts them
+    torch.testing.assert_close(losses[False][0], losses[True][0])  # no padding: both the same
+    torch.testing.assert_close(losses[False][0], noise[0].square().mean())
 
 
 def test_training_step_weights_samples():
@@ -254,10 +319,49 @@ def test_gradients_reach_the_camera_encoder():
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
 
 
+def test_camera_features_pass_a_relu_after_the_keypoint_projection():
+    """LeRobot's DiffusionRgbEncoder returns ``relu(out(keypoints))``: the per-camera features are >= 0."""
+    torch.manual_seed(0)
+    kw = dict(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4, crop_shape=[40, 40],
+              num_keypoints=4, image_feature_dim=16, **TINY)
+    module = DiffusionModule(**kw).eval()
+    with torch.no_grad():  # a bias that makes about half the linear features negative
+        module.obs_encoder.encoders["top"].project.bias.copy_(torch.linspace(-1, 1, 16))
+    images = torch.randint(0, 256, (3, 2, 48, 48, 3), dtype=torch.uint8)
+    cond = module.global_condition({"qpos": torch.zeros(3, 2, 4), "images/top": images}).view(3, 2, 4 + 16)
+    features = cond[..., 4:]
+    assert (features >= 0).all() and (features == 0).any()
+
+    linear = DiffusionModule(**kw, keypoint_relu=False).eval()  # act-plus-plus / the encoder before the ReLU
+    linear.load_state_dict(module.state_dict())  # the ReLU adds no parameters: the same state dict
+    raw = linear.global_condition({"qpos": torch.zeros(3, 2, 4), "images/top": images}).view(3, 2, 20)[..., 4:]
+    assert (raw < 0).any()
+    torch.testing.assert_close(features, raw.clamp_min(0))
+
+
+def test_checkpoint_of_the_old_layout_loads():
+    """Hyperparameters saved before ``augmentation``/``keypoint_relu`` existed still build the module and its
+    state dict loads strictly (the ReLU and the augmentation add no parameters)."""
+    kw = dict(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4, crop_shape=[40, 40],
+              num_keypoints=4, image_feature_dim=8, inference_scheduler="ddim", num_inference_steps=10,
+              mask_padding=True, **TINY)
+    old = DiffusionModule(**kw)
+    hparams = {k: v for k, v in old.hparams.items() if k not in ("augmentation", "keypoint_relu")}
+    buffer = io.BytesIO()
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    clone = DiffusionModule(**loaded["hyper_parameters"])
+    assert clone.load_state_dict(loaded["state_dict"], strict=True) is not None
+    assert set(clone.state_dict()) == set(old.state_dict())
+    assert clone.obs_encoder.augmentation == "crop" and clone.obs_encoder.encoders["top"].relu is True
+
+
 def memorised_model():
     """A tiny state-only model overfitted on 2 fixed (observation, chunk) pairs."""
     torch.manual_seed(0)
-    module = state_only(down_dims=[64], diffusion_step_embed_dim=32, kernel_size=5)
+    module = state_only(down_dims=[64], diffusion_step_embed_dim=32, kernel_size=5, inference_scheduler="ddim",
+                        num_inference_steps=10)
     g = torch.Generator().manual_seed(1)
     qpos = (torch.rand(2, 1, 4, generator=g) * 2 - 1).repeat(1, 2, 1)  # a repeated frame, as after reset()
     t = torch.linspace(0, 1, 8)[None, :, None]
@@ -290,20 +394,35 @@ def test_ddim_sampling_reproduces_a_memorised_chunk(memorised):
         assert (err < 0.1).all(), f"seed {seed}: max abs error per pair {err.tolist()}"
 
 
+def test_default_ddpm_sampling_reproduces_a_memorised_chunk(memorised):
+    """The default sampler (DDPM, all 100 steps, stochastic) on the same weights also finds the chunks."""
+    trained, qpos, chunks = memorised
+    module = state_only(down_dims=[64], diffusion_step_embed_dim=32, kernel_size=5)
+    module.load_state_dict(trained.state_dict())
+    module.eval()
+    assert type(module.sampler).__name__ == "DDPMScheduler" and module.num_inference_steps == 100
+    for seed in range(2):
+        module.sampling_generator.manual_seed(seed)
+        sampled = module.sample_actions({"qpos": qpos})[:, 0]
+        err = (sampled - chunks).abs().amax(dim=(1, 2))
+        assert (err < 0.1).all(), f"seed {seed}: max abs error per pair {err.tolist()}"
+
+
 def test_predict_uncertainty_is_low_on_memorised_obs_and_high_untrained(memorised):
     module, qpos, chunks = memorised
     module.reset()
     pred = module.predict({"qpos": qpos[:, -1].numpy()})
     assert pred.action.shape == (2, 2) and pred.uncertainty.shape == (2,)
     torch.testing.assert_close(pred.action, chunks[:, 1], atol=0.1, rtol=0)  # step To-1 of the window
-    untrained = state_only(down_dims=[64], diffusion_step_embed_dim=32, kernel_size=5)
+    untrained = state_only(down_dims=[64], diffusion_step_embed_dim=32, kernel_size=5, inference_scheduler="ddim",
+                           num_inference_steps=10)
     untrained.reset()
     raw = untrained.predict({"qpos": qpos[:, -1]})
     assert pred.uncertainty.max() < 0.1 < 0.2 < raw.uncertainty.min(), (pred.uncertainty, raw.uncertainty)
 
 
 def test_sampling_is_seeded():
-    module = state_only()
+    module = state_only(num_inference_steps=10)  # DDPM draws fresh noise at every step from the generator
     obs = {"qpos": torch.rand(3, 4)}
     module.reset()
     first = [module.select_action(obs) for _ in range(6)]
@@ -387,7 +506,7 @@ def test_checkpoint_with_ema_loads_alone_and_runs_the_averaged_policy(tmp_path):
     torch.manual_seed(0)
     samples = synthetic_windows(camera=False)
     module = DiffusionModule(cameras=[], state_dim=4, action_dim=2, horizon=8, n_action_steps=4, lr=3e-3,
-                             warmup_steps=2, **TINY)
+                             warmup_steps=2, num_inference_steps=10, **TINY)
     module.load_stats(stats_of(samples))
     ema = EMA()
     trainer = pl.Trainer(max_steps=6, callbacks=[ema], logger=False, enable_checkpointing=False,

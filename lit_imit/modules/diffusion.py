@@ -1,22 +1,63 @@
-"""Diffusion Policy (Chi et al., RSS 2023) as a PolicyModule.
+"""Diffusion Policy (Chi et al., RSS 2023) as a PolicyModule; defaults follow Chi et al. and LeRobot.
 
 Training: the action window (B, Tp, A), which starts at the *first* observation step t-To+1, is min-max
 normalised to [-1, 1], noised to a random diffusion step k with a DDPM schedule, and a 1-D conditional U-Net
-predicts the noise given k and the encoded observation history (To frames of camera keypoints + qpos).
-The loss is the per-sample MSE on the noise over the non-padded steps, weighted by ``batch["weight"]``.
+predicts the noise given k and the encoded observation history (To frames of camera keypoints + state).
+Padded steps past the episode end repeat the last action (LeRobot's copy padding); the loss is the
+per-sample MSE on the noise over the whole window (``mask_padding=True``: over the non-padded steps only),
+weighted by ``batch["weight"]``.
 
-Acting (receding horizon): a chunk of Tp actions is denoised from Gaussian noise (DDIM, 10 steps by
-default; DDPM with all 100 steps selectable) and actions [To-1, To-1+Ta) — the ones from the current step
-on — are executed before the policy is queried again. An observation queue holds the last To env
-observations, filled by repeating the first observation after ``reset()``.
+Acting (receding horizon): a chunk of Tp actions is denoised from Gaussian noise with the inference scheduler
+(DDPM with all ``num_train_timesteps`` steps by default; DDIM with fewer steps selectable) and actions
+[To-1, To-1+Ta) — the ones from the current step on — are executed before the policy is queried again. An
+observation queue holds the last To env observations, filled by repeating the first observation after
+``reset()``.
 
-Presets (constructor args): the defaults are the paper's hybrid-image CNN with the DDIM variant's U-Net
-widths (Tp 16, To 2, Ta 8, down_dims [256, 512, 1024]); the image preset of the paper and LeRobot is
-``down_dims=[512, 1024, 2048]``; LeRobot's newer (2026) horizons are ``horizon=64, n_action_steps=32``.
+Defaults — one reference: Chi et al., "Diffusion Policy" (RSS 2023; ``train_diffusion_unet_hybrid_workspace``,
+its CNN image config) as LeRobot's ``DiffusionPolicy`` ports it (``DiffusionConfig`` as shipped until May
+2026). They agree on the values below; where they differ, the line says which one the default follows:
 
-Scheduler length: the cosine learning-rate schedule (500 warm-up steps, stepped per optimizer step) runs
-over ``max_steps`` when given, else over ``trainer.estimated_stepping_batches``; in an endless run
-(neither known) the rate stays constant after the warm-up.
+* To 2, Tp 16, Ta 8 (``n_obs_steps``, ``horizon``, ``n_action_steps``).
+* Training scheduler DDPM, 100 steps, ``squaredcos_cap_v2``, betas 1e-4..0.02, epsilon prediction,
+  ``clip_sample`` True (LeRobot's ``clip_sample_range`` 1.0: actions are normalised to [-1, 1]).
+* Inference with the same DDPM scheduler and all its steps: ``inference_scheduler="ddpm"``,
+  ``num_inference_steps=None`` -> ``num_train_timesteps`` (LeRobot's ``num_inference_steps=None``; Chi et
+  al.'s CNN configs sample 100 DDPM steps).
+* Unmasked loss, ``mask_padding=False`` (LeRobot's ``do_mask_loss_for_padding=False``, "as the original
+  Diffusion Policy implementation does").
+* AdamW lr 1e-4, betas (0.95, 0.999), eps 1e-8, weight decay 1e-6; cosine schedule with 500 warm-up steps.
+* Image encoder: a ResNet-18 per camera (Chi et al.; LeRobot shares one across cameras unless
+  ``use_separate_rgb_encoder_per_camera``), no pretrained weights, BatchNorm replaced by GroupNorm, spatial
+  softmax with 32 keypoints, ``relu(Linear(64 -> 64))`` (LeRobot's ``DiffusionRgbEncoder``:
+  ``self.relu(self.out(x))``; Chi et al.'s robomimic encoder ends with the linear layer, which is
+  ``keypoint_relu=False``); random crop in training, centre crop in eval (``augmentation="crop"``).
+  The default crop (``crop_ratio`` 0.9) is Chi et al.'s robomimic crop (76/84 px); LeRobot's PushT crop is
+  84/96 px and its ALOHA configs use ``crop_shape=[440, 560]``, as the shipped ALOHA configs do.
+* U-Net: kernel 5, 8 groups, step embedding 128, FiLM scale and bias. The one default from neither image
+  config: the widths ``down_dims=[256, 512, 1024]`` (Chi et al.'s low-dim width, cheap for tests and the
+  state-only configs); their image width ``[512, 1024, 2048]`` is set in the shipped image configs.
+* EMA of the weights (power 0.75) is the ``callbacks.ema.EMA`` callback in the shipped configs.
+
+Presets (``PRESETS``; ``DiffusionModule.from_preset(name, **overrides)``; shipped configs
+``configs/diffusion/transfer_cube_<preset>.yaml``) reproduce two other implementations:
+
+* ``act_plus_plus`` — the act-plus-plus repository's Diffusion Policy on ALOHA (``policy.DiffusionPolicy``):
+  50 training steps, DDIM with 10 inference steps (``set_alpha_to_one``, no offset), masked loss, To 1,
+  Tp 16 with the whole chunk executed (Ta 16), its image augmentation (95 % random crop resized back, ±5°
+  rotation, colour jitter 0.3/0.4/0.5; 95 % centre crop resized back in eval), keypoint features without a
+  ReLU, robomimic's U-Net widths (step embedding 256), AdamW with torch's default betas and no weight
+  decay. Not reproduced: its constant learning rate (here the warm-up cosine), qpos mean/std normalisation
+  (here min-max), its loss denominator (``(l2 * ~is_pad).mean()`` divides by every step, padded ones
+  included; here by the valid steps) and its per-sample (not per-image) augmentation draws.
+* ``robust_rearrangement`` — the diffusion BC of "From Imitation to Refinement" (ankile/robust-rearrangement,
+  ``config/actor/diffusion.yaml`` + ``config/base.yaml``): DDPM 100 training steps, DDIM 16 inference steps,
+  To 1, Tp 32, Ta 8, unmasked loss, U-Net widths [256, 512, 1024] with step embedding 256, AdamW with torch's
+  default betas, 10 000 warm-up steps. Not reproduced: its pretrained image encoders on 224x224 images and
+  its warm start of each chunk from the previous one.
+
+Scheduler length: the cosine learning-rate schedule (stepped per optimizer step) runs over ``max_steps`` when
+given, else over ``trainer.estimated_stepping_batches``; in an endless run (neither known) the rate stays
+constant after the warm-up.
 """
 
 from __future__ import annotations
@@ -36,6 +77,35 @@ from lit_imit.nets.unet1d import ConditionalUnet1d, check_horizon
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
+#: Named variants (see the module docstring): constructor arguments that replace the defaults. Each is also
+#: shipped as a config, ``configs/diffusion/transfer_cube_<name>.yaml``, where ``--print_config`` shows it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "act_plus_plus": dict(
+        n_obs_steps=1, horizon=16, n_action_steps=16,
+        noise_scheduler="ddpm", num_train_timesteps=50, inference_scheduler="ddim", num_inference_steps=10,
+        mask_padding=True,
+        augmentation="act_plus_plus", crop_shape=None, crop_ratio=0.95, keypoint_relu=False,
+        down_dims=[256, 512, 1024], diffusion_step_embed_dim=256,
+        betas=[0.9, 0.999], weight_decay=0.0,
+    ),
+    "robust_rearrangement": dict(
+        n_obs_steps=1, horizon=32, n_action_steps=8,
+        noise_scheduler="ddpm", num_train_timesteps=100, inference_scheduler="ddim", num_inference_steps=16,
+        mask_padding=False,
+        down_dims=[256, 512, 1024], diffusion_step_embed_dim=256,
+        betas=[0.9, 0.999], warmup_steps=10_000,
+    ),
+}
+
+
+def preset_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of preset ``name`` (a copy), with ``overrides`` applied on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    kwargs = {k: list(v) if isinstance(v, list) else v for k, v in PRESETS[name].items()}
+    kwargs.update(overrides)
+    return kwargs
+
 
 def build_scheduler(
     kind: str,
@@ -49,7 +119,7 @@ def build_scheduler(
     """A diffusers noise scheduler of ``kind`` ('ddpm' | 'ddim') from the shared training configuration.
 
     DDPM uses the fixed-small posterior variance, DDIM sets alpha_0 = 1 with no step offset, both as in
-    Diffusion Policy's configs (REFERENCE §4.2), so a DDIM sampler runs on a DDPM-trained model unchanged.
+    Diffusion Policy's configs (Chi et al., RSS 2023; diffusion_policy), so a DDIM sampler runs on a DDPM-trained model unchanged.
     """
     common = dict(
         num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
@@ -101,18 +171,26 @@ class DiffusionModule(PolicyModule):
 
     Args (plain types for LightningCLI):
         cameras: camera names read from ``images/<cam>``; ``[]`` is the state-only variant.
-        state_dim, action_dim: sizes of qpos and of the action.
+        state_keys: low-dimensional observation keys (qpos, and e.g. the object poses ``env_state``), each
+            min-max normalised and concatenated per frame.
+        state_dim, action_dim: sizes of the state keys (one int per key; an int when there is only qpos) and
+            of the action.
         n_obs_steps (To), horizon (Tp), n_action_steps (Ta): observation history, denoised window, and the
             actions executed per query (indices [To-1, To-1+Ta) of the window).
-        down_dims, kernel_size, n_groups, diffusion_step_embed_dim, film_scale: the U-Net (REFERENCE §4.1).
+        down_dims, kernel_size, n_groups, diffusion_step_embed_dim, film_scale: the U-Net (Chi et al., RSS 2023).
         crop_shape: (h, w) random crop in training / centre crop in eval; ``crop_ratio`` is used when it is
             None (fraction of each side); both None disables cropping.
         num_keypoints, image_feature_dim: spatial-softmax keypoints per camera and the feature size after them.
         noise_scheduler: training scheduler ('ddpm'); its configuration (num_train_timesteps, beta_*,
-            prediction_type, clip_sample) is shared with the ``inference_scheduler`` ('ddim' | 'ddpm').
-        num_inference_steps: denoising steps; None = 10 for DDIM and all ``num_train_timesteps`` for DDPM.
+            prediction_type, clip_sample) is shared with the ``inference_scheduler`` ('ddpm' | 'ddim').
+        num_inference_steps: denoising steps; None = all ``num_train_timesteps`` (LeRobot), e.g. 10 for DDIM.
         lr, betas, weight_decay, warmup_steps, max_steps: AdamW and the warm-up cosine schedule.
-        mask_padding: exclude padded action steps from the loss.
+        mask_padding: exclude padded action steps from the loss (False: LeRobot, Chi et al.; True:
+            act-plus-plus).
+        augmentation: image augmentation of the encoder: 'crop' (random/centre crop: Chi et al., LeRobot),
+            'act_plus_plus' (crop resized back, rotation, colour jitter) or 'none' (centre crop always).
+        keypoint_relu: ReLU after the keypoint projection (LeRobot); False is a linear projection
+            (act-plus-plus, and checkpoints trained before the ReLU existed). It adds no parameters.
         num_uncertainty_samples: denoised samples per env in ``predict`` (their spread is the uncertainty).
         seed: seed of the sampling-noise generator (re-seeded by ``reset``) and of the validation noise.
         channels_last: run the camera ResNets in channels-last layout (same results, ~1.3x faster on CPU).
@@ -120,12 +198,10 @@ class DiffusionModule(PolicyModule):
             image U-Net); falls back to the default implementation on devices without one.
     """
 
-    normalized_keys = ("qpos", "action")
-
     def __init__(
         self,
         cameras: list[str] = ["top"],  # noqa: B006 - jsonargparse shows list defaults; never mutated
-        state_dim: int = 14,
+        state_dim: int | list[int] = 14,
         action_dim: int = 14,
         n_obs_steps: int = 2,
         horizon: int = 16,
@@ -146,21 +222,31 @@ class DiffusionModule(PolicyModule):
         beta_end: float = 0.02,
         prediction_type: str = "epsilon",
         clip_sample: bool = True,
-        inference_scheduler: str = "ddim",
+        inference_scheduler: str = "ddpm",
         num_inference_steps: int | None = None,
         lr: float = 1e-4,
         betas: list[float] = [0.95, 0.999],  # noqa: B006
         weight_decay: float = 1e-6,
         warmup_steps: int = 500,
         max_steps: int | None = None,
-        mask_padding: bool = True,
+        mask_padding: bool = False,
         num_uncertainty_samples: int = 8,
         seed: int = 0,
         channels_last: bool = True,
         fused_optimizer: bool = True,
+        state_keys: list[str] = ["qpos"],  # noqa: B006
+        augmentation: str = "crop",
+        keypoint_relu: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.state_keys = list(state_keys)
+        state_dims = [int(state_dim)] if isinstance(state_dim, int) else [int(d) for d in state_dim]
+        if not self.state_keys or len(state_dims) != len(self.state_keys):
+            raise ValueError(
+                f"state_dim must give one size per state key: state_keys={self.state_keys}, state_dim={state_dim}"
+            )
+        self.normalized_keys = (*self.state_keys, "action")
         _check_horizons(n_obs_steps, horizon, n_action_steps)
         check_horizon(horizon, down_dims)
         if prediction_type not in ("epsilon", "sample"):
@@ -170,15 +256,16 @@ class DiffusionModule(PolicyModule):
         self.action_dim = action_dim
 
         self.obs_encoder = DiffusionObsEncoder(
-            self.cameras, state_dim, crop_shape=crop_shape, crop_ratio=crop_ratio, num_keypoints=num_keypoints,
-            feature_dim=image_feature_dim, channels_last=channels_last,
+            self.cameras, sum(state_dims), crop_shape=crop_shape, crop_ratio=crop_ratio, num_keypoints=num_keypoints,
+            feature_dim=image_feature_dim, channels_last=channels_last, augmentation=augmentation,
+            keypoint_relu=keypoint_relu,
         )
         self.unet = ConditionalUnet1d(
             action_dim, self.obs_encoder.global_cond_dim(n_obs_steps), down_dims=down_dims,
             kernel_size=kernel_size, n_groups=n_groups, diffusion_step_embed_dim=diffusion_step_embed_dim,
             film_scale=film_scale,
         )
-        for key, dim in (("qpos", state_dim), ("action", action_dim)):
+        for key, dim in (*zip(self.state_keys, state_dims), ("action", action_dim)):
             self.register_stats_buffers(key, dim)
 
         sched_cfg = dict(
@@ -187,8 +274,8 @@ class DiffusionModule(PolicyModule):
         )
         self.train_scheduler = build_scheduler(noise_scheduler, **sched_cfg)
         self.sampler = build_scheduler(inference_scheduler, **sched_cfg)
-        if num_inference_steps is None:
-            num_inference_steps = 10 if inference_scheduler == "ddim" else num_train_timesteps
+        if num_inference_steps is None:  # LeRobot: as many denoising steps as training steps
+            num_inference_steps = num_train_timesteps
         self.num_inference_steps = int(num_inference_steps)
 
         self.sampling_generator = torch.Generator().manual_seed(seed)
@@ -196,16 +283,28 @@ class DiffusionModule(PolicyModule):
         self._action_queue: deque[Tensor] = deque()
         self._queue_uncertainty: Tensor | None = None
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "DiffusionModule":
+        """A module with preset ``name``'s arguments (``PRESETS``), ``overrides`` applied on top.
+
+        Every value is passed explicitly, so the hyperparameters (and checkpoints) hold the effective
+        configuration, not a preset name whose meaning could change.
+        """
+        return cls(**preset_kwargs(name, **overrides))
+
     # ---- observation encoding --------------------------------------------------------------------------
     def global_condition(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """History ``qpos`` (B, To, D) raw + ``images/<cam>`` (B, To, H, W, 3) uint8 -> (B, G) conditioning."""
-        qpos = obs["qpos"]
-        squeezed = qpos.dim() == 2 and self.n_obs_steps == 1  # datasets drop the time axis when To == 1
-        if squeezed:
-            qpos = qpos.unsqueeze(1)
-        if qpos.dim() != 3 or qpos.shape[1] != self.n_obs_steps:
-            raise ValueError(f"qpos must be (B, n_obs_steps={self.n_obs_steps}, D), got {tuple(qpos.shape)}")
-        state = self.normalize_min_max("qpos", qpos.float())
+        """History of each state key (B, To, D) raw + ``images/<cam>`` (B, To, H, W, 3) uint8 -> (B, G)."""
+        squeezed = obs[self.state_keys[0]].dim() == 2 and self.n_obs_steps == 1  # datasets drop To when it is 1
+        parts = []
+        for key in self.state_keys:
+            value = obs[key].unsqueeze(1) if squeezed else obs[key]
+            if value.dim() != 3 or value.shape[1] != self.n_obs_steps:
+                raise ValueError(
+                    f"{key} must be (B, n_obs_steps={self.n_obs_steps}, D), got {tuple(obs[key].shape)}"
+                )
+            parts.append(self.normalize_min_max(key, value.float()))
+        state = torch.cat(parts, dim=-1)
         images = {}
         for cam in self.cameras:
             frames = obs.get(f"images/{cam}")
@@ -215,7 +314,7 @@ class DiffusionModule(PolicyModule):
 
     # ---- training --------------------------------------------------------------------------------------
     def per_sample_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        """(B,) denoising MSE over the non-padded steps of each sample's action window.
+        """(B,) denoising MSE over each sample's action window (its non-padded steps with ``mask_padding``).
 
         ``generator`` (CPU) makes the noise and diffusion steps reproducible (validation); without it they
         come from torch's global generator on the batch's device (training).
@@ -351,7 +450,7 @@ class DiffusionModule(PolicyModule):
 
     def _needed_obs(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """The observation entries the policy reads (others are never moved to the device)."""
-        keys = ["qpos"] + [f"images/{cam}" for cam in self.cameras]
+        keys = [*self.state_keys, *(f"images/{cam}" for cam in self.cameras)]
         missing = [k for k in keys if k not in obs]
         if missing:
             raise KeyError(f"observation lacks {missing} (has {sorted(obs)})")
@@ -360,8 +459,9 @@ class DiffusionModule(PolicyModule):
     def _push_observation(self, obs: dict[str, Tensor]) -> None:
         """Append one env observation; right after ``reset()`` the first one fills the whole history."""
         keys = list(obs)
-        n = obs["qpos"].shape[0]
-        if self._obs_queue and self._obs_queue["qpos"][-1].shape[0] != n:
+        first = self.state_keys[0]
+        n = obs[first].shape[0]
+        if self._obs_queue and self._obs_queue[first][-1].shape[0] != n:
             raise ValueError("the number of envs changed since the last step: call reset() between episodes")
         for key in keys:
             queue = self._obs_queue.setdefault(key, deque(maxlen=self.n_obs_steps))

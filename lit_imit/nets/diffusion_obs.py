@@ -1,12 +1,19 @@
 """Observation encoder of Diffusion Policy: per-camera GroupNorm ResNet-18 + spatial-softmax keypoints.
 
-Follows the "hybrid CNN" setting of Chi et al. (REFERENCE §4.2): each camera has its own ResNet-18 trunk
+Follows the "hybrid CNN" setting of Chi et al. (RSS 2023; diffusion_policy): each camera has its own ResNet-18 trunk
 (no pretrained weights needed) whose BatchNorm layers are replaced by GroupNorm — BatchNorm statistics do
 not survive weight averaging (EMA) and small batches — followed by a spatial-softmax head (32 keypoints)
-and a linear layer to a per-camera feature vector. Images are randomly cropped in training and centre
-cropped in evaluation, the only augmentation the paper uses. Features of all cameras and the (already
-normalised) low-dim state are concatenated per frame, and the frames of the observation history are
-flattened into the U-Net's global conditioning vector. With no cameras it is the state-only variant.
+and a linear layer + ReLU to a per-camera feature vector (LeRobot's ``DiffusionRgbEncoder``:
+``relu(Linear(keypoints))``). Images are randomly cropped in training and centre cropped in evaluation, the
+only augmentation the paper and LeRobot use; act-plus-plus's augmentation (crop resized back, rotation,
+colour jitter) is the ``augmentation="act_plus_plus"`` option (``lit_imit.nets.augment``). Differences from
+LeRobot: one encoder per camera (Chi et al.'s default; LeRobot shares one unless
+``use_separate_rgb_encoder_per_camera``), crop windows drawn per image (LeRobot's ``RandomCrop`` draws one
+window per batch) and pixels in [0, 1] (LeRobot normalises images with dataset mean/std).
+
+Features of all cameras and the (already normalised) low-dim state are concatenated per frame, and the
+frames of the observation history are flattened into the U-Net's global conditioning vector. With no
+cameras it is the state-only variant.
 
 Images arrive as uint8 (N, H, W, 3), the batch layout of ``modules/base.py``; cropping happens on the
 uint8 tensor (4x less memory traffic than float) and the float conversion keeps the channels-last layout
@@ -21,6 +28,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from lit_imit.nets.augment import AUGMENTATIONS, augment_images, crop_images, crop_size  # noqa: F401 - re-exported
 from lit_imit.nets.spatial_softmax import SpatialSoftmax
 
 
@@ -42,40 +50,6 @@ def resnet18_groupnorm_trunk() -> nn.Sequential:
     return replace_batchnorm_with_groupnorm(trunk)
 
 
-def crop_size(height: int, width: int, crop_shape: Sequence[int] | None, crop_ratio: float | None) -> tuple[int, int]:
-    """Resolve the crop for an image size: an explicit (h, w), else a ratio of the size, else no crop."""
-    if crop_shape is not None:
-        ch, cw = int(crop_shape[0]), int(crop_shape[1])
-        if ch > height or cw > width:
-            raise ValueError(f"crop_shape {(ch, cw)} is larger than the images {(height, width)}")
-        return ch, cw
-    if crop_ratio is not None:
-        if not 0.0 < crop_ratio <= 1.0:
-            raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
-        return max(1, round(height * crop_ratio)), max(1, round(width * crop_ratio))
-    return height, width
-
-
-def crop_images(images: Tensor, size: tuple[int, int], random: bool) -> Tensor:
-    """Crop (N, H, W, C) images to ``size``: an independent random window per image, or the centre one.
-
-    Random windows are drawn from torch's global generator (seeded by Lightning's ``seed_everything``).
-    """
-    n, h, w = images.shape[:3]
-    ch, cw = size
-    if (ch, cw) == (h, w):
-        return images
-    if not random:
-        top, left = (h - ch) // 2, (w - cw) // 2
-        return images[:, top : top + ch, left : left + cw]
-    top = torch.randint(0, h - ch + 1, (n,), device=images.device)
-    left = torch.randint(0, w - cw + 1, (n,), device=images.device)
-    rows = (top[:, None] + torch.arange(ch, device=images.device))[:, :, None]  # (N, ch, 1)
-    cols = (left[:, None] + torch.arange(cw, device=images.device))[:, None, :]  # (N, 1, cw)
-    index = torch.arange(n, device=images.device)[:, None, None]
-    return images[index, rows, cols]  # advanced indexing gathers one window per image: (N, ch, cw, C)
-
-
 def uint8_hwc_to_float_chw(images: Tensor, channels_last: bool) -> Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]; the permuted view is already channels-last."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
@@ -83,18 +57,25 @@ def uint8_hwc_to_float_chw(images: Tensor, channels_last: bool) -> Tensor:
 
 
 class CameraKeypointEncoder(nn.Module):
-    """One camera: ResNet-18 (GroupNorm) -> spatial softmax (K keypoints) -> Linear(2K -> feature_dim)."""
+    """One camera: ResNet-18 (GroupNorm) -> spatial softmax (K keypoints) -> Linear(2K -> feature_dim) -> ReLU.
 
-    def __init__(self, num_keypoints: int = 32, feature_dim: int = 64) -> None:
+    The ReLU after the projection is LeRobot's ``DiffusionRgbEncoder`` (``relu(out(keypoints))``); it has no
+    parameters, so state dicts are the same with or without it. ``relu=False`` is the plain linear projection
+    (act-plus-plus, and this project's encoder before the ReLU was added).
+    """
+
+    def __init__(self, num_keypoints: int = 32, feature_dim: int = 64, relu: bool = True) -> None:
         super().__init__()
         self.trunk = resnet18_groupnorm_trunk()
         self.keypoints = SpatialSoftmax(512, num_keypoints)
         self.project = nn.Linear(2 * num_keypoints, feature_dim)
         self.feature_dim = feature_dim
+        self.relu = bool(relu)
 
     def forward(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) float -> (N, feature_dim)."""
-        return self.project(self.keypoints(self.trunk(images)).flatten(1))
+        """(N, 3, H, W) float -> (N, feature_dim), >= 0 with the ReLU."""
+        features = self.project(self.keypoints(self.trunk(images)).flatten(1))
+        return torch.relu(features) if self.relu else features
 
 
 class DiffusionObsEncoder(nn.Module):
@@ -108,6 +89,11 @@ class DiffusionObsEncoder(nn.Module):
         num_keypoints: spatial-softmax keypoints per camera.
         feature_dim: per-camera feature size after the keypoint projection.
         channels_last: run the ResNets in channels-last layout (faster convolutions on CPU and GPU).
+        augmentation: ``crop`` (random crop in training, centre crop in eval: Chi et al., LeRobot),
+            ``act_plus_plus`` (crop resized back to the input size + ±5° rotation + colour jitter in training,
+            centre crop resized back in eval: act-plus-plus) or ``none`` (centre crop always); the crop size
+            comes from ``crop_shape`` / ``crop_ratio`` in every mode (see ``lit_imit.nets.augment``).
+        keypoint_relu: ReLU after the keypoint projection (LeRobot); False = linear features (act-plus-plus).
     """
 
     def __init__(
@@ -119,8 +105,13 @@ class DiffusionObsEncoder(nn.Module):
         num_keypoints: int = 32,
         feature_dim: int = 64,
         channels_last: bool = False,
+        augmentation: str = "crop",
+        keypoint_relu: bool = True,
     ) -> None:
         super().__init__()
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {list(AUGMENTATIONS)}")
+        self.augmentation = augmentation
         self.cameras = list(cameras)
         if len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"camera names must be unique, got {self.cameras}")
@@ -130,7 +121,7 @@ class DiffusionObsEncoder(nn.Module):
         self.channels_last = channels_last
         # ModuleDict keys may not contain '.', camera names could
         self.encoders = nn.ModuleDict(
-            {_module_key(c): CameraKeypointEncoder(num_keypoints, feature_dim) for c in self.cameras}
+            {_module_key(c): CameraKeypointEncoder(num_keypoints, feature_dim, keypoint_relu) for c in self.cameras}
         )
         if channels_last:
             self.encoders.to(memory_format=torch.channels_last)
@@ -152,7 +143,7 @@ class DiffusionObsEncoder(nn.Module):
                 raise ValueError(f"images/{cam} must be (B, To, H, W, 3) = ({b}, {t}, ...), got {tuple(frames.shape)}")
             flat = frames.reshape(b * t, *frames.shape[2:])
             size = crop_size(*flat.shape[1:3], self.crop_shape, self.crop_ratio)
-            flat = crop_images(flat, size, random=self.training)
+            flat = augment_images(flat, self.augmentation, size, training=self.training)
             features = self.encoders[_module_key(cam)](uint8_hwc_to_float_chw(flat, self.channels_last))
             parts.append(features.reshape(b, t, -1).to(state.dtype))
         return torch.cat(parts, dim=-1).flatten(1)

@@ -4,7 +4,7 @@ The network denoises an action sequence (B, T, A). Actions are treated as channe
 convolution axis, so the receptive field covers neighbouring steps of the chunk; this is what gives
 Diffusion Policy its temporally smooth chunks. Every residual block is conditioned by FiLM (a per-channel
 scale and bias) on one vector: the embedding of the diffusion step concatenated with the flattened
-observation features ("global conditioning"). Layout as in REFERENCE §4.1: two conditional residual
+observation features ("global conditioning"). Layout as in diffusion_policy's ConditionalUnet1D: two conditional residual
 blocks per level, stride-2 down-sampling between levels, two blocks in the middle, a mirrored up path
 fed by skip connections, and a final conv block + 1x1 projection back to the action dimension.
 
