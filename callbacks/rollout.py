@@ -5,6 +5,10 @@ Every ``every_n_epochs`` epochs (at the end of the training epoch, so ``ModelChe
 ``select_action``. Under DDP each rank runs its share (episode i on rank i % world_size), the results are
 gathered and every rank logs the same numbers. The first episode is saved as an mp4 under the log dir and
 a strip of its frames goes to TensorBoard.
+
+With ``num_workers`` > 0 the envs live in worker processes (``lit_imit.envs.vector.ProcessEnvPool``) and the
+rows of a wave are stepped on all cores at once; the policy still runs here on batches of ``n_envs`` rows and
+the episodes are the same as in-process ones.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -41,6 +45,13 @@ class RolloutEvaluation(pl.Callback):
         task: task name or gymnasium id (``lit_imit.envs.TASKS``).
         n_episodes: episodes per evaluation (over all ranks).
         n_envs: envs stepped in lock-step per rank (the policy sees batches of this size).
+        num_workers: where those envs run. 0 (default): in the training process, stepped one after the
+            other (one core). N > 0: in min(N, n_envs) worker processes per rank (row r on worker r % N,
+            several envs per worker when n_envs > N), each wave's rows stepped in parallel; same episodes
+            as 0. ``"auto"`` (or -1): the CPUs this process may use, shared among the ranks of this node.
+            Workers start (spawn) at the first evaluation, build their envs themselves and are stopped in
+            ``teardown``; a worker that fails or dies stops the evaluation with ``EnvWorkerError``. Set
+            n_envs >= num_workers, or workers sit idle.
         every_n_epochs: evaluation period in fit; 0 = only in test.
         seed: episode i uses seed ``seed + i`` (fixed across evaluations, so numbers are comparable).
         env_kwargs: passed to the env (cameras, image_size...).
@@ -59,6 +70,7 @@ class RolloutEvaluation(pl.Callback):
         task: str,
         n_episodes: int = 10,
         n_envs: int = 1,
+        num_workers: int | Literal["auto"] = 0,
         every_n_epochs: int = 1,
         seed: int = 100_000,
         env_kwargs: dict[str, Any] | None = None,
@@ -75,6 +87,9 @@ class RolloutEvaluation(pl.Callback):
         self.task = task
         self.n_episodes = n_episodes
         self.n_envs = max(1, n_envs)
+        if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < -1):
+            raise ValueError(f"num_workers must be 0 (in-process), N > 0, -1 or 'auto', got {num_workers!r}")
+        self.num_workers = num_workers
         self.every_n_epochs = every_n_epochs
         self.seed = seed
         self.env_kwargs = dict(env_kwargs or {})
@@ -86,20 +101,38 @@ class RolloutEvaluation(pl.Callback):
             raise ValueError(f"log_prefix must be a non-empty name without '/', got {log_prefix!r}")
         self.log_prefix = log_prefix
         self.score_scale = score_scale
-        self._envs: list[Any] | None = None
+        self._envs: Any = None  # a list of envs, or a ProcessEnvPool
         self.last_summary: dict[str, float] | None = None
 
     # ---- envs are built lazily in each process (DDP relaunches the CLI per rank) ------------------
-    def envs(self) -> list[Any]:
+    def envs(self, local_world_size: int = 1) -> Any:
+        """The rollout's envs: a list (in-process) or a ``ProcessEnvPool`` (``num_workers`` > 0)."""
         if self._envs is None:
-            from lit_imit.envs import make_env
+            workers = self.worker_count(local_world_size)
+            if workers == 0:
+                from lit_imit.envs import make_env
 
-            self._envs = [make_env(self.task, **self.env_kwargs) for _ in range(self.n_envs)]
+                self._envs = [make_env(self.task, **self.env_kwargs) for _ in range(self.n_envs)]
+            else:
+                from lit_imit.envs.vector import ProcessEnvPool
+
+                self._envs = ProcessEnvPool.for_task(self.task, self.n_envs, workers, env_kwargs=self.env_kwargs)
         return self._envs
 
+    def worker_count(self, local_world_size: int = 1) -> int:
+        """Worker processes for this rank: 0 = in-process; "auto" splits this node's CPUs among its ranks."""
+        if self.num_workers in ("auto", -1):
+            from lit_imit.envs.vector import available_cpus
+
+            return min(self.n_envs, max(1, available_cpus() // max(1, local_world_size)))
+        return min(self.n_envs, int(self.num_workers))
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for env in self._envs or []:
-            env.close()
+        if isinstance(self._envs, list):
+            for env in self._envs:
+                env.close()
+        elif self._envs is not None:
+            self._envs.close()
         self._envs = None
 
     # ---- hooks ------------------------------------------------------------------------------------
@@ -126,6 +159,11 @@ class RolloutEvaluation(pl.Callback):
                 return cb.averaged(pl_module)
         return nullcontext()
 
+    @staticmethod
+    def _local_world_size(trainer: pl.Trainer) -> int:
+        """Ranks on this node (they share its CPUs)."""
+        return max(1, trainer.world_size // max(1, getattr(trainer, "num_nodes", 1)))
+
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> dict[str, float]:
         rank, world = trainer.global_rank, trainer.world_size
         indices = list(range(rank, self.n_episodes, world))
@@ -138,7 +176,7 @@ class RolloutEvaluation(pl.Callback):
 
         with self._averaged(trainer, pl_module):
             results = evaluate(
-                self.envs(), policy, pl_module.reset, indices, self.seed,
+                self.envs(self._local_world_size(trainer)), policy, pl_module.reset, indices, self.seed,
                 record_video_of=0 if self.video else None, video_camera=self.video_camera,
                 max_steps=self.max_steps,
             )

@@ -93,6 +93,58 @@ def env_steps(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
            "num_envs": n, "vector": "SyncVectorEnv", "cameras": []}
 
 
+def _rollout_rate(env_kwargs: dict[str, Any], n_envs: int, workers: int, steps: int,
+                  repeat: int = 3) -> dict[str, float]:
+    """env-steps/s of ``evaluate`` (n_envs lock-stepped envs, ``steps`` each) in-process (0) or in workers,
+    with a fixed action: only env stepping, batching and IPC are timed; the best of ``repeat`` runs (the box
+    is shared). Pool start-up is reported apart: spawn re-imports a main *script* (this one: torch) in every
+    worker, ``python -m lit_imit`` is not re-imported."""
+    from lit_imit.envs import make_env
+    from lit_imit.envs.vector import ProcessEnvPool
+    from lit_imit.interactive.rollout import evaluate
+
+    start = time.perf_counter()
+    if workers == 0:
+        envs: Any = [make_env("transfer_cube", **env_kwargs) for _ in range(n_envs)]
+    else:
+        envs = ProcessEnvPool.for_task("transfer_cube", n_envs, workers, env_kwargs=env_kwargs)
+    startup = time.perf_counter() - start
+    hold: list[np.ndarray] = []
+
+    def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+        if not hold:
+            hold.append(obs["qpos"].copy())  # the start pose, held for ever
+        return hold[0]
+
+    episodes = list(range(n_envs))
+    evaluate(envs, policy, lambda: None, episodes, seed=0, max_steps=2)  # warm-up: renderers, first resets
+    seconds = min(timed(lambda: evaluate(envs, policy, lambda: None, episodes, seed=0, max_steps=steps), 1, 0)
+                  for _ in range(repeat))
+    rate = n_envs * steps / seconds
+    for env in envs if isinstance(envs, list) else [envs]:
+        env.close()
+    return {"rate": rate, "startup_s": startup}
+
+
+@row("rollout_parallel")
+def rollout_parallel(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Rollout env-steps/s with the envs in-process (0) or in 1, 2 and N worker processes (fixed policy)."""
+    from lit_imit.envs.vector import available_cpus
+
+    cpus = available_cpus()
+    n_envs = 2 * max(2, cpus)  # the same envs for every worker count; two per worker at N
+    obs_kinds = {"state": ({"cameras": []}, 100), "top_120x160": ({"cameras": ["top"], "image_size": (120, 160)}, 20)}
+    for kind, (env_kwargs, steps) in obs_kinds.items():
+        baseline = None
+        for workers in sorted({0, 1, 2, cpus}):
+            result = _rollout_rate(env_kwargs, n_envs, workers, steps)
+            baseline = baseline or result["rate"]
+            yield {"name": "rollout_parallel", "value": result["rate"], "unit": "env-steps/s", "obs": kind,
+                   "num_workers": workers, "num_envs": n_envs, "steps_per_env": steps, "cpus": cpus,
+                   "speedup_vs_in_process": result["rate"] / baseline, "startup_s": round(result["startup_s"], 2),
+                   "task": "transfer_cube", "policy": "fixed action"}
+
+
 # ---- recording and loading ----------------------------------------------------------------------------
 def _recorded_store(root: Path, episodes: int, image_size: tuple[int, int]) -> tuple[Any, float]:
     from lit_imit.data.episodes import EpisodeStore

@@ -4,13 +4,18 @@ The policy sees a batch of observations with a fixed number of rows, one per env
 episodes: per-env buffers inside the policy (action queues, temporal ensembling, observation history) stay
 aligned with their env. Envs that finished early keep feeding their last observation; their actions are
 discarded.
+
+The envs are reached through the small ``EnvBatch`` protocol (reset/step/render by row). A plain list of envs
+is stepped here, one after the other (``InProcessEnvs``); ``lit_imit.envs.vector.ProcessEnvPool`` hosts them in
+worker processes and steps the rows of a wave on all cores at once. Row r is the same env for the whole
+evaluation either way, so for the same seeds and a deterministic policy both give the same episodes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -33,15 +38,61 @@ def stack_obs(observations: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray
     return {key: np.stack([np.asarray(o[key]) for o in observations]) for key in observations[0]}
 
 
-def _video_frame(env: Any, obs: Mapping[str, Any], camera: str | None) -> np.ndarray | None:
+StepResult = tuple[Any, float, bool, bool, dict[str, Any]]  # gymnasium's (obs, reward, terminated, truncated, info)
+
+
+@runtime_checkable
+class EnvBatch(Protocol):
+    """A fixed set of envs addressed by row (``len`` of them): what a rollout wave steps.
+
+    ``reset``/``step`` take the rows to act on (a wave steps only its unfinished rows) and return one
+    gymnasium result per row, in the order of ``rows``; ``render(row)`` is ``env.render()`` of that one env.
+    """
+
+    def __len__(self) -> int: ...
+
+    def reset(self, rows: Sequence[int], seeds: Sequence[int | None]) -> list[tuple[Any, dict[str, Any]]]: ...
+
+    def step(self, rows: Sequence[int], actions: Sequence[Any]) -> list[StepResult]: ...
+
+    def render(self, row: int) -> np.ndarray | None: ...
+
+
+class InProcessEnvs:
+    """The serial ``EnvBatch``: envs living in this process, stepped one after the other."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        self.envs = list(envs)
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def reset(self, rows: Sequence[int], seeds: Sequence[int | None]) -> list[tuple[Any, dict[str, Any]]]:
+        return [self.envs[row].reset(seed=None if seed is None else int(seed)) for row, seed in zip(rows, seeds)]
+
+    def step(self, rows: Sequence[int], actions: Sequence[Any]) -> list[StepResult]:
+        return [self.envs[row].step(action) for row, action in zip(rows, actions)]
+
+    def render(self, row: int) -> np.ndarray | None:
+        return self.envs[row].render()
+
+
+def as_env_batch(envs: Sequence[Any] | EnvBatch) -> EnvBatch:
+    """An ``EnvBatch`` as is; a sequence of envs wrapped to be stepped in this process."""
+    return envs if isinstance(envs, EnvBatch) else InProcessEnvs(envs)
+
+
+def _video_frame(envs: EnvBatch, row: int, obs: Mapping[str, Any], camera: str | None) -> np.ndarray | None:
+    """The filmed camera from the observation when the policy sees it, else the env's own render (one env,
+    in its worker when the envs live in processes)."""
     if camera is not None and f"images/{camera}" in obs:
         return np.asarray(obs[f"images/{camera}"])
-    frame = env.render()
+    frame = envs.render(row)
     return None if frame is None else np.asarray(frame)
 
 
 def run_wave(
-    envs: Sequence[Any],
+    envs: Sequence[Any] | EnvBatch,
     policy: Callable[[dict[str, np.ndarray]], np.ndarray],
     reset_policy: Callable[[], None],
     indices: Sequence[int],
@@ -50,33 +101,31 @@ def run_wave(
     video_camera: str | None = None,
     max_steps: int | None = None,
 ) -> list[EpisodeResult]:
-    """Run len(indices) <= len(envs) episodes in lock-step; returns one result per episode."""
+    """Run len(indices) <= len(envs) episodes in lock-step on rows 0..len(indices)-1; one result per episode."""
+    envs = as_env_batch(envs)
     n = len(indices)
-    envs = envs[:n]
+    if n > len(envs):
+        raise ValueError(f"a wave of {n} episodes needs as many envs, got {len(envs)}")
+    rows = list(range(n))
     reset_policy()
-    observations, infos = [], []
-    for env, seed in zip(envs, seeds):
-        obs, info = env.reset(seed=int(seed))
-        observations.append(obs)
-        infos.append(info)
+    observations = [obs for obs, _ in envs.reset(rows, [int(seed) for seed in seeds])]
     done = [False] * n
     returns = [0.0] * n
     max_rewards = [-math.inf] * n
     lengths = [0] * n
     success = [False] * n
     frames: list[np.ndarray] = []
-    video_row = indices.index(record_video_of) if record_video_of in indices else None
+    video_row = list(indices).index(record_video_of) if record_video_of in indices else None
     step = 0
     while not all(done) and (max_steps is None or step < max_steps):
         if video_row is not None and not done[video_row]:
-            frame = _video_frame(envs[video_row], observations[video_row], video_camera)
+            frame = _video_frame(envs, video_row, observations[video_row], video_camera)
             if frame is not None:
                 frames.append(frame)
         actions = np.asarray(policy(stack_obs(observations)))
-        for row, env in enumerate(envs):
-            if done[row]:
-                continue
-            obs, reward, terminated, truncated, info = env.step(actions[row])
+        active = [row for row in rows if not done[row]]
+        stepped = envs.step(active, [actions[row] for row in active])
+        for row, (obs, reward, terminated, truncated, info) in zip(active, stepped):
             observations[row] = obs
             returns[row] += float(reward)
             max_rewards[row] = max(max_rewards[row], float(reward))
@@ -94,7 +143,7 @@ def run_wave(
 
 
 def evaluate(
-    envs: Sequence[Any],
+    envs: Sequence[Any] | EnvBatch,
     policy: Callable[[dict[str, np.ndarray]], np.ndarray],
     reset_policy: Callable[[], None],
     indices: Sequence[int],
@@ -103,7 +152,11 @@ def evaluate(
     video_camera: str | None = None,
     max_steps: int | None = None,
 ) -> list[EpisodeResult]:
-    """Episodes ``indices`` (seed = seed + index), in waves of len(envs)."""
+    """Episodes ``indices`` (seed = seed + index), in waves of len(envs).
+
+    ``envs``: a list of envs (stepped in this process) or an ``EnvBatch`` such as a ``ProcessEnvPool``.
+    """
+    envs = as_env_batch(envs)
     results: list[EpisodeResult] = []
     for start in range(0, len(indices), len(envs)):
         wave = list(indices[start : start + len(envs)])
