@@ -1,6 +1,6 @@
 """Exponential moving average of the weights, as a Lightning callback for any LightningModule.
 
-Diffusion Policy evaluates and deploys an EMA of its weights (REFERENCE §4.2) with the warm-up schedule of
+Diffusion Policy evaluates and deploys an EMA of its weights (Chi et al., RSS 2023; diffusion_policy) with the warm-up schedule of
 its ``EMAModel``: the n-th update (n = 0, 1, ...) uses
 
     decay(n) = 0                                              if n - update_after_step - 1 <= 0

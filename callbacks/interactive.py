@@ -1,4 +1,4 @@
-"""InteractiveAggregation: DAgger / ASkDAgger as a Lightning callback (ARCHITECTURE.md §6).
+"""InteractiveAggregation: DAgger / ASkDAgger as a Lightning callback (see docs/architecture.md).
 
 One training epoch is one round of gradient steps on the current dataset (``trainer.limit_train_batches``
 or the DataModule's ``samples_per_epoch``). At the end of the epoch the novice, with the weights it has
@@ -126,9 +126,9 @@ class InteractiveAggregation(pl.Callback):
         max_steps: episode cap (default: the task's time limit).
         env_kwargs: passed to the env (cameras and image_size must match the DataModule's).
         seed: episode ``i`` (counted over the whole run) uses env seed ``seed + i``.
-        sag_mode, target, p_rand, n_min, n_rep, u_normalization, impute: SAG (REFERENCE.md §1.4); the
-            defaults are the reference's training config (sensitivity 0.9, n_min 15, p_rand 0.2).
-        pier_lambda, pier_base, pier_beta0, pier_beta_steps: PIER (§1.6); the exponent alpha is the
+        sag_mode, target, p_rand, n_min, n_rep, u_normalization, impute: SAG (Luijkx et al., TMLR 2025); the
+            defaults are askdagger_cliport's training config (sensitivity 0.9, n_min 15, p_rand 0.2).
+        pier_lambda, pier_base, pier_beta0, pier_beta_steps: PIER (same paper); the exponent alpha is the
             DataModule's ``priority_alpha`` (it does the sampling).
         dagger_beta: DAgger mode: probability that the teacher drives a decision instead of the novice.
         judge: the teacher's verdict on a segment (default: :func:`default_judge` of the task).

@@ -1,10 +1,10 @@
 """``python -m lit_imit fit|validate|test --config ...``: one LightningCLI for every method.
 
-The defaults encode the lessons of ECOSYSTEM.md: an explicit integer seed (``True`` would mean 0), a
-TensorBoard logger, a ``ModelCheckpoint`` that always saves at the end of the training epoch (after the
-rollout and aggregation callbacks have run), dataloaders rebuilt every epoch (interactive datasets grow),
-our own rank-sharded sampler instead of Lightning's wrapper, and the RNG states in every checkpoint so a
-resumed run continues exactly.
+The defaults encode the DDP and exact-resume rules of docs/architecture.md: an explicit integer seed
+(``True`` would mean 0), a TensorBoard logger, a ``ModelCheckpoint`` that always saves at the end of the
+training epoch (after the rollout and aggregation callbacks have run), dataloaders rebuilt every epoch
+(interactive datasets grow), our own rank-sharded sampler instead of Lightning's wrapper, and the RNG
+states in every checkpoint so a resumed run continues exactly.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def test_judges():
 
 
 # ------------------------------------------------------------------------------------------------
-# the feedback decision table (reference §1.5)
+# the feedback decision table (ASkDAgger, Luijkx et al., TMLR 2025; askdagger_cliport)
 # ------------------------------------------------------------------------------------------------
 def test_no_query_no_feedback():
     fb = feedback(decision(query=False, active=False), valid=False, novice_action=2, teacher_action=never_called,

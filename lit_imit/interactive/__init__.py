@@ -3,6 +3,9 @@
 - :mod:`.sag`  S-Aware Gating: when to query the teacher (``SAG``, ``Label``, ``Decision``)
 - :mod:`.pier` Prioritized Interactive Experience Replay: what to replay (``PIER``)
 - :mod:`.fier` Foresight Interactive Experience Replay: what feedback becomes data (``FIER``)
+
+The method is ASkDAgger (Luijkx et al., TMLR 2025); "the reference" in these modules is its reference
+implementation, the askdagger_cliport repository.
 """
 
 from .fier import (

@@ -1,4 +1,4 @@
-"""FIER: Foresight Interactive Experience Replay (ASkDAgger, REFERENCE.md §1.5), environment-agnostic.
+"""FIER: Foresight Interactive Experience Replay (ASkDAgger, Luijkx et al., TMLR 2025), environment-agnostic.
 
 When the gate queries the teacher, the teacher judges the novice's *plan* before it is executed
 ("foresight"); in simulation this is emulated by snapshotting the simulator, executing the plan, judging

@@ -1,4 +1,4 @@
-"""PIER: Prioritized Interactive Experience Replay (ASkDAgger, REFERENCE.md §1.6).
+"""PIER: Prioritized Interactive Experience Replay (ASkDAgger, Luijkx et al., TMLR 2025).
 
 Interactive data is not equally informative. PIER replays a sample more often when it is a failure the
 novice was confident about (the novice does not know what it does not know), and less often when it is

@@ -235,7 +235,7 @@ def sag_threshold(
     impute: bool = True,
     rng: np.random.Generator | None = None,
 ) -> float:
-    """The SAG threshold gamma for histories ``u, r, k`` (REFERENCE.md §1.4), -inf = query everything.
+    """The SAG threshold gamma for histories ``u, r, k`` (Luijkx et al., TMLR 2025), -inf = query everything.
 
     The last online entry defines the current model version (pass the pending decision as an UNKNOWN
     entry, as the reference does). Offline and relabeling entries are ignored. ``rng`` drives the
