@@ -1,0 +1,287 @@
+"""Recipes: named, rerunnable experiments — teacher demos -> ``fit`` -> held-out test -> a results row.
+
+A recipe is a shipped config plus the few command-line overrides that size it for a machine. Running one
+(:func:`run_recipe`, ``scripts/reproduce.py``) starts from nothing in a fresh run directory: the config's
+DataModule records the teacher demos (seeds 0+), ``python -m lit_imit fit`` trains and picks its checkpoint
+by rollout success on the validation seeds of the config's ``RolloutEvaluation`` (100000+), and the chosen
+checkpoint is then tested on ``episodes`` fresh seeds (1000000+ by default) that neither training nor
+selection ever saw. The test runs the same rollout code as the callback (``lit_imit.interactive.rollout``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from lit_imit.results import append_row, git_commit, machine_description
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_SEED = 1_000_000  # held-out seeds: recording uses 0+, checkpoint selection 100000+
+SELECTION_SEED = 100_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One experiment: a config, its overrides, what it is expected to cost and reach."""
+
+    name: str
+    method: str
+    task: str
+    config: str  # relative to the repository root
+    obs: str  # what the policy sees, for the table
+    demos: int
+    expected_minutes: float  # wall time on the 2-core CPU machine (or the device named in ``device_hint``)
+    target: float | None = None  # held-out success the recipe should reach
+    overrides: tuple[str, ...] = ()  # extra ``fit`` arguments
+    gpu_overrides: tuple[str, ...] = ()  # added when a CUDA device is present (precision, batch, workers)
+    preset: str = "cpu"  # "cpu" recipes run on the 2-core machine; "paper" ones need a GPU
+    reference: str = ""
+    notes: str = ""
+    test_n_envs: int = 10
+    test_workers: int = 2  # env worker processes for the held-out test (0 = in-process)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    if recipe.name in RECIPES:
+        raise ValueError(f"recipe {recipe.name!r} is registered twice")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+register(Recipe(
+    name="act_transfer_cube_state", method="act", task="transfer_cube",
+    config="configs/act/transfer_cube_state.yaml", obs="qpos + cube pose (state)", demos=50,
+    expected_minutes=15, target=0.96,
+    reference="floor: a state MLP reaches 50/50 from 50 demos",
+))
+register(Recipe(
+    name="diffusion_transfer_cube_state", method="diffusion", task="transfer_cube",
+    config="configs/diffusion/transfer_cube_state.yaml", obs="qpos + cube pose (state)", demos=50,
+    expected_minutes=15, target=0.96,
+))
+register(Recipe(
+    name="diffusion_insertion_state", method="diffusion", task="insertion",
+    config="configs/diffusion/insertion_state.yaml", obs="qpos + peg/socket poses (state)", demos=50,
+    expected_minutes=60, target=0.80,
+))
+register(Recipe(
+    name="act_transfer_cube_image", method="act", task="transfer_cube",
+    config="configs/act/transfer_cube_cpu.yaml", obs="qpos + top camera 120x160 (fast render)", demos=50,
+    expected_minutes=90, target=0.80, reference="ACT paper 0.90 (480x640, 50 demos)",
+))
+register(Recipe(
+    name="act_transfer_cube_paper", method="act", task="transfer_cube",
+    config="configs/act/transfer_cube.yaml", obs="qpos + top camera 480x640 (shadows)", demos=50,
+    expected_minutes=10, target=0.80, preset="paper", reference="ACT paper 0.90",
+    overrides=(
+        "--trainer.max_time", "00:00:09:00", "--model.init_args.allow_random_init", "true",
+        "--trainer.callbacks.init_args.n_envs", "10",
+    ),
+    gpu_overrides=(
+        "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
+        "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "8",
+    ),
+    notes="one H200: bf16, batch 32, as many steps as fit in 9 minutes of training; the ResNet-18 starts from "
+          "the ImageNet file when torchvision's cache has it, else from random init (logged, and in the row)",
+))
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+def list_recipes(preset: str | None = None) -> str:
+    rows = [r for r in RECIPES.values() if preset is None or r.preset == preset]
+    width = max(len(r.name) for r in rows)
+    lines = [f"{'recipe':<{width}}  preset  expected  target  config"]
+    for r in rows:
+        target = f"{r.target:.2f}" if r.target is not None else "  —  "
+        lines.append(f"{r.name:<{width}}  {r.preset:<6}  {r.expected_minutes:>5.0f} min  {target:>6}  {r.config}")
+    return "\n".join(lines)
+
+
+# ---- the run directory and its artefacts --------------------------------------------------------------
+def rollout_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``RolloutEvaluation`` arguments of a saved run config (task, env_kwargs, max_steps, seed)."""
+    for cb in (config.get("trainer", {}) or {}).get("callbacks", []) or []:
+        if isinstance(cb, Mapping) and str(cb.get("class_path", "")).endswith("RolloutEvaluation"):
+            return dict(cb.get("init_args", {}) or {})
+    raise ValueError("the run's config has no RolloutEvaluation callback: nothing says how to roll it out")
+
+
+def find_run_config(run_dir: Path) -> Path:
+    configs = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    if not configs:
+        raise FileNotFoundError(f"no lightning_logs/version_*/config.yaml under {run_dir}: did fit start?")
+    return configs[-1]
+
+
+def select_checkpoint(version_dir: Path) -> Path:
+    """The checkpoint ``ModelCheckpoint`` chose by validation-rollout success, else ``last.ckpt``."""
+    ckpts = sorted((version_dir / "checkpoints").glob("*.ckpt"))
+    best = [p for p in ckpts if not p.name.startswith("last")]
+    if best:
+        return max(best, key=lambda p: p.stat().st_mtime)
+    last = [p for p in ckpts if p.name.startswith("last")]
+    if not last:
+        raise FileNotFoundError(f"no checkpoint in {version_dir / 'checkpoints'}")
+    return last[0]
+
+
+def load_policy_from_run(config: Mapping[str, Any], ckpt: Path) -> Any:
+    """The module class named by the run's config, loaded from ``ckpt`` (EMA weights where EMA ran)."""
+    class_path = config["model"]["class_path"]
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+
+
+def heldout_test(
+    module: Any, task: str, env_kwargs: Mapping[str, Any], episodes: int, seed: int, n_envs: int = 10,
+    max_steps: int | None = None, num_workers: int = 0,
+) -> dict[str, float]:
+    """Success of ``module`` on ``episodes`` seeded episodes (seed + i), the rollout callback's code path.
+
+    ``num_workers`` > 0 steps the envs in that many worker processes (``ProcessEnvPool``), as
+    ``RolloutEvaluation(num_workers=...)`` does; results are identical to the in-process run.
+    """
+    from lit_imit.envs import make_env
+    from lit_imit.envs.vector import ProcessEnvPool
+    from lit_imit.interactive.rollout import evaluate, summarize
+
+    import torch
+
+    module.eval()
+
+    def policy(obs: dict[str, Any]) -> Any:
+        with torch.inference_mode():
+            return module.select_action(obs).float().cpu().numpy()
+
+    n_envs = max(1, min(n_envs, episodes))
+    if num_workers > 0:
+        envs: Any = ProcessEnvPool.for_task(task, n_envs, min(num_workers, n_envs), env_kwargs=dict(env_kwargs))
+    else:
+        envs = [make_env(task, **dict(env_kwargs)) for _ in range(n_envs)]
+    try:
+        results = evaluate(envs, policy, module.reset, list(range(episodes)), seed, max_steps=max_steps)
+    finally:
+        if isinstance(envs, list):
+            for env in envs:
+                env.close()
+        else:
+            envs.close()
+    summary = summarize(results)
+    summary["successes"] = float(sum(r.success for r in results))
+    return summary
+
+
+def _obs_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    data = config.get("data", {}).get("init_args", {})
+    return {"cameras": data.get("cameras"), "state_keys": data.get("state_keys"), "image_size": data.get("image_size")}
+
+
+# ---- running -----------------------------------------------------------------------------------------
+def run_recipe(
+    rec: Recipe,
+    work_dir: str | Path,
+    results_path: str | Path | None,
+    episodes: int = 50,
+    test_seed: int = TEST_SEED,
+    extra_overrides: Sequence[str] = (),
+    command: str = "",
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    """Demos -> fit -> held-out test in ``work_dir/<recipe>/<timestamp>``; appends and returns the row.
+
+    A failure (fit exits non-zero, no checkpoint, a crash in the test) still writes a row, with
+    ``success_rate`` None and the error, then re-raises.
+    """
+    run_dir = Path(work_dir).resolve() / rec.name / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    start = time.perf_counter()
+    row: dict[str, Any] = {
+        "recipe": rec.name, "method": rec.method, "task": rec.task, "obs": rec.obs, "demos": rec.demos,
+        "train_steps": None, "wall_minutes": None, "device": machine_description(), "successes": None,
+        "episodes": episodes, "success_rate": None, "ci_low": None, "ci_high": None,
+        "eval_seeds": f"{test_seed}-{test_seed + episodes - 1}", "commit": git_commit(REPO_ROOT),
+        "command": command or f"python scripts/reproduce.py {rec.name}", "target": rec.target,
+        "config": rec.config, "preset": rec.preset,
+        "overrides": [*rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides],
+        "run_dir": str(run_dir),
+    }
+    try:
+        fit_cmd = [python, "-m", "lit_imit", "fit", "--config", str(REPO_ROOT / rec.config),
+                   *rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
+        log.info("[%s] fit: %s (in %s)", rec.name, shlex.join(fit_cmd), run_dir)
+        with open(run_dir / "fit.log", "w") as out:
+            proc = subprocess.run(fit_cmd, cwd=run_dir, stdout=out, stderr=subprocess.STDOUT)
+        row["fit_minutes"] = round((time.perf_counter() - start) / 60, 2)
+        if proc.returncode != 0:
+            tail = (run_dir / "fit.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"fit exited with status {proc.returncode}; end of {run_dir / 'fit.log'}:\n{tail}")
+        config_path = find_run_config(run_dir)
+        config = yaml.safe_load(config_path.read_text())
+        ckpt = select_checkpoint(config_path.parent)
+        row.update(_obs_from_config(config))
+        row["checkpoint"] = str(ckpt)
+        import torch
+
+        meta = torch.load(ckpt, map_location="cpu", weights_only=True)
+        row["train_steps"] = int(meta.get("global_step", 0))
+        del meta
+        settings = rollout_settings(config)
+        row["selection_seeds"] = f"{settings.get('seed', SELECTION_SEED)}+ ({settings.get('n_episodes')} episodes)"
+        row["demos"] = _count_episodes(run_dir, config)
+        module = load_policy_from_run(config, ckpt)
+        test_start = time.perf_counter()
+        summary = heldout_test(
+            module, settings["task"], settings.get("env_kwargs") or {}, episodes, test_seed,
+            n_envs=rec.test_n_envs, max_steps=settings.get("max_steps"), num_workers=rec.test_workers,
+        )
+        row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
+        row.update({
+            "successes": int(summary["successes"]), "success_rate": summary["success_rate"],
+            "ci_low": round(summary["success_ci_low"], 4), "ci_high": round(summary["success_ci_high"], 4),
+            "mean_return": summary["return"], "mean_max_reward": summary["max_reward"],
+            "env_kwargs": settings.get("env_kwargs") or {},
+        })
+    except BaseException as err:
+        row["error"] = f"{type(err).__name__}: {err}"[:4000]
+        row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
+        if results_path is not None:
+            append_row(results_path, row)
+        raise
+    row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
+    if results_path is not None:
+        row = append_row(results_path, row)
+    return row
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _count_episodes(run_dir: Path, config: Mapping[str, Any]) -> int:
+    from lit_imit.data.episodes import EpisodeStore
+
+    data_dir = Path(config["data"]["init_args"]["data_dir"])
+    return len(EpisodeStore(data_dir if data_dir.is_absolute() else run_dir / data_dir))

@@ -1,0 +1,165 @@
+"""The results file: one JSON line per measured run, and the Markdown table rendered from it.
+
+Every success rate this package quotes is a row of ``results/results.jsonl`` written by
+``scripts/reproduce.py`` (or by code that calls :func:`append_row` the same way): held-out seeds never used
+in training or checkpoint selection, the Wilson 95% interval, the wall time, the machine, the commit and the
+command. Failed runs get rows too. ``results/RESULTS.md`` and the README's table are rendered from the file,
+never edited by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+#: fields every learning-recipe row carries (interactive / RL rows add their own)
+REQUIRED_FIELDS = (
+    "recipe", "method", "task", "obs", "demos", "train_steps", "wall_minutes", "device", "successes",
+    "episodes", "success_rate", "ci_low", "ci_high", "eval_seeds", "commit", "command",
+)
+README_BEGIN = "<!-- results-table:begin (rendered by scripts/reproduce.py --render; do not edit) -->"
+README_END = "<!-- results-table:end -->"
+
+
+def machine_description() -> str:
+    """'<CPU model>, <n> cores[, <GPU>]': what a reader needs to compare wall times."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{cpu}, {cores} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """Short commit of the checkout, with ``-dirty`` when tracked files (outside results/) have changes."""
+    cwd = str(repo) if repo is not None else str(Path(__file__).resolve().parents[1])
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if status else "")
+
+
+def append_row(path: str | Path, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Append one row (with a UTC timestamp added) to the JSON-lines file; returns the row written.
+
+    One ``write`` of a whole line in append mode: concurrent writers on one machine never interleave lines.
+    """
+    missing = [k for k in REQUIRED_FIELDS if k not in row]
+    if missing and not row.get("mode"):  # interactive rows have their own field set
+        raise ValueError(f"results row lacks {missing}")
+    out = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **row}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(out, sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    return out
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a results file; a malformed line is an error naming the file and line number."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON line ({err})") from err
+    return rows
+
+
+def _rate(row: Mapping[str, Any]) -> str:
+    if row.get("success_rate") is None:
+        return "failed: " + str(row.get("error", "no evaluation"))[:60]
+    return (f"**{row['success_rate']:.2f}** ({row['successes']}/{row['episodes']}, "
+            f"CI {row['ci_low']:.2f}–{row['ci_high']:.2f})")
+
+
+def _target(row: Mapping[str, Any]) -> str:
+    target = row.get("target")
+    if target is None:
+        return "—"
+    if row.get("success_rate") is None:
+        return f"≥ {target:.2f} ✗"
+    return f"≥ {target:.2f} " + ("✓" if row["ci_low"] >= target or row["success_rate"] >= target else "✗")
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| recipe | method | task | observations | demos | steps | held-out success (95% CI) | target | wall | "
+        "device | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['recipe']}` | {r['method']} | {r['task']} | {r['obs']} | {r['demos']} | {r['train_steps']} | "
+            f"{_rate(r)} | {_target(r)} | {r['wall_minutes']:.0f} min | {r['device']} | `{r['commit']}` |"
+        )
+    return lines
+
+
+def render_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Markdown: the latest row of every learning recipe, then every row (the history, failed runs too)."""
+    rows = [r for r in rows if not r.get("mode")]
+    latest: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        latest[r["recipe"]] = r
+    lines = [
+        "Held-out success: ≥ 50 episodes on seeds never used for training demos (seeds 0+) or checkpoint",
+        "selection (rollouts on seeds 100000+ during fit); test seeds in `eval_seeds`. Wall time covers recording",
+        "the demos, training and the held-out test. Regenerate with `python scripts/reproduce.py RECIPE`.",
+        "",
+        "### Latest run of each recipe",
+        "",
+        *_table(list(latest.values())),
+        "",
+        "### Every run",
+        "",
+        *_table(rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_files(results_path: str | Path, markdown_path: str | Path, readme_path: str | Path | None = None) -> str:
+    """Write RESULTS.md from the JSON lines, and replace the README's results block (between markers)."""
+    table = render_table(read_rows(results_path))
+    text = "# Results\n\n" + table + "\nCommands: the `command` field of each row in `results/results.jsonl`.\n"
+    Path(markdown_path).write_text(text, encoding="utf-8")
+    if readme_path is not None and Path(readme_path).exists():
+        readme = Path(readme_path).read_text(encoding="utf-8")
+        if README_BEGIN in readme and README_END in readme:
+            head, rest = readme.split(README_BEGIN, 1)
+            _, tail = rest.split(README_END, 1)
+            Path(readme_path).write_text(head + README_BEGIN + "\n" + table + README_END + tail, encoding="utf-8")
+    return table

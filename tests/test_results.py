@@ -1,0 +1,131 @@
+"""The results file, its rendered table, and a tiny recipe run end to end through scripts/reproduce.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_imit.recipes import RECIPES, SELECTION_SEED, TEST_SEED, Recipe, list_recipes, rollout_settings, run_recipe
+from lit_imit.results import README_BEGIN, README_END, append_row, read_rows, render_files, render_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _row(**kw):
+    row = {"recipe": "r", "method": "act", "task": "transfer_cube", "obs": "state", "demos": 50, "train_steps": 10,
+           "wall_minutes": 1.5, "device": "cpu", "successes": 45, "episodes": 50, "success_rate": 0.9,
+           "ci_low": 0.79, "ci_high": 0.96, "eval_seeds": "1000000-1000049", "commit": "abc", "command": "x",
+           "target": 0.8}
+    row.update(kw)
+    return row
+
+
+def test_rows_append_and_render(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_row(path, _row(recipe="a", success_rate=0.5, successes=25, ci_low=0.37, ci_high=0.63))
+    append_row(path, _row(recipe="a"))  # a rerun: the latest row of a recipe is the one shown first
+    append_row(path, _row(recipe="b", success_rate=None, successes=None, ci_low=None, ci_high=None,
+                          error="RuntimeError: fit exited with status 1"))
+    rows = read_rows(path)
+    assert [r["recipe"] for r in rows] == ["a", "a", "b"] and all("date" in r for r in rows)
+    table = render_table(rows)
+    latest, history = table.split("### Every run")
+    assert "**0.90** (45/50, CI 0.79–0.96)" in latest and "0.50" not in latest
+    assert "0.50" in history and "failed: RuntimeError" in history
+    assert "≥ 0.80 ✓" in latest
+    with pytest.raises(ValueError, match="lacks"):
+        append_row(path, {"recipe": "c"})
+
+
+def test_render_files_replaces_only_the_readme_block(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_row(path, _row(recipe="only"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    render_files(path, tmp_path / "RESULTS.md", readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "`only`" in text and "`only`" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_malformed_results_line_names_file_and_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(_row()) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"results.jsonl:2"):
+        read_rows(path)
+
+
+def test_recipes_list_and_seed_ranges_are_disjoint():
+    assert "act_transfer_cube_state" in list_recipes() and "min" in list_recipes()
+    for rec in RECIPES.values():
+        assert (REPO / rec.config).exists(), rec.config
+    # recording uses seeds 0.., selection 100000.., the held-out test 1000000..: disjoint for any sane count
+    assert SELECTION_SEED >= 10 * 1000 and TEST_SEED >= SELECTION_SEED + 100_000
+
+
+def test_shipped_recipe_configs_select_on_seeds_disjoint_from_the_test():
+    import yaml
+
+    for rec in RECIPES.values():
+        settings = rollout_settings(yaml.safe_load((REPO / rec.config).read_text()))
+        first = settings.get("seed", SELECTION_SEED)
+        assert first + settings["n_episodes"] <= TEST_SEED, rec.name
+        assert first >= 10_000, rec.name  # above any demo seed
+
+
+@pytest.mark.slow
+def test_tiny_recipe_end_to_end_writes_a_row(tmp_path):
+    """Demos -> fit -> held-out test through the real CLI, on a recipe shrunk to seconds."""
+    tiny = Recipe(
+        name="tiny_act_state", method="act", task="transfer_cube", config="configs/act/transfer_cube_state.yaml",
+        obs="state", demos=2, expected_minutes=1,
+        overrides=("--trainer.max_steps", "6", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches",
+                   "1", "--data.init_args.generate_if_missing", "2", "--data.init_args.val_episodes", "0",
+                   "--trainer.callbacks.init_args.n_episodes", "2", "--trainer.callbacks.init_args.every_n_epochs",
+                   "1", "--trainer.callbacks.init_args.max_steps", "20", "--checkpoint.every_n_epochs", "1"),
+    )
+    results = tmp_path / "results.jsonl"
+    row = run_recipe(tiny, tmp_path / "runs", results, episodes=2)
+    assert row["train_steps"] == 6 and row["episodes"] == 2 and row["demos"] == 2
+    assert row["eval_seeds"] == f"{TEST_SEED}-{TEST_SEED + 1}"
+    assert 0.0 <= row["success_rate"] <= 1.0 and row["ci_low"] <= row["success_rate"] <= row["ci_high"]
+    assert read_rows(results)[-1]["recipe"] == "tiny_act_state"
+    assert row["cameras"] == [] and row["state_keys"] == ["qpos", "env_state"]
+
+
+def test_reproduce_script_lists_and_renders(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "--list"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "act_transfer_cube_state" in out and "paper" in out
+    results = tmp_path / "r.jsonl"
+    append_row(results, _row(recipe="x"))
+    subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "--render", "--results", str(results),
+                    "--markdown", str(tmp_path / "R.md"), "--readme", ""], check=True, capture_output=True)
+    assert "`x`" in (tmp_path / "R.md").read_text()
+
+
+@pytest.mark.slow
+def test_paper_preset_runs_on_cpu_with_a_tiny_step_count(tmp_path):
+    """The GPU recipe's command path (full-size ACT, shadows, its overrides) on a CPU: 2 steps, 1 demo."""
+    from dataclasses import replace
+
+    from lit_imit.recipes import recipe
+
+    paper = recipe("act_transfer_cube_paper")
+    assert paper.preset == "paper" and "bf16-mixed" in paper.gpu_overrides
+    tiny = replace(paper, name="paper_tiny", overrides=paper.overrides + (
+        "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+        "--data.init_args.generate_if_missing", "1", "--data.init_args.val_episodes", "0",
+        "--data.init_args.image_size", "[96, 128]", "--data.init_args.num_workers", "0",
+        "--trainer.callbacks.init_args.env_kwargs", "{cameras: [top], image_size: [96, 128], fast_render: false}",
+        "--trainer.callbacks.init_args.n_episodes", "1", "--trainer.callbacks.init_args.n_envs", "1",
+        "--trainer.callbacks.init_args.every_n_epochs", "1", "--trainer.callbacks.init_args.max_steps", "3",
+        "--checkpoint.every_n_epochs", "1",
+    ))
+    row = run_recipe(tiny, tmp_path / "runs", tmp_path / "r.jsonl", episodes=1)
+    assert row["train_steps"] == 2 and row["preset"] == "paper" and row["episodes"] == 1
+    assert "--model.init_args.allow_random_init" in row["overrides"]
