@@ -224,6 +224,7 @@ def run_recipe(
         "command": command or f"python scripts/reproduce.py {rec.name}", "target": rec.target,
         "config": rec.config, "preset": rec.preset,
         "overrides": [*rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides],
+        "extra_overrides": list(extra_overrides),
         "run_dir": str(run_dir),
     }
     try:

@@ -115,16 +115,25 @@ def _target(row: Mapping[str, Any]) -> str:
     return f"≥ {target:.2f} " + ("✓" if row["ci_low"] >= target or row["success_rate"] >= target else "✗")
 
 
+def _overrides(row: Mapping[str, Any]) -> str:
+    """The command-line changes a run made to its recipe (empty for the recipe as shipped)."""
+    extra = row.get("extra_overrides")
+    if extra is None:  # rows written before extra_overrides existed: everything is in overrides
+        extra = row.get("overrides") or []
+    return " ".join(f"`{a}`" for a in extra) if extra else "—"
+
+
 def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         "| recipe | method | task | observations | demos | steps | held-out success (95% CI) | target | wall | "
-        "device | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "device | commit | overrides |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['recipe']}` | {r['method']} | {r['task']} | {r['obs']} | {r['demos']} | {r['train_steps']} | "
-            f"{_rate(r)} | {_target(r)} | {r['wall_minutes']:.0f} min | {r['device']} | `{r['commit']}` |"
+            f"{_rate(r)} | {_target(r)} | {r['wall_minutes']:.0f} min | {r['device']} | `{r['commit']}` | "
+            f"{_overrides(r)} |"
         )
     return lines
 
