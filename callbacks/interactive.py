@@ -21,8 +21,13 @@ in memory, the other ranks write theirs to ``<data_dir>/.interactive_staging``, 
 them to the store in episode order (ids continue after the largest on disk) and broadcasts the ids.
 
 Resume: the gate (history and RNG), counters and decision log are this callback's state; the episode list,
-PIER metadata and priorities are the DataModule's. Episodes written after the checkpoint stay on disk,
-unused; a resumed run collects the same episodes again under new ids.
+PIER metadata and priorities are the DataModule's. The CLI writes ``last.ckpt`` after every epoch, after
+this callback's round, so resuming from it collects nothing twice. Only a run killed during a round, or
+one resumed from an older checkpoint, leaves episodes on disk unused; it collects them again under new ids.
+
+A fresh start (no ``--ckpt_path``) on a store that already holds interactively collected episodes is
+refused: it would silently train on another run's rounds. Resume that run, use a new data directory, or set
+``data.init_args.reuse_interactive_store: true``.
 """
 
 from __future__ import annotations
@@ -73,6 +78,29 @@ def default_judge(task: str) -> SegmentJudge:
         return StepRewardJudge()
     raise ValueError(f"no default judge for task {task!r}: configure `judge` "
                      "(a lit_imit.interactive.loop.SegmentJudge)")
+
+
+def collected_episodes(data_dir: str) -> list[int]:
+    """Ids of the episodes in a store that interactive rounds wrote (their files carry ``interactive_episode``)."""
+    from lit_imit.data.episodes import EpisodeStore
+
+    if not Path(data_dir).is_dir():
+        return []
+    store = EpisodeStore(data_dir, create=False)
+    return [i for i in store.ids() if "interactive_episode" in store.info(i)["attrs"]]
+
+
+def refuse_collected_store(data_dir: str) -> None:
+    """A fresh run must not silently train on the rounds another run collected into its store."""
+    ids = collected_episodes(data_dir)
+    if ids:
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        raise RuntimeError(
+            f"{data_dir} already holds {len(ids)} episodes collected by interactive rounds (ids {shown}) and this "
+            "run starts fresh (no --ckpt_path). Resume the run that collected them with "
+            "--ckpt_path <its logs>/version_N/checkpoints/last.ckpt, or point data.init_args.data_dir to a new "
+            "directory; set data.init_args.reuse_interactive_store: true to train on them anyway"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,10 +278,13 @@ class InteractiveAggregation(pl.Callback):
 
     # ---- hooks ------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Seed the dataset before the first dataloader is built (skipped on resume)."""
+        """Seed the dataset before the first dataloader is built (skipped on resume). A fresh start on a store
+        with another run's rounds is refused here, once the checkpoint (if any) has been restored."""
         if self.seeded:
             return
         dm = trainer.datamodule
+        if trainer.ckpt_path is None and not getattr(dm, "reuse_interactive_store", False):
+            refuse_collected_store(dm.data_dir)
         if self.seed_episodes > 0:
             self._round(trainer, pl_module, version=0, n_episodes=self.seed_episodes)
             if not bool(getattr(pl_module, "stats_initialized", True)) and getattr(dm, "stats", None) is not None:

@@ -1,8 +1,9 @@
 """``python -m lit_imit fit|validate|test --config ...``: one LightningCLI for every method.
 
 The defaults encode the DDP and exact-resume rules of docs/architecture.md: an explicit integer seed
-(``True`` would mean 0), a TensorBoard logger, a ``ModelCheckpoint`` that always saves at the end of the
-training epoch (after the rollout and aggregation callbacks have run), dataloaders rebuilt every epoch
+(``True`` would mean 0), a TensorBoard logger, a checkpoint callback (``callbacks.checkpoint.EpochEndCheckpoint``)
+that saves at the end of the training epoch (after the rollout and aggregation callbacks have run),
+``last.ckpt`` after every epoch and the best by its monitor every ``every_n_epochs``, dataloaders rebuilt every epoch
 (interactive datasets grow), our own rank-sharded sampler instead of Lightning's wrapper, and the RNG
 states in every checkpoint so a resumed run continues exactly.
 """
@@ -13,7 +14,6 @@ import importlib
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 DEFAULT_SEED = 1000
@@ -50,7 +50,9 @@ class LitImitCLI(LightningCLI):
     """LightningCLI with the project's defaults and a forced, configurable ``checkpoint`` group."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        from callbacks.checkpoint import EpochEndCheckpoint
+
+        parser.add_lightning_class_args(EpochEndCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.save_on_train_epoch_end": True,
@@ -65,6 +67,16 @@ class LitImitCLI(LightningCLI):
             raise ValueError(
                 "checkpoint.save_on_train_epoch_end must stay true: otherwise checkpoints can be written before "
                 "the rollout/aggregation callbacks run and a resumed run would lose a round"
+            )
+        if checkpoint is not None and checkpoint.get("save_last") is not True:
+            raise ValueError(
+                f"checkpoint.save_last must stay true (got {checkpoint.get('save_last')!r}): last.ckpt, written after "
+                "every epoch, is what a killed run resumes from ('link' would point at a stale best checkpoint)"
+            )
+        if checkpoint is not None and str(checkpoint.get("filename") or "").startswith("last"):
+            raise ValueError(
+                f"checkpoint.filename {checkpoint.get('filename')!r} starts with 'last': best checkpoints must not be "
+                "named like last.ckpt (recipes.select_checkpoint tells them apart by that prefix)"
             )
 
 

@@ -121,6 +121,114 @@ def test_exact_resume_matches_uninterrupted_run(tmp_path, model):
             assert torch.equal(opt_a[idx][name], opt_b[idx][name]), (idx, name)
 
 
+STATE_ACT = {**TINY_ACT, "init_args": {**TINY_ACT["init_args"], "cameras": []}}
+
+
+def _interrupted_and_resumed(tmp_path: Path, make_cfg, stop_after: int, ckpt: str = "last.ckpt"):
+    """The run of ``make_cfg(root)`` stopped after ``stop_after`` epochs, then resumed from ``ckpt``."""
+    interrupted = make_cfg(tmp_path / "b")
+    interrupted["trainer"]["callbacks"].append(
+        {"class_path": "tests.test_cli.StopAfterEpochs", "init_args": {"n": stop_after}})
+    main({"fit": interrupted})
+    resumed_cfg = make_cfg(tmp_path / "b")
+    resumed_cfg["trainer"]["logger"]["init_args"]["version"] = 1
+    ckpt_dir = tmp_path / "b" / "logs" / "version_0" / "checkpoints"
+    return main({"fit": {**resumed_cfg, "ckpt_path": str(ckpt_dir / ckpt)}})
+
+
+def test_exact_resume_with_dataloader_workers(tmp_path):
+    """With worker processes (the quickstart's ``num_workers: 2``) the loader is iterated, and its workers
+    prefetch, before Lightning calls ``set_epoch``: the resumed epoch must still draw its own order."""
+    data_dir = synthetic_store(tmp_path / "data", episodes=3, hw=(8, 8))
+
+    def make_cfg(root: Path) -> dict:
+        cfg = config(root, {"data_dir": data_dir, "cameras": [], "num_workers": 2}, max_epochs=2,
+                     limit_train_batches=2, limit_val_batches=0)
+        cfg["model"] = STATE_ACT
+        return cfg
+
+    straight = main({"fit": make_cfg(tmp_path / "a")})
+    resumed = _interrupted_and_resumed(tmp_path, make_cfg, stop_after=1)
+    assert straight.trainer.global_step == resumed.trainer.global_step == 4
+    a, b = _params(straight.model), _params(resumed.model)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillAtEpochStart(pl.Callback):
+    """Kills a run when epoch ``n`` starts: unlike a graceful stop, nothing is saved on the way out."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.n:
+            raise Killed(f"killed at the start of epoch {trainer.current_epoch}")
+
+
+class FakeRollout(pl.Callback):
+    """Logs ``rollout/success_rate`` (``rates[epoch]``) only in the epochs listed, as rollouts every N epochs do."""
+
+    def __init__(self, rates: dict[int, float]) -> None:
+        self.rates = {int(k): float(v) for k, v in rates.items()}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch in self.rates:
+            pl_module.log("rollout/success_rate", self.rates[trainer.current_epoch], on_epoch=True)
+
+
+def _state_only_cfg(root: Path, data_dir: str, checkpoint: dict, callbacks: list | None = None, **trainer) -> dict:
+    cfg = config(root, {"data_dir": data_dir, "cameras": []}, limit_train_batches=1, limit_val_batches=1,
+                 callbacks=callbacks or [], **trainer)
+    cfg["model"] = STATE_ACT
+    cfg["checkpoint"] = checkpoint
+    return cfg
+
+
+def _saved_epochs(ckpt_dir: Path) -> dict[str, int]:
+    return {p.name: torch.load(p, weights_only=True)["epoch"] for p in sorted(ckpt_dir.glob("*.ckpt"))}
+
+
+def test_last_checkpoint_is_written_every_epoch_whatever_every_n_epochs(tmp_path):
+    """``every_n_epochs: 3`` spaces the epoch checkpoints only: a run killed after epoch 2 can resume, and a
+    4-epoch run's last.ckpt is epoch 4's, not epoch 3's."""
+    data_dir = synthetic_store(tmp_path / "data", episodes=3, hw=(8, 8))
+    killed = _state_only_cfg(tmp_path / "killed", data_dir, {"every_n_epochs": 3}, max_epochs=4,
+                             callbacks=[{"class_path": "tests.test_cli.KillAtEpochStart", "init_args": {"n": 2}}])
+    with pytest.raises(Killed):
+        main({"fit": killed})
+    assert _saved_epochs(tmp_path / "killed" / "logs" / "version_0" / "checkpoints") == {"last.ckpt": 1}
+    main({"fit": _state_only_cfg(tmp_path / "full", data_dir, {"every_n_epochs": 3}, max_epochs=4)})
+    saved = _saved_epochs(tmp_path / "full" / "logs" / "version_0" / "checkpoints")
+    assert saved == {"epoch0002.ckpt": 2, "last.ckpt": 3}
+
+
+def test_best_checkpoint_skips_epochs_without_the_monitored_metric(tmp_path):
+    """``--checkpoint.every_n_epochs 1`` with rollouts every 2 epochs: no crash after epoch 1, the best is
+    chosen among the epochs that rolled out, last.ckpt follows every epoch and select_checkpoint finds the best."""
+    from lit_imit.recipes import select_checkpoint
+
+    data_dir = synthetic_store(tmp_path / "data", episodes=3, hw=(8, 8))
+    rollout = {"class_path": "tests.test_cli.FakeRollout", "init_args": {"rates": {1: 0.5, 3: 0.25}}}
+    checkpoint = {"monitor": "rollout/success_rate", "mode": "max", "save_top_k": 1, "every_n_epochs": 1}
+    cli = main({"fit": _state_only_cfg(tmp_path, data_dir, checkpoint, callbacks=[rollout], max_epochs=4)})
+    version_dir = tmp_path / "logs" / "version_0"
+    assert _saved_epochs(version_dir / "checkpoints") == {"epoch0001.ckpt": 1, "last.ckpt": 3}
+    assert select_checkpoint(version_dir).name == "epoch0001.ckpt"
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).name == "epoch0001.ckpt"
+
+
+@pytest.mark.parametrize("bad", [{"save_last": False}, {"save_last": "link"}, {"filename": "last_{epoch}"}])
+def test_checkpoint_settings_that_would_lose_the_resume_point_are_refused(tmp_path, bad):
+    cfg = _state_only_cfg(tmp_path, str(tmp_path / "data"), bad)
+    with pytest.raises(ValueError, match="checkpoint"):
+        main(cfg, run=False)
+
+
 def _tags(log_dir: Path) -> set[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

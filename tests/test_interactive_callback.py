@@ -612,6 +612,49 @@ def test_resume_after_a_round_continues_exactly(tmp_path):
     assert written_before and min(later) > max(written_before) > max(round_1)  # unused, ids continue after them
 
 
+def test_resume_from_last_after_a_kill_collects_nothing_twice(tmp_path):
+    """Epoch checkpoints every 2 epochs, a kill right after round 1: last.ckpt (written after every round)
+    resumes with round 1's data, so the store ends as an uninterrupted run's and nothing is orphaned."""
+    from tests.test_cli import Killed
+
+    def cfg(root: Path, data_dir: str, version: int = 0, kill: bool = False) -> dict:
+        kill_cb = [{"class_path": "tests.test_cli.KillAtEpochStart", "init_args": {"n": 1}}] if kill else []
+        out = interactive_cfg(root, data_dir, max_epochs=2, version=version, extra_callbacks=kill_cb)
+        out["checkpoint"] = {"every_n_epochs": 2}
+        return out
+
+    straight = main({"fit": cfg(tmp_path / "a", teacher_store(tmp_path / "data_a"))})
+    data_b = teacher_store(tmp_path / "data_b")
+    with pytest.raises(Killed):
+        main({"fit": cfg(tmp_path / "b", data_b, kill=True)})
+    ckpt = tmp_path / "b" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed = main({"fit": {**cfg(tmp_path / "b", data_b, version=1), "ckpt_path": str(ckpt)}})
+    assert EpisodeStore(data_b).ids() == EpisodeStore(tmp_path / "data_a").ids()
+    _assert_same(_snapshot(straight), _snapshot(resumed))
+
+
+def _collected_store(root: Path) -> str:
+    """Teacher demos plus one episode an interactive round wrote (as ``Demo.attrs`` marks it)."""
+    data_dir = teacher_store(root)
+    EpisodeStore(data_dir).add(make_episode_arrays(20, hw=HW, seed=9),
+                               {"task": "transfer_cube", "source": "validated", "round": 1, "interactive_episode": 0})
+    return data_dir
+
+
+def test_fresh_start_on_a_store_with_collected_rounds_is_refused(tmp_path):
+    data_dir = _collected_store(tmp_path / "data")
+    with pytest.raises(RuntimeError, match=r"--ckpt_path .*last\.ckpt.*reuse_interactive_store"):
+        main({"fit": interactive_cfg(tmp_path, data_dir, max_epochs=1)})
+
+
+def test_reuse_interactive_store_trains_on_a_collected_store(tmp_path):
+    data_dir = _collected_store(tmp_path / "data")
+    cfg = interactive_cfg(tmp_path, data_dir, max_epochs=1, warmup_epochs=1, data={"reuse_interactive_store": True})
+    cli = main({"fit": cfg})
+    assert 4 in [*cli.datamodule.train_ids, *cli.datamodule.val_ids]  # the collected episode is used
+    assert cli.trainer.global_step == 2
+
+
 class StateProbe(pl.Callback):
     """Dumps what must agree across DDP ranks after each round (runs after InteractiveAggregation)."""
 

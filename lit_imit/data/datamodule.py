@@ -47,6 +47,9 @@ class EpisodeDataModule(pl.LightningDataModule):
             computed from the first episodes added).
         env_kwargs: extra arguments of the env that records the demos (e.g. ``fast_render: false``);
             ``env_state: true`` is added automatically when ``state_keys`` asks for ``env_state``.
+        reuse_interactive_store: let a fresh interactive run (no ``--ckpt_path``) start on a store that
+            already holds interactively collected episodes and train on all of them. Off by default: such
+            episodes belong to the run that collected them, which resumes with ``--ckpt_path .../last.ckpt``.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         allow_empty: bool = False,
         env_kwargs: dict[str, Any] | None = None,
+        reuse_interactive_store: bool = False,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "prioritized"):
@@ -101,6 +105,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.allow_empty = allow_empty
         self.env_kwargs = dict(env_kwargs or {})
+        self.reuse_interactive_store = bool(reuse_interactive_store)
         self.store: EpisodeStore | None = None
         self.train_ids: list[int] = []
         self.val_ids: list[int] = []
@@ -211,14 +216,25 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     # ---- loaders ----------------------------------------------------------------------------------
     def _loader(self, dataset: ChunkDataset, sampler: SeededSampler) -> DataLoader:
-        # The loader's own generator (seeded, per epoch via the sampler) gives workers their base seed, so
-        # creating an iterator never draws from the global RNG: resumed runs stay in step.
-        generator = torch.Generator().manual_seed(self.seed * 7919 + sampler.epoch)
-        return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, generator=generator,
+        return EpochDataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            generator_seed=self.seed * 7919 + sampler.epoch,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=False, prefetch_factor=4 if self.num_workers > 0 else None,
         )
+
+    def train_epoch(self) -> int:
+        """The epoch the next train loader serves, as Lightning will pass it to ``set_epoch``.
+
+        The loader must know it when it is built: Lightning iterates a new train loader (and worker
+        processes start prefetching) before it calls ``set_epoch``, and on resume it trains on that first
+        iterator. ``epoch_progress.current.processed`` is already the resumed epoch at that point, while
+        ``current_epoch`` still says the previous one. Outside a fit (tests, scripts) this is 0.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
         """Side-effect free (Lightning may call it twice on resume): the draw depends on (seed, epoch)."""
@@ -226,6 +242,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         probs = self.sample_probabilities()
         ds.weights = self.importance_weights(probs) if probs is not None else np.ones(len(ds), np.float32)
         sampler = SeededSampler(len(ds), self.samples_per_epoch, probs, seed=self.seed, shuffle=True)
+        sampler.set_epoch(self.train_epoch())
         return self._loader(ds, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -261,6 +278,24 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.episode_priority = {int(k): float(v) for k, v in state.get("episode_priority", {}).items()}
         self.importance_beta = float(state.get("importance_beta", 1.0))
         self._build()
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose every iterator starts from the same generator state.
+
+    The generator gives worker processes their base seed, so creating an iterator never draws from the
+    global RNG. Lightning creates one iterator per epoch in an uninterrupted run but sometimes two (the
+    first is thrown away), and one on resume; re-seeding in ``__iter__`` makes the workers' seeds depend
+    on (seed, epoch) only, however often the loader is iterated.
+    """
+
+    def __init__(self, *args: Any, generator_seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, generator=torch.Generator().manual_seed(generator_seed), **kwargs)
+        self.generator_seed = generator_seed
+
+    def __iter__(self):
+        self.generator.manual_seed(self.generator_seed)
+        return super().__iter__()
 
 
 def _plain(value: Any) -> Any:
