@@ -136,6 +136,34 @@ class RolloutEvaluation(pl.Callback):
         self._envs = None
 
     # ---- hooks ------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check_image_size(getattr(trainer, "datamodule", None))
+
+    def check_image_size(self, datamodule: Any) -> None:
+        """The rollout renders frames of the size the policy was trained on, else a clear error at start.
+
+        A policy trained on 96x128 frames and rolled out at 48x64 runs without complaint and fails for a
+        reason nobody sees; the first training episode's stored frames tell the trained size.
+        """
+        size = self.env_kwargs.get("image_size")
+        dataset = getattr(datamodule, "train_set", None)
+        if size is None or dataset is None or not getattr(dataset, "image_keys", None) or not dataset.paths:
+            return
+        import h5py
+
+        from lit_imit.data.episodes import obs_path
+
+        with h5py.File(dataset.paths[0], "r") as f:
+            for key in dataset.image_keys:
+                if obs_path(key) in f:
+                    stored = tuple(int(v) for v in f[obs_path(key)].shape[1:3])
+                    if stored != tuple(int(v) for v in size):
+                        raise ValueError(
+                            f"RolloutEvaluation env_kwargs.image_size={list(size)} but the training frames of "
+                            f"{key!r} are {list(stored)} ({dataset.paths[0]}): set the callback's "
+                            f"env_kwargs.image_size (and data.init_args.image_size) to the same size"
+                        )
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.run(trainer, pl_module, tag=f"epoch_{trainer.current_epoch:04d}")

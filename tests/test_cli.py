@@ -136,15 +136,20 @@ def _interrupted_and_resumed(tmp_path: Path, make_cfg, stop_after: int, ckpt: st
     return main({"fit": {**resumed_cfg, "ckpt_path": str(ckpt_dir / ckpt)}})
 
 
-def test_exact_resume_with_dataloader_workers(tmp_path):
+STATE_DIFFUSION = {**TINY_DIFFUSION, "init_args": {**TINY_DIFFUSION["init_args"], "cameras": []}}
+
+
+@pytest.mark.parametrize("model", ["act", "diffusion"])
+def test_exact_resume_with_dataloader_workers(tmp_path, model):
     """With worker processes (the quickstart's ``num_workers: 2``) the loader is iterated, and its workers
-    prefetch, before Lightning calls ``set_epoch``: the resumed epoch must still draw its own order."""
+    prefetch, before Lightning calls ``set_epoch``: the resumed epoch must still draw its own order. Diffusion
+    adds its own random streams (noise, diffusion steps) and the EMA callback's state."""
     data_dir = synthetic_store(tmp_path / "data", episodes=3, hw=(8, 8))
 
     def make_cfg(root: Path) -> dict:
-        cfg = config(root, {"data_dir": data_dir, "cameras": [], "num_workers": 2}, max_epochs=2,
+        cfg = config(root, {"data_dir": data_dir, "cameras": [], "num_workers": 2}, model=model, max_epochs=2,
                      limit_train_batches=2, limit_val_batches=0)
-        cfg["model"] = STATE_ACT
+        cfg["model"] = STATE_ACT if model == "act" else STATE_DIFFUSION
         return cfg
 
     straight = main({"fit": make_cfg(tmp_path / "a")})
@@ -341,3 +346,58 @@ def test_datamodule_records_demos_with_its_env_kwargs(tmp_path, monkeypatch):
                            env_kwargs={"fast_render": False})
     dm.prepare_data()
     assert len(calls) == 1 and calls[0]["env_kwargs"]["fast_render"] is False
+
+
+POLICY_CONFIGS = [p for p in SHIPPED_CONFIGS if p.parent.name in ("act", "diffusion") or p.name == "quickstart.yaml"]
+
+
+@pytest.mark.parametrize("path", POLICY_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_shipped_policy_configs_agree_with_their_data(path):
+    """Model and DataModule of every shipped ACT/Diffusion config pass the check made when they meet
+    (cameras, state keys, chunk/horizon, history, action size). Network widths are shrunk: they do not matter."""
+    import importlib
+
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text())
+
+    def build(section, **shrink):
+        module_name, _, cls_name = cfg[section]["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        args = {**cfg[section].get("init_args", {}), **shrink}
+        return cls(**{k: v for k, v in args.items() if k in cls.__init__.__code__.co_varnames})
+
+    name = cfg["model"]["class_path"]
+    shrink = ({"dim_model": 32, "n_heads": 4, "dim_feedforward": 32, "pretrained_backbone": None}
+              if name.endswith("ACTModule") else {"down_dims": [16, 32, 64]})
+    build("model", **shrink).check_data_compatibility(build("data"))
+
+
+def test_model_and_data_mismatch_is_an_error_naming_both_keys(tmp_path):
+    from lit_imit.data.datamodule import EpisodeDataModule
+    from lit_imit.modules.act import ACTModule
+
+    model = ACTModule(cameras=["top", "left_wrist"], chunk_size=20, n_action_steps=20, dim_model=32, n_heads=4,
+                      dim_feedforward=32)
+    data = EpisodeDataModule(str(tmp_path), cameras=["top"], chunk_size=10, action_dim=14)
+    with pytest.raises(ValueError) as err:
+        model.check_data_compatibility(data)
+    message = str(err.value)
+    assert "model.init_args.cameras=['top', 'left_wrist']" in message and "data.init_args.cameras" in message
+    assert "model.init_args.chunk_size=20 needs data.init_args.chunk_size to be at least 20, got 10" in message
+    model.check_data_compatibility(EpisodeDataModule(str(tmp_path), cameras=["top", "left_wrist"], chunk_size=20))
+
+
+def test_rollout_image_size_must_match_the_training_frames(tmp_path):
+    from callbacks.rollout import RolloutEvaluation
+    from lit_imit.data.datamodule import EpisodeDataModule
+    from lit_imit.data.episodes import EpisodeStore
+    from lit_imit.data.recording import record_teacher_episodes
+
+    store = EpisodeStore(tmp_path / "d", create=True)
+    record_teacher_episodes("transfer_cube", 1, store, cameras=["top"], image_size=(24, 32))
+    dm = EpisodeDataModule(str(tmp_path / "d"), cameras=["top"], chunk_size=5, val_episodes=0)
+    dm.setup("fit")
+    RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [24, 32]}).check_image_size(dm)
+    with pytest.raises(ValueError, match=r"image_size=\[12, 16\] but the training frames of 'images/top' are \[24, 32\]"):
+        RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [12, 16]}).check_image_size(dm)

@@ -284,6 +284,16 @@ class ACTModule(PolicyModule):
         self._chunk_uncertainty: Tensor | None = None  # (N,) uncertainty of the chunk each env executes
         self._warned_stats = False
 
+    def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
+        """Same cameras and state keys, chunks at least ``chunk_size`` long, the same action size."""
+        hp = self.hparams
+        return {
+            "cameras": ("cameras", list(self.cameras), "=="),
+            "state_keys": ("state_keys", list(self.state_keys), "=="),
+            "chunk_size": ("chunk_size", int(hp.chunk_size), ">="),
+            "action_dim": ("action_dim", int(hp.action_dim), "=="),
+        }
+
     # ---- normalisation ----------------------------------------------------------------------------------
     def load_stats(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
         """As the base class, then floor the std at 0.01 like the original (constant dims stay finite)."""

@@ -94,9 +94,37 @@ class PolicyModule(pl.LightningModule):
         lo, hi = self.stat(key, "min"), self.stat(key, "max")
         return (x + 1.0) * 0.5 * (hi - lo).clamp_min(1e-4) + lo
 
+    def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
+        """What this policy needs from its DataModule: ``{data attr: (model arg, value, "==" | ">=")}``.
+
+        Checked once when the two meet (``setup``), so a mismatched config fails at start with both keys
+        named instead of at the first training step (or never, as a silently wrong horizon would).
+        """
+        return {}
+
+    def check_data_compatibility(self, dm: Any) -> None:
+        """Raise a ValueError naming ``model.init_args.X`` and ``data.init_args.Y`` for each mismatch."""
+        problems = []
+        for data_attr, (model_arg, needed, relation) in self.data_requirements().items():
+            have = getattr(dm, data_attr, None)
+            if have is None:
+                continue
+            if isinstance(needed, (list, tuple)):
+                needed, have = list(needed), list(have)
+            ok = have >= needed if relation == ">=" else have == needed
+            if not ok:
+                rel = "at least " if relation == ">=" else ""
+                problems.append(f"model.init_args.{model_arg}={needed} needs data.init_args.{data_attr} to be "
+                                f"{rel}{needed}, got {have}")
+        if problems:
+            raise ValueError(f"{type(self).__name__} and {type(dm).__name__} disagree: " + "; ".join(problems))
+
     def setup(self, stage: str) -> None:
-        """Take normalisation stats from the DataModule unless a checkpoint already provided them."""
+        """Check the DataModule against the model, then take its normalisation stats unless a checkpoint
+        already provided them."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            self.check_data_compatibility(dm)
         if self.normalized_keys and dm is not None and hasattr(dm, "stats") and not bool(self.stats_initialized):
             stats = dm.stats
             if stats is not None:

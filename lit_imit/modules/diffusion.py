@@ -292,6 +292,16 @@ class DiffusionModule(PolicyModule):
         """
         return cls(**preset_kwargs(name, **overrides))
 
+    def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
+        """Same cameras, state keys, observation history and action size; windows exactly ``horizon`` long."""
+        return {
+            "cameras": ("cameras", list(self.cameras), "=="),
+            "state_keys": ("state_keys", list(self.state_keys), "=="),
+            "chunk_size": ("horizon", int(self.horizon), "=="),
+            "n_obs_steps": ("n_obs_steps", int(self.n_obs_steps), "=="),
+            "action_dim": ("action_dim", int(self.action_dim), "=="),
+        }
+
     # ---- observation encoding --------------------------------------------------------------------------
     def global_condition(self, obs: Mapping[str, Tensor]) -> Tensor:
         """History of each state key (B, To, D) raw + ``images/<cam>`` (B, To, H, W, 3) uint8 -> (B, G)."""
