@@ -125,7 +125,7 @@ def _overrides(row: Mapping[str, Any]) -> str:
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
-        "| recipe | method | task | observations | demos | steps | held-out success (95% CI) | target | wall | "
+        "| recipe | method | task | observations | demos | steps (chosen ckpt) | held-out success (95% CI) | target | wall | "
         "device | commit | overrides |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
