@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 import yaml
 
 from lit_imit.results import append_row, git_commit, machine_description
@@ -166,8 +167,6 @@ def heldout_test(
     from lit_imit.envs.vector import ProcessEnvPool
     from lit_imit.interactive.rollout import evaluate, summarize
 
-    import torch
-
     module.eval()
 
     def policy(obs: dict[str, Any]) -> Any:
@@ -242,8 +241,6 @@ def run_recipe(
         ckpt = select_checkpoint(config_path.parent)
         row.update(_obs_from_config(config))
         row["checkpoint"] = str(ckpt)
-        import torch
-
         meta = torch.load(ckpt, map_location="cpu", weights_only=True)
         row["train_steps"] = int(meta.get("global_step", 0))
         del meta
@@ -276,8 +273,6 @@ def run_recipe(
 
 
 def _cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
