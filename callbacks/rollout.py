@@ -166,18 +166,24 @@ class RolloutEvaluation(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.run(trainer, pl_module, tag=f"epoch_{trainer.current_epoch:04d}")
+            summary = self.run(trainer, pl_module, tag=f"epoch_{trainer.current_epoch:04d}")
+            if trainer.is_global_zero:
+                print(f"epoch {trainer.current_epoch}, step {trainer.global_step}: {self.describe(summary)}")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = self.run(trainer, pl_module, tag="test")
         if trainer.is_global_zero:
-            print(
-                f"{self.log_prefix} success rate {summary['success_rate']:.3f} "
-                f"(95% CI {summary['success_ci_low']:.3f}-{summary['success_ci_high']:.3f}, "
-                f"{int(summary['episodes'])} episodes of {self.task}), mean return {summary['return']:.2f}, "
-                f"mean max reward {summary['max_reward']:.2f}"
-                + (f", score {summary['score']:.1f}" if "score" in summary else "")
-            )
+            print(self.describe(summary))
+
+    def describe(self, summary: dict[str, float]) -> str:
+        """One line: the success rate with its Wilson 95% interval, the episodes and the mean rewards."""
+        return (
+            f"{self.log_prefix} success rate {summary['success_rate']:.3f} "
+            f"(95% CI {summary['success_ci_low']:.3f}-{summary['success_ci_high']:.3f}, "
+            f"{int(summary['episodes'])} episodes of {self.task} from seed {self.seed}), mean return "
+            f"{summary['return']:.2f}, mean max reward {summary['max_reward']:.2f}"
+            + (f", score {summary['score']:.1f}" if "score" in summary else "")
+        )
 
     # ---- evaluation -------------------------------------------------------------------------------
     def _averaged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:

@@ -192,7 +192,7 @@ def loader_samples(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 ACT_SHAPES = {
     # LeRobot's default ACT: batch 8, one 480x640 camera, chunk 100, d_model 512, ff 3200, 4 enc / 1 dec, VAE on
     "lerobot": dict(batch=8, image_hw=(480, 640), chunk=100, model={}),
-    # configs/quickstart.yaml
+    # a small CPU ACT (one 120x160 camera, chunk 50): the quickstart's policy until it moved to state-based BC
     "quickstart": dict(batch=8, image_hw=(120, 160), chunk=50, model=dict(
         dim_model=128, n_heads=4, dim_feedforward=512, n_encoder_layers=2, n_vae_encoder_layers=2)),
 }

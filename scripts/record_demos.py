@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='comma-separated cameras, "" for none (default: the env default)')
     parser.add_argument("--image-size", type=parse_image_size, default=None, help="HxW, e.g. 240x320")
     parser.add_argument("--keep-failures", action="store_true", help="also keep unsuccessful episodes")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes simulating episodes at once (same seeds and ids as one process)")
+    parser.add_argument("--env-state", action="store_true",
+                        help="also record the object poses (/observations/env_state) for state-based policies")
     parser.add_argument("--fast-render", action=argparse.BooleanOptionalAction, default=None,
                         help="ALOHA envs: no shadows / multisampling (the env default) or, with --no-fast-render, "
                              "the MJCF's full look as in the paper configs")
@@ -90,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def recording_env_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """Env options from the flags; an option left unset is not passed (envs without it still work)."""
-    return {} if args.fast_render is None else {"fast_render": args.fast_render}
+    kwargs: dict[str, object] = {} if args.fast_render is None else {"fast_render": args.fast_render}
+    if args.env_state:
+        kwargs["env_state"] = True
+    return kwargs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,11 +131,12 @@ def _main(argv: list[str] | None) -> int:
         report = record_teacher_episodes(
             args.task, args.episodes, store, cameras=args.cameras, image_size=args.image_size, seed=args.seed,
             keep_failures=args.keep_failures, progress=True, env_kwargs=recording_env_kwargs(args),
+            workers=args.workers,
         )
     except KeyboardInterrupt:
         print(f"interrupted: {len(store)} complete episodes are in {args.out}", file=sys.stderr)
         return 130
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     minutes = (time.perf_counter() - start) / 60

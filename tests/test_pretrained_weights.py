@@ -209,3 +209,16 @@ def test_paper_configs_keep_asking_for_pretrained_weights(name):
     init_args = yaml.safe_load((ROOT / "configs" / name).read_text())["model"]["init_args"]
     assert init_args[PAPER_CONFIGS[name]] in ("imagenet", "openai")
     assert not init_args.get("allow_random_init", False)
+
+
+def test_a_damaged_weights_file_is_a_one_line_error_naming_it(tmp_path):
+    """A truncated download is reported as such (not as torch's unpickling advice to set weights_only=False)."""
+    from lit_imit.checkpoints import CheckpointError
+    from lit_imit.nets.backbones import load_pretrained_state
+
+    good = tmp_path / "resnet18.pth"
+    torch.save({"conv1.weight": torch.zeros(2)}, good)
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="damaged.pth"):
+        load_pretrained_state(str(damaged))

@@ -42,6 +42,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         priority_alpha: exponent of the priorities (P ∝ p^alpha); importance weights use ``beta``.
         seed: seed of the split and of the per-epoch draws.
         generate_if_missing: record this many teacher episodes when the store is empty.
+        record_workers: processes that simulate those episodes at once (``"auto"``: the CPUs this process may
+            use); the store gets the same seeds under the same ids whatever the count.
         image_size: (H, W) of recorded images when generating.
         allow_empty: start from an empty store (interactive learning from scratch fills it; statistics are
             computed from the first episodes added).
@@ -76,6 +78,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         allow_empty: bool = False,
         env_kwargs: dict[str, Any] | None = None,
         reuse_interactive_store: bool = False,
+        record_workers: int | str = 1,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "prioritized"):
@@ -101,6 +104,9 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.priority_alpha = priority_alpha
         self.seed = seed
         self.generate_if_missing = generate_if_missing
+        if record_workers != "auto" and (not isinstance(record_workers, int) or record_workers < 1):
+            raise ValueError(f"record_workers must be a count >= 1 or 'auto', got {record_workers!r}")
+        self.record_workers = record_workers
         self.image_size = image_size
         self.pin_memory = pin_memory
         self.allow_empty = allow_empty
@@ -130,8 +136,15 @@ class EpisodeDataModule(pl.LightningDataModule):
             record_teacher_episodes(
                 self.task, missing, store, cameras=self.cameras,
                 image_size=tuple(self.image_size) if self.image_size else None, seed=self.seed, progress=True,
-                env_kwargs=self.recording_env_kwargs(),
+                env_kwargs=self.recording_env_kwargs(), workers=self._recording_workers(missing),
             )
+
+    def _recording_workers(self, episodes: int) -> int:
+        if self.record_workers == "auto":
+            from lit_imit.envs.vector import available_cpus
+
+            return max(1, min(episodes, available_cpus()))
+        return max(1, min(episodes, int(self.record_workers)))
 
     def recording_env_kwargs(self) -> dict[str, Any]:
         """Env arguments for recording: the configured ones, plus ``env_state`` when the policy reads it."""

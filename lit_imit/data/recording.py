@@ -86,6 +86,7 @@ def record_teacher_episodes(
     max_attempts: int | None = None,
     progress: bool = False,
     env_kwargs: Mapping[str, Any] | None = None,
+    workers: int = 1,
 ) -> RecordingReport:
     """Record ``episodes`` teacher episodes of ``task`` into ``store`` (only successful ones by default).
 
@@ -93,8 +94,13 @@ def record_teacher_episodes(
     may write into one store at once, each episode gets its own id and seed (``EpisodeStore.reserve_seed``).
     ``env_kwargs`` go to the env as they are (e.g. ``env_state=True`` to record the object poses,
     ``fast_render=False``); ``cameras`` and ``image_size`` override entries of the same name.
+
+    ``workers`` > 1 simulates that many episodes at once in spawned worker processes (each builds its own env
+    and teacher); this process reserves their seeds in order and writes the finished episodes in seed order,
+    so a store recorded with workers holds the same seeds under the same ids as one recorded without (as long
+    as no other recorder shares the store). An interrupted run keeps every episode already written.
     """
-    from lit_imit.envs import make_env, make_teacher, task_spec
+    from lit_imit.envs import task_spec
 
     spec = task_spec(task)
     env_kwargs = dict(env_kwargs or {})
@@ -102,8 +108,8 @@ def record_teacher_episodes(
         env_kwargs["cameras"] = list(cameras)
     if image_size is not None:
         env_kwargs["image_size"] = tuple(image_size)
-    env = make_env(task, **env_kwargs)
-    teacher = make_teacher(task, env)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     report = RecordingReport()
     max_attempts = max_attempts if max_attempts is not None else 3 * episodes + 10
     bar = None
@@ -111,33 +117,86 @@ def record_teacher_episodes(
         from tqdm import tqdm
 
         bar = tqdm(total=episodes, desc=f"recording {task}", unit="ep")
-    try:
-        while len(report.ids) < episodes and report.attempts < max_attempts:
-            # from the store, under its lock: seeds continue after the largest one recorded (re-runs append
-            # new episodes) and recorders writing into the same store at once never share one
-            episode_seed = store.reserve_seed(seed)
-            buffer, info = run_episode(env, teacher.act, episode_seed, teacher.reset)
-            report.attempts += 1
-            success = bool(info.get("is_success", False))
-            report.successes += int(success)
-            if success or keep_failures:
-                attrs = {
-                    "sim": spec.env_id, "task": task, "success": success, "source": "teacher", "round": 0,
-                    "seed": episode_seed, "return": info["return"], "max_reward": info.get("max_reward"),
-                    "instruction": info.get("instruction"),
-                }
-                report.ids.append(store.add(buffer.arrays(), attrs))
-                if bar is not None:
-                    bar.update(1)
+
+    def keep(episode_seed: int, arrays: dict[str, np.ndarray], info: Mapping[str, Any]) -> None:
+        report.attempts += 1
+        success = bool(info.get("is_success", False))
+        report.successes += int(success)
+        if success or keep_failures:
+            attrs = {
+                "sim": spec.env_id, "task": task, "success": success, "source": "teacher", "round": 0,
+                "seed": episode_seed, "return": info["return"], "max_reward": info.get("max_reward"),
+                "instruction": info.get("instruction"),
+            }
+            report.ids.append(store.add(arrays, attrs))
             if bar is not None:
-                bar.set_postfix(success_rate=f"{report.success_rate:.2f}")
+                bar.update(1)
+        if bar is not None:
+            bar.set_postfix(success_rate=f"{report.success_rate:.2f}")
+
+    def wanted() -> int:
+        return min(episodes - len(report.ids), max_attempts - report.attempts)
+
+    try:
+        if workers == 1:
+            episode_fn = _TeacherEpisodes(task, env_kwargs)
+            try:
+                while wanted() > 0:
+                    # from the store, under its lock: seeds continue after the largest one recorded (re-runs
+                    # append new episodes) and recorders writing into the same store at once never share one
+                    keep(*episode_fn(store.reserve_seed(seed)))
+            finally:
+                episode_fn.close()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: never fork a process that may hold an EGL context. A worker that fails to start or dies
+            # breaks the executor, which raises here (a multiprocessing.Pool would respawn it for ever).
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker_episodes,
+                                     initargs=(task, env_kwargs)) as pool:
+                while wanted() > 0:
+                    seeds = [store.reserve_seed(seed) for _ in range(min(workers, wanted()))]
+                    for result in pool.map(_worker_episode, seeds):
+                        keep(*result)
     finally:
         if bar is not None:
             bar.close()
-        env.close()
     if len(report.ids) < episodes:
         raise RuntimeError(
             f"the {task} teacher produced only {len(report.ids)} of {episodes} successful episodes in "
             f"{report.attempts} attempts (success rate {report.success_rate:.2f})"
         )
     return report
+
+
+class _TeacherEpisodes:
+    """One env and its teacher; called with a seed, runs one episode and returns (seed, arrays, info)."""
+
+    def __init__(self, task: str, env_kwargs: Mapping[str, Any]) -> None:
+        from lit_imit.envs import make_env, make_teacher
+
+        self.env = make_env(task, **env_kwargs)
+        self.teacher = make_teacher(task, self.env)
+
+    def __call__(self, episode_seed: int) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+        buffer, info = run_episode(self.env, self.teacher.act, episode_seed, self.teacher.reset)
+        keys = ("is_success", "return", "max_reward", "instruction")
+        return episode_seed, buffer.arrays(), {k: info.get(k) for k in keys}
+
+    def close(self) -> None:
+        self.env.close()
+
+
+_worker_episodes: _TeacherEpisodes | None = None  # the env and teacher of a recording worker process
+
+
+def _init_worker_episodes(task: str, env_kwargs: Mapping[str, Any]) -> None:
+    global _worker_episodes
+    _worker_episodes = _TeacherEpisodes(task, env_kwargs)
+
+
+def _worker_episode(episode_seed: int) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+    assert _worker_episodes is not None, "recording worker used before its initializer ran"
+    return _worker_episodes(episode_seed)

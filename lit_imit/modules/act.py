@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
+from lit_imit.modules.chunking import ChunkQueue, TemporalEnsembler, env_mask
 from lit_imit.nets.act import ACT, ACTOutput
 
 ACT_MIN_STD = 1e-2  # the original clips dataset std to at least this value
@@ -66,110 +67,6 @@ def masked_l1_per_sample(pred: Tensor, target: Tensor, is_pad: Tensor | None, re
         return err.mean(dim=(1, 2))
     n_valid = valid.sum(dim=1).to(err.dtype) * err.shape[-1]
     return err.sum(dim=(1, 2)) / n_valid.clamp_min(1.0)
-
-
-def _env_mask(env_ids: Sequence[int] | Tensor | None, n_envs: int, device: torch.device) -> Tensor:
-    """Boolean (N,) mask from None (all envs), a list of indices or a boolean mask."""
-    if env_ids is None:
-        return torch.ones(n_envs, dtype=torch.bool, device=device)
-    ids = torch.as_tensor(env_ids, device=device)
-    if ids.dtype == torch.bool:
-        return ids
-    mask = torch.zeros(n_envs, dtype=torch.bool, device=device)
-    mask[ids.long()] = True
-    return mask
-
-
-class ChunkQueue:
-    """Per-env queues of the next actions of the last predicted chunk (open-loop chunk execution)."""
-
-    def __init__(self, n_action_steps: int) -> None:
-        self.n_action_steps = n_action_steps
-        self.actions: Tensor | None = None  # (N, n_action_steps, A)
-        self.position: Tensor | None = None  # (N,) index of the next action to execute
-
-    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
-        if env_ids is None or self.position is None:
-            self.actions = self.position = None
-        else:  # those envs re-query at their next step (the buffers were made under inference mode)
-            with torch.inference_mode():
-                self.position[_env_mask(env_ids, len(self.position), self.position.device)] = self.n_action_steps
-
-    def needs_query(self, n_envs: int, device: torch.device) -> Tensor:
-        """(N,) mask of the envs whose queue is empty."""
-        if self.position is None:
-            return torch.ones(n_envs, dtype=torch.bool, device=device)
-        if len(self.position) != n_envs:
-            raise ValueError(f"{n_envs} observations but {len(self.position)} queued envs: call reset() first")
-        return self.position >= self.n_action_steps
-
-    def fill(self, mask: Tensor, chunks: Tensor) -> None:
-        """Put the first n_action_steps actions of new chunks (one per True in mask) into those queues."""
-        if self.actions is None:
-            n, (_, _, a) = len(mask), chunks.shape
-            self.actions = chunks.new_zeros(n, self.n_action_steps, a)
-            self.position = torch.full((n,), self.n_action_steps, dtype=torch.long, device=chunks.device)
-        self.actions[mask] = chunks[:, : self.n_action_steps]
-        self.position[mask] = 0
-
-    def pop(self) -> Tensor:
-        """The next action of every env (N, A)."""
-        assert self.actions is not None and self.position is not None
-        if bool((self.position >= self.n_action_steps).any()):
-            raise RuntimeError("an action queue is empty: fill it before popping")
-        action = self.actions[torch.arange(len(self.position), device=self.position.device), self.position]
-        self.position += 1
-        return action
-
-
-class TemporalEnsembler:
-    """Online temporal ensembling of overlapping chunks, one buffer per env.
-
-    Slot j of the buffers holds, for the step j steps ahead, the running sum of w_i * prediction and of w_i,
-    where i counts the predictions already made for that step (i = 0 for the oldest) and w_i = exp(-m * i).
-    The executed action is sum / weight sum of slot 0, i.e. the normalised weighted average of ACT's eval.
-    """
-
-    def __init__(self, coeff: float, chunk_size: int) -> None:
-        self.coeff, self.chunk_size = coeff, chunk_size
-        self.weights = torch.exp(-coeff * torch.arange(chunk_size, dtype=torch.float64))
-        self.sums: Tensor | None = None  # (N, k, A)
-        self.weight_sums: Tensor | None = None  # (N, k)
-        self.counts: Tensor | None = None  # (N, k) predictions made so far for each future step
-
-    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
-        if env_ids is None or self.sums is None:
-            self.sums = self.weight_sums = self.counts = None
-            return
-        assert self.weight_sums is not None and self.counts is not None
-        with torch.inference_mode():  # the buffers were made under inference mode
-            mask = _env_mask(env_ids, len(self.sums), self.sums.device)
-            self.sums[mask] = 0
-            self.weight_sums[mask] = 0
-            self.counts[mask] = 0
-
-    def update(self, chunks: Tensor) -> Tensor:
-        """Add the chunks predicted now (N, k, A) and return the ensembled action for the current step (N, A)."""
-        n, k, a = chunks.shape
-        if k != self.chunk_size:
-            raise ValueError(f"chunks of {k} steps, the ensembler was built for {self.chunk_size}")
-        if self.sums is None:
-            self.sums = chunks.new_zeros(n, k, a, dtype=torch.float64)
-            self.weight_sums = chunks.new_zeros(n, k, dtype=torch.float64)
-            self.counts = torch.zeros(n, k, dtype=torch.long, device=chunks.device)
-        assert self.weight_sums is not None and self.counts is not None
-        if len(self.sums) != n:
-            raise ValueError(f"{n} chunks but {len(self.sums)} ensembled envs: call reset() first")
-        w = self.weights.to(chunks.device)[self.counts]  # (N, k)
-        self.sums += w.unsqueeze(-1) * chunks.double()
-        self.weight_sums += w
-        self.counts += 1
-        action = (self.sums[:, 0] / self.weight_sums[:, 0:1]).to(chunks.dtype)
-        # advance one step: slot 0 is consumed, a fresh empty slot enters at the far end
-        self.sums = torch.cat([self.sums[:, 1:], self.sums.new_zeros(n, 1, a)], dim=1)
-        self.weight_sums = torch.cat([self.weight_sums[:, 1:], self.weight_sums.new_zeros(n, 1)], dim=1)
-        self.counts = torch.cat([self.counts[:, 1:], self.counts.new_zeros(n, 1)], dim=1)
-        return action
 
 
 class ACTModule(PolicyModule):
@@ -393,7 +290,7 @@ class ACTModule(PolicyModule):
             self._chunk_uncertainty = None
         else:
             with torch.inference_mode():
-                mask = _env_mask(env_ids, len(self._chunk_uncertainty), self._chunk_uncertainty.device)
+                mask = env_mask(env_ids, len(self._chunk_uncertainty), self._chunk_uncertainty.device)
                 self._chunk_uncertainty[mask] = float("nan")
 
     def _check_stats(self) -> None:

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_imit.checkpoints import load_checkpoint
 from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
 from lit_imit.nets.skills import (
     ClosedLoopDecoder,
@@ -220,7 +221,7 @@ class SkillPriorModule(PolicyModule):
         path = Path(entry["ckpt"])
         if not path.is_file():
             raise FileNotFoundError(f"init_from checkpoint {path} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(path)
         state = ckpt.get("state_dict", ckpt)
         for part in entry["parts"]:
             prefix = f"{part}."

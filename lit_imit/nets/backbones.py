@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from lit_imit.checkpoints import load_checkpoint
 from lit_imit.nets.pretrained import missing_file, unavailable
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def load_pretrained_state(
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise missing_file(path, "pretrained_backbone")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
