@@ -143,12 +143,24 @@ def find_run_config(run_dir: Path) -> Path:
 
 
 def select_checkpoint(version_dir: Path) -> Path:
-    """The checkpoint ``ModelCheckpoint`` chose by validation-rollout success, else ``last.ckpt``."""
+    """The checkpoint ``ModelCheckpoint`` chose by validation-rollout success, else ``last.ckpt``.
+
+    The choice is read from ``last.ckpt`` (the callback's ``best_model_path``), which stays right when
+    best files were copied, touched or left over from an earlier run in the same directory; without it, the
+    newest best file."""
     ckpts = sorted((version_dir / "checkpoints").glob("*.ckpt"))
+    last = [p for p in ckpts if p.name.startswith("last")]
+    if last:
+        state = load_checkpoint(last[0])
+        for key, value in (state.get("callbacks") or {}).items():
+            best = value.get("best_model_path") if str(key).startswith("ModelCheckpoint") else None
+            if best and Path(best).is_file():
+                return Path(best)
+            if best and (version_dir / "checkpoints" / Path(best).name).is_file():  # the run dir was moved
+                return version_dir / "checkpoints" / Path(best).name
     best = [p for p in ckpts if not p.name.startswith("last")]
     if best:
         return max(best, key=lambda p: p.stat().st_mtime)
-    last = [p for p in ckpts if p.name.startswith("last")]
     if not last:
         raise FileNotFoundError(f"no checkpoint in {version_dir / 'checkpoints'}")
     return last[0]

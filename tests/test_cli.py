@@ -225,6 +225,10 @@ def test_best_checkpoint_skips_epochs_without_the_monitored_metric(tmp_path):
     assert _saved_epochs(version_dir / "checkpoints") == {"epoch0001.ckpt": 1, "last.ckpt": 3}
     assert select_checkpoint(version_dir).name == "epoch0001.ckpt"
     assert Path(cli.trainer.checkpoint_callback.best_model_path).name == "epoch0001.ckpt"
+    # a newer stray file (copied in, left by another run) does not change the choice: last.ckpt records it
+    stray = version_dir / "checkpoints" / "epoch0009.ckpt"
+    stray.write_bytes((version_dir / "checkpoints" / "last.ckpt").read_bytes())
+    assert select_checkpoint(version_dir).name == "epoch0001.ckpt"
 
 
 @pytest.mark.parametrize("bad", [{"save_last": False}, {"save_last": "link"}, {"filename": "last_{epoch}"}])
