@@ -26,6 +26,7 @@ COMPONENTS = (
     "callbacks.rollout",
 )
 OPTIONAL_COMPONENTS = (
+    "lit_imit.modules.bc",
     "lit_imit.modules.act",
     "lit_imit.modules.diffusion",
     "lit_imit.modules.cliport",
