@@ -69,7 +69,7 @@ register(Recipe(
     name="bc_transfer_cube_state", method="bc", task="transfer_cube",
     config="configs/quickstart.yaml", obs="qpos + cube pose (state)", demos=50,
     expected_minutes=5, target=0.90, reference="the quickstart: >= 0.9 in <= 5 minutes",
-    notes="MLP 3x512, chunk 20 (10 executed per query), L1, lr 1e-3, batch 256, 4500 steps; its only "
+    notes="MLP 3x512, chunk 20 (10 executed per query), L1, lr 1e-3, batch 256, 6000 steps; its only "
           "validation rollout is at the end, so the checkpoint is not chosen",
 ))
 register(Recipe(

@@ -177,3 +177,29 @@ def test_non_finite_training_data_is_refused_naming_file_and_key(episode_store):
         compute_stats(low, ["qpos", "action"], paths=good.paths)
     with pytest.raises(EpisodeError, match=r"episode #1 of the split: key 'observations/qpos'"):
         compute_stats(low, ["qpos"])
+
+
+@pytest.mark.parametrize("n_obs_steps, action_offset", [(1, 0), (2, -1)])
+def test_state_only_batches_are_gathered_at_once_and_equal_the_collated_samples(episode_store, n_obs_steps,
+                                                                                  action_offset):
+    """The batched path (no cameras) gives exactly the tensors of collating the samples one by one, padding,
+    clipped history, weights and indices included."""
+    from torch.utils.data import default_collate
+
+    from lit_imit.data.datasets import CollatedBatch, collate
+
+    ds = ChunkDataset(episode_store, episode_store.ids(), state_keys=["qpos", "qvel"], camera_keys=[], chunk_size=6,
+                      n_obs_steps=n_obs_steps, action_offset=action_offset)
+    ds.weights = np.linspace(0.5, 1.5, len(ds)).astype(np.float32)
+    indices = [0, 1, len(ds) - 1, 19, 20, 5, len(ds) - 3]  # episode starts and ends, two episodes
+    batch = ds.__getitems__(indices)
+    assert isinstance(batch, CollatedBatch)
+    expected = default_collate([ds[i] for i in indices])
+    got = collate(batch)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert got[key].dtype == expected[key].dtype, key
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+    assert bool(got["action_is_pad"].any())  # the window past an episode end is padded
+    with_camera = ChunkDataset(episode_store, episode_store.ids(), camera_keys=["top"], chunk_size=6)
+    assert isinstance(with_camera.__getitems__([0, 1]), list)  # frames are read one sample at a time

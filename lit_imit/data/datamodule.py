@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_imit.data.datasets import ChunkDataset, compute_stats
+from lit_imit.data.datasets import ChunkDataset, collate, compute_stats
 from lit_imit.data.episodes import EpisodeStore
 from lit_imit.data.samplers import SeededSampler
 
@@ -233,7 +233,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             generator_seed=self.seed * 7919 + sampler.epoch,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=False, prefetch_factor=4 if self.num_workers > 0 else None,
+            persistent_workers=False, prefetch_factor=4 if self.num_workers > 0 else None, collate_fn=collate,
         )
 
     def train_epoch(self) -> int:

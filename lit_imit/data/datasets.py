@@ -61,6 +61,7 @@ class ChunkDataset(Dataset):
         self.index = self._build_index(drop_last_steps)
         self.weights = np.ones(len(self.index), dtype=np.float32)
         self._files = LazyEpisodeFiles()
+        self._flat: dict[str, np.ndarray] | None = None  # built by _flat_lowdim on first use
 
     # ---- construction -----------------------------------------------------------------------------
     def _load_lowdim(self, path: str, action_dim: int | None) -> dict[str, np.ndarray]:
@@ -139,6 +140,54 @@ class ChunkDataset(Dataset):
         sample["episode_index"] = torch.tensor(self.episode_ids[e])
         sample["frame_index"] = torch.tensor(t)
         return sample
+
+
+    def __getitems__(self, indices: Sequence[int]) -> "list[dict[str, Any]] | CollatedBatch":
+        """A whole batch at once. Without cameras it is gathered with array indexing into a
+        :class:`CollatedBatch`, equal to collating ``[self[i] for i in indices]`` but tens of times faster
+        (state-only policies train faster than one sample per ~0.2 ms of Python could feed them); with
+        cameras, the samples one by one."""
+        if self.image_keys:
+            return [self[i] for i in indices]
+        flat = self._flat_lowdim()
+        rows = self.index[np.asarray(indices, dtype=np.int64)]
+        e, t = rows[:, 0], rows[:, 1]
+        start, length = flat["start"][e], flat["length"][e]
+        batch = CollatedBatch()
+        obs_steps = np.clip(t[:, None] + np.arange(1 - self.n_obs_steps, 1)[None], 0, None)  # (B, To)
+        for key in self.state_keys:
+            value = flat[key][start[:, None] + obs_steps]
+            batch[key] = torch.from_numpy(value[:, 0] if self.n_obs_steps == 1 else value)
+        steps = t[:, None] + self.action_offset + np.arange(self.chunk_size)[None]  # (B, k)
+        batch["action"] = torch.from_numpy(flat["action"][start[:, None] + np.clip(steps, 0, length[:, None] - 1)])
+        batch["action_is_pad"] = torch.from_numpy(steps >= length[:, None])
+        batch["weight"] = torch.from_numpy(self.weights[np.asarray(indices, dtype=np.int64)].astype(np.float32))
+        batch["episode_index"] = torch.from_numpy(np.asarray(self.episode_ids, dtype=np.int64)[e])
+        batch["frame_index"] = torch.from_numpy(t.astype(np.int64))
+        return batch
+
+    def _flat_lowdim(self) -> dict[str, np.ndarray]:
+        """The episodes' low-dimensional arrays end to end, with each episode's start and length (built once)."""
+        if self._flat is None:
+            lengths = np.array([len(low["action"]) for low in self.lowdim], dtype=np.int64)
+            flat = {key: np.concatenate([low[key] for low in self.lowdim]) for key in (*self.state_keys, "action")}
+            flat["start"] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            flat["length"] = lengths
+            self._flat = flat
+        return self._flat
+
+
+class CollatedBatch(dict):
+    """A batch the dataset already collated (``ChunkDataset.__getitems__``); ``collate`` passes it through."""
+
+
+def collate(samples: "list[dict[str, Any]] | CollatedBatch") -> dict[str, Any]:
+    """The DataLoader's collate_fn: a :class:`CollatedBatch` as it is, a list of samples by torch's default."""
+    if isinstance(samples, CollatedBatch):
+        return dict(samples)
+    from torch.utils.data import default_collate
+
+    return default_collate(samples)
 
 
 def _check_finite(values: np.ndarray, path: str, key: str) -> None:
