@@ -300,6 +300,41 @@ def test_ddp_two_cpu_processes_train_and_evaluate(tmp_path, model):
     assert (tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
+def test_exact_resume_under_ddp_with_dataloader_workers(tmp_path):
+    """Two DDP ranks with 2 loader workers each: stopped after epoch 1 and resumed from last.ckpt, the run
+    ends with the weights and optimiser state of the uninterrupted one (each rank's shard of the sampler and
+    its workers' prefetch must follow the resumed epoch)."""
+    data_dir = synthetic_store(tmp_path / "data", episodes=4, hw=(8, 8))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on a shared two-core box
+
+    def run(root: Path, version: int = 0, stop_after: int | None = None, ckpt: Path | None = None) -> Path:
+        cfg = config(root, {"data_dir": data_dir, "cameras": [], "num_workers": 2}, model="act", max_epochs=2,
+                     limit_train_batches=2, limit_val_batches=0, devices=2, strategy="ddp")
+        cfg["model"] = STATE_ACT
+        cfg["trainer"]["logger"]["init_args"]["version"] = version
+        if stop_after is not None:
+            cfg["trainer"]["callbacks"].append(
+                {"class_path": "tests.test_cli.StopAfterEpochs", "init_args": {"n": stop_after}})
+        path = _write(root / f"ddp{version}.yaml", cfg)
+        args = [sys.executable, "-m", "lit_imit", "fit", "--config", path]
+        if ckpt is not None:
+            args += ["--ckpt_path", str(ckpt)]
+        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return root / "logs" / f"version_{version}" / "checkpoints" / "last.ckpt"
+
+    straight = torch.load(run(tmp_path / "a"), map_location="cpu", weights_only=True)
+    stopped = run(tmp_path / "b", stop_after=1)
+    resumed = torch.load(run(tmp_path / "b", version=1, ckpt=stopped), map_location="cpu", weights_only=True)
+    assert straight["global_step"] == resumed["global_step"] == 4
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for idx, state in straight["optimizer_states"][0]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, resumed["optimizer_states"][0]["state"][idx][name]), (idx, name)
+
+
 SHIPPED_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "skills")
 
 

@@ -612,6 +612,22 @@ def test_resume_after_a_round_continues_exactly(tmp_path):
     assert written_before and min(later) > max(written_before) > max(round_1)  # unused, ids continue after them
 
 
+@pytest.mark.slow
+def test_resume_after_a_round_with_dataloader_workers_continues_exactly(tmp_path):
+    """As above with 2 DataLoader worker processes, which prefetch the round's first batches (of the grown,
+    re-weighted dataset) before Lightning hands the loader its epoch: the resumed run still matches."""
+    workers = {"num_workers": 2}
+    straight = main({"fit": interactive_cfg(tmp_path / "a", teacher_store(tmp_path / "data_a"), max_epochs=3,
+                                            data=workers)})
+    data_b = teacher_store(tmp_path / "data_b")
+    main({"fit": interactive_cfg(tmp_path / "b", data_b, max_epochs=2, data=workers)})
+    ckpts = tmp_path / "b" / "logs" / "version_0" / "checkpoints"
+    resumed = main({"fit": {**interactive_cfg(tmp_path / "b", data_b, max_epochs=3, version=1, data=workers),
+                            "ckpt_path": str(ckpts / "last.ckpt")}})
+    assert resumed.trainer.global_step == straight.trainer.global_step == 6
+    _assert_same(_snapshot(straight), _snapshot(resumed))
+
+
 def test_resume_from_last_after_a_kill_collects_nothing_twice(tmp_path):
     """Epoch checkpoints every 2 epochs, a kill right after round 1: last.ckpt (written after every round)
     resumes with round 1's data, so the store ends as an uninterrupted run's and nothing is orphaned."""
