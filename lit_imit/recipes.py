@@ -251,7 +251,7 @@ def run_recipe(
                    *rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
         log.info("[%s] fit: %s (in %s)", rec.name, shlex.join(fit_cmd), run_dir)
         with open(run_dir / "fit.log", "w") as out:
-            proc = subprocess.run(fit_cmd, cwd=run_dir, stdout=out, stderr=subprocess.STDOUT)
+            proc = run_child(fit_cmd, cwd=run_dir, stdout=out)
         row["fit_minutes"] = round((time.perf_counter() - start) / 60, 2)
         if proc.returncode != 0:
             tail = (run_dir / "fit.log").read_text(errors="replace")[-2000:]
@@ -290,6 +290,23 @@ def run_recipe(
     if results_path is not None:
         row = append_row(results_path, row)
     return row
+
+
+def run_child(cmd: list[str], cwd: Path, stdout: Any, grace_seconds: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``cmd`` to the end; if this process is interrupted meanwhile (Ctrl-C, or SIGTERM / SIGHUP turned
+    into one), the child gets SIGTERM (Lightning stops cleanly and its worker processes with it) and, after
+    ``grace_seconds``, SIGKILL, and the interrupt goes on. ``subprocess.run`` would SIGKILL it at once."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT)
+    try:
+        return subprocess.CompletedProcess(cmd, proc.wait())
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def _cuda_available() -> bool:

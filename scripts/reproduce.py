@@ -6,7 +6,9 @@
     python scripts/reproduce.py --render                       # re-render results/RESULTS.md and the README table
 
 Each recipe runs from nothing in ``runs/<recipe>/<timestamp>/`` (its own demos, logs and checkpoints; none of
-them are committed); failed runs get rows too. See ``lit_imit/recipes.py``.
+them are committed); failed runs get rows too, and so does a run stopped by Ctrl-C, ``kill`` (SIGTERM) or a
+closed terminal (SIGHUP): its row says where it stopped, and its ``fit`` process is stopped with it (a
+``kill -9`` leaves nothing to write a row with). See ``lit_imit/recipes.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from lit_imit.recipes import RECIPES, REPO_ROOT, TEST_SEED, list_recipes, recipe, run_recipe
 from lit_imit.results import render_files
+from lit_imit.signals import StopSignal, stop_signals_as_interrupt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,17 +57,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = "python " + shlex.join(["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
     failed = 0
-    for name in names:
-        rec = recipe(name)
-        try:
-            row = run_recipe(rec, args.work_dir, args.results, episodes=args.episodes, test_seed=args.test_seed,
-                             extra_overrides=args.override, command=command)
-            print(f"{name}: {row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
-                  f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
-                  f"{row['wall_minutes']:.1f} min")
-        except Exception as err:  # the row is written; go on with the next recipe
-            failed += 1
-            print(f"{name}: FAILED ({type(err).__name__}: {str(err)[:500]})", file=sys.stderr)
+    try:
+        with stop_signals_as_interrupt():  # SIGTERM / SIGHUP as Ctrl-C: the stopped recipe still gets its row
+            for name in names:
+                rec = recipe(name)
+                try:
+                    row = run_recipe(rec, args.work_dir, args.results, episodes=args.episodes,
+                                     test_seed=args.test_seed, extra_overrides=args.override, command=command)
+                    print(f"{name}: {row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
+                          f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
+                          f"{row['wall_minutes']:.1f} min")
+                except Exception as err:  # the row is written; go on with the next recipe
+                    failed += 1
+                    print(f"{name}: FAILED ({type(err).__name__}: {str(err)[:500]})", file=sys.stderr)
+    except KeyboardInterrupt as err:  # the interrupted recipe's row is written; the others do not run
+        why = err if isinstance(err, StopSignal) else "stopped by SIGINT"
+        print(f"{why}: the interrupted recipe's row is in {args.results}", file=sys.stderr)
+        render_files(args.results, args.markdown, args.readme or None)
+        return 130
     render_files(args.results, args.markdown, args.readme or None)
     print(f"rendered {args.markdown}" + (f" and the table in {args.readme}" if args.readme else ""))
     return 1 if failed else 0

@@ -130,3 +130,44 @@ def test_paper_preset_runs_on_cpu_with_a_tiny_step_count(tmp_path):
     row = run_recipe(tiny, tmp_path / "runs", tmp_path / "r.jsonl", episodes=1)
     assert row["train_steps"] == 2 and row["preset"] == "paper" and row["episodes"] == 1
     assert "--model.init_args.allow_random_init" in row["overrides"]
+
+
+def test_a_recipe_stopped_by_sigterm_gets_its_row_and_stops_its_fit(tmp_path):
+    """``kill`` of reproduce.py mid-fit: the fit child is stopped (not orphaned) and the run's row says so."""
+    import os
+    import signal
+    import time
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(f"""
+import sys
+sys.path[:0] = [{str(REPO)!r}, {str(REPO / "scripts")!r}]
+from lit_imit.recipes import Recipe, register
+register(Recipe(name="endless", method="act", task="transfer_cube", config="configs/act/transfer_cube_state.yaml",
+                obs="state", demos=1, expected_minutes=1,
+                overrides=("--trainer.max_steps", "1000000", "--data.init_args.generate_if_missing", "1",
+                           "--data.init_args.val_episodes", "0", "--trainer.callbacks.init_args.every_n_epochs", "0")))
+import reproduce
+sys.exit(reproduce.main(["endless", "--work-dir", {str(tmp_path / "runs")!r}, "--results",
+                         {str(tmp_path / "r.jsonl")!r}, "--markdown", {str(tmp_path / "R.md")!r}, "--readme", ""]))
+""")
+    proc = subprocess.Popen([sys.executable, str(driver)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until the fit has trained a little (its log shows the first epoch)
+        logs = list((tmp_path / "runs").rglob("fit.log"))
+        if logs and "Epoch 0" in logs[0].read_text(errors="replace"):
+            break
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the fit never started")
+    fit_pids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert fit_pids
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    row = read_rows(tmp_path / "r.jsonl")[-1]
+    assert row["recipe"] == "endless" and row["success_rate"] is None and "SIGTERM" in row["error"]
+    for pid in fit_pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
