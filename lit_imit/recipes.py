@@ -235,18 +235,11 @@ def run_recipe(
     run_dir = Path(work_dir).resolve() / rec.name / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
     start = time.perf_counter()
-    row: dict[str, Any] = {
-        "recipe": rec.name, "method": rec.method, "task": rec.task, "obs": rec.obs, "demos": rec.demos,
-        "train_steps": None, "wall_minutes": None, "device": machine_description(), "successes": None,
-        "episodes": episodes, "success_rate": None, "ci_low": None, "ci_high": None,
-        "eval_seeds": f"{test_seed}-{test_seed + episodes - 1}", "commit": git_commit(REPO_ROOT),
-        "command": command or f"python scripts/reproduce.py {rec.name}", "target": rec.target,
-        "config": rec.config, "preset": rec.preset,
-        "overrides": [*rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides],
-        "extra_overrides": list(extra_overrides),
-        "run_dir": str(run_dir),
-    }
-    try:
+    row = _new_row(rec, run_dir, episodes, test_seed, command or f"python scripts/reproduce.py {rec.name}")
+    row["overrides"] = [*rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
+    row["extra_overrides"] = list(extra_overrides)
+
+    def work() -> None:
         fit_cmd = [python, "-m", "lit_imit", "fit", "--config", str(REPO_ROOT / rec.config),
                    *rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
         log.info("[%s] fit: %s (in %s)", rec.name, shlex.join(fit_cmd), run_dir)
@@ -256,30 +249,28 @@ def run_recipe(
         if proc.returncode != 0:
             tail = (run_dir / "fit.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"fit exited with status {proc.returncode}; end of {run_dir / 'fit.log'}:\n{tail}")
-        config_path = find_run_config(run_dir)
-        config = yaml.safe_load(config_path.read_text())
-        ckpt = select_checkpoint(config_path.parent)
-        row.update(_obs_from_config(config))
-        row["checkpoint"] = str(ckpt)
-        meta = load_checkpoint(ckpt)
-        row["train_steps"] = int(meta.get("global_step", 0))
-        del meta
-        settings = rollout_settings(config)
-        row["selection_seeds"] = f"{settings.get('seed', SELECTION_SEED)}+ ({settings.get('n_episodes')} episodes)"
-        row["demos"] = _count_episodes(run_dir, config)
-        module = load_policy_from_run(config, ckpt)
-        test_start = time.perf_counter()
-        summary = heldout_test(
-            module, settings["task"], settings.get("env_kwargs") or {}, episodes, test_seed,
-            n_envs=rec.test_n_envs, max_steps=settings.get("max_steps"), num_workers=rec.test_workers,
-        )
-        row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
-        row.update({
-            "successes": int(summary["successes"]), "success_rate": summary["success_rate"],
-            "ci_low": round(summary["success_ci_low"], 4), "ci_high": round(summary["success_ci_high"], 4),
-            "mean_return": summary["return"], "mean_max_reward": summary["max_reward"],
-            "env_kwargs": settings.get("env_kwargs") or {},
-        })
+        heldout_test_of_run(rec, run_dir, row, episodes, test_seed)
+
+    return _recorded(row, work, start, results_path)
+
+
+def _new_row(rec: Recipe, run_dir: Path, episodes: int, test_seed: int, command: str) -> dict[str, Any]:
+    """A row with the recipe's facts and empty results (a failed run is written like this, plus its error)."""
+    return {
+        "recipe": rec.name, "method": rec.method, "task": rec.task, "obs": rec.obs, "demos": rec.demos,
+        "train_steps": None, "wall_minutes": None, "device": machine_description(), "successes": None,
+        "episodes": episodes, "success_rate": None, "ci_low": None, "ci_high": None,
+        "eval_seeds": f"{test_seed}-{test_seed + episodes - 1}", "commit": git_commit(REPO_ROOT),
+        "command": command, "target": rec.target, "config": rec.config, "preset": rec.preset,
+        "run_dir": str(run_dir),
+    }
+
+
+def _recorded(row: dict[str, Any], work: Any, start: float, results_path: str | Path | None) -> dict[str, Any]:
+    """Run ``work`` (which fills ``row``), then append the row with its wall time, also when ``work`` fails
+    or is interrupted (with the error), and re-raise."""
+    try:
+        work()
     except BaseException as err:
         row["error"] = f"{type(err).__name__}: {err}"[:4000]
         row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
@@ -287,9 +278,60 @@ def run_recipe(
             append_row(results_path, row)
         raise
     row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
-    if results_path is not None:
-        row = append_row(results_path, row)
-    return row
+    return append_row(results_path, row) if results_path is not None else row
+
+
+def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episodes: int, test_seed: int,
+                           sampler: tuple[str, int] | None = None) -> None:
+    """The held-out test of a finished fit: the checkpoint it chose, rolled out on ``episodes`` seeds from
+    ``test_seed`` with the run's own rollout settings; fills ``row`` (checkpoint, steps, seeds, success).
+    ``sampler`` (kind, steps) swaps a Diffusion policy's inference sampler for this test only."""
+    config_path = find_run_config(run_dir)
+    config = yaml.safe_load(config_path.read_text())
+    ckpt = select_checkpoint(config_path.parent)
+    row.update(_obs_from_config(config))
+    row["checkpoint"] = str(ckpt)
+    meta = load_checkpoint(ckpt)
+    row["train_steps"] = int(meta.get("global_step", 0))
+    del meta
+    settings = rollout_settings(config)
+    row["selection_seeds"] = f"{settings.get('seed', SELECTION_SEED)}+ ({settings.get('n_episodes')} episodes)"
+    row["demos"] = _count_episodes(run_dir, config)
+    module = load_policy_from_run(config, ckpt)
+    if sampler is not None:
+        if not hasattr(module, "use_sampler"):
+            raise ValueError(f"{type(module).__name__} has no inference sampler to swap (--sampler is for Diffusion)")
+        module.use_sampler(*sampler)
+        row["sampler"] = f"{sampler[0]}-{sampler[1]}"
+    test_start = time.perf_counter()
+    summary = heldout_test(
+        module, settings["task"], settings.get("env_kwargs") or {}, episodes, test_seed,
+        n_envs=rec.test_n_envs, max_steps=settings.get("max_steps"), num_workers=rec.test_workers,
+    )
+    row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
+    row.update({
+        "successes": int(summary["successes"]), "success_rate": summary["success_rate"],
+        "ci_low": round(summary["success_ci_low"], 4), "ci_high": round(summary["success_ci_high"], 4),
+        "mean_return": summary["return"], "mean_max_reward": summary["max_reward"],
+        "env_kwargs": settings.get("env_kwargs") or {},
+    })
+
+
+def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: int = 50, test_seed: int = TEST_SEED,
+               sampler: tuple[str, int] | None = None, command: str = "") -> dict[str, Any]:
+    """Test a finished recipe run again (its chosen checkpoint, nothing retrained) and append the row.
+
+    Fresh ``test_seed``s re-check a figure; ``sampler`` compares inference samplers on one Diffusion checkpoint
+    (e.g. DDPM-100 against the DDIM-10 the run was tested with). The row's ``retest_of`` names the run and its
+    ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
+    """
+    run_dir = Path(run_dir).resolve()
+    rec = recipe(run_dir.parent.name)
+    start = time.perf_counter()
+    row = _new_row(rec, run_dir, episodes, test_seed, command or f"python scripts/reproduce.py --retest {run_dir}")
+    row["retest_of"] = str(run_dir)
+    return _recorded(row, lambda: heldout_test_of_run(rec, run_dir, row, episodes, test_seed, sampler), start,
+                     results_path)
 
 
 def run_child(cmd: list[str], cwd: Path, stdout: Any, grace_seconds: float = 60.0) -> subprocess.CompletedProcess:

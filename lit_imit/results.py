@@ -116,11 +116,16 @@ def _target(row: Mapping[str, Any]) -> str:
 
 
 def _overrides(row: Mapping[str, Any]) -> str:
-    """The command-line changes a run made to its recipe (empty for the recipe as shipped)."""
+    """The command-line changes a run made to its recipe (empty for the recipe as shipped); a re-test of an
+    earlier run says so, with its sampler when it swapped one."""
     extra = row.get("extra_overrides")
     if extra is None:  # rows written before extra_overrides existed: everything is in overrides
         extra = row.get("overrides") or []
-    return " ".join(f"`{a}`" for a in extra) if extra else "—"
+    parts = [f"`{a}`" for a in extra]
+    if row.get("retest_of"):
+        parts.append(f"re-test of `{Path(str(row['retest_of'])).name}`"
+                     + (f", sampler {row['sampler']}" if row.get("sampler") else ""))
+    return " ".join(parts) if parts else "—"
 
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -147,7 +152,8 @@ def render_table(rows: Iterable[Mapping[str, Any]]) -> str:
     lines = [
         "Held-out success: ≥ 50 episodes on seeds never used for training demos (seeds 0+) or checkpoint",
         "selection (rollouts on seeds 100000+ during fit); test seeds in `eval_seeds`. Wall time covers recording",
-        "the demos, training and the held-out test. Regenerate with `python scripts/reproduce.py RECIPE`.",
+        "the demos, training and the held-out test (a re-test's covers its test alone). Regenerate with",
+        "`python scripts/reproduce.py RECIPE`; re-test a finished run with `--retest RUN_DIR`.",
         "",
         "### Latest run of each recipe",
         "",

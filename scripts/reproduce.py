@@ -4,6 +4,8 @@
     python scripts/reproduce.py act_transfer_cube_state        # demos -> fit -> 50 held-out episodes -> a row
     python scripts/reproduce.py --preset paper                 # the GPU recipes (480x640, full-size ACT)
     python scripts/reproduce.py --render                       # re-render results/RESULTS.md and the README table
+    python scripts/reproduce.py --retest runs/RECIPE/TIME --test-seed 2000000   # test a finished run again
+    python scripts/reproduce.py --retest runs/RECIPE/TIME --sampler ddpm:100    # ... with another Diffusion sampler
 
 Each recipe runs from nothing in ``runs/<recipe>/<timestamp>/`` (its own demos, logs and checkpoints; none of
 them are committed); failed runs get rows too, and so does a run stopped by Ctrl-C, ``kill`` (SIGTERM) or a
@@ -19,9 +21,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from lit_imit.recipes import RECIPES, REPO_ROOT, TEST_SEED, list_recipes, recipe, run_recipe
+from lit_imit.recipes import RECIPES, REPO_ROOT, TEST_SEED, list_recipes, recipe, retest_run, run_recipe
 from lit_imit.results import render_files
 from lit_imit.signals import StopSignal, stop_signals_as_interrupt
+
+
+def parse_sampler(text: str) -> tuple[str, int]:
+    kind, _, steps = text.partition(":")
+    if kind not in ("ddpm", "ddim") or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"expected ddpm:STEPS or ddim:STEPS, got {text!r}")
+    return kind, int(steps)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"),
                         help="README whose results block is re-rendered ('' to leave it alone)")
     parser.add_argument("--render", action="store_true", help="only re-render the table from the results file")
+    parser.add_argument("--retest", metavar="RUN_DIR", help="test a finished run's chosen checkpoint again (no training)")
+    parser.add_argument("--sampler", type=parse_sampler, default=None, metavar="KIND:STEPS",
+                        help="with --retest: a Diffusion policy samples with this scheduler, e.g. ddpm:100 or ddim:10")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra fit argument, e.g. --override=--trainer.max_steps=20 (repeatable)")
     return parser.parse_args(argv)
@@ -52,10 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     names = list(args.recipes)
     if args.preset:
         names += [r.name for r in RECIPES.values() if r.preset == args.preset and r.name not in names]
-    if not names and not args.render:
-        print("name recipes to run, --preset, --render or --list", file=sys.stderr)
+    if not names and not args.render and not args.retest:
+        print("name recipes to run, --preset, --retest, --render or --list", file=sys.stderr)
+        return 2
+    if args.sampler and not args.retest:
+        print("--sampler goes with --retest", file=sys.stderr)
         return 2
     command = "python " + shlex.join(["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.retest:
+        with stop_signals_as_interrupt():
+            row = retest_run(args.retest, args.results, episodes=args.episodes, test_seed=args.test_seed,
+                             sampler=args.sampler, command=command)
+        print(f"{row['recipe']} (retest): {row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
+              f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
+              f"{row['wall_minutes']:.1f} min")
+        render_files(args.results, args.markdown, args.readme or None)
+        return 0
     failed = 0
     try:
         with stop_signals_as_interrupt():  # SIGTERM / SIGHUP as Ctrl-C: the stopped recipe still gets its row

@@ -543,3 +543,20 @@ def test_trains_on_the_project_dataset_layout(episode_store):
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_use_sampler_swaps_the_inference_scheduler_on_the_same_model():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    module = state_only(inference_scheduler="ddim", num_inference_steps=10)
+    assert isinstance(module.sampler, DDIMScheduler) and module.num_inference_steps == 10
+    cond = torch.zeros(1, module.obs_encoder.global_cond_dim(2))
+    module.use_sampler("ddpm", 100)
+    assert isinstance(module.sampler, DDPMScheduler) and module.num_inference_steps == 100
+    assert module.sampler.config.beta_schedule == module.hparams.beta_schedule
+    module.sampler.set_timesteps(module.num_inference_steps)
+    assert len(module.sampler.timesteps) == 100
+    out = module.sample_normalized(cond, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 8, 2) and bool(torch.isfinite(out).all())
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        module.use_sampler("euler", 10)

@@ -78,7 +78,7 @@ def test_shipped_recipe_configs_select_on_seeds_disjoint_from_the_test():
 
 
 @pytest.mark.slow
-def test_tiny_recipe_end_to_end_writes_a_row(tmp_path):
+def test_tiny_recipe_end_to_end_writes_a_row(tmp_path, monkeypatch):
     """Demos -> fit -> held-out test through the real CLI, on a recipe shrunk to seconds."""
     tiny = Recipe(
         name="tiny_act_state", method="act", task="transfer_cube", config="configs/act/transfer_cube_state.yaml",
@@ -96,6 +96,18 @@ def test_tiny_recipe_end_to_end_writes_a_row(tmp_path):
     assert 0.0 <= row["success_rate"] <= 1.0 and row["ci_low"] <= row["success_rate"] <= row["ci_high"]
     assert read_rows(results)[-1]["recipe"] == "tiny_act_state"
     assert row["cameras"] == [] and row["state_keys"] == ["qpos", "env_state"]
+
+    # the finished run tested again on other seeds, without training: its own row, marked as a re-test
+    from lit_imit.recipes import retest_run
+
+    monkeypatch.setitem(RECIPES, tiny.name, tiny)
+    again = retest_run(row["run_dir"], results, episodes=2, test_seed=2_000_000)
+    assert again["retest_of"] == row["run_dir"] and again["checkpoint"] == row["checkpoint"]
+    assert again["eval_seeds"] == "2000000-2000001" and again["train_steps"] == row["train_steps"]
+    assert "re-test of" in render_table(read_rows(results))
+    with pytest.raises(ValueError, match="no inference sampler"):  # ACT has no sampler: a row with the error
+        retest_run(row["run_dir"], results, episodes=2, sampler=("ddpm", 100))
+    assert "no inference sampler" in read_rows(results)[-1]["error"]
 
 
 def test_reproduce_script_lists_and_renders(tmp_path):

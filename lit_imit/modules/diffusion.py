@@ -283,6 +283,16 @@ class DiffusionModule(PolicyModule):
         self._action_queue: deque[Tensor] = deque()
         self._queue_uncertainty: Tensor | None = None
 
+    def use_sampler(self, kind: str, num_inference_steps: int | None = None) -> None:
+        """Sample with another inference scheduler ('ddpm' | 'ddim') and step count from now on, on the same
+        trained model (the schedulers share the training configuration): compares samplers on one checkpoint."""
+        hp = self.hparams
+        self.sampler = build_scheduler(
+            kind, num_train_timesteps=hp.num_train_timesteps, beta_start=hp.beta_start, beta_end=hp.beta_end,
+            beta_schedule=hp.beta_schedule, prediction_type=hp.prediction_type, clip_sample=hp.clip_sample,
+        )
+        self.num_inference_steps = int(num_inference_steps or hp.num_train_timesteps)
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "DiffusionModule":
         """A module with preset ``name``'s arguments (``PRESETS``), ``overrides`` applied on top.
