@@ -166,6 +166,14 @@ def select_checkpoint(version_dir: Path) -> Path:
     return last[0]
 
 
+def last_checkpoint(version_dir: Path) -> Path:
+    """``last.ckpt``: the end of training."""
+    path = version_dir / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no last.ckpt in {version_dir / 'checkpoints'}")
+    return path
+
+
 def load_policy_from_run(config: Mapping[str, Any], ckpt: Path) -> Any:
     """The module class named by the run's config, loaded from ``ckpt`` (EMA weights where EMA ran)."""
     class_path = config["model"]["class_path"]
@@ -282,13 +290,17 @@ def _recorded(row: dict[str, Any], work: Any, start: float, results_path: str | 
 
 
 def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episodes: int, test_seed: int,
-                           sampler: tuple[str, int] | None = None) -> None:
+                        sampler: tuple[str, int] | None = None, checkpoint: str = "chosen") -> None:
     """The held-out test of a finished fit: the checkpoint it chose, rolled out on ``episodes`` seeds from
     ``test_seed`` with the run's own rollout settings; fills ``row`` (checkpoint, steps, seeds, success).
-    ``sampler`` (kind, steps) swaps a Diffusion policy's inference sampler for this test only."""
+    ``sampler`` (kind, steps) swaps a Diffusion policy's inference sampler for this test only;
+    ``checkpoint="last"`` tests the end of training instead of the chosen checkpoint (neither saw the test seeds)."""
+    if checkpoint not in ("chosen", "last"):
+        raise ValueError(f"checkpoint must be 'chosen' or 'last', got {checkpoint!r}")
     config_path = find_run_config(run_dir)
     config = yaml.safe_load(config_path.read_text())
-    ckpt = select_checkpoint(config_path.parent)
+    ckpt = select_checkpoint(config_path.parent) if checkpoint == "chosen" else last_checkpoint(config_path.parent)
+    row["checkpoint_choice"] = checkpoint
     row.update(_obs_from_config(config))
     row["checkpoint"] = str(ckpt)
     meta = load_checkpoint(ckpt)
@@ -318,7 +330,7 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
 
 
 def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: int = 50, test_seed: int = TEST_SEED,
-               sampler: tuple[str, int] | None = None, command: str = "") -> dict[str, Any]:
+               sampler: tuple[str, int] | None = None, command: str = "", checkpoint: str = "chosen") -> dict[str, Any]:
     """Test a finished recipe run again (its chosen checkpoint, nothing retrained) and append the row.
 
     Fresh ``test_seed``s re-check a figure; ``sampler`` compares inference samplers on one Diffusion checkpoint
@@ -330,8 +342,8 @@ def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: i
     start = time.perf_counter()
     row = _new_row(rec, run_dir, episodes, test_seed, command or f"python scripts/reproduce.py --retest {run_dir}")
     row["retest_of"] = str(run_dir)
-    return _recorded(row, lambda: heldout_test_of_run(rec, run_dir, row, episodes, test_seed, sampler), start,
-                     results_path)
+    return _recorded(row, lambda: heldout_test_of_run(rec, run_dir, row, episodes, test_seed, sampler, checkpoint),
+                     start, results_path)
 
 
 def run_child(cmd: list[str], cwd: Path, stdout: Any, grace_seconds: float = 60.0) -> subprocess.CompletedProcess:

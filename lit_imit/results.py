@@ -124,6 +124,7 @@ def _overrides(row: Mapping[str, Any]) -> str:
     parts = [f"`{a}`" for a in extra]
     if row.get("retest_of"):
         parts.append(f"re-test of `{Path(str(row['retest_of'])).name}`"
+                     + (", last checkpoint" if row.get("checkpoint_choice") == "last" else "")
                      + (f", sampler {row['sampler']}" if row.get("sampler") else ""))
     return " ".join(parts) if parts else "—"
 

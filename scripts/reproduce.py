@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="README whose results block is re-rendered ('' to leave it alone)")
     parser.add_argument("--render", action="store_true", help="only re-render the table from the results file")
     parser.add_argument("--retest", metavar="RUN_DIR", help="test a finished run's chosen checkpoint again (no training)")
+    parser.add_argument("--checkpoint", choices=["chosen", "last"], default="chosen",
+                        help="with --retest: the checkpoint chosen by validation rollouts, or the last one")
     parser.add_argument("--sampler", type=parse_sampler, default=None, metavar="KIND:STEPS",
                         help="with --retest: a Diffusion policy samples with this scheduler, e.g. ddpm:100 or ddim:10")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.retest:
         with stop_signals_as_interrupt():
             row = retest_run(args.retest, args.results, episodes=args.episodes, test_seed=args.test_seed,
-                             sampler=args.sampler, command=command)
+                             sampler=args.sampler, command=command, checkpoint=args.checkpoint)
         print(f"{row['recipe']} (retest): {row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
               f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
               f"{row['wall_minutes']:.1f} min")

@@ -105,6 +105,8 @@ def test_tiny_recipe_end_to_end_writes_a_row(tmp_path, monkeypatch):
     assert again["retest_of"] == row["run_dir"] and again["checkpoint"] == row["checkpoint"]
     assert again["eval_seeds"] == "2000000-2000001" and again["train_steps"] == row["train_steps"]
     assert "re-test of" in render_table(read_rows(results))
+    last = retest_run(row["run_dir"], results, episodes=2, checkpoint="last")
+    assert Path(last["checkpoint"]).name == "last.ckpt" and last["train_steps"] == 6
     with pytest.raises(ValueError, match="no inference sampler"):  # ACT has no sampler: a row with the error
         retest_run(row["run_dir"], results, episodes=2, sampler=("ddpm", 100))
     assert "no inference sampler" in read_rows(results)[-1]["error"]
