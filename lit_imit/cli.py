@@ -11,7 +11,7 @@ states in every checkpoint so a resumed run continues exactly.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -60,9 +60,20 @@ class LitImitCLI(LightningCLI):
             "checkpoint.filename": "epoch{epoch:04d}",
             "checkpoint.auto_insert_metric_name": False,
         })
+        parser.add_argument(
+            "--torch_threads", type=Optional[int], default=None,
+            help="intra-op CPU threads of torch in this process (each DDP rank); default: torch's choice (all "
+                 "cores). 1 is faster for small networks on a 2-core machine: ACT from state steps in 0.11 s "
+                 "with 1 thread, 0.13 s with 2 (small matmuls do not pay for the threading)",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
+        threads = config.get("torch_threads")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"torch_threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
         checkpoint = config.get("checkpoint")
         if checkpoint is not None and not checkpoint.get("save_on_train_epoch_end"):
             raise ValueError(
