@@ -268,8 +268,9 @@ def test_fit_records_demos_trains_rolls_out_and_test_reports(tmp_path, capsys):
     assert (log_dir / "videos" / "epoch_0001.mp4").stat().st_size > 0
     assert len(os.listdir(tmp_path / "data")) >= 3
     test_cfg = config(tmp_path / "test", data, callbacks=[rollout])
-    main(["test", "--config", _write(tmp_path / "test.yaml", test_cfg),
-          "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+    tested = main(["test", "--config", _write(tmp_path / "test.yaml", test_cfg),
+                   "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+    assert {"test/loss", "test/l1", "test/kl"} <= set(tested.trainer.callback_metrics)
     printed = capsys.readouterr().out
     assert "rollout success rate" in printed and "95% CI" in printed
     assert cli.trainer.global_step == 8

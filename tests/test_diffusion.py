@@ -434,6 +434,15 @@ def test_sampling_is_seeded():
     assert not torch.equal(other, first[0])
 
 
+def test_reset_of_some_rows_is_refused_because_the_queues_hold_all_rows():
+    module = state_only(num_inference_steps=2)
+    module.select_action({"qpos": torch.rand(3, 4)})
+    with pytest.raises(ValueError, match=r"cannot reset rows \[1\] alone"):
+        module.reset(env_ids=[1])
+    module.reset(env_ids=torch.arange(3))  # all rows: fine
+    assert not module._action_queue
+
+
 # ---- acting --------------------------------------------------------------------------------------------
 def test_receding_horizon_queries_every_n_action_steps_and_returns_the_right_slice():
     module = state_only(n_obs_steps=2, horizon=8, n_action_steps=3)

@@ -255,22 +255,6 @@ class ACTModule(PolicyModule):
             "kl": weighted_mean(kl, weight),
         }
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        losses = self.compute_loss(batch)
-        bs = batch["action"].shape[0]
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        self.log("train/l1", losses["l1"], batch_size=bs)
-        self.log("train/kl", losses["kl"], batch_size=bs)
-        return losses["loss"]
-
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        """Same loss as training (posterior z from the CVAE encoder), unweighted, so the two are comparable."""
-        losses = self.compute_loss(batch, weighted=False)
-        bs = batch["action"].shape[0]
-        for name, value in losses.items():
-            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=bs, sync_dist=True)
-        return losses["loss"]
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW with the backbone in its own param group (its own lr), fused kernels where available."""
         hp = self.hparams

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -31,6 +31,26 @@ class Prediction:
 
     action: Tensor  # (B, A)
     uncertainty: Tensor  # (B,)
+
+
+def batch_size_of(batch: Mapping[str, Any]) -> int:
+    """Rows in a batch: the length of its first tensor (batches of every method carry at least one)."""
+    for value in batch.values():
+        if isinstance(value, Tensor) and value.ndim > 0:
+            return int(value.shape[0])
+    raise ValueError(f"batch has no tensor to count its rows (keys {sorted(batch)})")
+
+
+def require_all_rows(module: Any, env_ids: Sequence[int] | Tensor | None, batch_rows: int | None) -> None:
+    """Raise unless ``env_ids`` (a ``reset`` argument) covers all ``batch_rows`` rows of the acting state."""
+    if env_ids is None or batch_rows is None:
+        return
+    ids = {int(i) for i in (env_ids.tolist() if isinstance(env_ids, Tensor) else env_ids)}
+    if ids != set(range(batch_rows)):
+        raise ValueError(
+            f"{type(module).__name__} keeps one acting state for all {batch_rows} rows, so it cannot reset rows "
+            f"{sorted(ids)} alone; reset all rows (env_ids=None) at the start of a wave of episodes"
+        )
 
 
 def weighted_mean(per_sample: Tensor, weight: Tensor | None) -> Tensor:
@@ -130,16 +150,54 @@ class PolicyModule(pl.LightningModule):
             if stats is not None:
                 self.load_stats(stats)
 
-    # ---- the policy contract -------------------------------------------------------------------------
-    def reset(self, env_ids: Any = None) -> None:
-        """Start of an episode: clear action queues, ensembling buffers, observation history.
+    # ---- training: each method computes its losses, the base steps and logs them ---------------------
+    def compute_loss(self, batch: Mapping[str, Any], weighted: bool = True) -> dict[str, Tensor]:
+        """The method's loss terms as batch means: ``{"loss": what is minimised, <term>: ...}``.
 
-        ``env_ids`` (optional) clears only those rows of a vectorised rollout.
+        ``weighted``: multiply each sample's terms by ``batch["weight"]`` (PIER's importance weights) before
+        the mean; validation and test pass False so their numbers are comparable across samplers.
         """
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Any:
-        """``test`` reports the held-out loss (logged under ``val/``) next to the rollout callback's success."""
-        return self.validation_step(batch, batch_idx)
+    def training_losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The losses of a training step (a method adds augmentation here)."""
+        return self.compute_loss(batch, weighted=True)
+
+    def evaluation_losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The losses of a validation or test step: unweighted (a method fixes its noise here)."""
+        return self.compute_loss(batch, weighted=False)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        losses = self.training_losses(batch)
+        self.log_losses("train", losses, batch)
+        return losses["loss"]
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        losses = self.evaluation_losses(batch)
+        self.log_losses("val", losses, batch)
+        return losses["loss"]
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        """``test`` reports the held-out losses under ``test/`` next to the rollout callback's success."""
+        losses = self.evaluation_losses(batch)
+        self.log_losses("test", losses, batch)
+        return losses["loss"]
+
+    def log_losses(self, prefix: str, losses: Mapping[str, Tensor], batch: Mapping[str, Any]) -> None:
+        """Every term as ``<prefix>/<name>`` (``loss`` on the progress bar); averaged over ranks outside training."""
+        size = batch_size_of(batch)
+        for name, value in losses.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name == "loss", batch_size=size,
+                     sync_dist=prefix != "train")
+
+    # ---- the policy contract -------------------------------------------------------------------------
+    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
+        """Start of episodes: clear action queues, ensembling buffers, observation history.
+
+        ``env_ids`` clears only those rows of a vectorised rollout (None: all rows). A method whose acting
+        state is shared by all rows (one queue for the whole batch) raises for a strict subset rather than
+        clearing the others' state too: :func:`require_all_rows`.
+        """
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: returns (B, A) raw actions."""

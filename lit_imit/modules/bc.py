@@ -130,16 +130,6 @@ class BCModule(PolicyModule):
         per_sample = err.mean(dim=(1, 2))
         return {"loss": weighted_mean(per_sample, batch.get("weight") if weighted else None)}
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.compute_loss(batch)["loss"]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["action"].shape[0])
-        return loss
-
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.compute_loss(batch, weighted=False)["loss"]
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["action"].shape[0], sync_dist=True)
-        return loss
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (robomimic); AdamW when weight_decay > 0."""
         hp = self.hparams

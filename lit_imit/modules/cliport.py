@@ -332,21 +332,9 @@ class CLIPortModule(PolicyModule):
             "place_dist_px": place_dist.mean(),
         }
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        out = self.compute_loss(batch, weighted=True, augment=self.hparams.augment)
-        bs = len(batch["pick_pixel"])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
-        for name in ("pick_loss", "place_loss", "pick_acc", "place_acc", "rotation_acc"):
-            self.log(f"train/{name}", out[name], batch_size=bs)
-        return out["loss"]
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """Unweighted, unaugmented losses and pixel errors on held-out demos."""
-        out = self.compute_loss(batch, weighted=False, augment=False)
-        bs = len(batch["pick_pixel"])
-        for name, value in out.items():
-            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=bs, sync_dist=True)
-        return out["loss"]
+    def training_losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Importance-weighted losses, on randomly shifted and rotated scenes when ``augment`` is on."""
+        return self.compute_loss(batch, weighted=True, augment=self.hparams.augment)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)

@@ -64,14 +64,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
+from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
 from lit_imit.nets.diffusion_obs import DiffusionObsEncoder
 from lit_imit.nets.unet1d import ConditionalUnet1d, check_horizon
 
@@ -368,22 +368,25 @@ class DiffusionModule(PolicyModule):
         error = torch.where(valid, error, torch.zeros_like(error))
         return error.sum(dim=(1, 2)) / (valid.sum(dim=(1, 2)) * self.action_dim).clamp_min(1)
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        loss = weighted_mean(self.per_sample_loss(batch), batch.get("weight"))
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["action"].shape[0])
-        return loss
+    def compute_loss(self, batch: Mapping[str, Tensor], weighted: bool = True,
+                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """{"loss"}: the batch mean of :meth:`per_sample_loss`, importance-weighted when asked."""
+        weight = batch.get("weight") if weighted else None
+        return {"loss": weighted_mean(self.per_sample_loss(batch, generator), weight)}
 
     def on_validation_epoch_start(self) -> None:
         # the same noise and steps every validation: epoch-to-epoch changes of val/loss are the model's
         self._val_generator = torch.Generator().manual_seed(self.hparams.seed)
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def on_test_epoch_start(self) -> None:
+        self._val_generator = torch.Generator().manual_seed(self.hparams.seed)
+
+    def evaluation_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Unweighted, with noise and diffusion steps drawn from a generator re-seeded every epoch."""
         generator = getattr(self, "_val_generator", None)
-        if generator is None:  # validation_step called outside a Trainer loop
+        if generator is None:  # called outside a Trainer loop
             generator = self._val_generator = torch.Generator().manual_seed(self.hparams.seed)
-        loss = weighted_mean(self.per_sample_loss(batch, generator), batch.get("weight"))
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["action"].shape[0], sync_dist=True)
-        return loss
+        return self.compute_loss(batch, weighted=False, generator=generator)
 
     def on_fit_start(self) -> None:
         if not bool(self.stats_initialized):
@@ -428,12 +431,15 @@ class DiffusionModule(PolicyModule):
         return self.unnormalize_min_max("action", chunks)
 
     # ---- the policy contract -----------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> None:
-        """New episode: empty the queues and re-seed the sampling noise (``seed`` defaults to the ``seed`` arg).
+    def reset(self, env_ids: Sequence[int] | Tensor | None = None, seed: int | None = None) -> None:
+        """New episodes: empty the queues and re-seed the sampling noise (``seed`` defaults to the ``seed`` arg).
 
         Re-seeding makes every episode's sampling noise a function of the seed and the step alone, so a
-        rollout evaluation is reproducible whatever ran before it.
+        rollout evaluation is reproducible whatever ran before it. The queues hold all rows together, so
+        ``env_ids`` must name every row (or be None).
         """
+        rows = next(iter(self._obs_queue.values()))[-1].shape[0] if self._obs_queue else None
+        require_all_rows(self, env_ids, rows)
         self._obs_queue = {}
         self._action_queue = deque()
         self._queue_uncertainty = None

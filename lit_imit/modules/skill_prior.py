@@ -53,7 +53,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_imit.checkpoints import load_checkpoint
-from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
+from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
 from lit_imit.nets.skills import (
     ClosedLoopDecoder,
     ContrastiveDistance,
@@ -362,27 +362,6 @@ class SkillPriorModule(PolicyModule):
             terms = {"loss": ce, "infonce": ce, "accuracy": accuracy}
         return {name: weighted_mean(value, weight) for name, value in terms.items()}
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        losses = self.compute_loss(batch)
-        bs = batch["state"].shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=bs)
-        return losses["loss"]
-
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        losses = self.compute_loss(batch, weighted=False)
-        bs = batch["state"].shape[0]
-        for name, value in losses.items():
-            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=bs, sync_dist=True)
-        return losses["loss"]
-
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        losses = self.compute_loss(batch, weighted=False)
-        bs = batch["state"].shape[0]
-        for name, value in losses.items():
-            self.log(f"test/{name}", value, batch_size=bs, sync_dist=True)
-        return losses["loss"]
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """RAdam (SPiRL, lr 1e-3) or Adam (FIST's contrastive model) over the trainable parts only."""
         params = [p for p in self.parameters() if p.requires_grad]
@@ -393,8 +372,12 @@ class SkillPriorModule(PolicyModule):
         return cls(params, lr=self.hparams.lr, betas=(0.9, 0.999), weight_decay=self.hparams.weight_decay)
 
     # ---- the policy contract ---------------------------------------------------------------------------
-    def reset(self) -> None:
-        """New episodes: forget the current skills and the step counter (and re-encode FIST's demos)."""
+    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
+        """New episodes: forget the current skills and the step counter (and re-encode FIST's demos).
+
+        The skills are replanned for all rows together, so ``env_ids`` must name every row (or be None).
+        """
+        require_all_rows(self, env_ids, None if self._plan is None else int(self._plan["z"].shape[0]))
         self._plan = None
         self._step = 0
         self._lookup_features = None
