@@ -30,7 +30,7 @@ skips callback hooks, so such checkpoints hold the raw weights.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import lightning.pytorch as pl
@@ -263,3 +263,10 @@ class EMA(Callback):
             for name, tensor in state["live"].items():
                 if name in params:
                     params[name].copy_(tensor)
+
+
+def ema_weights_if_any(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+    """A context that puts the EMA weights in ``pl_module`` when ``trainer`` has an :class:`EMA` callback
+    (evaluations roll out the averaged policy, as its checkpoints hold it), and does nothing otherwise."""
+    ema = next((cb for cb in trainer.callbacks if isinstance(cb, EMA)), None)
+    return ema.averaged(pl_module) if ema is not None else nullcontext()

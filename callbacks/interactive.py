@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -44,6 +44,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from callbacks.ema import ema_weights_if_any
+from lit_imit.distributed import all_gather_objects, broadcast_object
 from lit_imit.interactive.loop import (
     MODES,
     EpisodeOutcome,
@@ -101,31 +103,6 @@ def refuse_collected_store(data_dir: str) -> None:
             "--ckpt_path <its logs>/version_N/checkpoints/last.ckpt, or point data.init_args.data_dir to a new "
             "directory; set data.init_args.reuse_interactive_store: true to train on them anyway"
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# collectives (no-ops without torch.distributed)
-# ----------------------------------------------------------------------------------------------
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    if not _distributed():
-        return [obj]
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, obj)
-    return parts
-
-
-def _broadcast(obj: Any) -> Any:
-    if not _distributed():
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 @contextmanager
@@ -310,7 +287,7 @@ class InteractiveAggregation(pl.Callback):
     def _round(self, trainer: pl.Trainer, pl_module: pl.LightningModule, version: int, n_episodes: int) -> None:
         start = time.perf_counter()
         outcomes = self._rollouts(trainer, pl_module, version, n_episodes)
-        seconds = max(_all_gather(time.perf_counter() - start))
+        seconds = max(all_gather_objects(time.perf_counter() - start))
         outcomes, arrays = self._exchange(trainer, outcomes)
         ids = self._write(trainer, outcomes, arrays)
         dm = trainer.datamodule
@@ -336,7 +313,7 @@ class InteractiveAggregation(pl.Callback):
     @contextmanager
     def _policy_context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
         """Eval mode and the EMA weights when an EMA callback is present; training mode restored after."""
-        averaged = next((cb.averaged(pl_module) for cb in trainer.callbacks if hasattr(cb, "averaged")), nullcontext())
+        averaged = ema_weights_if_any(trainer, pl_module)
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -384,7 +361,7 @@ class InteractiveAggregation(pl.Callback):
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_episode(path, demo.arrays, {})
                 demo.arrays = {}
-        gathered = [o for part in _all_gather(outcomes) for o in part]
+        gathered = [o for part in all_gather_objects(outcomes) for o in part]
         return sorted(gathered, key=lambda o: o.index), arrays
 
     def _write(self, trainer: pl.Trainer, outcomes: list[EpisodeOutcome],
@@ -405,7 +382,7 @@ class InteractiveAggregation(pl.Callback):
                     ids.append(store.add(data, demo.attrs(self.task, self.sim_id, outcome.seed)))
                     if staged is not None:
                         os.unlink(staged)  # a hand-over file, not an episode
-        return [int(i) for i in _broadcast(ids)]
+        return [int(i) for i in broadcast_object(ids)]
 
     def _absorb(self, outcomes: Sequence[EpisodeOutcome], version: int) -> None:
         """Shared gate, decision log and counters from the gathered records (identical on every rank)."""

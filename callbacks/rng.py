@@ -15,6 +15,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from lit_imit.distributed import all_gather_objects, rank_and_world
+
 
 def capture_rng() -> dict[str, Any]:
     """The global random states as weights-only-loadable objects (no numpy arrays)."""
@@ -37,14 +39,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _gather(obj: Any) -> list[Any]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        out: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
 class RestoreRNG(pl.Callback):
     """Checkpoint and restore every rank's global RNG states (added by the CLI to every run)."""
 
@@ -52,11 +46,11 @@ class RestoreRNG(pl.Callback):
         self._pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"per_rank": _gather(capture_rng())}
+        return {"per_rank": all_gather_objects(capture_rng())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         per_rank = state_dict["per_rank"]
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rank, _ = rank_and_world()
         self._pending = per_rank[rank] if rank < len(per_rank) else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

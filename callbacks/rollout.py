@@ -14,7 +14,6 @@ the episodes are the same as in-process ones.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from callbacks.ema import ema_weights_if_any
+from lit_imit.distributed import all_gather_objects, is_distributed
 from lit_imit.interactive.rollout import EpisodeResult, evaluate, summarize
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,9 @@ log = logging.getLogger(__name__)
 
 def gather_results(results: list[EpisodeResult]) -> list[EpisodeResult]:
     """All ranks' results in episode order, identical on every rank (video frames stay local)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         frames = {r.index: r.frames for r in results if r.frames}
-        parts: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, [replace(r, frames=[]) for r in results])
+        parts = all_gather_objects([replace(r, frames=[]) for r in results])
         results = [replace(r, frames=frames.get(r.index, [])) for part in parts for r in part]
     return sorted(results, key=lambda r: r.index)
 
@@ -186,13 +186,6 @@ class RolloutEvaluation(pl.Callback):
         )
 
     # ---- evaluation -------------------------------------------------------------------------------
-    def _averaged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        """Evaluate the EMA weights when an EMA callback is present."""
-        for cb in trainer.callbacks:
-            if hasattr(cb, "averaged"):
-                return cb.averaged(pl_module)
-        return nullcontext()
-
     @staticmethod
     def _local_world_size(trainer: pl.Trainer) -> int:
         """Ranks on this node (they share its CPUs)."""
@@ -208,7 +201,7 @@ class RolloutEvaluation(pl.Callback):
             with torch.inference_mode():
                 return pl_module.select_action(obs).float().cpu().numpy()
 
-        with self._averaged(trainer, pl_module):
+        with ema_weights_if_any(trainer, pl_module):
             results = evaluate(
                 self.envs(self._local_world_size(trainer)), policy, pl_module.reset, indices, self.seed,
                 record_video_of=0 if self.video else None, video_camera=self.video_camera,

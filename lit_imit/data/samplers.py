@@ -13,11 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-
-def dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+from lit_imit.distributed import rank_and_world
 
 
 class SeededSampler(Sampler[int]):
@@ -41,7 +37,7 @@ class SeededSampler(Sampler[int]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        default_rank, default_world = dist_rank_world()
+        default_rank, default_world = rank_and_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
         self.num_items = num_items
