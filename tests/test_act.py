@@ -11,13 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lit_imit.modules.act import (
-    ACTModule,
-    TemporalEnsembler,
-    kl_divergence,
-    make_dummy_batch,
-    masked_l1_per_sample,
-)
+from lit_imit.modules.act import ACTModule, kl_divergence, make_dummy_batch, masked_l1_per_sample
+from lit_imit.modules.chunking import TemporalEnsembler
 from lit_imit.nets.backbones import FrozenBatchNorm2d, ResNet18Features, imagenet_weights_cache_path
 from lit_imit.nets.positional import SinePositionEncoding2d, sinusoid_table
 from lit_imit.nets.pretrained import PretrainedWeightsUnavailable

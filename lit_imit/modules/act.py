@@ -35,8 +35,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
-from lit_imit.modules.chunking import ChunkQueue, TemporalEnsembler, env_mask
+from lit_imit.modules.base import PolicyModule, Prediction, state_sizes, weighted_mean
+from lit_imit.modules.chunking import chunk_execution, env_mask
 from lit_imit.nets.act import ACT, ACTOutput
 
 ACT_MIN_STD = 1e-2  # the original clips dataset std to at least this value
@@ -127,23 +127,15 @@ class ACTModule(PolicyModule):
         super().__init__()
         cameras = list(cameras)
         state_keys = list(state_keys)
-        state_dims = [int(state_dim)] if isinstance(state_dim, int) else [int(d) for d in state_dim]
-        if not state_keys or len(state_dims) != len(state_keys):
-            raise ValueError(
-                f"state_dim must give one size per state key: state_keys={state_keys}, state_dim={state_dim}"
-            )
+        state_dims = state_sizes(state_keys, state_dim)
         if l1_reduction not in L1_REDUCTIONS:
             raise ValueError(f"l1_reduction must be one of {L1_REDUCTIONS}, got {l1_reduction!r}")
-        if not 1 <= n_action_steps <= chunk_size:
-            raise ValueError(f"n_action_steps must be in [1, chunk_size={chunk_size}], got {n_action_steps}")
-        if temporal_ensemble_coeff is not None and n_action_steps != 1:
-            raise ValueError("temporal ensembling queries the policy every step: set n_action_steps=1")
+        self._queue, self._ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
         if n_uncertainty_samples < 2:
             raise ValueError("n_uncertainty_samples must be >= 2 to measure a spread")
         self.save_hyperparameters()
         self.cameras = cameras
         self.state_keys = state_keys
-        self.normalized_keys = (*state_keys, "action")
         self.model = ACT(
             state_dim=state_dims[0],
             extra_state_dims=state_dims[1:],
@@ -171,13 +163,7 @@ class ACTModule(PolicyModule):
                 p.requires_grad_(False)
         if compile:
             self.model.compile()
-        for key, dim in zip(state_keys, state_dims):
-            self.register_stats_buffers(key, dim)
-        self.register_stats_buffers("action", action_dim)
-        self._queue = ChunkQueue(n_action_steps)
-        self._ensembler = (
-            TemporalEnsembler(temporal_ensemble_coeff, chunk_size) if temporal_ensemble_coeff is not None else None
-        )
+        self.register_policy_stats(state_keys, state_dims, action_dim)
         self._chunk_uncertainty: Tensor | None = None  # (N,) uncertainty of the chunk each env executes
         self._warned_stats = False
 

@@ -33,6 +33,15 @@ class Prediction:
     uncertainty: Tensor  # (B,)
 
 
+def state_sizes(state_keys: Sequence[str], state_dim: int | Sequence[int]) -> list[int]:
+    """One size per low-dimensional observation key: ``state_dim`` as given per key, or one int for one key."""
+    sizes = [int(state_dim)] if isinstance(state_dim, int) else [int(d) for d in state_dim]
+    if not state_keys or len(sizes) != len(state_keys):
+        raise ValueError(f"state_dim must give one size per state key: state_keys={list(state_keys)}, "
+                         f"state_dim={state_dim}")
+    return sizes
+
+
 def batch_size_of(batch: Mapping[str, Any]) -> int:
     """Rows in a batch: the length of its first tensor (batches of every method carry at least one)."""
     for value in batch.values():
@@ -80,6 +89,12 @@ class PolicyModule(pl.LightningModule):
         self.register_buffer(f"stat_{safe}_min", -torch.ones(dim))
         self.register_buffer(f"stat_{safe}_max", torch.ones(dim))
         self.register_buffer("stats_initialized", torch.zeros((), dtype=torch.bool))
+
+    def register_policy_stats(self, state_keys: Sequence[str], state_sizes: Sequence[int], action_dim: int) -> None:
+        """Buffers for the observation keys and the actions, which every imitation policy normalises."""
+        self.normalized_keys = (*state_keys, "action")
+        for key, dim in (*zip(state_keys, state_sizes), ("action", action_dim)):
+            self.register_stats_buffers(key, dim)
 
     def stat(self, key: str, name: str) -> Tensor:
         return getattr(self, f"stat_{key.replace('/', '__')}_{name}")

@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, weighted_mean
-from lit_imit.modules.chunking import ChunkQueue, TemporalEnsembler
+from lit_imit.modules.base import PolicyModule, state_sizes, weighted_mean
+from lit_imit.modules.chunking import chunk_execution
 from lit_imit.nets.mlp import MLPPolicy
 
 BC_LOSSES = ("l2", "l1")
@@ -61,28 +61,14 @@ class BCModule(PolicyModule):
         """
         super().__init__()
         state_keys = list(state_keys)
-        state_dims = [int(state_dim)] if isinstance(state_dim, int) else [int(d) for d in state_dim]
-        if not state_keys or len(state_dims) != len(state_keys):
-            raise ValueError(
-                f"state_dim must give one size per state key: state_keys={state_keys}, state_dim={state_dim}"
-            )
+        state_dims = state_sizes(state_keys, state_dim)
         if loss not in BC_LOSSES:
             raise ValueError(f"loss must be one of {BC_LOSSES}, got {loss!r}")
-        if not 1 <= n_action_steps <= chunk_size:
-            raise ValueError(f"n_action_steps must be in [1, chunk_size={chunk_size}], got {n_action_steps}")
-        if temporal_ensemble_coeff is not None and n_action_steps != 1:
-            raise ValueError("temporal ensembling queries the policy every step: set n_action_steps=1")
+        self._queue, self._ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
         self.save_hyperparameters()
         self.state_keys = state_keys
-        self.normalized_keys = (*state_keys, "action")
         self.model = MLPPolicy(sum(state_dims), action_dim, chunk_size, hidden_dims, dropout)
-        for key, dim in zip(state_keys, state_dims):
-            self.register_stats_buffers(key, dim)
-        self.register_stats_buffers("action", action_dim)
-        self._queue = ChunkQueue(n_action_steps)
-        self._ensembler = (
-            TemporalEnsembler(temporal_ensemble_coeff, chunk_size) if temporal_ensemble_coeff is not None else None
-        )
+        self.register_policy_stats(state_keys, state_dims, action_dim)
 
     def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
         """No cameras, the same state keys, chunks at least ``chunk_size`` long, the same action size."""

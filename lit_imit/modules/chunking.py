@@ -24,6 +24,21 @@ def env_mask(env_ids: Sequence[int] | Tensor | None, n_envs: int, device: torch.
     return mask
 
 
+def chunk_execution(
+    chunk_size: int, n_action_steps: int, temporal_ensemble_coeff: float | None
+) -> tuple["ChunkQueue", "TemporalEnsembler | None"]:
+    """The queue (and, with ``temporal_ensemble_coeff``, ACT's ensembler) that execute predicted chunks.
+
+    ``n_action_steps`` actions of each chunk run before the next query; ensembling queries every step.
+    """
+    if not 1 <= n_action_steps <= chunk_size:
+        raise ValueError(f"n_action_steps must be in [1, chunk_size={chunk_size}], got {n_action_steps}")
+    if temporal_ensemble_coeff is not None and n_action_steps != 1:
+        raise ValueError("temporal ensembling queries the policy every step: set n_action_steps=1")
+    ensembler = TemporalEnsembler(temporal_ensemble_coeff, chunk_size) if temporal_ensemble_coeff is not None else None
+    return ChunkQueue(n_action_steps), ensembler
+
+
 class ChunkQueue:
     """Per-env queues of the next actions of the last predicted chunk (open-loop chunk execution)."""
 

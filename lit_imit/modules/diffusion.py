@@ -71,7 +71,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
+from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, state_sizes, weighted_mean
 from lit_imit.nets.diffusion_obs import DiffusionObsEncoder
 from lit_imit.nets.unet1d import ConditionalUnet1d, check_horizon
 
@@ -241,12 +241,7 @@ class DiffusionModule(PolicyModule):
         super().__init__()
         self.save_hyperparameters()
         self.state_keys = list(state_keys)
-        state_dims = [int(state_dim)] if isinstance(state_dim, int) else [int(d) for d in state_dim]
-        if not self.state_keys or len(state_dims) != len(self.state_keys):
-            raise ValueError(
-                f"state_dim must give one size per state key: state_keys={self.state_keys}, state_dim={state_dim}"
-            )
-        self.normalized_keys = (*self.state_keys, "action")
+        state_dims = state_sizes(self.state_keys, state_dim)
         _check_horizons(n_obs_steps, horizon, n_action_steps)
         check_horizon(horizon, down_dims)
         if prediction_type not in ("epsilon", "sample"):
@@ -265,8 +260,7 @@ class DiffusionModule(PolicyModule):
             kernel_size=kernel_size, n_groups=n_groups, diffusion_step_embed_dim=diffusion_step_embed_dim,
             film_scale=film_scale,
         )
-        for key, dim in (*zip(self.state_keys, state_dims), ("action", action_dim)):
-            self.register_stats_buffers(key, dim)
+        self.register_policy_stats(self.state_keys, state_dims, action_dim)
 
         sched_cfg = dict(
             num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
