@@ -10,9 +10,12 @@ selection ever saw. The test runs the same rollout code as the callback (``lit_i
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import logging
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -349,8 +352,12 @@ def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: i
 def run_child(cmd: list[str], cwd: Path, stdout: Any, grace_seconds: float = 60.0) -> subprocess.CompletedProcess:
     """Run ``cmd`` to the end; if this process is interrupted meanwhile (Ctrl-C, or SIGTERM / SIGHUP turned
     into one), the child gets SIGTERM (Lightning stops cleanly and its worker processes with it) and, after
-    ``grace_seconds``, SIGKILL, and the interrupt goes on. ``subprocess.run`` would SIGKILL it at once."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT)
+    ``grace_seconds``, SIGKILL, and the interrupt goes on. ``subprocess.run`` would SIGKILL it at once.
+
+    If this process dies without a chance to do that (``kill -9``), Linux sends the child SIGTERM
+    (``PR_SET_PDEATHSIG``), so no orphaned training keeps the cores busy and writes into the run directory.
+    """
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=_terminate_with_parent)
     try:
         return subprocess.CompletedProcess(cmd, proc.wait())
     except BaseException:
@@ -361,6 +368,13 @@ def run_child(cmd: list[str], cwd: Path, stdout: Any, grace_seconds: float = 60.
             proc.kill()
             proc.wait()
         raise
+
+
+def _terminate_with_parent() -> None:
+    """In the child between fork and exec: ask the kernel for SIGTERM when the parent dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _cuda_available() -> bool:

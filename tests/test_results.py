@@ -185,3 +185,29 @@ sys.exit(reproduce.main(["endless", "--work-dir", {str(tmp_path / "runs")!r}, "-
     assert row["recipe"] == "endless" and row["success_rate"] is None and "SIGTERM" in row["error"]
     for pid in fit_pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_killed_driver_takes_its_child_along(tmp_path):
+    """``kill -9`` of the process running ``run_child`` leaves no orphan: the kernel sends the child SIGTERM."""
+    import os
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    driver = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+              f"from lit_imit.recipes import run_child; run_child([sys.executable, '-c', {child!r}], Path('.'), None)")
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=tmp_path)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    child_pid = int(pid_file.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while Path(f"/proc/{child_pid}").exists() and time.time() < deadline:
+        state = Path(f"/proc/{child_pid}/stat").read_text().split()[2]
+        if state == "Z":
+            break
+        time.sleep(0.2)
+    assert not Path(f"/proc/{child_pid}").exists() or Path(f"/proc/{child_pid}/stat").read_text().split()[2] == "Z"
