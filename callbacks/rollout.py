@@ -20,11 +20,10 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 
 from callbacks.ema import ema_weights_if_any
 from lit_imit.distributed import all_gather_objects, is_distributed
-from lit_imit.interactive.rollout import EpisodeResult, evaluate, summarize
+from lit_imit.evaluation import EpisodeResult, evaluate_module, summarize
 
 log = logging.getLogger(__name__)
 
@@ -194,20 +193,12 @@ class RolloutEvaluation(pl.Callback):
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> dict[str, float]:
         rank, world = trainer.global_rank, trainer.world_size
         indices = list(range(rank, self.n_episodes, world))
-        was_training = pl_module.training
-        pl_module.eval()
-
-        def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
-            with torch.inference_mode():
-                return pl_module.select_action(obs).float().cpu().numpy()
-
         with ema_weights_if_any(trainer, pl_module):
-            results = evaluate(
-                self.envs(self._local_world_size(trainer)), policy, pl_module.reset, indices, self.seed,
+            results = evaluate_module(
+                pl_module, self.envs(self._local_world_size(trainer)), indices, self.seed,
                 record_video_of=0 if self.video else None, video_camera=self.video_camera,
                 max_steps=self.max_steps,
             )
-        pl_module.train(was_training)
         results = gather_results(results)
         summary = summarize(results)
         keys = ["success_rate", "return", "max_reward", "episode_length"]

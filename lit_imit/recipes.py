@@ -5,7 +5,7 @@ A recipe is a shipped config plus the few command-line overrides that size it fo
 DataModule records the teacher demos (seeds 0+), ``python -m lit_imit fit`` trains and picks its checkpoint
 by rollout success on the validation seeds of the config's ``RolloutEvaluation`` (100000+), and the chosen
 checkpoint is then tested on ``episodes`` fresh seeds (1000000+ by default) that neither training nor
-selection ever saw. The test runs the same rollout code as the callback (``lit_imit.interactive.rollout``).
+selection ever saw. The test runs the same rollout code as the callback (``lit_imit.evaluation``).
 """
 
 from __future__ import annotations
@@ -196,13 +196,7 @@ def heldout_test(
     """
     from lit_imit.envs import make_env
     from lit_imit.envs.vector import ProcessEnvPool
-    from lit_imit.interactive.rollout import evaluate, summarize
-
-    module.eval()
-
-    def policy(obs: dict[str, Any]) -> Any:
-        with torch.inference_mode():
-            return module.select_action(obs).float().cpu().numpy()
+    from lit_imit.evaluation import evaluate_module, summarize
 
     n_envs = max(1, min(n_envs, episodes))
     if num_workers > 0:
@@ -210,7 +204,7 @@ def heldout_test(
     else:
         envs = [make_env(task, **dict(env_kwargs)) for _ in range(n_envs)]
     try:
-        results = evaluate(envs, policy, module.reset, list(range(episodes)), seed, max_steps=max_steps)
+        results = evaluate_module(module, envs, list(range(episodes)), seed, max_steps=max_steps)
     finally:
         if isinstance(envs, list):
             for env in envs:

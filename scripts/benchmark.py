@@ -101,7 +101,7 @@ def _rollout_rate(env_kwargs: dict[str, Any], n_envs: int, workers: int, steps: 
     worker, ``python -m lit_imit`` is not re-imported."""
     from lit_imit.envs import make_env
     from lit_imit.envs.vector import ProcessEnvPool
-    from lit_imit.interactive.rollout import evaluate
+    from lit_imit.evaluation import evaluate
 
     start = time.perf_counter()
     if workers == 0:
@@ -249,7 +249,7 @@ def act_select_action(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 def act_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Rollout steps/s of the quickstart ACT in the transfer-cube env (120x160 camera, chunk execution)."""
     from lit_imit.envs import make_env
-    from lit_imit.interactive.rollout import evaluate
+    from lit_imit.evaluation import evaluate
 
     device = device_of(args)
     module = _act_module(ACT_SHAPES["quickstart"], device).eval()
@@ -315,7 +315,7 @@ def cliport_decisions(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 def cliport_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Pick-place steps/s of the quick CLIPort policy in 2 lock-stepped put-block-in-bowl envs (policy + sim)."""
     from lit_imit.envs import make_env
-    from lit_imit.interactive.rollout import evaluate
+    from lit_imit.evaluation import evaluate
     from lit_imit.modules.cliport import CLIPortModule
 
     device = device_of(args)

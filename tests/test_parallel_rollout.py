@@ -14,7 +14,7 @@ import torch
 
 from lit_imit.envs import make_env, make_teacher
 from lit_imit.envs.vector import EnvWorkerError, ProcessEnvPool
-from lit_imit.interactive.rollout import evaluate
+from lit_imit.evaluation import evaluate
 from tests.parallel_rollout_envs import BrokenEnv, counting_env
 
 TASK = "transfer_cube"

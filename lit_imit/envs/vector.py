@@ -1,6 +1,6 @@
 """A pool of worker processes that host envs, so that evaluation rollouts use every core.
 
-Rollouts step a fixed set of envs in lock-step (``lit_imit.interactive.rollout``): the policy sees one row per
+Rollouts step a fixed set of envs in lock-step (``lit_imit.evaluation``): the policy sees one row per
 env. ``ProcessEnvPool`` keeps that contract, row ``r`` is always the same env, but the envs live in worker
 processes (several per worker when there are more envs than workers) and a ``step`` of many rows runs on all
 workers at once. It implements the rollout's ``EnvBatch`` protocol (``reset``/``step``/``render`` by row), so

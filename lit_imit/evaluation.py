@@ -166,6 +166,27 @@ def evaluate(
     return results
 
 
+def evaluate_module(module: Any, envs: Sequence[Any] | EnvBatch, indices: Sequence[int], seed: int,
+                    **options: Any) -> list[EpisodeResult]:
+    """:func:`evaluate` a policy module (``select_action`` / ``reset``, e.g. a ``PolicyModule``): in eval mode,
+    without autograd, actions as numpy; the module's train/eval mode is restored afterwards.
+
+    The one policy wrapper of the rollout callback and the held-out test, so both measure the same thing.
+    """
+    import torch
+
+    def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return module.select_action(obs).float().cpu().numpy()
+
+    was_training = module.training
+    module.eval()
+    try:
+        return evaluate(envs, policy, module.reset, indices, seed, **options)
+    finally:
+        module.train(was_training)
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a success rate (sensible at 0 and n, unlike the normal approximation)."""
     if n == 0:
