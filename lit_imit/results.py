@@ -49,14 +49,16 @@ def machine_description() -> str:
 
 
 def git_commit(repo: str | Path | None = None) -> str:
-    """Short commit of the checkout, with ``-dirty`` when tracked files (outside results/) have changes."""
+    """Short commit of the checkout, with ``-dirty`` when tracked files have changes, apart from the files
+    that recording a result rewrites (results/ and the README's table), so a second run in the same checkout
+    is not marked dirty by the first one's row."""
     cwd = str(repo) if repo is not None else str(Path(__file__).resolve().parents[1])
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=10", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", ":(exclude)README.md"],
             cwd=cwd, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

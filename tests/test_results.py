@@ -211,3 +211,23 @@ def test_a_killed_driver_takes_its_child_along(tmp_path):
             break
         time.sleep(0.2)
     assert not Path(f"/proc/{child_pid}").exists() or Path(f"/proc/{child_pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_commit_is_dirty_for_code_changes_but_not_for_recorded_results(tmp_path):
+    from lit_imit.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    for name in ("README.md", "results/results.jsonl", "code.py"):
+        (tmp_path / name).write_text("x\n")
+    git("init", "-q")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qam", "init", "--allow-empty")
+    git("add", "-A")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "files")
+    (tmp_path / "README.md").write_text("table\n")
+    (tmp_path / "results" / "results.jsonl").write_text("row\n")
+    assert not git_commit(tmp_path).endswith("-dirty")
+    (tmp_path / "code.py").write_text("changed\n")
+    assert git_commit(tmp_path).endswith("-dirty")
