@@ -483,6 +483,24 @@ def test_optimizer_param_groups_and_frozen_backbone():
     assert not any(p.requires_grad for p in frozen.model.backbone_parameters())
 
 
+def test_cosine_schedule_warms_up_then_decays_both_groups_to_zero():
+    module = tiny(lr=1e-3, lr_backbone=1e-4, lr_schedule="cosine", warmup_steps=2, max_steps=10)
+    config = module.configure_optimizers()
+    opt, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx([5e-4, 5e-5]) and lrs[1] == pytest.approx([1e-3, 1e-4])
+    assert lrs[6][0] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert isinstance(tiny().configure_optimizers(), torch.optim.AdamW)  # constant: ACT's plain optimizer
+    with pytest.raises(ValueError, match="lr_schedule"):
+        tiny(lr_schedule="linear")
+
+
 def test_frozen_batchnorm_stays_frozen_during_training():
     torch.manual_seed(0)
     module = with_stats(tiny(lr=1e-3, lr_backbone=1e-3))

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from lit_imit.modules.base import PolicyModule, Prediction, state_sizes, weighted_mean
 from lit_imit.modules.chunking import chunk_execution, env_mask
+from lit_imit.modules.schedules import warmup_cosine
 from lit_imit.nets.act import ACT, ACTOutput
 
 ACT_MIN_STD = 1e-2  # the original clips dataset std to at least this value
@@ -48,6 +49,7 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 L1_REDUCTIONS = ("all_entries", "valid_entries")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def masked_l1_per_sample(pred: Tensor, target: Tensor, is_pad: Tensor | None, reduction: str = "all_entries") -> Tensor:
@@ -97,6 +99,9 @@ class ACTModule(PolicyModule):
         lr: float = 1e-5,
         lr_backbone: float = 1e-5,
         weight_decay: float = 1e-4,
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+        max_steps: int | None = None,
         n_uncertainty_samples: int = 8,
         channels_last: bool = True,
         fuse_frozen_bn: bool = True,
@@ -120,6 +125,10 @@ class ACTModule(PolicyModule):
                 of stopping (CPU smoke runs; never the paper's setting). A missing file named by path is
                 always an error.
             lr_backbone: learning rate of the ResNets; <= 0 freezes them (no backward through the images).
+            lr_schedule: ``constant`` (the original ACT and LeRobot) or ``cosine``: a linear warm-up over
+                ``warmup_steps``, then half a cosine to 0 at ``max_steps`` (None: the trainer's step count).
+                A named departure for short budgets: the rate ends small, so the last checkpoint does not
+                swing between good and bad policies as it does at a constant rate.
             n_uncertainty_samples: latent samples decoded by ``predict`` to measure the spread (>= 2).
             channels_last / fuse_frozen_bn / compile: speed switches that do not change the maths
                 (compile = ``torch.compile`` of the network).
@@ -128,6 +137,8 @@ class ACTModule(PolicyModule):
         cameras = list(cameras)
         state_keys = list(state_keys)
         state_dims = state_sizes(state_keys, state_dim)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if l1_reduction not in L1_REDUCTIONS:
             raise ValueError(f"l1_reduction must be one of {L1_REDUCTIONS}, got {l1_reduction!r}")
         self._queue, self._ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
@@ -241,14 +252,18 @@ class ACTModule(PolicyModule):
             "kl": weighted_mean(kl, weight),
         }
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         """AdamW with the backbone in its own param group (its own lr), fused kernels where available."""
         hp = self.hparams
         groups = [{"params": [p for p in self.model.non_backbone_parameters() if p.requires_grad], "lr": hp.lr}]
         backbone = [p for p in self.model.backbone_parameters() if p.requires_grad]
         if backbone:
             groups.append({"params": backbone, "lr": hp.lr_backbone})
-        return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, **_adamw_kernel(self.parameters()))
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, **_adamw_kernel(self.parameters()))
+        if hp.lr_schedule == "constant":
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine(optimizer, hp.warmup_steps, hp.max_steps, self._trainer)}
 
     # ---- the policy contract ----------------------------------------------------------------------------
     def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:

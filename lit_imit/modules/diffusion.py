@@ -62,7 +62,6 @@ constant after the warm-up.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any, Mapping, Sequence
 
@@ -72,6 +71,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, state_sizes, weighted_mean
+from lit_imit.modules.schedules import WarmupCosine, warmup_cosine  # noqa: F401  (WarmupCosine: re-exported)
 from lit_imit.nets.diffusion_obs import DiffusionObsEncoder
 from lit_imit.nets.unet1d import ConditionalUnet1d, check_horizon
 
@@ -130,26 +130,6 @@ def build_scheduler(
     if kind == "ddim":
         return DDIMScheduler(set_alpha_to_one=True, steps_offset=0, **common)
     raise ValueError(f"unknown scheduler {kind!r}; choose one of {sorted(SCHEDULERS)}")
-
-
-class WarmupCosine:
-    """LR factor: linear warm-up over ``warmup`` steps, then half a cosine down to 0 at ``total`` steps.
-
-    A callable object rather than a closure so that LambdaLR saves (and resume restores) its plain-int state.
-    ``total=None`` keeps the rate constant after the warm-up.
-    """
-
-    def __init__(self, warmup: int, total: int | None) -> None:
-        self.warmup = int(warmup)
-        self.total = None if total is None else int(total)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.total is None:
-            return 1.0
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 def edge_pad_actions(action: Tensor, is_pad: Tensor) -> Tensor:
@@ -396,12 +376,8 @@ class DiffusionModule(PolicyModule):
             self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=1e-8, weight_decay=hp.weight_decay,
             fused=fused or None,
         )
-        total = hp.max_steps
-        if total is None and self._trainer is not None:
-            estimated = self.trainer.estimated_stepping_batches
-            total = int(estimated) if math.isfinite(estimated) else None
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(hp.warmup_steps, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine(optimizer, hp.warmup_steps, hp.max_steps,
+                                                                      self._trainer)}
 
     # ---- sampling ----------------------------------------------------------------------------------------
     @torch.no_grad()
