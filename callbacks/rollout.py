@@ -23,7 +23,7 @@ import numpy as np
 
 from callbacks.ema import ema_weights_if_any
 from lit_imit.distributed import all_gather_objects, is_distributed
-from lit_imit.evaluation import EpisodeResult, evaluate_module, summarize
+from lit_imit.evaluation import EpisodeResult, evaluate_module, policy_env_kwargs, summarize
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class RolloutEvaluation(pl.Callback):
     """Seeded simulator rollouts during fit (every N epochs) and in test.
 
     Args:
-        task: task name or gymnasium id (``lit_imit.envs.TASKS``).
+        task: task name or gymnasium id (``lit_imit.envs.TASKS``); default: the DataModule's ``task``.
         n_episodes: episodes per evaluation (over all ranks).
         n_envs: envs stepped in lock-step per rank (the policy sees batches of this size).
         num_workers: where those envs run. 0 (default): in the training process, stepped one after the
@@ -53,7 +53,8 @@ class RolloutEvaluation(pl.Callback):
             n_envs >= num_workers, or workers sit idle.
         every_n_epochs: evaluation period in fit; 0 = only in test.
         seed: episode i uses seed ``seed + i`` (fixed across evaluations, so numbers are comparable).
-        env_kwargs: passed to the env (cameras, image_size...).
+        env_kwargs: passed to the env (image_size, render_mode...). ``cameras`` and ``env_state`` default to
+            what the policy reads (``lit_imit.evaluation.policy_env_kwargs``), so they need not be repeated.
         max_steps: cap on steps per episode (default: the env's time limit).
         video: save the first episode as mp4 + TensorBoard frames.
         video_camera: camera to film (default: the first camera of the observation, else env.render()).
@@ -66,7 +67,7 @@ class RolloutEvaluation(pl.Callback):
 
     def __init__(
         self,
-        task: str,
+        task: str | None = None,
         n_episodes: int = 10,
         n_envs: int = 1,
         num_workers: int | Literal["auto"] = 0,
@@ -82,7 +83,8 @@ class RolloutEvaluation(pl.Callback):
     ) -> None:
         from lit_imit.envs import task_spec
 
-        task_spec(task)
+        if task is not None:
+            task_spec(task)
         self.task = task
         self.n_episodes = n_episodes
         self.n_envs = max(1, n_envs)
@@ -94,7 +96,7 @@ class RolloutEvaluation(pl.Callback):
         self.env_kwargs = dict(env_kwargs or {})
         self.max_steps = max_steps
         self.video = video
-        self.video_camera = video_camera or next(iter(self.env_kwargs.get("cameras", ["top"]) or []), None)
+        self._video_camera = video_camera
         self.video_fps = video_fps
         if not log_prefix or "/" in log_prefix:
             raise ValueError(f"log_prefix must be a non-empty name without '/', got {log_prefix!r}")
@@ -135,6 +137,20 @@ class RolloutEvaluation(pl.Callback):
         self._envs = None
 
     # ---- hooks ------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Fill what the config left out from the policy and its data: the task, cameras, env_state."""
+        if self.task is None:
+            task = getattr(getattr(trainer, "datamodule", None), "task", None)
+            if task is None:
+                raise ValueError("RolloutEvaluation has no task: set its init_args.task or data.init_args.task")
+            self.task = task
+        self.env_kwargs = policy_env_kwargs(pl_module, self.env_kwargs)
+
+    @property
+    def video_camera(self) -> str | None:
+        """The camera filmed: the one asked for, else the observation's first camera (None: env.render())."""
+        return self._video_camera or next(iter(self.env_kwargs.get("cameras", ["top"]) or []), None)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check_image_size(getattr(trainer, "datamodule", None))
 

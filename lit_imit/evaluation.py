@@ -166,6 +166,19 @@ def evaluate(
     return results
 
 
+def policy_env_kwargs(module: Any, env_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Env arguments for rolling out ``module``: the given ones, plus what the policy reads unless given —
+    its ``cameras`` (``[]`` for a state policy: nothing rendered that nobody reads) and ``env_state: true``
+    when ``env_state`` is one of its ``state_keys``. So a config says the observation once, in the model."""
+    kwargs = dict(env_kwargs or {})
+    cameras = getattr(module, "cameras", None)
+    if cameras is not None:
+        kwargs.setdefault("cameras", list(cameras))
+    if "env_state" in (getattr(module, "state_keys", None) or ()):
+        kwargs.setdefault("env_state", True)
+    return kwargs
+
+
 def evaluate_module(module: Any, envs: Sequence[Any] | EnvBatch, indices: Sequence[int], seed: int,
                     **options: Any) -> list[EpisodeResult]:
     """:func:`evaluate` a policy module (``select_action`` / ``reset``, e.g. a ``PolicyModule``): in eval mode,

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from lit_imit.checkpoints import load_checkpoint
+from lit_imit.evaluation import policy_env_kwargs
 from lit_imit.results import append_row, git_commit, machine_description
 
 log = logging.getLogger(__name__)
@@ -219,8 +220,14 @@ def heldout_test(
 
 
 def _obs_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    data = config.get("data", {}).get("init_args", {})
-    return {"cameras": data.get("cameras"), "state_keys": data.get("state_keys"), "image_size": data.get("image_size")}
+    """What the policy saw: the data's settings, or the model's where the data took them from the model."""
+    data = (config.get("data") or {}).get("init_args") or {}
+    model = (config.get("model") or {}).get("init_args") or {}
+
+    def setting(name: str) -> Any:
+        return data.get(name) if data.get(name) is not None else model.get(name)
+
+    return {"cameras": setting("cameras"), "state_keys": setting("state_keys"), "image_size": data.get("image_size")}
 
 
 # ---- running -----------------------------------------------------------------------------------------
@@ -315,8 +322,12 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
         module.use_sampler(*sampler)
         row["sampler"] = f"{sampler[0]}-{sampler[1]}"
     test_start = time.perf_counter()
+    task = settings.get("task") or ((config.get("data") or {}).get("init_args") or {}).get("task")
+    if task is None:
+        raise ValueError(f"{config_path}: neither the RolloutEvaluation callback nor the data names a task")
+    env_kwargs = policy_env_kwargs(module, settings.get("env_kwargs"))
     summary = heldout_test(
-        module, settings["task"], settings.get("env_kwargs") or {}, episodes, test_seed,
+        module, task, env_kwargs, episodes, test_seed,
         n_envs=rec.test_n_envs, max_steps=settings.get("max_steps"), num_workers=rec.test_workers,
     )
     row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
@@ -324,7 +335,7 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
         "successes": int(summary["successes"]), "success_rate": summary["success_rate"],
         "ci_low": round(summary["success_ci_low"], 4), "ci_high": round(summary["success_ci_high"], 4),
         "mean_return": summary["return"], "mean_max_reward": summary["max_reward"],
-        "env_kwargs": settings.get("env_kwargs") or {},
+        "env_kwargs": env_kwargs,
     })
 
 

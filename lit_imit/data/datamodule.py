@@ -23,6 +23,13 @@ from lit_imit.data.samplers import SeededSampler
 log = logging.getLogger(__name__)
 
 
+#: values of the model-owned settings when the DataModule is used without a model
+STANDALONE_DEFAULTS: dict[str, Any] = {
+    "cameras": ["top"], "state_keys": ["qpos"], "chunk_size": 100, "n_obs_steps": 1, "action_offset": 0,
+    "action_dim": None,
+}
+
+
 class EpisodeDataModule(pl.LightningDataModule):
     """Episodes of one store as (observation, action chunk) windows.
 
@@ -36,6 +43,12 @@ class EpisodeDataModule(pl.LightningDataModule):
         n_obs_steps: observation history per sample (1 = no time axis).
         action_offset: first action relative to the anchor step; ``-(n_obs_steps-1)`` for Diffusion Policy.
         action_dim: checked against the files when given (a mismatch names the file).
+
+            These six say what the model reads, so a config says them once, in the model: left out (None),
+            each is taken from the model this data trains (its ``data_requirements``) when ``fit`` / ``test``
+            starts, before demos are recorded; without a model (the DataModule on its own) they default to
+            the top camera, qpos, chunks of 100, no history, offset 0 and no action check. Given here too,
+            they must agree with the model's (``PolicyModule.check_data_compatibility`` names both keys).
         val_episodes: validation split by episode: a fraction (< 1) or a count (>= 1); 0 disables validation.
         sampling: "uniform" or "prioritized" (per-episode priorities, importance weights in the batch).
         samples_per_epoch: fixed number of samples per epoch over all ranks (default: the train split size).
@@ -60,9 +73,9 @@ class EpisodeDataModule(pl.LightningDataModule):
         task: str | None = None,
         cameras: list[str] | None = None,
         state_keys: list[str] | None = None,
-        chunk_size: int = 100,
-        n_obs_steps: int = 1,
-        action_offset: int = 0,
+        chunk_size: int | None = None,
+        n_obs_steps: int | None = None,
+        action_offset: int | None = None,
         action_dim: int | None = None,
         drop_last_steps: int = 0,
         batch_size: int = 8,
@@ -89,12 +102,12 @@ class EpisodeDataModule(pl.LightningDataModule):
             task_spec(task)  # an unknown task fails at config time, naming the known ones
         self.data_dir = data_dir
         self.task = task
-        self.cameras = ["top"] if cameras is None else list(cameras)
-        self.state_keys = ["qpos"] if state_keys is None else list(state_keys)
-        self.chunk_size = chunk_size
-        self.n_obs_steps = n_obs_steps
-        self.action_offset = action_offset
-        self.action_dim = action_dim
+        given = {"cameras": cameras, "state_keys": state_keys, "chunk_size": chunk_size,
+                 "n_obs_steps": n_obs_steps, "action_offset": action_offset, "action_dim": action_dim}
+        self._from_model = {name for name, value in given.items() if value is None}  # filled by the model
+        for name, value in given.items():
+            value = STANDALONE_DEFAULTS[name] if value is None else value
+            setattr(self, name, list(value) if isinstance(value, (list, tuple)) else value)
         self.drop_last_steps = drop_last_steps
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -122,9 +135,23 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.train_set: ChunkDataset | None = None
         self.val_set: ChunkDataset | None = None
 
+    # ---- what the model reads ---------------------------------------------------------------------
+    def adopt_model_settings(self, model: Any = None) -> None:
+        """Take the settings this config left out from the model's ``data_requirements`` (``model``: the
+        trainer's LightningModule by default); settings the config gives are kept (and checked later)."""
+        if model is None:
+            trainer = getattr(self, "_trainer", None) or getattr(self, "trainer", None)
+            model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        if model is None or not hasattr(model, "data_requirements"):
+            return
+        for name, (_, value, _) in model.data_requirements().items():
+            if name in self._from_model:
+                setattr(self, name, list(value) if isinstance(value, (list, tuple)) else value)
+
     # ---- data generation --------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Record teacher demos into an empty store (runs once per node, before setup)."""
+        self.adopt_model_settings()
         store = EpisodeStore(self.data_dir)
         missing = self.generate_if_missing - len(store)
         if self.generate_if_missing > 0 and len(store) == 0:
@@ -157,6 +184,7 @@ class EpisodeDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
+        self.adopt_model_settings()
         self.store = EpisodeStore(self.data_dir, create=self.allow_empty)
         ids = self.store.ids()
         if not ids and not self.allow_empty:

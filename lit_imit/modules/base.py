@@ -132,6 +132,10 @@ class PolicyModule(pl.LightningModule):
     def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
         """What this policy needs from its DataModule: ``{data attr: (model arg, value, "==" | ">=")}``.
 
+        ``value`` is what the data attribute must be (or exceed); the model arg is the setting that decides
+        it. A DataModule takes the values of the attributes its config leaves out from here
+        (``EpisodeDataModule.adopt_model_settings``), so a config says them once.
+
         Checked once when the two meet (``setup``), so a mismatched config fails at start with both keys
         named instead of at the first training step (or never, as a silently wrong horizon would).
         """
@@ -149,8 +153,10 @@ class PolicyModule(pl.LightningModule):
             ok = have >= needed if relation == ">=" else have == needed
             if not ok:
                 rel = "at least " if relation == ">=" else ""
-                problems.append(f"model.init_args.{model_arg}={needed} needs data.init_args.{data_attr} to be "
-                                f"{rel}{needed}, got {have}")
+                setting = self.hparams.get(model_arg, needed) if hasattr(self, "hparams") else needed
+                problems.append(f"model.init_args.{model_arg}={setting} needs data.init_args.{data_attr} to be "
+                                f"{rel}{needed}, got {have} (or leave data.init_args.{data_attr} out: the data "
+                                "then takes the model's)")
         if problems:
             raise ValueError(f"{type(self).__name__} and {type(dm).__name__} disagree: " + "; ".join(problems))
 

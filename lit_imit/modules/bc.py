@@ -67,6 +67,7 @@ class BCModule(PolicyModule):
         self._queue, self._ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
         self.save_hyperparameters()
         self.state_keys = state_keys
+        self.cameras: list[str] = []  # a state policy: rollouts render no camera for it
         self.model = MLPPolicy(sum(state_dims), action_dim, chunk_size, hidden_dims, dropout)
         self.register_policy_stats(state_keys, state_dims, action_dim)
 

@@ -283,6 +283,7 @@ class DiffusionModule(PolicyModule):
             "state_keys": ("state_keys", list(self.state_keys), "=="),
             "chunk_size": ("horizon", int(self.horizon), "=="),
             "n_obs_steps": ("n_obs_steps", int(self.n_obs_steps), "=="),
+            "action_offset": ("n_obs_steps", -(int(self.n_obs_steps) - 1), "=="),  # windows start at t-To+1
             "action_dim": ("action_dim", int(self.action_dim), "=="),
         }
 
