@@ -203,3 +203,49 @@ def test_state_only_batches_are_gathered_at_once_and_equal_the_collated_samples(
     assert bool(got["action_is_pad"].any())  # the window past an episode end is padded
     with_camera = ChunkDataset(episode_store, episode_store.ids(), camera_keys=["top"], chunk_size=6)
     assert isinstance(with_camera.__getitems__([0, 1]), list)  # frames are read one sample at a time
+
+
+# ---- the observation said once: the data takes what the config leaves out from the model -----------------
+def test_left_out_settings_come_from_the_model_and_given_ones_stay(tmp_path):
+    from lit_imit.modules.act import ACTModule
+    from lit_imit.modules.diffusion import DiffusionModule
+
+    act = ACTModule(cameras=[], state_keys=["qpos", "env_state"], state_dim=[14, 7], chunk_size=20,
+                    n_action_steps=20, dim_model=16, n_heads=2, dim_feedforward=16, n_encoder_layers=1,
+                    n_vae_encoder_layers=1)
+    dm = EpisodeDataModule(str(tmp_path), task="transfer_cube", chunk_size=30)
+    assert (dm.cameras, dm.state_keys, dm.chunk_size, dm.action_dim) == (["top"], ["qpos"], 30, None)  # standalone
+    dm.adopt_model_settings(act)
+    assert dm.cameras == [] and dm.state_keys == ["qpos", "env_state"] and dm.action_dim == 14
+    assert dm.chunk_size == 30  # given: kept (and checked >= 20 when the two meet)
+    assert dm.recording_env_kwargs() == {"env_state": True}
+
+    diffusion = DiffusionModule(cameras=[], state_keys=["qpos"], state_dim=14, n_obs_steps=3, horizon=16,
+                                n_action_steps=8, down_dims=[16, 32])
+    dm = EpisodeDataModule(str(tmp_path), task="transfer_cube")
+    dm.adopt_model_settings(diffusion)
+    assert (dm.chunk_size, dm.n_obs_steps, dm.action_offset) == (16, 3, -2)
+    diffusion.check_data_compatibility(dm)
+    wrong = EpisodeDataModule(str(tmp_path), task="transfer_cube", action_offset=0)
+    wrong.adopt_model_settings(diffusion)
+    with pytest.raises(ValueError, match=r"model.init_args.n_obs_steps=3 needs data.init_args.action_offset to be -2"):
+        diffusion.check_data_compatibility(wrong)
+
+
+def test_rollout_callback_takes_task_from_the_data_and_observation_from_the_policy():
+    from types import SimpleNamespace
+
+    from callbacks.rollout import RolloutEvaluation
+    from lit_imit.modules.bc import BCModule
+
+    policy = BCModule(state_keys=["qpos", "env_state"], state_dim=[14, 7], chunk_size=1, hidden_dims=[8])
+    callback = RolloutEvaluation(env_kwargs={"render_mode": "rgb_array"})
+    callback.setup(SimpleNamespace(datamodule=SimpleNamespace(task="insertion")), policy, "fit")
+    assert callback.task == "insertion"
+    assert callback.env_kwargs == {"render_mode": "rgb_array", "cameras": [], "env_state": True}
+    assert callback.video_camera is None  # no camera: the video comes from env.render()
+    told = RolloutEvaluation(task="transfer_cube", env_kwargs={"cameras": ["top"]})
+    told.setup(SimpleNamespace(datamodule=None), policy, "fit")
+    assert told.env_kwargs["cameras"] == ["top"] and told.video_camera == "top"  # what the config says wins
+    with pytest.raises(ValueError, match="has no task"):
+        RolloutEvaluation().setup(SimpleNamespace(datamodule=None), policy, "fit")
