@@ -81,8 +81,9 @@ register(Recipe(
     config="configs/act/transfer_cube_state.yaml", obs="qpos + cube pose (state)", demos=50,
     expected_minutes=15, target=0.96,
     reference="floor: a state MLP reaches 50/50 from 50 demos",
-    notes="ACT sized for the CPU (d128, ff 256, 4/1/1 layers, no dropout), chunk 20, temporal ensembling, "
-          "lr 5e-4, batch 32, 6000 steps on one torch thread; validation rollouts at 3000 and 6000 steps",
+    notes="ACT sized for the CPU (d128, ff 256, 4 encoder / 1 decoder layers, no dropout, no CVAE), chunk 20, "
+          "temporal ensembling, lr 1e-3 cosine, batch 32, 6000 steps on one torch thread; validation rollouts "
+          "at 3000 and 6000 steps",
 ))
 register(Recipe(
     name="diffusion_transfer_cube_state", method="diffusion", task="transfer_cube",
