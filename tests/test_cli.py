@@ -410,7 +410,9 @@ def test_shipped_policy_configs_agree_with_their_data(path):
     name = cfg["model"]["class_path"]
     shrink = ({"dim_model": 32, "n_heads": 4, "dim_feedforward": 32, "pretrained_backbone": None}
               if name.endswith("ACTModule") else {"down_dims": [16, 32, 64]})
-    build("model", **shrink).check_data_compatibility(build("data"))
+    model, data = build("model", **shrink), build("data")
+    data.adopt_model_settings(model)  # as fit does: what the data config leaves out comes from the model
+    model.check_data_compatibility(data)
 
 
 def test_model_and_data_mismatch_is_an_error_naming_both_keys(tmp_path):
