@@ -88,7 +88,7 @@ register(Recipe(
 register(Recipe(
     name="diffusion_transfer_cube_state", method="diffusion", task="transfer_cube",
     config="configs/diffusion/transfer_cube_state.yaml", obs="qpos + cube pose (state)", demos=50,
-    expected_minutes=15, target=0.96,
+    expected_minutes=60, target=0.96,
 ))
 register(Recipe(
     name="diffusion_insertion_state", method="diffusion", task="insertion",
