@@ -117,7 +117,7 @@ def load_policy(path: str | Path, device: str = "cpu", policy_class: str | None 
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
         raise DeployError(f"{path} does not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if "stats_initialized" in dict(module.named_buffers()) and not bool(module.stats_initialized):
+    if getattr(module, "normalized_keys", ()) and not bool(module.stats_initialized):
         raise DeployError(f"{path} has no normalisation statistics: it was never set up with data")
     return module.to(device).eval()
 

@@ -318,7 +318,7 @@ def test_load_stats_floors_std():
     stats = {k: {"mean": np.zeros(14), "std": np.full(14, 1e-5), "min": -np.ones(14), "max": np.ones(14)}
              for k in ("qpos", "action")}
     module.load_stats(stats)
-    assert torch.allclose(module.stat("action", "std"), torch.full((14,), 0.01))
+    assert torch.allclose(module.normalizer.stat("action", "std"), torch.full((14,), 0.01))
     assert bool(module.stats_initialized)
 
 
@@ -346,7 +346,7 @@ def test_chunk_execution_queries_every_n_action_steps():
     actions = [module.select_action(obs) for _ in range(10)]
     assert script.calls == [2, 2, 2]  # steps 0, 4, 8
     for t, action in enumerate(actions):
-        expected = module.unnormalize_mean_std("action", script.chunks[t // 4, :, t % 4])
+        expected = module.normalizer.un_mean_std("action", script.chunks[t // 4, :, t % 4])
         assert torch.allclose(action, expected, atol=1e-6)
 
 
@@ -363,7 +363,7 @@ def test_reset_clears_queues_for_all_or_some_envs():
     module.reset(env_ids=[1])  # only env 1 restarts: only it is queried, env 0 continues its chunk
     action = module.select_action(obs)
     assert script.calls == [2, 2, 1]
-    unnorm = lambda x: module.unnormalize_mean_std("action", x)  # noqa: E731
+    unnorm = lambda x: module.normalizer.un_mean_std("action", x)  # noqa: E731
     assert torch.allclose(action[0], unnorm(script.chunks[1, 0, 1]), atol=1e-6)
     assert torch.allclose(action[1], unnorm(script.chunks[2, 0, 0]), atol=1e-6)
 
@@ -375,7 +375,7 @@ def test_temporal_ensembling_equals_hand_computation(coeff):
     script = ChunkScript(n_envs, steps, seed=1)
     module._query_chunk = script
     obs = env_obs(n_envs)
-    raw = module.unnormalize_mean_std("action", script.chunks)  # (T, N, K, A)
+    raw = module.normalizer.un_mean_std("action", script.chunks)  # (T, N, K, A)
     for t in range(steps):
         action = module.select_action(obs)
         first = max(0, t - K + 1)  # the oldest chunk that still covers step t

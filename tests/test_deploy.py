@@ -80,7 +80,7 @@ def test_load_policy_reads_a_trainer_checkpoint(tmp_path):
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
     trainer.save_checkpoint(tmp_path / "trained.ckpt")
     loaded = deploy.load_policy(tmp_path / "trained.ckpt")
-    torch.testing.assert_close(loaded.stat("action", "std"), module.stat("action", "std"))
+    torch.testing.assert_close(loaded.normalizer.stat("action", "std"), module.normalizer.stat("action", "std"))
 
 
 def test_bad_checkpoints_get_clear_errors(tmp_path):

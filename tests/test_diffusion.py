@@ -103,7 +103,7 @@ def test_hparams_and_state_dict_are_plain_and_weights_only_loadable():
     plain = (int, float, str, bool, type(None), list)
     assert all(isinstance(v, plain) for v in module.hparams.values()), dict(module.hparams)
     assert all(isinstance(v, torch.Tensor) for v in module.state_dict().values())
-    assert {"stat_qpos_min", "stat_action_max", "stats_initialized"} <= set(module.state_dict())
+    assert {"normalizer.qpos_min", "normalizer.action_max", "normalizer.initialized"} <= set(module.state_dict())
     buffer = io.BytesIO()
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, buffer)
     buffer.seek(0)
@@ -528,7 +528,7 @@ def test_checkpoint_with_ema_loads_alone_and_runs_the_averaged_policy(tmp_path):
     assert ckpt["lr_schedulers"][0]["lr_lambdas"][0] == {"warmup": 2, "total": 6}
     alone = DiffusionModule.load_from_checkpoint(path, weights_only=True)
     assert bool(alone.stats_initialized)
-    torch.testing.assert_close(alone.stat("action", "max"), module.stat("action", "max"))
+    torch.testing.assert_close(alone.normalizer.stat("action", "max"), module.normalizer.stat("action", "max"))
     obs = {"qpos": samples[0]["qpos"][-1:].numpy()}
     alone.reset()
     module.reset()

@@ -729,7 +729,7 @@ def test_from_scratch_seeds_with_gated_novice_episodes(tmp_path):
     versions = [dm.episode_meta[i]["version"] for i in dm.train_ids]
     assert versions[0] == 0 and sorted(versions) == versions and set(versions) <= {0, 1}
     assert bool(cli.model.stats_initialized)  # stats from the seeded episodes reached the module
-    assert torch.allclose(cli.model.stat("action", "mean"), torch.tensor(dm.stats["action"]["mean"]))
+    assert torch.allclose(cli.model.normalizer.stat("action", "mean"), torch.tensor(dm.stats["action"]["mean"]))
     assert dm.episode_priority == {}  # no PIER in this mode
 
 

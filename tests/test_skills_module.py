@@ -96,7 +96,7 @@ def test_stage_chaining_loads_and_freezes_parts(stores, tmp_path):
     for part in ("skill_encoder", "decoder", "prior"):
         for key, value in getattr(posterior, part).state_dict().items():
             assert torch.equal(value, getattr(prior, part).state_dict()[key]), (part, key)
-    assert torch.equal(posterior.stat("state", "mean"), prior.stat("state", "mean"))
+    assert torch.equal(posterior.normalizer.stat("state", "mean"), prior.normalizer.stat("state", "mean"))
     assert {n for n, p in posterior.named_parameters() if p.requires_grad} == {
         n for n, _ in posterior.named_parameters() if n.startswith("posterior.")}
     frozen_before = {k: v.clone() for k, v in posterior.skill_encoder.state_dict().items()}
@@ -106,7 +106,7 @@ def test_stage_chaining_loads_and_freezes_parts(stores, tmp_path):
     for key, value in posterior.skill_encoder.state_dict().items():
         assert torch.equal(value, frozen_before[key])  # the embedding stayed frozen
     # normalisation stays the play data's even though the posterior trains on demonstrations
-    assert torch.equal(posterior.stat("state", "mean"), prior.stat("state", "mean"))
+    assert torch.equal(posterior.normalizer.stat("state", "mean"), prior.normalizer.stat("state", "mean"))
     post_ckpt = fitted_checkpoint(posterior, demo_dm, tmp_path / "posterior.ckpt")
 
     disc = SkillPriorModule(stage="discriminator", optimizer="adam", lr=3e-3, init_from=[

@@ -193,7 +193,7 @@ class ACTModule(PolicyModule):
         """As the base class, then floor the std at 0.01 like the original (constant dims stay finite)."""
         super().load_stats(stats)
         for key in self.normalized_keys:
-            self.stat(key, "std").clamp_(min=ACT_MIN_STD)
+            self.normalizer.stat(key, "std").clamp_(min=ACT_MIN_STD)
 
     # ---- batches -------------------------------------------------------------------------------------------
     @staticmethod
@@ -212,7 +212,7 @@ class ACTModule(PolicyModule):
         if missing:
             raise KeyError(f"batch has no {missing} (keys: {sorted(batch)})")
         states = [
-            self.normalize_mean_std(key, self._single_step(batch[key], key, 2).float()) for key in self.state_keys
+            self.normalizer.mean_std(key, self._single_step(batch[key], key, 2).float()) for key in self.state_keys
         ]
         images = [self._single_step(batch[f"images/{c}"], f"images/{c}", 4) for c in self.cameras]
         return states[0], images, states[1:]
@@ -226,7 +226,7 @@ class ACTModule(PolicyModule):
         is_pad = batch.get("action_is_pad")
         if is_pad is None:
             is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
-        return self.normalize_mean_std("action", actions[:, :k].float()), is_pad[:, :k].bool()
+        return self.normalizer.mean_std("action", actions[:, :k].float()), is_pad[:, :k].bool()
 
     def forward(self, batch: Mapping[str, Tensor]) -> ACTOutput:
         """Training-style forward: posterior z when the VAE is on, normalised predicted chunk."""
@@ -309,7 +309,7 @@ class ACTModule(PolicyModule):
                 chunk, uncertainty = self._query_chunk_with_uncertainty(batch)
             else:
                 chunk, uncertainty = self._query_chunk(batch), None
-            action = self._ensembler.update(self.unnormalize_mean_std("action", chunk))
+            action = self._ensembler.update(self.normalizer.un_mean_std("action", chunk))
             return action, uncertainty
 
         need = self._queue.needs_query(n, self.device)
@@ -323,7 +323,7 @@ class ACTModule(PolicyModule):
             else:
                 chunk = self._query_chunk(sub)
                 self._chunk_uncertainty[need] = float("nan")
-            self._queue.fill(need, self.unnormalize_mean_std("action", chunk))
+            self._queue.fill(need, self.normalizer.un_mean_std("action", chunk))
         uncertainty = None
         if with_uncertainty:
             unknown = torch.isnan(self._chunk_uncertainty)
@@ -358,7 +358,7 @@ class ACTModule(PolicyModule):
         """Raw action chunk (N, k, A) with z = 0 for the current observation (no queues involved)."""
         with self.policy_mode():
             batch = self.obs_to_tensors({k: obs[k] for k in self._input_keys(obs)})
-            return self.unnormalize_mean_std("action", self._query_chunk(batch))
+            return self.normalizer.un_mean_std("action", self._query_chunk(batch))
 
 
 def _adamw_kernel(params: Iterator[torch.nn.Parameter]) -> dict[str, bool]:

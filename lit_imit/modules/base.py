@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_imit.nets.normalizer import Normalizer, rename_legacy_stat_keys
+
 
 @dataclass
 class Prediction:
@@ -73,61 +75,40 @@ def weighted_mean(per_sample: Tensor, weight: Tensor | None) -> Tensor:
 class PolicyModule(pl.LightningModule):
     """Base of every method: normalisation buffers, the stats hand-over from the DataModule, the policy API."""
 
-    #: keys whose statistics this module normalises with, e.g. ("qpos", "action")
-    normalized_keys: tuple[str, ...] = ()
-
     def __init__(self) -> None:
         super().__init__()
-        self._stats_ready = False
+        self.normalizer = Normalizer()
 
-    # ---- normalisation -------------------------------------------------------------------------------
+    # ---- normalisation: statistics live in ``self.normalizer`` (lit_imit/nets/normalizer.py) -----------
     def register_stats_buffers(self, key: str, dim: int) -> None:
-        """Create mean/std/min/max buffers for one key (filled later from the DataModule's stats)."""
-        safe = key.replace("/", "__")
-        self.register_buffer(f"stat_{safe}_mean", torch.zeros(dim))
-        self.register_buffer(f"stat_{safe}_std", torch.ones(dim))
-        self.register_buffer(f"stat_{safe}_min", -torch.ones(dim))
-        self.register_buffer(f"stat_{safe}_max", torch.ones(dim))
-        self.register_buffer("stats_initialized", torch.zeros((), dtype=torch.bool))
+        """Identity statistics for one key, filled later from the DataModule's stats (or a checkpoint)."""
+        self.normalizer.add_key(key, dim)
 
     def register_policy_stats(self, state_keys: Sequence[str], state_sizes: Sequence[int], action_dim: int) -> None:
-        """Buffers for the observation keys and the actions, which every imitation policy normalises."""
-        self.normalized_keys = (*state_keys, "action")
+        """Statistics for the observation keys and the actions, which every imitation policy normalises."""
         for key, dim in (*zip(state_keys, state_sizes), ("action", action_dim)):
             self.register_stats_buffers(key, dim)
 
-    def stat(self, key: str, name: str) -> Tensor:
-        return getattr(self, f"stat_{key.replace('/', '__')}_{name}")
+    @property
+    def normalized_keys(self) -> tuple[str, ...]:
+        """Keys whose statistics this module normalises with, e.g. ("qpos", "action")."""
+        return self.normalizer.keys
+
+    @property
+    def stats_initialized(self) -> Tensor:
+        """True once dataset statistics were loaded (a bool tensor: it is saved with the weights)."""
+        return self.normalizer.initialized
 
     def load_stats(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
-        """Copy dataset statistics (dicts of arrays/tensors per key) into the buffers."""
-        for key in self.normalized_keys:
-            if key not in stats:
-                raise KeyError(f"dataset statistics have no entry for {key!r} (have {sorted(stats)})")
-            for name in ("mean", "std", "min", "max"):
-                value = torch.as_tensor(np.asarray(stats[key][name]), dtype=torch.float32)
-                buf = self.stat(key, name)
-                if value.shape != buf.shape:
-                    raise ValueError(
-                        f"statistics for {key!r}/{name} have shape {tuple(value.shape)}, the model expects "
-                        f"{tuple(buf.shape)}: the data's dimension does not match the model's config"
-                    )
-                buf.copy_(value)
-        self.stats_initialized.fill_(True)
+        """Copy dataset statistics (dicts of arrays/tensors per key) into the normaliser."""
+        self.normalizer.load(stats)
 
-    def normalize_mean_std(self, key: str, x: Tensor) -> Tensor:
-        return (x - self.stat(key, "mean")) / self.stat(key, "std")
-
-    def unnormalize_mean_std(self, key: str, x: Tensor) -> Tensor:
-        return x * self.stat(key, "std") + self.stat(key, "mean")
-
-    def normalize_min_max(self, key: str, x: Tensor) -> Tensor:
-        lo, hi = self.stat(key, "min"), self.stat(key, "max")
-        return 2.0 * (x - lo) / (hi - lo).clamp_min(1e-4) - 1.0
-
-    def unnormalize_min_max(self, key: str, x: Tensor) -> Tensor:
-        lo, hi = self.stat(key, "min"), self.stat(key, "max")
-        return (x + 1.0) * 0.5 * (hi - lo).clamp_min(1e-4) + lo
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints written before the Normalizer kept the statistics as stat_<key>_<name> on the module
+        rename_legacy_stat_keys(state_dict, prefix, self.normalizer.keys)
+        if not self.normalizer.keys:  # a module without statistics saved no flag before the Normalizer
+            state_dict.setdefault(f"{prefix}normalizer.initialized", self.normalizer.initialized.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
         """What this policy needs from its DataModule: ``{data attr: (model arg, value, "==" | ">=")}``.

@@ -84,7 +84,7 @@ class BCModule(PolicyModule):
     def load_stats(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
         super().load_stats(stats)
         for key in self.normalized_keys:
-            self.stat(key, "std").clamp_(min=MIN_STD)
+            self.normalizer.stat(key, "std").clamp_(min=MIN_STD)
 
     # ---- training -------------------------------------------------------------------------------------------
     def _observation(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -99,7 +99,7 @@ class BCModule(PolicyModule):
                 x = x[:, 0]
             if x.ndim != 2:
                 raise ValueError(f"{key} should be (B, D), got shape {tuple(x.shape)}")
-            parts.append(self.normalize_mean_std(key, x))
+            parts.append(self.normalizer.mean_std(key, x))
         return torch.cat(parts, dim=-1)
 
     def compute_loss(self, batch: Mapping[str, Tensor], weighted: bool = True) -> dict[str, Tensor]:
@@ -108,7 +108,7 @@ class BCModule(PolicyModule):
         actions = batch["action"]
         if actions.ndim != 3 or actions.shape[1] < k:
             raise ValueError(f"batch['action'] must be (B, >= {k}, A), got {tuple(actions.shape)}")
-        target = self.normalize_mean_std("action", actions[:, :k].float())
+        target = self.normalizer.mean_std("action", actions[:, :k].float())
         pred = self.model(self._observation(batch))
         err = (pred - target).abs() if self.hparams.loss == "l1" else (pred - target).pow(2)
         is_pad = batch.get("action_is_pad")
@@ -135,7 +135,7 @@ class BCModule(PolicyModule):
         """Raw action chunk (N, k, A) for the current observations (no queues involved)."""
         with self.policy_mode():
             batch = self.obs_to_tensors({k: obs[k] for k in self.state_keys})
-            return self.unnormalize_mean_std("action", self.model(self._observation(batch)))
+            return self.normalizer.un_mean_std("action", self.model(self._observation(batch)))
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: raw actions (N, A)."""

@@ -298,7 +298,7 @@ class DiffusionModule(PolicyModule):
                 raise ValueError(
                     f"{key} must be (B, n_obs_steps={self.n_obs_steps}, D), got {tuple(obs[key].shape)}"
                 )
-            parts.append(self.normalize_min_max(key, value.float()))
+            parts.append(self.normalizer.min_max(key, value.float()))
         state = torch.cat(parts, dim=-1)
         images = {}
         for cam in self.cameras:
@@ -323,7 +323,7 @@ class DiffusionModule(PolicyModule):
         is_pad = batch.get("action_is_pad")
         if is_pad is not None:
             action = edge_pad_actions(action, is_pad.bool())
-        clean = self.normalize_min_max("action", action)
+        clean = self.normalizer.min_max("action", action)
         cond = self.global_condition(batch)
 
         if generator is None:
@@ -399,7 +399,7 @@ class DiffusionModule(PolicyModule):
         cond = self.global_condition(obs)
         cond = cond.repeat_interleave(num_samples, dim=0)
         chunks = self.sample_normalized(cond).reshape(-1, num_samples, self.horizon, self.action_dim)
-        return self.unnormalize_min_max("action", chunks)
+        return self.normalizer.un_min_max("action", chunks)
 
     # ---- the policy contract -----------------------------------------------------------------------------
     def reset(self, env_ids: Sequence[int] | Tensor | None = None, seed: int | None = None) -> None:
@@ -474,7 +474,7 @@ class DiffusionModule(PolicyModule):
         start = self.n_obs_steps - 1
         window = chunks[:, :, start : start + self.n_action_steps]
         if num_samples > 1:
-            spread = self.normalize_min_max("action", window).std(dim=1)  # in [-1, 1] units, per step and dim
+            spread = self.normalizer.min_max("action", window).std(dim=1)  # in [-1, 1] units, per step and dim
             self._queue_uncertainty = spread.mean(dim=(1, 2))
         else:
             self._queue_uncertainty = None

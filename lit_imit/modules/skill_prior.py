@@ -54,6 +54,7 @@ from torch import Tensor
 
 from lit_imit.checkpoints import load_checkpoint
 from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
+from lit_imit.nets.normalizer import STAT_NAMES, buffer_name, rename_legacy_stat_keys
 from lit_imit.nets.skills import (
     ClosedLoopDecoder,
     ContrastiveDistance,
@@ -104,7 +105,6 @@ def check_init_from(init_from: Sequence[Mapping[str, Any]] | None) -> list[dict[
 class SkillPriorModule(PolicyModule):
     """SPiRL / FIST / SkiLD on flat states (PointMaze, FrankaKitchen)."""
 
-    normalized_keys = ("state",)
 
     def __init__(
         self,
@@ -237,12 +237,14 @@ class SkillPriorModule(PolicyModule):
             if entry["freeze"]:
                 self.frozen_parts.add(part)
         if entry["stats"]:
-            for name in ("mean", "std", "min", "max"):
-                key = f"stat_state_{name}"
+            state = dict(state)
+            rename_legacy_stat_keys(state, "", self.normalizer.keys)  # a checkpoint from before the Normalizer
+            for name in STAT_NAMES:
+                key = f"normalizer.{buffer_name('state', name)}"
                 if key not in state:
                     raise KeyError(f"{path} has no normalisation statistics ({key})")
-                self.stat("state", name).copy_(state[key])
-            self.stats_initialized.fill_(bool(state.get("stats_initialized", torch.tensor(True))))
+                self.normalizer.stat("state", name).copy_(state[key])
+            self.stats_initialized.fill_(bool(state.get("normalizer.initialized", torch.tensor(True))))
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Resize the FIST lookup buffers to the checkpoint's before loading (their size is data-dependent)."""
@@ -282,7 +284,7 @@ class SkillPriorModule(PolicyModule):
             offset += len(demo)
         if not states:
             raise ValueError("FIST needs at least one demonstration to look goals up in")
-        self.lookup_states = torch.cat(states).to(self.stat("state", "mean").device)
+        self.lookup_states = torch.cat(states).to(self.normalizer.stat("state", "mean").device)
         self.lookup_goal_index = torch.cat(goals).to(self.lookup_states.device)
         self._lookup_features = None
 
@@ -290,7 +292,7 @@ class SkillPriorModule(PolicyModule):
     def normalize_state(self, states: Tensor) -> Tensor:
         """Mean/std normalisation with the play statistics, clipped to +-state_clip."""
         clip = self.hparams.state_clip
-        return self.normalize_mean_std("state", states.float()).clamp(-clip, clip)
+        return self.normalizer.mean_std("state", states.float()).clamp(-clip, clip)
 
     def _states(self, batch: Mapping[str, Tensor]) -> Tensor:
         states = batch["state"]
