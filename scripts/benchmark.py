@@ -209,14 +209,14 @@ def _act_module(shape: dict[str, Any], device: torch.device, **overrides: Any):
 @row("act_train")
 def act_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """ACT training samples/s (fwd+bwd+AdamW, batch in memory) at LeRobot's shape and the quickstart's."""
-    from lit_imit.modules.act import make_dummy_batch, measure_train_throughput
+    from lit_imit.benchmarking import act_batch, measure_train_throughput
 
     device = device_of(args)
     for shape_name, shape in ACT_SHAPES.items():
         for precision in ("32", "bf16-mixed"):
             module = _act_module(shape, device)
-            batch = make_dummy_batch(shape["batch"], image_hw=shape["image_hw"], chunk_size=shape["chunk"],
-                                     device=device)
+            batch = act_batch(shape["batch"], image_hw=shape["image_hw"], chunk_size=shape["chunk"],
+                              device=device)
             result = measure_train_throughput(module, batch, steps=args.steps, warmup=1,
                                               autocast_dtype=torch.bfloat16 if precision != "32" else None)
             yield {"name": f"act_train_{shape_name}_shape", "value": result["samples_per_s"], "unit": "samples/s",
@@ -283,13 +283,14 @@ def _cliport_presets(device: torch.device) -> dict[str, dict[str, Any]]:
 @row("cliport_train")
 def cliport_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """CLIPort training samples/s (pick + place fwd/bwd + Adam, batch in memory) at batch 1 and 8."""
-    from lit_imit.modules.cliport import CLIPortModule, make_dummy_batch, measure_train_throughput
+    from lit_imit.benchmarking import cliport_batch, measure_train_throughput
+    from lit_imit.modules.cliport import CLIPortModule
 
     device = device_of(args)
     for preset, config in _cliport_presets(device).items():
         module = CLIPortModule(**config).to(device)
         for batch_size in (1, 8):
-            batch = make_dummy_batch(batch_size, device=device)
+            batch = cliport_batch(batch_size, device=device)
             steps = max(1, args.steps // batch_size)
             result = measure_train_throughput(module, batch, steps=steps, warmup=1)
             yield {"name": f"cliport_train_{preset}", "value": result["samples_per_s"], "unit": "samples/s",
@@ -300,13 +301,15 @@ def cliport_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 @row("cliport_decisions")
 def cliport_decisions(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """CLIPort decisions/s of predict() (pick, place over 36 rotations, entropies) for 1 and 4 envs."""
-    from lit_imit.modules.cliport import CLIPortModule, make_dummy_batch, measure_decisions
+    from lit_imit.benchmarking import cliport_batch, measure_rate
+    from lit_imit.modules.cliport import CLIPortModule
 
     device = device_of(args)
     for preset, config in _cliport_presets(device).items():
         module = CLIPortModule(**config).to(device)
         for n_envs in (1, 4):
-            rate = measure_decisions(module, make_dummy_batch(n_envs, device=device), repeat=3)
+            batch = cliport_batch(n_envs, device=device)
+            rate = measure_rate(lambda: module.predict(batch), n_envs, repeat=3, device_type=device.type)
             yield {"name": f"cliport_decisions_{preset}", "value": rate, "unit": "decisions/s", "num_envs": n_envs,
                    "device": str(device), **config}
 
@@ -368,23 +371,24 @@ def ravens_env_steps(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 # ---- Diffusion Policy ---------------------------------------------------------------------------------
 def _diffusion_module(device: torch.device, **overrides: Any):
     """LeRobot's Diffusion image shape: one 480x640 camera cropped to 440x560, To 2, Tp 16, dims 512/1024/2048."""
-    from lit_imit.modules.diffusion import DiffusionModule, dummy_stats
+    from lit_imit.benchmarking import identity_stats
+    from lit_imit.modules.diffusion import DiffusionModule
 
     kwargs = dict(cameras=["top"], n_obs_steps=2, horizon=16, n_action_steps=8, down_dims=[512, 1024, 2048],
                   crop_shape=[440, 560], warmup_steps=1, max_steps=1000)
     kwargs.update(overrides)
     module = DiffusionModule(**kwargs)
-    module.load_stats(dummy_stats())
+    module.load_stats(identity_stats())
     return module.to(device)
 
 
 @row("diffusion_train")
 def diffusion_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Diffusion training samples/s at LeRobot's Diffusion image shape (batch 8), fp32 and bf16 autocast."""
-    from lit_imit.modules.diffusion import dummy_batch
+    from lit_imit.benchmarking import diffusion_batch
 
     device = device_of(args)
-    batch = {k: v.to(device) for k, v in dummy_batch(8).items()}
+    batch = {k: v.to(device) for k, v in diffusion_batch(8).items()}
     for precision in ("32", "bf16-mixed"):
         module = _diffusion_module(device).train()
         optimizer = module.configure_optimizers()["optimizer"]

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lit_imit.modules.act import ACTModule, kl_divergence, make_dummy_batch, masked_l1_per_sample
+from lit_imit.benchmarking import act_batch
+from lit_imit.modules.act import ACTModule, kl_divergence, masked_l1_per_sample
 from lit_imit.modules.chunking import TemporalEnsembler
 from lit_imit.nets.backbones import FrozenBatchNorm2d, ResNet18Features, imagenet_weights_cache_path
 from lit_imit.nets.positional import SinePositionEncoding2d, sinusoid_table
@@ -66,7 +67,7 @@ def with_stats(module: ACTModule, seed: int = 0) -> ACTModule:
 
 
 def batch_for(cameras=("top",), batch_size=2, seed=0):
-    return make_dummy_batch(batch_size, cameras, HW, STATE, ACTION, K, seed=seed)
+    return act_batch(batch_size, cameras, HW, STATE, ACTION, K, seed=seed)
 
 
 def env_obs(n_envs=2, cameras=("top",), seed=0) -> dict[str, np.ndarray]:
@@ -455,7 +456,7 @@ def test_loss_falls_when_overfitting_a_tiny_batch():
     """100 real AdamW steps on one batch of 4 smooth chunks (a_t = qpos + t * v): L1 and loss must collapse."""
     torch.manual_seed(0)
     module = with_stats(tiny(lr=3e-3, lr_backbone=3e-4, channels_last=False))
-    batch = make_dummy_batch(4, ("top",), (32, 32), STATE, ACTION, K, seed=2)
+    batch = act_batch(4, ("top",), (32, 32), STATE, ACTION, K, seed=2)
     velocity = torch.randn(4, 1, ACTION, generator=torch.Generator().manual_seed(5)) * 0.3
     batch["action"] = batch["qpos"][:, None, :] + velocity * torch.arange(1, K + 1)[None, :, None]
     optimizer = module.configure_optimizers()

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import default_collate
 
 from lit_imit.envs.ravens import geometry as geo
-from lit_imit.modules.cliport import CLIPortModule, entropy, make_dummy_batch, pixels_of, tiny_config
+from lit_imit.benchmarking import cliport_batch
+from lit_imit.modules.cliport import CLIPortModule, entropy, pixels_of, tiny_config
 
 TASK = "put-block-in-bowl-seen-colors"
 SMALL_HW = (64, 32)
@@ -36,7 +37,7 @@ def tiny() -> CLIPortModule:
 
 def small_obs(n: int = 3, seed: int = 0) -> dict:
     """Env-like observations on a small map: numpy arrays and a numpy string array of instructions."""
-    batch = make_dummy_batch(n, hw=SMALL_HW, seed=seed)
+    batch = cliport_batch(n, hw=SMALL_HW, seed=seed)
     texts = np.stack([np.asarray(t) for t in ["put the red blocks in a green bowl", "pack the star", "hello"][:n]])
     return {"color": batch["color"].numpy(), "height": batch["height"].numpy(), "instruction": texts}
 
@@ -173,7 +174,7 @@ def test_entropy_of_uniform_and_one_hot_logits():
 
 # ---- training ---------------------------------------------------------------------------------------------
 def test_losses_are_weighted_per_sample(tiny):
-    batch = make_dummy_batch(2, hw=SMALL_HW, seed=1)
+    batch = cliport_batch(2, hw=SMALL_HW, seed=1)
     tiny.eval()  # the U-Net's batch norm would otherwise couple the samples of a batch
     with torch.no_grad():
         both = tiny.compute_loss(batch, weighted=False)

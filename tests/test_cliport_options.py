@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lit_imit.benchmarking import cliport_batch
 from lit_imit.modules.cliport import (
     CLIPortModule,
     confidence,
     entropy,
     heatmap_uncertainty,
-    make_dummy_batch,
     margin,
     tiny_config,
 )
@@ -76,7 +76,7 @@ def test_the_streams_call_only_the_chosen_activation(relu_and_leaky, activation)
     """Functional calls count too: run one two-stream net on precomputed CLIP features and record them."""
     module = relu_and_leaky[activation == "leaky_relu"]
     net = module.net
-    raw = make_dummy_batch(1, hw=SMALL_HW)
+    raw = cliport_batch(1, hw=SMALL_HW)
     inp = torch.cat([raw["color"].float().permute(0, 3, 1, 2), raw["height"].unsqueeze(1).expand(1, 3, *SMALL_HW)], 1)
     with torch.no_grad():
         features = net.clip.image_features(normalize_clip(inp))
@@ -89,7 +89,7 @@ def test_the_streams_call_only_the_chosen_activation(relu_and_leaky, activation)
 def test_leaky_relu_network_trains_and_its_checkpoint_loads_into_a_relu_module(relu_and_leaky):
     relu, leaky = relu_and_leaky
     leaky.train()
-    batch = make_dummy_batch(2, hw=SMALL_HW, seed=1)
+    batch = cliport_batch(2, hw=SMALL_HW, seed=1)
     loss = leaky.compute_loss(batch)["loss"]
     assert torch.isfinite(loss)
     loss.backward()
@@ -156,7 +156,7 @@ def test_bad_measure_name_raises():
 
 # ---- predict with each measure -----------------------------------------------------------------------------
 def obs_batch(n: int = 3, seed: int = 0) -> dict:
-    batch = make_dummy_batch(n, hw=SMALL_HW, seed=seed)
+    batch = cliport_batch(n, hw=SMALL_HW, seed=seed)
     return {"color": batch["color"].numpy(), "height": batch["height"].numpy(),
             "instruction": np.asarray(["put the red blocks in a green bowl"] * n)}
 

@@ -70,10 +70,10 @@ def test_load_policy_reads_a_trainer_checkpoint(tmp_path):
     """A checkpoint written by pl.Trainer (optimizer states, loops...) loads with weights_only=True."""
     import lightning.pytorch as pl
 
-    from lit_imit.modules.act import make_dummy_batch
+    from lit_imit.benchmarking import act_batch
 
     module = tiny_act()
-    batch = make_dummy_batch(2, ["top"], (32, 32), 7, 7, 10)
+    batch = act_batch(2, ["top"], (32, 32), 7, 7, 10)
     data = [{k: v[i] for k, v in batch.items()} for i in range(2)]
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")

@@ -11,12 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lit_imit.benchmarking import diffusion_batch, identity_stats
 from lit_imit.modules.diffusion import (
     DiffusionModule,
     WarmupCosine,
     build_scheduler,
-    dummy_batch,
-    dummy_stats,
     edge_pad_actions,
 )
 
@@ -36,7 +35,7 @@ def state_only(**kw) -> DiffusionModule:
     args = dict(cameras=[], state_dim=4, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4, **TINY)
     args.update(kw)
     module = DiffusionModule(**args)
-    module.load_stats(dummy_stats(args["state_dim"], args["action_dim"]))
+    module.load_stats(identity_stats(args["state_dim"], args["action_dim"]))
     return module
 
 
@@ -218,7 +217,7 @@ def test_a_wild_padded_step_changes_the_unmasked_loss_only():
 
 def test_training_step_weights_samples():
     module = state_only()
-    batch = dummy_batch(batch_size=4, horizon=8, cameras=(), state_dim=4, action_dim=2)
+    batch = diffusion_batch(batch_size=4, horizon=8, cameras=(), state_dim=4, action_dim=2)
     batch["weight"] = torch.tensor([1.0, 0.0, 3.0, 0.0])
     torch.manual_seed(5)
     per_sample = module.per_sample_loss(batch)
@@ -229,7 +228,7 @@ def test_training_step_weights_samples():
 
 def test_validation_noise_is_reproducible():
     module = state_only()
-    batch = dummy_batch(batch_size=4, horizon=8, cameras=(), state_dim=4, action_dim=2)
+    batch = diffusion_batch(batch_size=4, horizon=8, cameras=(), state_dim=4, action_dim=2)
     module.on_validation_epoch_start()
     first = module.validation_step(batch, 0)
     module.on_validation_epoch_start()
@@ -477,7 +476,7 @@ def test_receding_horizon_queries_every_n_action_steps_and_returns_the_right_sli
 def test_select_action_with_a_camera_and_restores_training_mode():
     module = DiffusionModule(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4,
                              crop_ratio=0.9, num_keypoints=4, image_feature_dim=4, **TINY)
-    module.load_stats(dummy_stats(4, 2))
+    module.load_stats(identity_stats(4, 2))
     module.train()
     module.reset()
     obs = {"qpos": np.zeros((2, 4), np.float32), "images/top": np.zeros((2, 64, 64, 3), np.uint8)}
@@ -491,7 +490,7 @@ def test_select_action_with_a_camera_and_restores_training_mode():
 
 def test_actions_are_unnormalised_with_the_stats():
     module = state_only()
-    stats = dummy_stats(4, 2)
+    stats = identity_stats(4, 2)
     stats["action"]["min"] = torch.tensor([10.0, -5.0])
     stats["action"]["max"] = torch.tensor([12.0, -4.0])
     module.load_stats(stats)
@@ -502,8 +501,8 @@ def test_actions_are_unnormalised_with_the_stats():
     assert (action[:, 1] >= -5 - 1e-4).all() and (action[:, 1] <= -4 + 1e-4).all()
 
 
-def test_dummy_batch_layout():
-    batch = dummy_batch(batch_size=2, image_shape=(48, 64))
+def test_diffusion_batch_layout():
+    batch = diffusion_batch(batch_size=2, image_shape=(48, 64))
     assert batch["qpos"].shape == (2, 2, 14) and batch["action"].shape == (2, 16, 14)
     assert batch["images/top"].shape == (2, 2, 48, 64, 3) and batch["images/top"].dtype == torch.uint8
     assert batch["action_is_pad"].dtype == torch.bool and batch["weight"].shape == (2,)

@@ -8,7 +8,8 @@ import torch
 import yaml
 from torchvision.transforms.v2 import functional as TF
 
-from lit_imit.modules.diffusion import PRESETS, DiffusionModule, dummy_stats, preset_kwargs
+from lit_imit.benchmarking import identity_stats
+from lit_imit.modules.diffusion import PRESETS, DiffusionModule, preset_kwargs
 from lit_imit.nets.augment import (
     act_plus_plus_augment,
     augment_images,
@@ -147,7 +148,7 @@ def act_plus_plus_module(**kw) -> DiffusionModule:
     args = dict(cameras=["top"], state_dim=4, action_dim=2, num_keypoints=4, image_feature_dim=4, **TINY)
     args.update(kw)
     module = DiffusionModule.from_preset("act_plus_plus", **args)
-    module.load_stats(dummy_stats(4, 2))
+    module.load_stats(identity_stats(4, 2))
     return module
 
 
@@ -179,7 +180,7 @@ def test_act_plus_plus_preset_builds_the_documented_module():
 
 def test_robust_rearrangement_preset_builds_the_documented_module():
     module = DiffusionModule.from_preset("robust_rearrangement", cameras=[], state_dim=4, action_dim=2, **TINY)
-    module.load_stats(dummy_stats(4, 2))
+    module.load_stats(identity_stats(4, 2))
     assert type(module.train_scheduler).__name__ == "DDPMScheduler"
     assert module.train_scheduler.config.num_train_timesteps == 100
     assert type(module.sampler).__name__ == "DDIMScheduler" and module.num_inference_steps == 16

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from lit_imit.modules.act import ACTModule, make_dummy_batch
+from lit_imit.benchmarking import act_batch
+from lit_imit.modules.act import ACTModule
 from lit_imit.nets.backbones import ResNet18Features, imagenet_weights_cache_path
 from lit_imit.nets.pretrained import PretrainedWeightsUnavailable
 from tests.conftest import ROOT
@@ -69,7 +70,7 @@ def test_act_with_allow_random_init_warns_and_trains():
     assert sum("RANDOM INIT" in str(w.message) for w in record) == 1  # one warning, not one per layer or call
     assert module.model.backbones[0].weights_source.startswith("random init")
     assert module.hparams.allow_random_init is True  # saved: a checkpoint rebuilds the same way
-    loss = module.compute_loss(make_dummy_batch(2, ["top"], (32, 32), 14, 14, K))["loss"]
+    loss = module.compute_loss(act_batch(2, ["top"], (32, 32), 14, 14, K))["loss"]
     assert torch.isfinite(loss)
 
 

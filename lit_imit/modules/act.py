@@ -27,8 +27,6 @@ Execution (``select_action`` / ``predict``), for a batch of N environments:
 
 from __future__ import annotations
 
-import contextlib
-import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -374,71 +372,3 @@ def _adamw_kernel(params: Iterator[torch.nn.Parameter]) -> dict[str, bool]:
     return {"foreach": True}
 
 
-# ---- throughput measurement (scripts/benchmark.py) ------------------------------------------------------
-def make_dummy_batch(
-    batch_size: int = 8,
-    cameras: Sequence[str] = ("top",),
-    image_hw: tuple[int, int] = (480, 640),
-    state_dim: int = 14,
-    action_dim: int = 14,
-    chunk_size: int = 100,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> dict[str, Tensor]:
-    """A random batch in the training layout (uint8 images, raw actions, the last steps of some rows padded)."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = image_hw
-    batch: dict[str, Tensor] = {
-        "qpos": torch.randn(batch_size, state_dim, generator=g),
-        "action": torch.randn(batch_size, chunk_size, action_dim, generator=g),
-        "weight": torch.ones(batch_size),
-    }
-    valid = torch.randint(chunk_size // 2, chunk_size + 1, (batch_size,), generator=g)
-    batch["action_is_pad"] = torch.arange(chunk_size)[None, :] >= valid[:, None]
-    for cam in cameras:
-        batch[f"images/{cam}"] = torch.randint(0, 256, (batch_size, h, w, 3), dtype=torch.uint8, generator=g)
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def measure_train_throughput(
-    module: ACTModule,
-    batch: Mapping[str, Tensor],
-    steps: int = 3,
-    warmup: int = 1,
-    autocast_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """Samples/s of full optimizer steps (forward, backward, AdamW) on a batch already in memory.
-
-    ``warmup`` steps are run first and not timed (allocator, oneDNN/cuDNN kernel selection, compilation).
-    ``autocast_dtype=torch.bfloat16`` measures what ``Trainer(precision="bf16-mixed")`` runs.
-    """
-    module.train()
-    optimizer = module.configure_optimizers()
-    device_type = next(module.parameters()).device.type
-
-    def step() -> float:
-        ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with ctx:
-            loss = module.compute_loss(batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    for _ in range(warmup):
-        step()
-    if device_type == "cuda":
-        torch.cuda.synchronize()
-    start, start_cpu = time.perf_counter(), time.process_time()
-    losses = [step() for _ in range(steps)]
-    if device_type == "cuda":
-        torch.cuda.synchronize()
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    bs = batch["action"].shape[0]
-    return {
-        "samples_per_s": steps * bs / elapsed,
-        "step_s": elapsed / steps,
-        # process CPU seconds per step: on a shared CPU, wall time mostly measures the neighbours
-        "cpu_s_per_step": cpu / steps,
-        "last_loss": losses[-1],
-    }

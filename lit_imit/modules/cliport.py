@@ -48,7 +48,6 @@ The module is stateless between decisions (``reset`` has nothing to clear).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -414,64 +413,6 @@ class CLIPortModule(PolicyModule):
         return Prediction(action=out["action"], uncertainty=u)
 
 
-# ---- throughput measurement (scripts/benchmark.py) ------------------------------------------------------
-def make_dummy_batch(batch_size: int = 1, hw: tuple[int, int] = geo.HEIGHTMAP_SHAPE, seed: int = 0,
-                     device: str | torch.device = "cpu") -> dict[str, Any]:
-    """A random batch of decisions in the training layout (uint8 colour, heights in metres, labels)."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = hw
-    return {
-        "color": torch.randint(0, 256, (batch_size, h, w, 3), dtype=torch.uint8, generator=g).to(device),
-        "height": (torch.rand(batch_size, h, w, generator=g) * 0.05).to(device),
-        "instruction": ["put the red blocks in a green bowl"] * batch_size,
-        "pick_pixel": torch.stack([torch.randint(0, h, (batch_size,), generator=g),
-                                   torch.randint(0, w, (batch_size,), generator=g)], dim=1).to(device),
-        "place_pixel": torch.stack([torch.randint(0, h, (batch_size,), generator=g),
-                                    torch.randint(0, w, (batch_size,), generator=g)], dim=1).to(device),
-        "place_theta": (torch.rand(batch_size, generator=g) * 2 * math.pi - math.pi).to(device),
-        "weight": torch.ones(batch_size, device=device),
-    }
-
-
-def measure_train_throughput(module: CLIPortModule, batch: Mapping[str, Any], steps: int = 3,
-                             warmup: int = 1) -> dict[str, float]:
-    """Samples/s of full Adam steps (pick + place forward and backward) on a batch already in memory."""
-    module.train()
-    optimizer = module.configure_optimizers()
-    device_type = module.device.type
-
-    def step() -> None:
-        loss = module.compute_loss(batch, augment=module.hparams.augment)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    if device_type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device_type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    return {"samples_per_s": len(batch["pick_pixel"]) / seconds, "step_s": seconds}
-
-
-def measure_decisions(module: CLIPortModule, batch: Mapping[str, Any], repeat: int = 3) -> float:
-    """Decisions/s of ``predict`` (pick + place + uncertainty) on a batch of observations."""
-    module.predict(batch)
-    if module.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        module.predict(batch)
-    if module.device.type == "cuda":
-        torch.cuda.synchronize()
-    return repeat * len(batch["pick_pixel"]) / (time.perf_counter() - start)
-
-
 def tiny_config(**overrides: Any) -> dict[str, Any]:
     """Init args of a tiny CLIPortModule for CPU tests (random init)."""
     config: dict[str, Any] = {"spatial_width": 8, "clip_overrides": TINY_CLIP, "augment": False}
@@ -487,6 +428,5 @@ def pixels_of(action: Tensor | np.ndarray) -> tuple[list[tuple[int, int]], list[
 
 __all__ = [
     "CLIPortModule", "TINY_CLIP", "UNCERTAINTY_MEASURES", "confidence", "entropy", "heatmap_uncertainty",
-    "heightmap_batch", "instructions_list", "make_dummy_batch", "margin", "measure_decisions",
-    "measure_train_throughput", "pixels_of", "pixels_to_poses", "tiny_config",
+    "heightmap_batch", "instructions_list", "margin", "pixels_of", "pixels_to_poses", "tiny_config",
 ]
