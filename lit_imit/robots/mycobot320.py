@@ -56,6 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from lit_imit.envs.mycobot_limits import MYCOBOT320_JOINT_LIMITS_DEG
 from lit_imit.signals import stop_signals_as_interrupt, uninterrupted
 
 try:  # termios.error is what tcflush raises on a vanished tty; not an OSError subclass
@@ -84,10 +85,8 @@ __all__ = [
     "run_loop",
 ]
 
-#: (min, max) per joint in degrees, from pymycobot/robot_info.py "MyCobot320".
-HARDWARE_JOINT_LIMITS_DEG = (
-    (-168.0, 168.0), (-135.0, 135.0), (-145.0, 145.0), (-145.0, 145.0), (-168.0, 168.0), (-180.0, 180.0),
-)
+#: (min, max) per joint in degrees, from pymycobot/robot_info.py "MyCobot320" (the table the twin uses too).
+HARDWARE_JOINT_LIMITS_DEG = MYCOBOT320_JOINT_LIMITS_DEG
 GRIPPER_OPEN = 100
 GRIPPER_CLOSED = 0
 ACTION_NAMES = ("j1", "j2", "j3", "j4", "j5", "j6", "gripper")
