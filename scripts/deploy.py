@@ -36,10 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lit_imit.robots.deploy import run_robot, run_twin  # noqa: E402
-from lit_imit.robots.policy import (  # noqa: E402
+from lit_imit.robots.deploy import run_robot, run_twin
+from lit_imit.robots.policy import (
     DeployError,
     ImagePreprocess,
     PolicyRunner,
