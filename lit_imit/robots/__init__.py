@@ -6,8 +6,8 @@ controller's firmware on a pseudo-terminal so all of it can be tried without har
 
 One module per job: ``errors`` (exception types, controller codes), ``cameras`` (OpenCV frames in a
 thread), ``mycobot320`` (the pymycobot adapter), ``loop`` (the fixed-rate control loop and its safe stop),
-``recording`` (demonstrations on the arm), ``replay`` (a recording replayed in the twin), ``emulator`` (the
-firmware on a pseudo-terminal).
+``recording`` (demonstrations on the arm), ``policy`` and ``deploy`` (a checkpoint's policy on the arm or
+its twin), ``replay`` (a recording replayed in the twin), ``emulator`` (the firmware on a pseudo-terminal).
 """
 
 from lit_imit.robots.cameras import CameraConfig, OpenCVCamera
