@@ -20,10 +20,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402  (after MUJOCO_GL is set)
 import torch  # noqa: E402
 
 ROWS: dict[str, Callable[[argparse.Namespace], Iterator[dict[str, Any]]]] = {}

@@ -7,9 +7,9 @@
 
 The checkpoint is read with ``torch.load(weights_only=True)`` (no code from the file is run; an empty,
 truncated or foreign file is one line of error naming it, see :mod:`lit_imit.checkpoints`); the policy
-class comes from ``--policy-class``, the checkpoint's ``_class_path`` hyper-parameter, or the known
-modules whose constructor fits the saved hyper-parameters (ACT, Diffusion). ``--temporal-ensemble M``
-turns ACT's temporal ensembling on (coefficient M, one query per step).
+class comes from ``--policy-class``, else the class the checkpoint records (see :mod:`lit_imit.policies`),
+else the known modules whose constructor fits the saved hyper-parameters (ACT, Diffusion).
+``--temporal-ensemble M`` turns ACT's temporal ensembling on (coefficient M, one query per step).
 
 Images are preprocessed before the policy sees them: ``--mask FILE`` (an image or .npy the size of the
 camera frame; zero = blacked out), then ``--crop y0,x0,h,w``, then a resize to ``--image-size`` (default:
@@ -23,315 +23,30 @@ cap of ``--max-delta-deg`` around the measured pose are enforced, a policy that 
 communication error stops the arm and still writes the steps so far, every command sent included.
 ``--robot twin`` runs the same policy in the simulated twin, with the same clamps, and reports the
 success rate.
+
+This file is the command line only: loading and preprocessing live in :mod:`lit_imit.robots.policy`, the
+twin and robot runs in :mod:`lit_imit.robots.deploy`.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-
-log = logging.getLogger("deploy")
-
-#: modules whose classes a checkpoint may hold (tried in order when it does not name its class)
-KNOWN_POLICIES = ("lit_imit.modules.act:ACTModule", "lit_imit.modules.diffusion:DiffusionModule")
-
-
-class DeployError(RuntimeError):
-    """The checkpoint, the preprocessing options or the robot set-up cannot work together."""
-
-
-# ---------------------------------------------------------------------------------------------- checkpoint
-def _import(path: str) -> type:
-    module, _, name = path.replace(":", ".").rpartition(".")
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise DeployError(f"cannot import policy class {path!r}: {e}") from e
-
-
-def _policy_class(hparams: Mapping[str, Any], explicit: str | None) -> type:
-    """The LightningModule class: explicit, recorded in the checkpoint, or the known one that fits."""
-    if explicit:
-        return _import(explicit)
-    if hparams.get("_class_path"):
-        return _import(str(hparams["_class_path"]))
-    keys = {k for k in hparams if not k.startswith("_")}
-    fits = []
-    for path in KNOWN_POLICIES:
-        try:
-            cls = _import(path)
-        except DeployError:
-            continue
-        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        if keys <= params:
-            fits.append((len(params - keys), cls))
-    if not fits:
-        raise DeployError(f"no known policy class takes the checkpoint's hyper-parameters {sorted(keys)}; "
-                          "name it with --policy-class module:Class")
-    return min(fits, key=lambda f: f[0])[1]
-
-
-def load_policy(path: str | Path, device: str = "cpu", policy_class: str | None = None,
-                overrides: Mapping[str, Any] | None = None) -> Any:
-    """Rebuild a policy module from a Lightning checkpoint (weights_only load), in eval mode on ``device``.
-
-    ``overrides`` replace hyper-parameters before the module is built (e.g. ACT's
-    ``temporal_ensemble_coeff`` and ``n_action_steps``); an override the class does not take is an error.
-    """
-    from lit_imit.checkpoints import CheckpointError, load_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise DeployError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = load_checkpoint(path)
-    except CheckpointError as e:  # empty, truncated, corrupt, not a checkpoint, disallowed objects: one line
-        raise DeployError(str(e)) from e
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise DeployError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    cls = _policy_class(hparams, policy_class)
-    params = set(inspect.signature(cls.__init__).parameters)
-    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_") and k in params}
-    for key, value in (overrides or {}).items():
-        if key not in params:
-            raise DeployError(f"{cls.__name__} has no hyper-parameter {key!r} to override")
-        kwargs[key] = value
-    for key in ("pretrained_backbone", "clip_pretrained"):
-        if key in params:
-            kwargs[key] = None  # the checkpoint holds the trained weights; read (and ask for) no other file
-    try:
-        module = cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise DeployError(f"cannot build {cls.__name__} from the checkpoint's hyper-parameters: {e}") from e
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
-    if missing or unexpected:
-        raise DeployError(f"{path} does not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if getattr(module, "normalized_keys", ()) and not bool(module.stats_initialized):
-        raise DeployError(f"{path} has no normalisation statistics: it was never set up with data")
-    return module.to(device).eval()
-
-
-def policy_cameras(module: Any) -> list[str]:
-    cameras = getattr(module, "cameras", None)
-    if cameras is None:
-        cameras = getattr(module, "hparams", {}).get("cameras", [])
-    return list(cameras)
-
-
-# ---------------------------------------------------------------------------------------------- images
-def parse_crop(text: str | None) -> tuple[int, int, int, int] | None:
-    if not text:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError as e:
-        raise DeployError(f"--crop must be four integers y0,x0,h,w, got {text!r}") from e
-    if len(values) != 4 or values[0] < 0 or values[1] < 0 or values[2] <= 0 or values[3] <= 0:
-        raise DeployError(f"--crop must be y0,x0,h,w with y0, x0 >= 0 and h, w > 0, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError as e:
-        raise DeployError(f"--image-size must look like 240x320 (HxW), got {text!r}") from e
-    if height <= 0 or width <= 0:
-        raise DeployError(f"--image-size must be positive, got {text!r}")
-    return height, width
-
-
-def load_mask(path: str | None) -> np.ndarray | None:
-    """A boolean (H, W) keep-mask from a .npy array or an image (non-zero / bright = keep)."""
-    if not path:
-        return None
-    try:
-        if str(path).endswith(".npy"):
-            mask = np.load(path)
-        else:
-            import imageio.v2 as imageio
-
-            mask = imageio.imread(path)
-    except (OSError, ValueError) as e:
-        raise DeployError(f"cannot read mask {path}: {e}") from e
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask[..., :3].mean(axis=-1)
-    if mask.ndim != 2:
-        raise DeployError(f"mask {path} must be a (H, W) array or image, got shape {mask.shape}")
-    threshold = 0.5 if mask.dtype == bool or mask.max() <= 1 else 127
-    return mask > threshold
-
-
-class ImagePreprocess:
-    """Mask, crop and resize camera images exactly as the policy must see them (raw frame coordinates).
-
-    Order: the mask (same size as the frame) blacks out pixels, then the crop window is cut, then the
-    result is resized to ``size`` -- by default back to the frame size when cropping, i.e. the size the
-    policy was trained at.
-    """
-
-    def __init__(self, crop: tuple[int, int, int, int] | None = None, mask: np.ndarray | None = None,
-                 size: tuple[int, int] | None = None):
-        self.crop, self.mask, self.size = crop, mask, size
-
-    @property
-    def active(self) -> bool:
-        return self.crop is not None or self.mask is not None or self.size is not None
-
-    def image(self, frame: np.ndarray, name: str = "image") -> np.ndarray:
-        from lit_imit.robots.recording import resize_image
-
-        frame = np.asarray(frame)
-        height, width = frame.shape[:2]
-        if self.mask is not None:
-            if self.mask.shape != (height, width):
-                raise DeployError(f"mask of shape {self.mask.shape} does not fit {name} frames of {(height, width)}")
-            frame = frame * self.mask[..., None].astype(frame.dtype)
-        target = self.size
-        if self.crop is not None:
-            y0, x0, h, w = self.crop
-            if y0 + h > height or x0 + w > width:
-                raise DeployError(f"crop {self.crop} (y0,x0,h,w) leaves the {height}x{width} {name} frame")
-            frame = frame[y0:y0 + h, x0:x0 + w]
-            target = target or (height, width)
-        return resize_image(np.ascontiguousarray(frame), target)
-
-    def __call__(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self.image(v, k) if k.startswith("images/") else v for k, v in obs.items()}
-
-    def attrs(self) -> dict[str, Any]:
-        return {"crop": list(self.crop) if self.crop else None,
-                "policy_image_size": list(self.size) if self.size else None, "masked": self.mask is not None}
-
-
-class PolicyRunner:
-    """One observation (numpy, unbatched) in, one action (7,) float32 out, through ``select_action``."""
-
-    def __init__(self, module: Any, preprocess: ImagePreprocess, keys: list[str]):
-        self.module, self.preprocess, self.keys = module, preprocess, keys
-        self.last_input: dict[str, Any] | None = None
-
-    def reset(self) -> None:
-        self.module.reset()
-
-    def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
-        import torch
-
-        missing = [k for k in self.keys if k not in obs]
-        if missing:
-            raise DeployError(f"the policy needs {missing} but the observation has {sorted(obs)}")
-        seen = self.preprocess({k: obs[k] for k in self.keys})
-        self.last_input = seen
-        batch = {k: np.asarray(v)[None] for k, v in seen.items()}
-        with torch.inference_mode():
-            action = self.module.select_action(batch)
-        return action[0].detach().float().cpu().numpy()
-
-
-def _logged_obs(obs: Mapping[str, Any], runner: PolicyRunner, images: str) -> dict[str, Any]:
-    """What goes into the episode: the observation, with the images the policy saw (``images="policy"``)."""
-    if images == "raw" or runner.last_input is None:
-        return dict(obs)
-    return {**obs, **{k: v for k, v in runner.last_input.items() if k.startswith("images/")}}
-
-
-# ---------------------------------------------------------------------------------------------- running
-def run_twin(runner: PolicyRunner, store: Any, *, variant: str, episodes: int, steps: int | None, seed: int,
-             fps: float, max_delta_deg: float | None, image_size: tuple[int, int], cameras: list[str],
-             images: str = "policy", attrs: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Episodes of the policy in the twin; each one logged to ``store``. Returns per-episode summaries."""
-    from lit_imit.data.recording import EpisodeBuffer
-    from lit_imit.envs import task_spec
-    from lit_imit.envs.mycobot import MyCobotMoveCubeEnv
-
-    spec = task_spec("mycobot_move_cube")
-    env = MyCobotMoveCubeEnv(variant=variant, cameras=cameras, image_size=image_size, control_hz=fps,
-                             max_delta_deg=max_delta_deg)
-    steps = steps or spec.max_episode_steps
-    results = []
-    try:
-        for episode in range(episodes):
-            obs, info = env.reset(seed=seed + episode)
-            runner.reset()
-            buffer, success, total = EpisodeBuffer(), False, 0.0
-            for _ in range(steps):
-                action = runner(obs)
-                next_obs, reward, terminated, truncated, info = env.step(action)
-                buffer.add(_logged_obs(obs, runner, images), info["action_sent"])
-                success, total = success or bool(info["is_success"]), total + float(reward)
-                obs = next_obs
-                if terminated or truncated:
-                    break
-            meta = {"sim": spec.env_id, "task": spec.name, "variant": variant, "source": "novice", "round": 0,
-                    "success": success, "seed": seed + episode, "return": total, "max_reward": env.max_reward,
-                    "occupied": env.layout.occupied, **(attrs or {})}
-            episode_id = store.add(buffer.arrays(), meta)
-            results.append({"episode_id": episode_id, "steps": len(buffer), "success": success,
-                            "max_reward": env.max_reward})
-            print(f"twin episode {episode + 1}/{episodes} (seed {seed + episode}): success={success}, "
-                  f"max reward {env.max_reward}, {len(buffer)} steps -> episode {episode_id}", flush=True)
-    finally:
-        env.close()
-    return results
-
-
-def run_robot(runner: PolicyRunner, robot: Any, store: Any, *, steps: int, fps: float,
-              policy_timeout_s: float | None, images: str = "policy", attrs: Mapping[str, Any] | None = None,
-              task: str = "mycobot_move_cube", judge: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """One episode of the policy on a connected robot through ``run_loop``; always writes what ran.
-
-    The robot cannot tell whether the task succeeded: the episode is written with ``success=False``
-    unless ``judge()`` (asked after a complete run, e.g. a prompt to the operator) says so.
-    """
-    from lit_imit.robots import run_loop
-    from lit_imit.robots.recording import RobotEpisodeRecorder
-
-    meta = {"sim": False, "robot": "mycobot320", "port": getattr(robot, "port", None), "task": task,
-            "source": "novice", "round": 0, "mode": "policy", "fps": float(fps), **(attrs or {})}
-    recorder = RobotEpisodeRecorder(store, meta)
-    first = robot.get_observation()
-    runner(first)  # warm-up: kernels, allocations; checks the cameras the policy needs are there
-    runner.reset()
-
-    def record(step: Any) -> None:
-        recorder.add(_logged_obs(step.observation, runner, images), step.action_sent, stale=step.stale,
-                     timestamp=step.timestamp)
-
-    aborted, error, stats = None, None, None
-    try:
-        stats = run_loop(robot, runner, steps, on_step=record, fps=fps, policy_timeout_s=policy_timeout_s)
-        if stats.stop_reason != "completed":
-            aborted = f"{stats.stop_reason} after {stats.steps} of {steps} steps"
-    except Exception as e:  # run_loop stopped the arm already
-        error = e
-        stats = getattr(e, "loop_stats", None)
-        aborted = f"{getattr(stats, 'stop_reason', 'error')}: {type(e).__name__}: {e}"
-    success = False
-    if aborted is None and judge is not None:
-        try:
-            success = bool(judge())
-        except BaseException:  # Ctrl-C at the prompt: keep the log, unjudged
-            recorder.save(success=False, aborted="not judged")
-            raise
-    episode_id = recorder.save(success=success, aborted=aborted,
-                               overruns=int(getattr(stats, "overruns", 0)),
-                               max_step_s=float(getattr(stats, "max_step_s", 0.0)))
-    return {"episode_id": episode_id, "steps": len(recorder), "aborted": aborted, "error": error, "success": success,
-            "overruns": int(getattr(stats, "overruns", 0)), "max_step_s": float(getattr(stats, "max_step_s", 0.0))}
+from lit_imit.robots.deploy import run_robot, run_twin
+from lit_imit.robots.policy import (
+    DeployError,
+    ImagePreprocess,
+    PolicyRunner,
+    load_mask,
+    load_policy,
+    parse_crop,
+    parse_size,
+    policy_cameras,
+)
 
 
 # ---------------------------------------------------------------------------------------------- command line

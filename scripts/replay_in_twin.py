@@ -16,12 +16,9 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lit_imit.data.episodes import EpisodeError  # noqa: E402
-from lit_imit.robots.replay import replay_episode  # noqa: E402
+from lit_imit.data.episodes import EpisodeError
+from lit_imit.robots.replay import replay_episode
 
 
 def main(argv: list[str] | None = None) -> int:

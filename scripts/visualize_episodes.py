@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def camera_video(images: dict[str, np.ndarray]) -> np.ndarray:
     """Cameras side by side (heights padded to the tallest): (T, H, sum W, 3)."""

@@ -471,7 +471,9 @@ def _signal_mid_run(emu, argv: list[str], signum: int) -> tuple[int, str]:
 
     from tests.conftest import ROOT
 
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MUJOCO_GL": "egl"}
+    # the repo root on the path for ``tests.deploy_policy`` (the scripts themselves need only the package)
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MUJOCO_GL": "egl", "PYTHONPATH": python_path}
     proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

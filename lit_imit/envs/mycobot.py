@@ -43,9 +43,10 @@ import numpy as np
 from gymnasium import spaces
 
 from lit_imit.envs.kinematics import DampedLeastSquaresIK, quat_to_matrix, rotate, rotation_error
+from lit_imit.envs.mycobot_limits import MYCOBOT320_JOINT_LIMITS_DEG
 
 # ---------------------------------------------------------------------------------------------- constants
-JOINT_LIMITS_DEG = np.array([168.0, 135.0, 145.0, 145.0, 168.0, 180.0])
+JOINT_LIMITS_DEG = np.array([hi for _, hi in MYCOBOT320_JOINT_LIMITS_DEG])  # symmetric limits: +-max
 JOINT_LIMITS = np.deg2rad(JOINT_LIMITS_DEG)
 ARM_DOF = 6
 ACTION_DIM = 7

@@ -72,6 +72,11 @@ def weighted_mean(per_sample: Tensor, weight: Tensor | None) -> Tensor:
     return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
+def policy_class_path(cls: type) -> str:
+    """``"module.path.ClassName"``: how a checkpoint names the class that wrote it (``policy_class``)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class PolicyModule(pl.LightningModule):
     """Base of every method: normalisation buffers, the stats hand-over from the DataModule, the policy API."""
 
@@ -151,6 +156,11 @@ class PolicyModule(pl.LightningModule):
             stats = dm.stats
             if stats is not None:
                 self.load_stats(stats)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which class this is, so :func:`lit_imit.policies.load_policy` rebuilds exactly it (a plain
+        string: a weights-only load reads it) instead of guessing the class from hyper-parameter names."""
+        checkpoint["policy_class"] = policy_class_path(type(self))
 
     # ---- training: each method computes its losses, the base steps and logs them ---------------------
     def compute_loss(self, batch: Mapping[str, Any], weighted: bool = True) -> dict[str, Tensor]:

@@ -45,6 +45,8 @@ import tty
 from collections import deque
 from dataclasses import dataclass, field
 
+from lit_imit.envs.mycobot_limits import MYCOBOT320_JOINT_LIMITS_DEG
+
 __all__ = ["COMMANDS", "FAULTS", "MyCobot320Emulator", "ReceivedFrame", "encode_frame"]
 
 HEADER = 0xFE
@@ -78,9 +80,9 @@ COMMANDS = {
 _NAMES = {v: k for k, v in COMMANDS.items()}
 FAULTS = ("silent", "garbage", "wrong_id", "empty", "short", "out_of_range")
 
-# Hardware joint limits of the 320 in degrees (pymycobot/robot_info.py, "MyCobot320").
-JOINT_MIN_DEG = (-168.0, -135.0, -145.0, -145.0, -168.0, -180.0)
-JOINT_MAX_DEG = (168.0, 135.0, 145.0, 145.0, 168.0, 180.0)
+# Hardware joint limits of the 320 in degrees: the shared table (pymycobot/robot_info.py, "MyCobot320").
+JOINT_MIN_DEG = tuple(lo for lo, _ in MYCOBOT320_JOINT_LIMITS_DEG)
+JOINT_MAX_DEG = tuple(hi for _, hi in MYCOBOT320_JOINT_LIMITS_DEG)
 
 _GARBAGE = bytes([0x00, 0x13, 0x37, 0xAA, 0x55, 0xFA, 0x01, 0xFE, 0x20, 0x7F, 0x80, 0xFA, 0x42, 0x00])
 

@@ -32,10 +32,8 @@ three times when none comes (``MyCobot320._res``); a missing reply comes back as
 counts invalid or missing replies in a row and raises ``RobotCommunicationError`` after
 ``max_consecutive_failures``; a broken link (cable pulled, port gone) raises it at once.
 
-``run_loop`` drives a policy at a fixed rate, hands every executed step to a callback as soon as it
-exists, and stops the arm (``stop()``; power stays on, no servo is released, so the arm holds its pose)
-when the loop ends abnormally: Ctrl-C, a communication error, a policy that produces no action within
-its timeout, or any other exception.
+The exception types live in :mod:`lit_imit.robots.errors`, the cameras in :mod:`lit_imit.robots.cameras`
+and the fixed-rate loop that runs a policy on this adapter in :mod:`lit_imit.robots.loop`.
 
 Tested without hardware against ``lit_imit.robots.emulator.MyCobot320Emulator`` (a firmware emulator on
 a pseudo-terminal, so the real pymycobot code runs end to end).
@@ -45,18 +43,16 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import struct
-import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeoutError
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from lit_imit.signals import stop_signals_as_interrupt, uninterrupted
+from lit_imit.envs.mycobot_limits import MYCOBOT320_JOINT_LIMITS_DEG
+from lit_imit.robots.cameras import make_camera
+from lit_imit.robots.errors import RobotCommunicationError, RobotError, UnsafeActionError, describe_error_code
+from lit_imit.signals import uninterrupted
 
 try:  # termios.error is what tcflush raises on a vanished tty; not an OSError subclass
     import termios
@@ -67,206 +63,13 @@ except ImportError:  # Windows
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CameraConfig",
-    "CameraError",
-    "HARDWARE_JOINT_LIMITS_DEG",
-    "LoopStats",
-    "LoopStep",
-    "MyCobot320Robot",
-    "OpenCVCamera",
-    "PolicyTimeoutError",
-    "RateLimiter",
-    "RobotCommunicationError",
-    "RobotError",
-    "UnsafeActionError",
-    "describe_error_code",
-    "run_loop",
-]
+__all__ = ["GRIPPER_CLOSED", "GRIPPER_OPEN", "HARDWARE_JOINT_LIMITS_DEG", "MyCobot320Robot"]
 
-#: (min, max) per joint in degrees, from pymycobot/robot_info.py "MyCobot320".
-HARDWARE_JOINT_LIMITS_DEG = (
-    (-168.0, 168.0), (-135.0, 135.0), (-145.0, 145.0), (-145.0, 145.0), (-168.0, 168.0), (-180.0, 180.0),
-)
+#: (min, max) per joint in degrees, from pymycobot/robot_info.py "MyCobot320" (the table the twin uses too).
+HARDWARE_JOINT_LIMITS_DEG = MYCOBOT320_JOINT_LIMITS_DEG
 GRIPPER_OPEN = 100
 GRIPPER_CLOSED = 0
 ACTION_NAMES = ("j1", "j2", "j3", "j4", "j5", "j6", "gripper")
-
-
-# ---------------------------------------------------------------------------------------------- errors
-class RobotError(RuntimeError):
-    """The robot cannot do what was asked (not connected, did not reach home, reports an error)."""
-
-
-class RobotCommunicationError(RobotError):
-    """The controller stopped answering, answered nonsense too often, or the serial link broke."""
-
-
-class UnsafeActionError(ValueError):
-    """An action was refused before anything was sent (NaN/inf, wrong shape)."""
-
-
-class PolicyTimeoutError(RobotError):
-    """The policy produced no action within its timeout; the arm was stopped."""
-
-
-class CameraError(RobotError):
-    """A camera could not be opened, delivers the wrong resolution, or stopped delivering frames."""
-
-
-_ERROR_CODES = {0: "no error", 32: "inverse kinematics has no solution"}
-_ERROR_CODES.update({j: f"joint {j} exceeds its limit" for j in range(1, 7)})
-_ERROR_CODES.update({c: "collision protection triggered" for c in range(16, 20)})
-_ERROR_CODES.update({c: "linear motion has no adjacent solution" for c in (33, 34)})
-
-
-def describe_error_code(code: int) -> str:
-    """Human-readable meaning of ``get_error_information()`` (pymycobot generate.py docstring)."""
-    return _ERROR_CODES.get(code, f"unknown error code {code}")
-
-
-# ---------------------------------------------------------------------------------------------- cameras
-# OpenCV property ids (stable enum values), so a capture factory without cv2 can be used in tests.
-_CAP_PROP_FRAME_WIDTH, _CAP_PROP_FRAME_HEIGHT, _CAP_PROP_FPS, _CAP_PROP_BUFFERSIZE = 3, 4, 5, 38
-
-
-@dataclass
-class CameraConfig:
-    """One OpenCV camera: ``device`` is an index (0 = /dev/video0) or a path / URL."""
-
-    device: int | str
-    width: int = 640
-    height: int = 480
-    fps: float | None = 30.0
-    timeout_s: float = 1.0  # the newest frame may be at most this old; also the wait for the first one
-
-
-def _opencv_capture(device: int | str):
-    """Open ``device`` with OpenCV, imported lazily so the arm works without it."""
-    try:
-        import cv2
-    except ImportError as e:
-        raise ImportError(
-            "camera support needs OpenCV: pip install opencv-python-headless (or run without cameras)"
-        ) from e
-    return cv2.VideoCapture(device)
-
-
-class OpenCVCamera:
-    """A camera read in a background thread, so ``read()`` returns the newest frame.
-
-    Why a thread: OpenCV queues frames inside the driver; reading one frame per control step at a lower
-    rate than the camera's would hand out frames that are several periods old. The grabber keeps only
-    the latest one.
-    """
-
-    def __init__(self, name: str, config: CameraConfig, capture_factory: Callable[[Any], Any] | None = None):
-        self.name = name
-        self.config = config
-        self._factory = capture_factory or _opencv_capture
-        self._cap = None
-        self._frame: np.ndarray | None = None
-        self._frame_time = 0.0
-        self._error: str | None = None
-        self._lock = threading.Lock()
-        self._new_frame = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def is_connected(self) -> bool:
-        return self._thread is not None
-
-    def connect(self) -> None:
-        """Open the device, ask for the configured mode, check the first frame's size, start grabbing."""
-        c = self.config
-        cap = self._factory(c.device)
-        if cap is None or not cap.isOpened():
-            raise CameraError(f"camera {self.name!r}: could not open device {c.device!r}")
-        self._cap = cap
-        cap.set(_CAP_PROP_FRAME_WIDTH, c.width)
-        cap.set(_CAP_PROP_FRAME_HEIGHT, c.height)
-        if c.fps:
-            cap.set(_CAP_PROP_FPS, c.fps)
-        cap.set(_CAP_PROP_BUFFERSIZE, 1)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._grab, name=f"camera-{self.name}", daemon=True)
-        self._thread.start()
-        try:
-            frame = self.read()
-        except CameraError:
-            self.disconnect()
-            raise
-        if frame.shape != (c.height, c.width, 3):
-            self.disconnect()
-            raise CameraError(
-                f"camera {self.name!r} ({c.device!r}) delivers frames of shape {frame.shape}, "
-                f"configured for ({c.height}, {c.width}, 3); pick a mode the camera supports"
-            )
-
-    def _grab(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            ok, frame = self._cap.read()
-            if not ok or frame is None or frame.ndim != 3 or frame.shape[2] != 3:
-                failures += 1
-                if failures >= 10:
-                    with self._lock:
-                        self._error = (f"camera {self.name!r} ({self.config.device!r}) "
-                                       "failed to deliver 10 frames in a row")
-                        self._new_frame.notify_all()
-                    return
-                time.sleep(0.005)
-                continue
-            failures = 0
-            rgb = np.ascontiguousarray(frame[..., ::-1], dtype=np.uint8)  # BGR -> RGB
-            with self._lock:
-                self._frame, self._frame_time = rgb, time.monotonic()
-                self._new_frame.notify_all()
-
-    def read(self) -> np.ndarray:
-        """Newest RGB frame, uint8 (H, W, 3). Raises ``CameraError`` if none is recent enough."""
-        if self._thread is None:
-            raise CameraError(f"camera {self.name!r} is not connected")
-        timeout = self.config.timeout_s
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                if self._error:
-                    raise CameraError(self._error)
-                now = time.monotonic()
-                if self._frame is not None and now - self._frame_time <= timeout:
-                    return self._frame
-                if now >= deadline:
-                    age = "no frame yet" if self._frame is None else f"newest frame {now - self._frame_time:.2f}s old"
-                    raise CameraError(f"camera {self.name!r} ({self.config.device!r}): {age} after waiting {timeout}s")
-                self._new_frame.wait(deadline - now)
-
-    def disconnect(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
-
-def _make_camera(name: str, spec: Any) -> Any:
-    """Turn a ``cameras`` entry into a camera object (anything with connect/read/disconnect passes as is)."""
-    if not name or "/" in name:
-        raise ValueError(f"camera name {name!r} must be non-empty and contain no '/' (it becomes images/<name>)")
-    if all(hasattr(spec, m) for m in ("connect", "read", "disconnect")):
-        return spec
-    if isinstance(spec, CameraConfig):
-        return OpenCVCamera(name, spec)
-    if isinstance(spec, Mapping):
-        return OpenCVCamera(name, CameraConfig(**spec))
-    if isinstance(spec, (int, str)):
-        return OpenCVCamera(name, CameraConfig(device=spec))
-    raise TypeError(
-        f"camera {name!r}: expected a CameraConfig, a dict, a device index/path or a camera object, got {spec!r}"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- pymycobot
@@ -396,7 +199,7 @@ class MyCobot320Robot:
         self.min_command_interval_s = max(0.0, float(min_command_interval_s))
         self.measurement_max_age_s = float(measurement_max_age_s)
         self._client_factory = client_factory or _pymycobot_client
-        self.cameras = {name: _make_camera(name, spec) for name, spec in (cameras or {}).items()}
+        self.cameras = {name: make_camera(name, spec) for name, spec in (cameras or {}).items()}
 
         self._client = None
         self._link_lost = False
@@ -837,186 +640,3 @@ def _quantise_deg(deg: np.ndarray) -> tuple[list[float], np.ndarray]:
     passed = np.clip(passed, hw[:, 0], hw[:, 1])  # pymycobot raises on anything outside the limits
     wire_deg = np.array([int(p * 100) for p in passed], dtype=np.float64) / 100.0
     return [float(p) for p in passed], wire_deg
-
-
-# ---------------------------------------------------------------------------------------------- control loop
-class RateLimiter:
-    """Fixed-period pacing. ``sleep()`` waits for the next tick; a step that took longer is an overrun.
-
-    An overrun re-anchors the schedule at "now" instead of trying to catch up with a burst of short
-    periods (which would make the arm jerk). Overruns are counted and logged at most once a second.
-    """
-
-    def __init__(self, fps: float, *, tolerance_s: float = 0.001, name: str = "control loop") -> None:
-        self.period = 1.0 / _positive("fps", fps)
-        self.tolerance_s = tolerance_s
-        self.name = name
-        self.overruns = 0
-        self.ticks = 0
-        self._next: float | None = None
-        self._last_log = -math.inf
-
-    def start(self) -> None:
-        self._next = time.monotonic() + self.period
-
-    def sleep(self) -> bool:
-        """Wait until the next tick; return True if this step overran its period."""
-        if self._next is None:
-            self.start()
-        now = time.monotonic()
-        self.ticks += 1
-        if now > self._next + self.tolerance_s:
-            self.overruns += 1
-            late = now - self._next
-            if now - self._last_log >= 1.0:
-                self._last_log = now
-                log.warning("%s overran its %.1f ms period by %.1f ms (%d overruns so far)",
-                            self.name, self.period * 1e3, late * 1e3, self.overruns)
-            self._next = now + self.period
-            return True
-        _precise_sleep_until(self._next)
-        self._next += self.period
-        return False
-
-
-def _precise_sleep_until(deadline: float) -> None:
-    """Coarse sleep, then short sleeps for the last 2 ms (time.sleep alone overshoots by up to ~1 ms)."""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(left - 0.002 if left > 0.003 else min(left, 0.0002))
-
-
-@dataclass
-class LoopStep:
-    """One executed control step, handed to ``on_step`` as soon as the action was sent."""
-
-    index: int
-    timestamp: float  # time.monotonic() when the observation was taken
-    observation: dict[str, np.ndarray]
-    action: np.ndarray  # what the policy asked for
-    action_sent: np.ndarray  # what the robot was told to do (record this one)
-    stale: bool  # the observation reused an earlier joint reading
-
-
-@dataclass
-class LoopStats:
-    steps: int = 0
-    overruns: int = 0
-    stop_reason: str = "running"  # completed | interrupted | policy_timeout | communication_error | error
-    period_s: float = 0.0
-    step_times_s: list[float] = field(default_factory=list)  # work time per step, before the wait
-
-    @property
-    def max_step_s(self) -> float:
-        return max(self.step_times_s, default=0.0)
-
-
-class _PolicyWorker:
-    """Runs the policy on a daemon thread so a stalled policy can be abandoned (and cannot block exit)."""
-
-    def __init__(self, fn: Callable[[Any], Any]) -> None:
-        self._fn = fn
-        self._jobs: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="policy", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fut, obs = job
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(self._fn(obs))
-                except BaseException as e:  # handed to the caller, KeyboardInterrupt included
-                    fut.set_exception(e)
-
-    def __call__(self, obs: Any, timeout: float) -> Any:
-        fut: Future = Future()
-        self._jobs.put((fut, obs))
-        try:
-            return fut.result(timeout=timeout)
-        except FutureTimeoutError:
-            fut.cancel()
-            raise PolicyTimeoutError(f"the policy produced no action within {timeout}s; the arm was stopped") from None
-
-    def close(self) -> None:
-        self._jobs.put(None)
-
-
-def run_loop(
-    robot: MyCobot320Robot,
-    policy_fn: Callable[[dict[str, np.ndarray]], Any],
-    steps: int,
-    on_step: Callable[[LoopStep], None] | None = None,
-    *,
-    fps: float | None = None,
-    policy_timeout_s: float | None = 1.0,
-) -> LoopStats:
-    """Run ``policy_fn`` on ``robot`` for ``steps`` steps at ``fps`` (default ``robot.fps``).
-
-    Each step: observe, ask the policy (at most ``policy_timeout_s``; None = wait forever, inline),
-    send, hand the ``LoopStep`` to ``on_step``, wait for the next tick. ``on_step`` runs before anything
-    else of the next step can fail, so a recorder sees every executed step even when the loop dies.
-
-    Ending: after ``steps`` steps returns stats with ``stop_reason="completed"``; on Ctrl-C, SIGTERM or
-    SIGHUP (see :mod:`lit_imit.signals`) stops the arm and returns with ``"interrupted"``; a signal that
-    arrives while a command is being sent waits until ``on_step`` has logged it. Any failure
-    (communication, policy timeout or error, unsafe action, ``on_step`` error) stops the arm and
-    re-raises, with the stats attached as ``exc.loop_stats``::
-
-        try:
-            stats = run_loop(robot, policy, 400, on_step=recorder.add)
-        finally:
-            recorder.save()          # whatever was executed is kept
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    rate = RateLimiter(fps or robot.fps)
-    stats = LoopStats(period_s=rate.period)
-    worker = _PolicyWorker(policy_fn) if policy_timeout_s is not None else None
-    with stop_signals_as_interrupt():  # SIGTERM / SIGHUP stop the arm like Ctrl-C
-        try:
-            rate.start()
-            for index in range(steps):
-                t0 = time.monotonic()
-                obs = robot.get_observation()
-                stale = robot.last_observation_stale
-                action = worker(obs, policy_timeout_s) if worker is not None else policy_fn(obs)
-                with uninterrupted():  # a command that went out is logged: a stop signal waits for on_step
-                    sent = robot.send_action(action)
-                    stats.steps += 1
-                    stats.step_times_s.append(time.monotonic() - t0)
-                    if on_step is not None:
-                        asked = np.asarray(_as_action(action), dtype=np.float32)
-                        on_step(LoopStep(index, t0, obs, asked, sent, stale))
-                if index + 1 < steps:
-                    rate.sleep()
-            stats.stop_reason = "completed"
-            return stats
-        except KeyboardInterrupt as e:
-            stats.stop_reason = "interrupted"
-            log.warning("interrupted (%s) after %d steps; stopping the arm", e or "Ctrl-C", stats.steps)
-            robot.safe_stop()
-            return stats
-        except BaseException as e:
-            stats.stop_reason = (
-                "policy_timeout" if isinstance(e, PolicyTimeoutError)
-                else "communication_error" if isinstance(e, RobotCommunicationError)
-                else "error"
-            )
-            log.error("control loop stopped after %d steps (%s: %s); stopping the arm", stats.steps,
-                      type(e).__name__, e)
-            robot.safe_stop()
-            try:
-                e.loop_stats = stats  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
-            raise
-        finally:
-            stats.overruns = rate.overruns
-            if worker is not None:
-                worker.close()

@@ -36,14 +36,9 @@ import numpy as np
 
 from lit_imit.data.episodes import EpisodeStore
 from lit_imit.data.recording import EpisodeBuffer
-from lit_imit.robots.mycobot320 import (
-    HARDWARE_JOINT_LIMITS_DEG,
-    LoopStep,
-    MyCobot320Robot,
-    RateLimiter,
-    RobotError,
-    run_loop,
-)
+from lit_imit.robots.errors import RobotError
+from lit_imit.robots.loop import LoopStep, RateLimiter, run_loop
+from lit_imit.robots.mycobot320 import HARDWARE_JOINT_LIMITS_DEG, MyCobot320Robot
 from lit_imit.signals import stop_signals_as_interrupt, uninterrupted
 
 log = logging.getLogger(__name__)
@@ -469,7 +464,7 @@ def parse_home(text: str) -> tuple[float, ...] | None:
 
 def robot_from_args(args: Any, **overrides: Any) -> MyCobot320Robot:
     """A (not yet connected) :class:`MyCobot320Robot` configured from :func:`add_robot_arguments`' flags."""
-    from lit_imit.robots.mycobot320 import CameraConfig
+    from lit_imit.robots.cameras import CameraConfig
 
     try:
         width, height = (int(v) for v in str(args.camera_size).lower().split("x"))
