@@ -45,7 +45,9 @@ import numpy as np
 import torch
 
 from callbacks.ema import ema_weights_if_any
+from lit_imit.data.episodes import EpisodeStore, read_episode, write_episode
 from lit_imit.distributed import all_gather_objects, broadcast_object
+from lit_imit.envs import make_env, make_teacher, task_spec
 from lit_imit.interactive.loop import (
     MODES,
     EpisodeOutcome,
@@ -71,7 +73,6 @@ STATE_FORMAT = 1
 def default_judge(task: str) -> SegmentJudge:
     """The judge a task family uses unless configured: action agreement with the ALOHA teacher, or the
     ASkDAgger step-reward test for Ravens pick-and-place."""
-    from lit_imit.envs import task_spec
 
     entry = task_spec(task).entry_point
     if "aloha" in entry:
@@ -84,7 +85,6 @@ def default_judge(task: str) -> SegmentJudge:
 
 def collected_episodes(data_dir: str) -> list[int]:
     """Ids of the episodes in a store that interactive rounds wrote (their files carry ``interactive_episode``)."""
-    from lit_imit.data.episodes import EpisodeStore
 
     if not Path(data_dir).is_dir():
         return []
@@ -169,8 +169,6 @@ class InteractiveAggregation(pl.Callback):
         metrics_window: int = 50,
         store_failed_teacher: bool = False,
     ) -> None:
-        from lit_imit.envs import task_spec
-
         spec = task_spec(task)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
@@ -242,8 +240,6 @@ class InteractiveAggregation(pl.Callback):
     def _actors(self) -> tuple[Any, Any]:
         """The env (built lazily in each process: DDP relaunches the CLI per rank) and its teacher."""
         if self._env is None:
-            from lit_imit.envs import make_env, make_teacher
-
             self._env = make_env(self.task, **self.env_kwargs)
             self._teacher = make_teacher(self.task, self._env)
         return self._env, self._teacher
@@ -349,7 +345,6 @@ class InteractiveAggregation(pl.Callback):
                   outcomes: list[EpisodeOutcome]) -> tuple[list[EpisodeOutcome], dict[tuple[int, int], dict]]:
         """All ranks' outcomes in episode order (arrays stripped); rank 0 also gets every demo's arrays
         (its own from memory, the others' through staging files written here)."""
-        from lit_imit.data.episodes import write_episode
 
         arrays: dict[tuple[int, int], dict] = {}
         for outcome in outcomes:
@@ -369,8 +364,6 @@ class InteractiveAggregation(pl.Callback):
         """Rank 0 adds the demos to the store in episode order; every rank gets the ids."""
         ids: list[int] = []
         if trainer.is_global_zero:
-            from lit_imit.data.episodes import read_episode
-
             store = trainer.datamodule.store
             for outcome in outcomes:
                 for k, demo in enumerate(outcome.demos):

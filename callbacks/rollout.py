@@ -22,7 +22,10 @@ import lightning.pytorch as pl
 import numpy as np
 
 from callbacks.ema import ema_weights_if_any
+from lit_imit.data.episodes import obs_path
 from lit_imit.distributed import all_gather_objects, is_distributed
+from lit_imit.envs import make_env, task_spec
+from lit_imit.envs.vector import ProcessEnvPool, available_cpus
 from lit_imit.evaluation import EpisodeResult, evaluate_module, policy_env_kwargs, summarize
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,6 @@ class RolloutEvaluation(pl.Callback):
         log_prefix: str = "rollout",
         score_scale: float | None = None,
     ) -> None:
-        from lit_imit.envs import task_spec
-
         if task is not None:
             task_spec(task)
         self.task = task
@@ -111,20 +112,14 @@ class RolloutEvaluation(pl.Callback):
         if self._envs is None:
             workers = self.worker_count(local_world_size)
             if workers == 0:
-                from lit_imit.envs import make_env
-
                 self._envs = [make_env(self.task, **self.env_kwargs) for _ in range(self.n_envs)]
             else:
-                from lit_imit.envs.vector import ProcessEnvPool
-
                 self._envs = ProcessEnvPool.for_task(self.task, self.n_envs, workers, env_kwargs=self.env_kwargs)
         return self._envs
 
     def worker_count(self, local_world_size: int = 1) -> int:
         """Worker processes for this rank: 0 = in-process; "auto" splits this node's CPUs among its ranks."""
         if self.num_workers in ("auto", -1):
-            from lit_imit.envs.vector import available_cpus
-
             return min(self.n_envs, max(1, available_cpus() // max(1, local_world_size)))
         return min(self.n_envs, int(self.num_workers))
 
@@ -165,8 +160,6 @@ class RolloutEvaluation(pl.Callback):
         if size is None or dataset is None or not getattr(dataset, "image_keys", None) or not dataset.paths:
             return
         import h5py
-
-        from lit_imit.data.episodes import obs_path
 
         with h5py.File(dataset.paths[0], "r") as f:
             for key in dataset.image_keys:

@@ -16,6 +16,11 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from callbacks.checkpoint import EpochEndCheckpoint
+from callbacks.rng import RestoreRNG
+from lit_imit.data.datamodule import EpisodeDataModule
+from lit_imit.modules.base import PolicyModule
+
 DEFAULT_SEED = 1000
 
 #: modules imported before parsing so that configs may use short class names (``class_path: ACTModule``)
@@ -51,8 +56,6 @@ class LitImitCLI(LightningCLI):
     """LightningCLI with the project's defaults and a forced, configurable ``checkpoint`` group."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        from callbacks.checkpoint import EpochEndCheckpoint
-
         parser.add_lightning_class_args(EpochEndCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
@@ -93,8 +96,6 @@ class LitImitCLI(LightningCLI):
 
 
 def trainer_defaults() -> dict[str, Any]:
-    from callbacks.rng import RestoreRNG
-
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -110,8 +111,6 @@ def trainer_defaults() -> dict[str, Any]:
 
 def main(args: ArgsType = None, run: bool = True) -> LitImitCLI:
     import_components()
-    from lit_imit.data.datamodule import EpisodeDataModule
-    from lit_imit.modules.base import PolicyModule
 
     torch.set_float32_matmul_precision("high")
     return LitImitCLI(

@@ -19,6 +19,9 @@ import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
+from lit_imit.checkpoints import CheckpointError, load_checkpoint
+from lit_imit.modules.base import PolicyModule
+
 #: classes tried in order, by their constructor's parameters, when a checkpoint records no class
 KNOWN_POLICIES = ("lit_imit.modules.act:ACTModule", "lit_imit.modules.diffusion:DiffusionModule")
 
@@ -52,7 +55,6 @@ def _recorded_class(checkpoint: Mapping[str, Any], path: Path) -> type | None:
     except PolicyLoadError as e:
         raise PolicyLoadError(f"{path} was saved by policy class {name!r}, which cannot be imported here "
                               f"({e.__cause__}); install the package that defines it, or name a class") from e
-    from lit_imit.modules.base import PolicyModule
 
     if not (isinstance(cls, type) and issubclass(cls, PolicyModule)):
         raise PolicyLoadError(f"{path} names {name!r} as its policy class, which is not a PolicyModule")
@@ -88,7 +90,6 @@ def policy_class_for(checkpoint: Mapping[str, Any], path: str | Path, explicit: 
 
 def _read(path: Path) -> dict[str, Any]:
     """The checkpoint dict (weights-only); damage or a foreign file is one line naming the file."""
-    from lit_imit.checkpoints import CheckpointError, load_checkpoint
 
     if not path.is_file():
         raise PolicyLoadError(f"checkpoint {path} does not exist")

@@ -27,7 +27,10 @@ import torch
 import yaml
 
 from lit_imit.checkpoints import load_checkpoint
-from lit_imit.evaluation import policy_env_kwargs
+from lit_imit.data.episodes import EpisodeStore
+from lit_imit.envs import make_env
+from lit_imit.envs.vector import ProcessEnvPool
+from lit_imit.evaluation import evaluate_module, policy_env_kwargs, summarize
 from lit_imit.results import append_row, git_commit, machine_description
 
 log = logging.getLogger(__name__)
@@ -198,9 +201,6 @@ def heldout_test(
     ``num_workers`` > 0 steps the envs in that many worker processes (``ProcessEnvPool``), as
     ``RolloutEvaluation(num_workers=...)`` does; results are identical to the in-process run.
     """
-    from lit_imit.envs import make_env
-    from lit_imit.envs.vector import ProcessEnvPool
-    from lit_imit.evaluation import evaluate_module, summarize
 
     n_envs = max(1, min(n_envs, episodes))
     if num_workers > 0:
@@ -390,7 +390,5 @@ def _cuda_available() -> bool:
 
 
 def _count_episodes(run_dir: Path, config: Mapping[str, Any]) -> int:
-    from lit_imit.data.episodes import EpisodeStore
-
     data_dir = Path(config["data"]["init_args"]["data_dir"])
     return len(EpisodeStore(data_dir if data_dir.is_absolute() else run_dir / data_dir))

@@ -25,6 +25,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402  (after MUJOCO_GL is set)
 import torch  # noqa: E402
 
+# Each row imports the project modules it measures inside its function, so that `--only ROW` and `--list`
+# do not load every simulator and network.
 ROWS: dict[str, Callable[[argparse.Namespace], Iterator[dict[str, Any]]]] = {}
 
 

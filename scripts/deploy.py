@@ -36,6 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from lit_imit.data.episodes import EpisodeStore
+from lit_imit.robots import RobotError
 from lit_imit.robots.deploy import run_robot, run_twin
 from lit_imit.robots.policy import (
     DeployError,
@@ -47,12 +49,12 @@ from lit_imit.robots.policy import (
     parse_size,
     policy_cameras,
 )
+from lit_imit.robots.recording import add_robot_arguments, robot_from_args
+from lit_imit.signals import stop_signals_as_interrupt
 
 
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    from lit_imit.robots.recording import add_robot_arguments
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an ACT or Diffusion module")
     parser.add_argument("--robot", choices=["mycobot320", "twin"], required=True)
@@ -84,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; ``kill`` (SIGTERM) and a closed terminal (SIGHUP) end it as Ctrl-C does: the arm
     is stopped and the steps that ran are written (see :mod:`lit_imit.signals`)."""
-    from lit_imit.signals import stop_signals_as_interrupt
-
     with stop_signals_as_interrupt():
         try:
             return _main(argv)
@@ -98,8 +98,6 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
-
-    from lit_imit.data.episodes import EpisodeStore
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides: dict[str, Any] = {}
@@ -136,9 +134,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _deploy_on_robot(args: argparse.Namespace, runner: PolicyRunner, store: Any, attrs: Mapping[str, Any]) -> int:
-    from lit_imit.robots import RobotError
-    from lit_imit.robots.recording import robot_from_args
-
     try:
         robot = robot_from_args(args)
         with robot:

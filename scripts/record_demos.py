@@ -33,6 +33,22 @@ import argparse
 import sys
 import time
 
+from lit_imit.data.episodes import EpisodeStore
+from lit_imit.data.recording import record_teacher_episodes
+from lit_imit.envs import task_spec
+from lit_imit.robots import RobotError
+from lit_imit.robots.recording import (
+    WaypointError,
+    add_robot_arguments,
+    load_waypoints,
+    move_to,
+    parse_home,
+    record_handguided,
+    record_waypoints,
+    robot_from_args,
+)
+from lit_imit.signals import stop_signals_as_interrupt
+
 
 def parse_image_size(text: str) -> tuple[int, int]:
     try:
@@ -83,7 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     robot.add_argument("--waypoints", default=None, help="YAML/JSON file of taught poses (--mode waypoints)")
     robot.add_argument("--max-steps", type=int, default=6000, help="cap on samples per hand-guided episode")
     robot.add_argument("--ask-success", action="store_true", help="ask after each episode whether it succeeded")
-    from lit_imit.robots.recording import add_robot_arguments
 
     add_robot_arguments(parser)
     return parser
@@ -100,7 +115,6 @@ def recording_env_kwargs(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; ``kill`` (SIGTERM) and a closed terminal (SIGHUP) end it as Ctrl-C does, so a
     robot recording stops the arm and writes its steps (see :mod:`lit_imit.signals`)."""
-    from lit_imit.signals import stop_signals_as_interrupt
 
     with stop_signals_as_interrupt():
         return _main(argv)
@@ -113,9 +127,6 @@ def _main(argv: list[str] | None) -> int:
         return record_on_robot(args)
     if args.task is None or args.episodes is None:
         parser.error("--task and --episodes are required (unless --robot is given)")
-    from lit_imit.data.episodes import EpisodeStore
-    from lit_imit.data.recording import record_teacher_episodes
-    from lit_imit.envs import task_spec
 
     try:
         task_spec(args.task)
@@ -206,12 +217,6 @@ class _HandKeys:
 def record_on_robot(args: argparse.Namespace) -> int:
     """Record ``--episodes`` demonstrations on the real robot; a fault ends the session (data kept)."""
     import logging
-
-    from lit_imit.data.episodes import EpisodeStore
-    from lit_imit.robots import RobotError
-    from lit_imit.robots.recording import (
-        WaypointError, load_waypoints, move_to, parse_home, record_handguided, record_waypoints, robot_from_args,
-    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     task = args.task or "mycobot_move_cube"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_imit.data.episodes import EpisodeError, read_episode
+
 
 def camera_video(images: dict[str, np.ndarray]) -> np.ndarray:
     """Cameras side by side (heights padded to the tallest): (T, H, sum W, 3)."""
@@ -55,8 +57,6 @@ PLOT_KEYS = ("observations/qpos", "action")
 
 
 def visualize(path: Path, out: Path | None = None, fps: int = 50) -> list[Path]:
-    from lit_imit.data.episodes import read_episode
-
     read_episode(path, keys=PLOT_KEYS)  # a missing key is an EpisodeError naming it, before any output
     episode = read_episode(path)
     out = out or path.parent
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: next to each file)")
     parser.add_argument("--fps", type=int, default=50)
     args = parser.parse_args(argv)
-    from lit_imit.data.episodes import EpisodeError
 
     status = 0
     for path in args.files:

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from lit_imit.data.datamodule import EpisodeDataModule
 from lit_imit.data.episodes import EpisodeError, EpisodeStore, LazyEpisodeFiles, open_episode
+from lit_imit.data.recording import record_teacher_episodes
 from lit_imit.envs.ravens import geometry as geo
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,6 @@ class CLIPortDataModule(EpisodeDataModule):
         if self.generate_if_missing > 0 and len(store) == 0:
             if self.task is None:
                 raise ValueError(f"{self.data_dir} is empty and no task is configured to generate demos for")
-            from lit_imit.data.recording import record_teacher_episodes
 
             log.info("recording %d %s oracle episodes into %s", self.generate_if_missing, self.task, self.data_dir)
             record_teacher_episodes(self.task, self.generate_if_missing, store, seed=self.seed, progress=True)

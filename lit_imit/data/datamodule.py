@@ -18,7 +18,10 @@ from torch.utils.data import DataLoader
 
 from lit_imit.data.datasets import ChunkDataset, collate, compute_stats
 from lit_imit.data.episodes import EpisodeStore
+from lit_imit.data.recording import record_teacher_episodes
 from lit_imit.data.samplers import SeededSampler
+from lit_imit.envs import task_spec
+from lit_imit.envs.vector import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,6 @@ class EpisodeDataModule(pl.LightningDataModule):
         if sampling not in ("uniform", "prioritized"):
             raise ValueError(f"sampling must be 'uniform' or 'prioritized', got {sampling!r}")
         if task is not None:
-            from lit_imit.envs import task_spec
-
             task_spec(task)  # an unknown task fails at config time, naming the known ones
         self.data_dir = data_dir
         self.task = task
@@ -157,7 +158,6 @@ class EpisodeDataModule(pl.LightningDataModule):
         if self.generate_if_missing > 0 and len(store) == 0:
             if self.task is None:
                 raise ValueError(f"{self.data_dir} is empty and no task is configured to generate demos for")
-            from lit_imit.data.recording import record_teacher_episodes
 
             log.info("recording %d %s teacher episodes into %s", missing, self.task, self.data_dir)
             record_teacher_episodes(
@@ -168,8 +168,6 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def _recording_workers(self, episodes: int) -> int:
         if self.record_workers == "auto":
-            from lit_imit.envs.vector import available_cpus
-
             return max(1, min(episodes, available_cpus()))
         return max(1, min(episodes, int(self.record_workers)))
 

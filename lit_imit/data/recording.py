@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from lit_imit.data.episodes import EpisodeStore
+from lit_imit.envs import make_env, make_teacher, task_spec
 
 
 @dataclass
@@ -100,7 +101,6 @@ def record_teacher_episodes(
     so a store recorded with workers holds the same seeds under the same ids as one recorded without (as long
     as no other recorder shares the store). An interrupted run keeps every episode already written.
     """
-    from lit_imit.envs import task_spec
 
     spec = task_spec(task)
     env_kwargs = dict(env_kwargs or {})
@@ -175,8 +175,6 @@ class _TeacherEpisodes:
     """One env and its teacher; called with a seed, runs one episode and returns (seed, arrays, info)."""
 
     def __init__(self, task: str, env_kwargs: Mapping[str, Any]) -> None:
-        from lit_imit.envs import make_env, make_teacher
-
         self.env = make_env(task, **env_kwargs)
         self.teacher = make_teacher(task, self.env)
 

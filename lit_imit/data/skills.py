@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_imit.data.datamodule import EpisodeDataModule
 from lit_imit.data.episodes import EpisodeError, EpisodeStore, obs_path, open_episode
+from lit_imit.data.recording import record_teacher_episodes
 from lit_imit.data.samplers import SeededSampler
+from lit_imit.envs import task_spec
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +161,6 @@ class SkillDataModule(EpisodeDataModule):
         if demo_fraction is not None and demo_dir is None:
             raise ValueError("demo_fraction needs a demo_dir to draw demonstrations from")
         if demo_task is not None:
-            from lit_imit.envs import task_spec
-
             task_spec(demo_task)
         self.horizon = horizon
         self.state_key = state_key
@@ -182,7 +182,6 @@ class SkillDataModule(EpisodeDataModule):
         if len(store) == 0:
             if self.demo_task is None:
                 raise ValueError(f"{self.demo_dir} is empty and no demo_task is configured to record demos for")
-            from lit_imit.data.recording import record_teacher_episodes
 
             log.info("recording %d %s demonstrations into %s", self.demo_generate_if_missing, self.demo_task,
                      self.demo_dir)

@@ -53,6 +53,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_imit.checkpoints import load_checkpoint
+from lit_imit.data.episodes import EpisodeStore
+from lit_imit.data.skills import load_states_actions
 from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
 from lit_imit.nets.normalizer import STAT_NAMES, buffer_name, rename_legacy_stat_keys
 from lit_imit.nets.skills import (
@@ -104,7 +106,6 @@ def check_init_from(init_from: Sequence[Mapping[str, Any]] | None) -> list[dict[
 
 class SkillPriorModule(PolicyModule):
     """SPiRL / FIST / SkiLD on flat states (PointMaze, FrankaKitchen)."""
-
 
     def __init__(
         self,
@@ -261,9 +262,6 @@ class SkillPriorModule(PolicyModule):
             self.set_lookup_demos(self._read_lookup_dir(self.hparams.lookup_dir))
 
     def _read_lookup_dir(self, root: str) -> list[np.ndarray]:
-        from lit_imit.data.episodes import EpisodeStore
-        from lit_imit.data.skills import load_states_actions
-
         store = EpisodeStore(root, create=False)
         ids = store.ids()
         if not ids:

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from lit_imit.data.recording import EpisodeBuffer
+from lit_imit.envs import task_spec
+from lit_imit.envs.mycobot import MyCobotMoveCubeEnv
+from lit_imit.robots.loop import run_loop
 from lit_imit.robots.policy import PolicyRunner, logged_obs
+from lit_imit.robots.recording import RobotEpisodeRecorder
 
 __all__ = ["run_robot", "run_twin"]
 
@@ -20,9 +25,6 @@ def run_twin(runner: PolicyRunner, store: Any, *, variant: str, episodes: int, s
              fps: float, max_delta_deg: float | None, image_size: tuple[int, int], cameras: list[str],
              images: str = "policy", attrs: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Episodes of the policy in the twin; each one logged to ``store``. Returns per-episode summaries."""
-    from lit_imit.data.recording import EpisodeBuffer
-    from lit_imit.envs import task_spec
-    from lit_imit.envs.mycobot import MyCobotMoveCubeEnv
 
     spec = task_spec("mycobot_move_cube")
     env = MyCobotMoveCubeEnv(variant=variant, cameras=cameras, image_size=image_size, control_hz=fps,
@@ -63,8 +65,6 @@ def run_robot(runner: PolicyRunner, robot: Any, store: Any, *, steps: int, fps: 
     The robot cannot tell whether the task succeeded: the episode is written with ``success=False``
     unless ``judge()`` (asked after a complete run, e.g. a prompt to the operator) says so.
     """
-    from lit_imit.robots.loop import run_loop
-    from lit_imit.robots.recording import RobotEpisodeRecorder
 
     meta = {"sim": False, "robot": "mycobot320", "port": getattr(robot, "port", None), "task": task,
             "source": "novice", "round": 0, "mode": "policy", "fps": float(fps), **(attrs or {})}

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lit_imit.policies import PolicyLoadError, policy_cameras
-from lit_imit.policies import load_policy as _load_policy
+from lit_imit.policies import PolicyLoadError, load_policy as _load_policy, policy_cameras
+from lit_imit.robots.recording import resize_image
 
 __all__ = ["DeployError", "ImagePreprocess", "PolicyRunner", "load_mask", "load_policy", "logged_obs",
            "parse_crop", "parse_size", "policy_cameras"]
@@ -99,8 +99,6 @@ class ImagePreprocess:
         return self.crop is not None or self.mask is not None or self.size is not None
 
     def image(self, frame: np.ndarray, name: str = "image") -> np.ndarray:
-        from lit_imit.robots.recording import resize_image
-
         frame = np.asarray(frame)
         height, width = frame.shape[:2]
         if self.mask is not None:

@@ -36,6 +36,8 @@ import numpy as np
 
 from lit_imit.data.episodes import EpisodeStore
 from lit_imit.data.recording import EpisodeBuffer
+from lit_imit.envs.mycobot import HOME_DEG
+from lit_imit.robots.cameras import CameraConfig
 from lit_imit.robots.errors import RobotError
 from lit_imit.robots.loop import LoopStep, RateLimiter, run_loop
 from lit_imit.robots.mycobot320 import HARDWARE_JOINT_LIMITS_DEG, MyCobot320Robot
@@ -450,8 +452,6 @@ def parse_home(text: str) -> tuple[float, ...] | None:
     if text.lower() == "none":
         return None
     if text.lower() == "twin":
-        from lit_imit.envs.mycobot import HOME_DEG
-
         return tuple(float(v) for v in HOME_DEG)
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -464,7 +464,6 @@ def parse_home(text: str) -> tuple[float, ...] | None:
 
 def robot_from_args(args: Any, **overrides: Any) -> MyCobot320Robot:
     """A (not yet connected) :class:`MyCobot320Robot` configured from :func:`add_robot_arguments`' flags."""
-    from lit_imit.robots.cameras import CameraConfig
 
     try:
         width, height = (int(v) for v in str(args.camera_size).lower().split("x"))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lit_imit.data.episodes import EpisodeError, read_episode
+from lit_imit.envs import make_env
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ def replay_episode(path: str | Path, env: Any | None = None, *, seed: int | None
         seed: layout seed; default the recording's own ``seed`` attribute when it was made in the twin.
         record_frames: keep the twin's rendered frames (for a video).
     """
-    from lit_imit.envs import make_env
 
     qpos, actions, attrs = _recorded_arrays(path)
     in_twin = bool(attrs.get("sim")) and attrs.get("task") == TWIN_TASK
