@@ -103,12 +103,12 @@ def make_teacher(task: str, env: gym.Env) -> Any:
 
 register_task(TaskSpec(
     name="transfer_cube", env_id="lit_imit/AlohaTransferCube-v0",
-    entry_point="lit_imit.envs.aloha:AlohaEnv", teacher="lit_imit.envs.aloha:TransferCubeTeacher",
+    entry_point="lit_imit.envs.aloha:AlohaEnv", teacher="lit_imit.envs.aloha_teachers:TransferCubeTeacher",
     max_episode_steps=400, kwargs={"task": "transfer_cube"},
 ))
 register_task(TaskSpec(
     name="insertion", env_id="lit_imit/AlohaInsertion-v0",
-    entry_point="lit_imit.envs.aloha:AlohaEnv", teacher="lit_imit.envs.aloha:InsertionTeacher",
+    entry_point="lit_imit.envs.aloha:AlohaEnv", teacher="lit_imit.envs.aloha_teachers:InsertionTeacher",
     max_episode_steps=400, kwargs={"task": "insertion"},
 ))
 for _suffix, _variant in (("", "move"), ("_occupied", "occupied"), ("_mixed", "mixed")):
