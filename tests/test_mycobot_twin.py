@@ -17,9 +17,9 @@ from lit_imit.envs.mycobot import (
     JOINT_LIMITS,
     JOINT_LIMITS_DEG,
     MyCobotMoveCubeEnv,
-    MoveCubeTeacher,
     build_mjcf,
 )
+from lit_imit.envs.mycobot_teachers import MoveCubeTeacher
 
 
 def run_teacher(env: MyCobotMoveCubeEnv, teacher: MoveCubeTeacher, steps: int = 300, obs=None) -> dict:

@@ -116,7 +116,8 @@ for _suffix, _variant in (("", "move"), ("_occupied", "occupied"), ("_mixed", "m
     register_task(TaskSpec(
         name=f"mycobot_move_cube{_suffix}",
         env_id=f"lit_imit/MyCobotMoveCube{_variant.capitalize() if _suffix else ''}-v0",
-        entry_point="lit_imit.envs.mycobot:MyCobotMoveCubeEnv", teacher="lit_imit.envs.mycobot:MoveCubeTeacher",
+        entry_point="lit_imit.envs.mycobot:MyCobotMoveCubeEnv",
+        teacher="lit_imit.envs.mycobot_teachers:MoveCubeTeacher",
         max_episode_steps=300, kwargs={"variant": _variant},
     ))
 
