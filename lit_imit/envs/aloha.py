@@ -11,14 +11,10 @@ The scripted state-feedback teachers of these tasks live in :mod:`lit_imit.envs.
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
-import gymnasium as gym
 
 import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton before mujoco/dm_control)
 
@@ -27,6 +23,8 @@ import numpy as np
 from dm_control import mujoco as dm_mujoco
 from dm_control.rl.control import PhysicsError
 from gymnasium import spaces
+
+from lit_imit.envs.mujoco_base import MujocoEnv
 
 DT = 0.02  # control period (50 Hz), as in ACT
 MAX_REWARD = 4
@@ -164,28 +162,7 @@ ALOHA_TASKS = {
 # The environment.
 # --------------------------------------------------------------------------------------------------
 
-# Renderers still open at interpreter exit are closed before the EGL display goes away (otherwise their
-# finalisers fail noisily during shutdown). MuJoCo registers its own EGL teardown with atexit when the
-# first GL context is made; ours is registered after it, hence runs before it (atexit is LIFO).
-_ENVS_WITH_RENDERERS: weakref.WeakSet = weakref.WeakSet()
-_exit_hook_registered = False
-
-
-def _close_renderers() -> None:
-    for env in list(_ENVS_WITH_RENDERERS):
-        env.close()
-
-
-def _track_renderer(env: "AlohaEnv") -> None:
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        atexit.register(_close_renderers)
-        _exit_hook_registered = True
-    _ENVS_WITH_RENDERERS.add(env)
-
-
-
-class AlohaEnv(gym.Env):
+class AlohaEnv(MujocoEnv):
     """Bimanual ViperX joint-position-control env (transfer cube or insertion), ACT conventions.
 
     Observation (flat dict): ``qpos`` (14,) and ``qvel`` (14,) float32 in the action layout with
@@ -213,47 +190,41 @@ class AlohaEnv(gym.Env):
                  terminate_on_success: bool = False, fast_render: bool = True, env_state: bool = False):
         if task not in ALOHA_TASKS:
             raise ValueError(f"unknown ALOHA task {task!r}; choose one of {sorted(ALOHA_TASKS)}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self.task_name = task
         self.task = ALOHA_TASKS[task]
-        self.render_mode = render_mode
+        self.render_mode = self._check_render_mode(render_mode)
         self.terminate_on_success = bool(terminate_on_success)
         self.fast_render = bool(fast_render)
         self.env_state = bool(env_state)
         self.physics = dm_mujoco.Physics.from_xml_path(str(aloha_assets_dir() / self.task.xml))
         self.physics.legacy_step = False  # one plain mj_step per substep (no split step1/step2 bookkeeping)
         self.n_substeps = int(round(DT / self.physics.model.opt.timestep))
-        self.cameras = self._check_cameras(cameras)
-        self.image_size = self._check_image_size(image_size)
-        self._renderer: mujoco.Renderer | None = None
+        self._setup_cameras(cameras, image_size)
         self._object_qpos = {name: self._joint_qpos_slice(joint) for name, joint in self.task.objects.items()}
         self.action_space = self._make_action_space()
-        self.observation_space = self._make_observation_space()
+        self.observation_space = self._make_observation_space(ACTION_DIM, 7 * len(self.task.objects))
         self._steps = 0
         self._max_reward = 0
 
     # ---- construction helpers --------------------------------------------------------------------
 
     @property
-    def available_cameras(self) -> list[str]:
-        model = self.physics.model
-        return [model.id2name(i, "camera") for i in range(model.ncam)]
+    def model(self) -> mujoco.MjModel:
+        """The raw MuJoCo model under dm_control's ``physics``."""
+        return self.physics.model.ptr
 
-    def _check_cameras(self, cameras: Sequence[str]) -> tuple[str, ...]:
-        if isinstance(cameras, str):
-            raise ValueError(f"cameras must be a list of names, got the string {cameras!r}")
-        available = self.available_cameras
-        for cam in cameras:
-            if cam not in available:
-                raise ValueError(f"unknown camera {cam!r} for ALOHA {self.task_name}; available: {available}")
-        return tuple(cameras)
+    @property
+    def data(self) -> mujoco.MjData:
+        """The raw MuJoCo data under dm_control's ``physics``."""
+        return self.physics.data.ptr
 
-    @staticmethod
-    def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-        if len(image_size) != 2 or any(int(s) != s or s <= 0 for s in image_size):
-            raise ValueError(f"image_size must be (height, width) positive ints, got {image_size!r}")
-        return int(image_size[0]), int(image_size[1])
+    @property
+    def env_label(self) -> str:
+        return f"ALOHA {self.task_name}"
+
+    @property
+    def state_task(self) -> str:
+        return self.task_name
 
     def _joint_qpos_slice(self, joint: str) -> slice:
         start = int(self.physics.model.jnt_qposadr[self.physics.model.name2id(joint, "joint")])
@@ -267,15 +238,6 @@ class AlohaEnv(gym.Env):
             low += list(arm_ranges[:, 0]) + [0.0]
             high += list(arm_ranges[:, 1]) + [1.0]
         return spaces.Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32)
-
-    def _make_observation_space(self) -> spaces.Dict:
-        vec = spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
-        items: dict[str, spaces.Space] = {"qpos": vec, "qvel": vec}
-        if self.env_state:
-            items["env_state"] = spaces.Box(-np.inf, np.inf, (7 * len(self.task.objects),), np.float32)
-        for cam in self.cameras:
-            items[f"images/{cam}"] = spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
-        return spaces.Dict(items)
 
     # ---- gymnasium API ---------------------------------------------------------------------------
 
@@ -301,7 +263,7 @@ class AlohaEnv(gym.Env):
         try:
             physics.step(self.n_substeps)
         except PhysicsError as error:
-            return self._diverged(before, error)
+            return self._diverged(before, str(error))
         # mj_step leaves the contacts of the state before its last integration; recompute the position
         # stage (kinematics + collisions) so the reward sees the state the observation shows. This changes
         # no state variable, so the dynamics stay bit-identical.
@@ -311,25 +273,6 @@ class AlohaEnv(gym.Env):
         self._max_reward = max(self._max_reward, reward)
         terminated = self.terminate_on_success and self._max_reward == MAX_REWARD
         return self._observation(), float(reward), terminated, False, self._info(reward)
-
-    def _diverged(self, before: dict[str, Any], error: PhysicsError):
-        """The simulation blew up (e.g. wild actions slamming the arms into each other): restore the
-        last good state and truncate the episode instead of crashing a training run."""
-        obs = self.set_state(before)
-        info = self._info(0)
-        info["physics_error"] = str(error)
-        return obs, 0.0, False, True, info
-
-    def render(self):
-        """The first requested camera (``top`` when none), at ``image_size``; None without render_mode."""
-        if self.render_mode is None:
-            return None
-        return self._render_camera(self.cameras[0] if self.cameras else "top")
-
-    def close(self):
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
 
     # ---- observation, action, info ---------------------------------------------------------------
 
@@ -374,42 +317,7 @@ class AlohaEnv(gym.Env):
         return {"reward_stage": int(reward), "max_reward": int(self._max_reward),
                 "is_success": self._max_reward == MAX_REWARD}
 
-    def _render_camera(self, camera: str) -> np.ndarray:
-        if self._renderer is None:
-            self._renderer = self._make_renderer()
-        self._renderer.update_scene(self.physics.data.ptr, camera=camera)
-        if self.fast_render:
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        return self._renderer.render().copy()
-
-    def _make_renderer(self) -> mujoco.Renderer:
-        """One offscreen renderer per env, created on first use (envs without cameras never need GL)."""
-        height, width = self.image_size
-        model = self.physics.model.ptr
-        model.vis.global_.offheight = max(model.vis.global_.offheight, height)  # buffer must fit the image
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-        if self.fast_render:
-            model.vis.quality.offsamples = 0
-        try:
-            renderer = mujoco.Renderer(model, height=height, width=width)
-        except mujoco.FatalError as error:
-            raise RuntimeError(
-                f"MuJoCo could not create an OpenGL context ({error}). Headless rendering needs "
-                "MUJOCO_GL=egl (or osmesa) set before mujoco is first imported; lit_imit.envs sets it "
-                "when imported first, so import it before mujoco/dm_control or export MUJOCO_GL=egl."
-            ) from error
-        _track_renderer(self)
-        return renderer
-
     # ---- privileged state (teachers, interactive learning) ----------------------------------------
-
-    @property
-    def step_count(self) -> int:
-        return self._steps
-
-    @property
-    def max_reward(self) -> int:
-        return self._max_reward
 
     def object_poses(self) -> dict[str, np.ndarray]:
         """Pose (x, y, z, qw, qx, qy, qz) of each movable object: ``box``, or ``peg`` and ``socket``."""
@@ -433,30 +341,3 @@ class AlohaEnv(gym.Env):
     def contacts(self) -> ContactSet:
         """Geom pairs in contact now (e.g. ``env.contacts().touching("red_box", "table")``)."""
         return ContactSet(self.physics.model.ptr, self.physics.data.ptr)
-
-    def get_state(self) -> dict[str, Any]:
-        """Snapshot of everything that determines the future: MuJoCo's full integration state (time,
-        qpos, qvel, actuator state, solver warm start, ctrl) plus the step counter and reward
-        bookkeeping. Plain numpy/python, so it pickles and can sit in an episode file."""
-        model, data = self.physics.model.ptr, self.physics.data.ptr
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        physics_state = np.empty(mujoco.mj_stateSize(model, spec))
-        mujoco.mj_getState(model, data, physics_state, spec)
-        return {"task": self.task_name, "physics": physics_state, "steps": int(self._steps),
-                "max_reward": int(self._max_reward)}
-
-    def set_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Restore a :meth:`get_state` snapshot bit-exactly; returns the observation at that state."""
-        if state.get("task") != self.task_name:
-            raise ValueError(f"state is for task {state.get('task')!r}, this env runs {self.task_name!r}")
-        model, data = self.physics.model.ptr, self.physics.data.ptr
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        physics_state = np.asarray(state["physics"], dtype=np.float64)
-        if physics_state.shape != (mujoco.mj_stateSize(model, spec),):
-            raise ValueError(f"physics state has shape {physics_state.shape}, expected "
-                             f"({mujoco.mj_stateSize(model, spec)},) for ALOHA {self.task_name}")
-        mujoco.mj_setState(model, data, physics_state, spec)
-        mujoco.mj_forward(model, data)
-        self._steps = int(state["steps"])
-        self._max_reward = int(state["max_reward"])
-        return self._observation()

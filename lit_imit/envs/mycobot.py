@@ -36,13 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import gymnasium as gym
-
 import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton before mujoco)
 
 import mujoco  # noqa: E402
 import numpy as np
 from gymnasium import spaces
+
+from lit_imit.envs.mujoco_base import MujocoEnv
 
 # ---------------------------------------------------------------------------------------------- constants
 JOINT_LIMITS_DEG = np.array([168.0, 135.0, 145.0, 145.0, 168.0, 180.0])
@@ -256,7 +256,7 @@ def sample_layout(rng: np.random.Generator, variant: str, occupied: bool | None 
     return Layout(cube_xy, cube_yaw, b_xy, b2_xy, bool(occupied))
 
 
-class MyCobotMoveCubeEnv(gym.Env):
+class MyCobotMoveCubeEnv(MujocoEnv):
     """myCobot 320 twin: pick the cube at A and place it at B (or B2 when B is occupied).
 
     Args:
@@ -283,8 +283,7 @@ class MyCobotMoveCubeEnv(gym.Env):
                  terminate_on_success: bool = False, env_state: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        self._check_render_mode(render_mode)
         if gripper_obs not in ("commanded", "measured"):
             raise ValueError(f"gripper_obs must be 'commanded' or 'measured', got {gripper_obs!r}")
         if not control_hz > 0 or PHYSICS_DT * control_hz > 1:
@@ -293,8 +292,6 @@ class MyCobotMoveCubeEnv(gym.Env):
             raise ValueError(f"max_delta_deg must be positive or None, got {max_delta_deg}")
         self.variant = variant
         self.render_mode = render_mode
-        self.cameras = self._check_cameras(cameras)
-        self.image_size = self._check_image_size(image_size)
         self.control_hz = float(control_hz)
         self.dt = 1.0 / self.control_hz
         self.n_substeps = max(1, int(round(self.dt / PHYSICS_DT)))
@@ -306,11 +303,11 @@ class MyCobotMoveCubeEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}
         self.model = mujoco.MjModel.from_xml_string(build_mjcf())
         self.data = mujoco.MjData(self.model)
+        self._setup_cameras(cameras, image_size)
         self._index_model()
         self.action_space = spaces.Box(np.append(-JOINT_LIMITS, 0.0).astype(np.float32),
                                        np.append(JOINT_LIMITS, 1.0).astype(np.float32), dtype=np.float32)
-        self.observation_space = self._make_observation_space()
-        self._renderer: mujoco.Renderer | None = None
+        self.observation_space = self._make_observation_space(ACTION_DIM, 10)
         self.layout = sample_layout(np.random.default_rng(0), variant)
         self._gripper_cmd = 1.0
         self.last_action_sent = np.append(HOME_QPOS, 1.0).astype(np.float32)
@@ -318,24 +315,13 @@ class MyCobotMoveCubeEnv(gym.Env):
         self._max_reward = 0
 
     # ---- construction helpers --------------------------------------------------------------------
-    @staticmethod
-    def _check_cameras(cameras: Sequence[str]) -> tuple[str, ...]:
-        if isinstance(cameras, str):
-            raise ValueError(f"cameras must be a list of names, got the string {cameras!r}")
-        for cam in cameras:
-            if cam not in CAMERAS:
-                raise ValueError(f"unknown camera {cam!r} for the myCobot twin; available: {list(CAMERAS)}")
-        return tuple(cameras)
-
-    @staticmethod
-    def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-        if len(image_size) != 2 or any(int(s) != s or s <= 0 for s in image_size):
-            raise ValueError(f"image_size must be (height, width) positive ints, got {image_size!r}")
-        return int(image_size[0]), int(image_size[1])
+    @property
+    def env_label(self) -> str:
+        return "the myCobot twin"
 
     @property
-    def available_cameras(self) -> list[str]:
-        return list(CAMERAS)
+    def state_task(self) -> str:
+        return "mycobot_move_cube"
 
     def _index_model(self) -> None:
         m = self.model
@@ -352,15 +338,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         self._geom = {name: m.geom(name).id for name in ("cube", "table", "obstacle", "pad_left", "pad_right")}
         self._robot_geoms = {i for i in range(m.ngeom) if m.geom_contype[i] == 2}
         self._bodies = {name: m.body(name).id for name in ("mark_b", "mark_b2", "obstacle")}
-
-    def _make_observation_space(self) -> spaces.Dict:
-        vec = spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
-        items: dict[str, spaces.Space] = {"qpos": vec, "qvel": vec}
-        if self.env_state:
-            items["env_state"] = spaces.Box(-np.inf, np.inf, (10,), np.float32)
-        for cam in self.cameras:
-            items[f"images/{cam}"] = spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
-        return spaces.Dict(items)
 
     # ---- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -417,8 +394,8 @@ class MyCobotMoveCubeEnv(gym.Env):
             current = d.ctrl[self._grip_ctrl[0]]
             d.ctrl[self._grip_ctrl] = current + np.clip(goal - current, -step, step)
             mujoco.mj_step(self.model, d)
-        if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
-            return self._diverged(before)
+        if not self._physics_is_finite():
+            return self._diverged(before, "non-finite state after mj_step")
         self.last_action_sent = sent
         self._steps += 1
         reward = self.reward_stage()
@@ -452,24 +429,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         gripper = np.round(np.clip(a[ARM_DOF], 0.0, 1.0) * 100.0) / 100.0
         return np.append(joints, gripper).astype(np.float32)
 
-    def _diverged(self, before: dict[str, Any]):
-        """The simulation blew up: restore the last good state and truncate instead of crashing a run."""
-        obs = self.set_state(before)
-        info = self._info(0)
-        info["physics_error"] = "non-finite state after mj_step"
-        return obs, 0.0, False, True, info
-
-    def render(self):
-        """The first requested camera (``top`` when none), at ``image_size``; None without render_mode."""
-        if self.render_mode is None:
-            return None
-        return self._render_camera(self.cameras[0] if self.cameras else "top")
-
-    def close(self):
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
-
     # ---- observation, reward, info ---------------------------------------------------------------
     def _observation(self) -> dict[str, np.ndarray]:
         d = self.data
@@ -485,16 +444,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         for cam in self.cameras:
             obs[f"images/{cam}"] = self._render_camera(cam)
         return obs
-
-    def _render_camera(self, camera: str) -> np.ndarray:
-        if self._renderer is None:
-            height, width = self.image_size
-            visual = self.model.vis.global_
-            visual.offheight = max(visual.offheight, height)
-            visual.offwidth = max(visual.offwidth, width)
-            self._renderer = mujoco.Renderer(self.model, height=height, width=width)
-        self._renderer.update_scene(self.data, camera=camera)
-        return self._renderer.render().copy()
 
     def _info(self, reward: int) -> dict[str, Any]:
         return {"reward_stage": int(reward), "max_reward": int(self._max_reward), "is_success": reward == MAX_REWARD,
@@ -520,14 +469,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         return 1 if touched else 0
 
     # ---- privileged state (teachers, tests, interactive learning) ---------------------------------
-    @property
-    def step_count(self) -> int:
-        return self._steps
-
-    @property
-    def max_reward(self) -> int:
-        return self._max_reward
-
     @property
     def arm_qpos(self) -> np.ndarray:
         return self.data.qpos[self._arm_qpos].copy()
@@ -559,31 +500,13 @@ class MyCobotMoveCubeEnv(gym.Env):
         """Do the geoms named ``a`` and ``b`` touch now (e.g. ``touching("cube", "pad_left")``)?"""
         return frozenset((self.model.geom(a).id, self.model.geom(b).id)) in self.contacts()
 
-    def get_state(self) -> dict[str, Any]:
-        """Everything that determines the future: MuJoCo's integration state (time, qpos, qvel, act, ctrl,
-        warm start), the layout (marks and obstacle are model data), the gripper command, counters."""
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        physics = np.empty(mujoco.mj_stateSize(self.model, spec))
-        mujoco.mj_getState(self.model, self.data, physics, spec)
-        return {"task": "mycobot_move_cube", "variant": self.variant, "physics": physics,
-                "layout": self.layout.to_dict(), "gripper_cmd": float(self._gripper_cmd),
-                "last_action_sent": self.last_action_sent.copy(), "steps": int(self._steps),
-                "max_reward": int(self._max_reward)}
+    def _extra_state(self) -> dict[str, Any]:
+        """The layout (marks and obstacle are model data, outside MuJoCo's integration state), the gripper
+        command the fingers' targets follow and the last executed action."""
+        return {"variant": self.variant, "layout": self.layout.to_dict(), "gripper_cmd": float(self._gripper_cmd),
+                "last_action_sent": self.last_action_sent.copy()}
 
-    def set_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Restore a :meth:`get_state` snapshot exactly; returns the observation there."""
-        if state.get("task") != "mycobot_move_cube":
-            raise ValueError(f"state is for task {state.get('task')!r}, this env runs 'mycobot_move_cube'")
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        physics = np.asarray(state["physics"], dtype=np.float64)
-        if physics.shape != (mujoco.mj_stateSize(self.model, spec),):
-            raise ValueError(f"physics state has shape {physics.shape}, expected "
-                             f"({mujoco.mj_stateSize(self.model, spec)},) for the myCobot twin")
+    def _restore_extra_state(self, state: dict[str, Any]) -> None:
         self._apply_layout(Layout.from_dict(state["layout"]))
-        mujoco.mj_setState(self.model, self.data, physics, spec)
-        mujoco.mj_forward(self.model, self.data)
         self._gripper_cmd = float(state["gripper_cmd"])
         self.last_action_sent = np.asarray(state["last_action_sent"], dtype=np.float32).copy()
-        self._steps = int(state["steps"])
-        self._max_reward = int(state["max_reward"])
-        return self._observation()
