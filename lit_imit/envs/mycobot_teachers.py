@@ -17,7 +17,7 @@ import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton befo
 import mujoco  # noqa: E402
 import numpy as np
 
-from lit_imit.envs.kinematics import DampedLeastSquaresIK, quat_to_matrix, rotate, rotation_error
+from lit_imit.envs.kinematics import DampedLeastSquaresIK, capped, quat_to_matrix, rotate, rotation_error
 from lit_imit.envs.mycobot import (
     ARM_DOF,
     CUBE_HALF,
@@ -298,10 +298,10 @@ class MoveCubeTeacher:
         free = command.gripper > 0.5 and self.phase not in ("release", "place")
         if free and np.linalg.norm(command.position - tool) > self.transit_distance:
             goal = self._ik_goal(q, command)
-            return q + self._capped(goal - q, self.transit_joint_step)
+            return q + capped(goal - q, self.transit_joint_step)
         lead = self._lead(tool, rotation, command)
         solved = self.kin.solve(q, *lead)
-        return q + self._capped(solved - q, self.max_joint_step)
+        return q + capped(solved - q, self.max_joint_step)
 
     def _lead(self, tool: np.ndarray, rotation: np.ndarray, command: ToolCommand) -> tuple[np.ndarray, np.ndarray]:
         """A pose at most ``speed * dt`` and ``angular_speed * dt`` from the measured one, toward the
@@ -329,8 +329,3 @@ class MoveCubeTeacher:
             if error < 0.003:
                 break
         return best
-
-    @staticmethod
-    def _capped(step: np.ndarray, largest: float) -> np.ndarray:
-        peak = np.abs(step).max()
-        return step if peak <= largest else step * (largest / peak)
