@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from lit_imit.envs import make_env, make_teacher
-from lit_imit.envs.aloha import (
-    START_ARM_POSE,
-    TOOL_OFFSET,
-    AlohaEnv,
-    ArmKinematics,
-    InsertionTeacher,
-    TransferCubeTeacher,
-    rotation_error,
-)
+from lit_imit.envs.aloha import START_ARM_POSE, AlohaEnv
+from lit_imit.envs.aloha_teachers import TOOL_OFFSET, ArmKinematics, InsertionTeacher, TransferCubeTeacher
+from lit_imit.envs.kinematics import rotation_error
 
 HORIZON = 400
 Novice = Callable[[np.ndarray, dict, np.random.Generator, int], np.ndarray]

@@ -17,9 +17,9 @@ from lit_imit.envs.mycobot import (
     JOINT_LIMITS,
     JOINT_LIMITS_DEG,
     MyCobotMoveCubeEnv,
-    MoveCubeTeacher,
     build_mjcf,
 )
+from lit_imit.envs.mycobot_teachers import MoveCubeTeacher
 
 
 def run_teacher(env: MyCobotMoveCubeEnv, teacher: MoveCubeTeacher, steps: int = 300, obs=None) -> dict:
@@ -271,3 +271,10 @@ def test_replaying_a_twin_recording_reproduces_it_and_a_bad_recording_is_flagged
     truncated = tmp_path / "truncated.hdf5"
     truncated.write_bytes(Path(path).read_bytes()[:2000])
     assert replay_main([str(truncated)]) == 1
+
+
+def test_the_twin_offers_the_cameras_its_constant_names():
+    """``CAMERAS`` documents the twin's cameras; the check itself reads them off the MJCF (MujocoEnv)."""
+    from lit_imit.envs.mycobot import CAMERAS
+
+    assert MyCobotMoveCubeEnv(cameras=()).available_cameras == list(CAMERAS)

@@ -1,4 +1,5 @@
-"""Rotation helpers and damped least-squares inverse kinematics shared by the MuJoCo arms' teachers.
+"""Rotation helpers and damped least-squares inverse kinematics shared by the MuJoCo arms' teachers
+(ALOHA, the myCobot twin, the kitchen's Cartesian controller).
 
 The ALOHA ViperX arms and the myCobot twin both steer a tool point with the same solver; only how the
 tool point hangs off the chain (a body plus an offset, or a site) and the per-joint damping differ.
@@ -13,7 +14,12 @@ import numpy as np
 
 
 def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """World-frame rotation vector turning ``current`` into ``target`` (3x3 matrices)."""
+    """World-frame rotation vector turning ``current`` into ``target`` (3x3 matrices): the one rotation
+    distance of the package (its norm is the angle between the two, in [0, pi]).
+
+    Target first, like ``position - tool``: ``rotate(rotation_error(target, current), current)`` is
+    ``target``. The quaternion's sign needs no care: ``mju_quat2Vel`` maps angles over pi to the short way.
+    """
     quat = np.empty(4)
     mujoco.mju_mat2Quat(quat, (target @ current.T).reshape(-1))
     rotvec = np.empty(3)

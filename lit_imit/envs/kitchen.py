@@ -31,6 +31,8 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from lit_imit.envs.kinematics import rotation_error
+
 SUBTASKS = ("microwave", "kettle", "bottom burner", "top burner", "light switch", "slide cabinet", "hinge cabinet")
 #: qpos indices of each sub-task's joints and their goal values (gymnasium-robotics / D4RL)
 SUBTASK_QPOS = {
@@ -230,18 +232,6 @@ class KitchenSkillEnv(gym.Env):
 # --------------------------------------------------------------------------------------------------
 
 
-def rotation_error(current: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Axis-angle vector (world frame) that rotates ``current`` towards ``target`` (3x3 matrices)."""
-    delta = target @ current.T
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, delta.reshape(-1))
-    if quat[0] < 0:
-        quat = -quat
-    vec = np.zeros(3)
-    mujoco.mju_quat2Vel(vec, quat, 1.0)
-    return vec
-
-
 def rot_z(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -321,7 +311,7 @@ class CartesianController:
         if norm > limit:
             vel *= limit / norm
         if rot is not None:
-            omega = self.kr * rotation_error(self.rot, rot)
+            omega = self.kr * rotation_error(rot, self.rot)
             norm = np.linalg.norm(omega)
             if norm > self.max_rot_speed:
                 omega *= self.max_rot_speed / norm

@@ -27,6 +27,8 @@ decided by the seed: the policy must look). A and B are jittered per episode fro
 
 The staged reward is 0-4: a finger touches the cube (1), the cube is lifted (2), the cube is over the
 target (3), the cube rests released at the target (4 = ``info["is_success"]``).
+
+The scripted state-feedback teacher lives in :mod:`lit_imit.envs.mycobot_teachers`.
 """
 
 from __future__ import annotations
@@ -34,15 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import gymnasium as gym
-
 import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton before mujoco)
 
 import mujoco  # noqa: E402
 import numpy as np
 from gymnasium import spaces
 
-from lit_imit.envs.kinematics import DampedLeastSquaresIK, quat_to_matrix, rotate, rotation_error
+from lit_imit.envs.mujoco_base import MujocoEnv
 from lit_imit.envs.mycobot_limits import MYCOBOT320_JOINT_LIMITS_DEG
 
 # ---------------------------------------------------------------------------------------------- constants
@@ -219,24 +219,6 @@ def build_mjcf() -> str:
 """
 
 
-# ---------------------------------------------------------------------------------------------- geometry helpers
-def tool_down(yaw: float) -> np.ndarray:
-    """Tool rotation pointing straight down (z = -world z) with the finger axis (x) at ``yaw``."""
-    x = np.array([np.cos(yaw), np.sin(yaw), 0.0])
-    z = np.array([0.0, 0.0, -1.0])
-    return np.column_stack([x, np.cross(z, x), z])
-
-
-def wrap_angle(angle: float, period: float = 2 * np.pi) -> float:
-    """``angle`` wrapped into [-period/2, period/2)."""
-    return float((angle + period / 2) % period - period / 2)
-
-
-def _yaw_of(rotation: np.ndarray, column: int = 0) -> float:
-    axis = rotation[:, column]
-    return float(np.arctan2(axis[1], axis[0]))
-
-
 # ---------------------------------------------------------------------------------------------- the environment
 @dataclass
 class Layout:
@@ -275,7 +257,7 @@ def sample_layout(rng: np.random.Generator, variant: str, occupied: bool | None 
     return Layout(cube_xy, cube_yaw, b_xy, b2_xy, bool(occupied))
 
 
-class MyCobotMoveCubeEnv(gym.Env):
+class MyCobotMoveCubeEnv(MujocoEnv):
     """myCobot 320 twin: pick the cube at A and place it at B (or B2 when B is occupied).
 
     Args:
@@ -302,8 +284,7 @@ class MyCobotMoveCubeEnv(gym.Env):
                  terminate_on_success: bool = False, env_state: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        self._check_render_mode(render_mode)
         if gripper_obs not in ("commanded", "measured"):
             raise ValueError(f"gripper_obs must be 'commanded' or 'measured', got {gripper_obs!r}")
         if not control_hz > 0 or PHYSICS_DT * control_hz > 1:
@@ -312,8 +293,6 @@ class MyCobotMoveCubeEnv(gym.Env):
             raise ValueError(f"max_delta_deg must be positive or None, got {max_delta_deg}")
         self.variant = variant
         self.render_mode = render_mode
-        self.cameras = self._check_cameras(cameras)
-        self.image_size = self._check_image_size(image_size)
         self.control_hz = float(control_hz)
         self.dt = 1.0 / self.control_hz
         self.n_substeps = max(1, int(round(self.dt / PHYSICS_DT)))
@@ -325,11 +304,11 @@ class MyCobotMoveCubeEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}
         self.model = mujoco.MjModel.from_xml_string(build_mjcf())
         self.data = mujoco.MjData(self.model)
+        self._setup_cameras(cameras, image_size)
         self._index_model()
         self.action_space = spaces.Box(np.append(-JOINT_LIMITS, 0.0).astype(np.float32),
                                        np.append(JOINT_LIMITS, 1.0).astype(np.float32), dtype=np.float32)
-        self.observation_space = self._make_observation_space()
-        self._renderer: mujoco.Renderer | None = None
+        self.observation_space = self._make_observation_space(ACTION_DIM, 10)
         self.layout = sample_layout(np.random.default_rng(0), variant)
         self._gripper_cmd = 1.0
         self.last_action_sent = np.append(HOME_QPOS, 1.0).astype(np.float32)
@@ -337,24 +316,13 @@ class MyCobotMoveCubeEnv(gym.Env):
         self._max_reward = 0
 
     # ---- construction helpers --------------------------------------------------------------------
-    @staticmethod
-    def _check_cameras(cameras: Sequence[str]) -> tuple[str, ...]:
-        if isinstance(cameras, str):
-            raise ValueError(f"cameras must be a list of names, got the string {cameras!r}")
-        for cam in cameras:
-            if cam not in CAMERAS:
-                raise ValueError(f"unknown camera {cam!r} for the myCobot twin; available: {list(CAMERAS)}")
-        return tuple(cameras)
-
-    @staticmethod
-    def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-        if len(image_size) != 2 or any(int(s) != s or s <= 0 for s in image_size):
-            raise ValueError(f"image_size must be (height, width) positive ints, got {image_size!r}")
-        return int(image_size[0]), int(image_size[1])
+    @property
+    def env_label(self) -> str:
+        return "the myCobot twin"
 
     @property
-    def available_cameras(self) -> list[str]:
-        return list(CAMERAS)
+    def state_task(self) -> str:
+        return "mycobot_move_cube"
 
     def _index_model(self) -> None:
         m = self.model
@@ -371,15 +339,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         self._geom = {name: m.geom(name).id for name in ("cube", "table", "obstacle", "pad_left", "pad_right")}
         self._robot_geoms = {i for i in range(m.ngeom) if m.geom_contype[i] == 2}
         self._bodies = {name: m.body(name).id for name in ("mark_b", "mark_b2", "obstacle")}
-
-    def _make_observation_space(self) -> spaces.Dict:
-        vec = spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
-        items: dict[str, spaces.Space] = {"qpos": vec, "qvel": vec}
-        if self.env_state:
-            items["env_state"] = spaces.Box(-np.inf, np.inf, (10,), np.float32)
-        for cam in self.cameras:
-            items[f"images/{cam}"] = spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
-        return spaces.Dict(items)
 
     # ---- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -436,8 +395,8 @@ class MyCobotMoveCubeEnv(gym.Env):
             current = d.ctrl[self._grip_ctrl[0]]
             d.ctrl[self._grip_ctrl] = current + np.clip(goal - current, -step, step)
             mujoco.mj_step(self.model, d)
-        if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
-            return self._diverged(before)
+        if not self._physics_is_finite():
+            return self._diverged(before, "non-finite state after mj_step")
         self.last_action_sent = sent
         self._steps += 1
         reward = self.reward_stage()
@@ -471,24 +430,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         gripper = np.round(np.clip(a[ARM_DOF], 0.0, 1.0) * 100.0) / 100.0
         return np.append(joints, gripper).astype(np.float32)
 
-    def _diverged(self, before: dict[str, Any]):
-        """The simulation blew up: restore the last good state and truncate instead of crashing a run."""
-        obs = self.set_state(before)
-        info = self._info(0)
-        info["physics_error"] = "non-finite state after mj_step"
-        return obs, 0.0, False, True, info
-
-    def render(self):
-        """The first requested camera (``top`` when none), at ``image_size``; None without render_mode."""
-        if self.render_mode is None:
-            return None
-        return self._render_camera(self.cameras[0] if self.cameras else "top")
-
-    def close(self):
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
-
     # ---- observation, reward, info ---------------------------------------------------------------
     def _observation(self) -> dict[str, np.ndarray]:
         d = self.data
@@ -504,16 +445,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         for cam in self.cameras:
             obs[f"images/{cam}"] = self._render_camera(cam)
         return obs
-
-    def _render_camera(self, camera: str) -> np.ndarray:
-        if self._renderer is None:
-            height, width = self.image_size
-            visual = self.model.vis.global_
-            visual.offheight = max(visual.offheight, height)
-            visual.offwidth = max(visual.offwidth, width)
-            self._renderer = mujoco.Renderer(self.model, height=height, width=width)
-        self._renderer.update_scene(self.data, camera=camera)
-        return self._renderer.render().copy()
 
     def _info(self, reward: int) -> dict[str, Any]:
         return {"reward_stage": int(reward), "max_reward": int(self._max_reward), "is_success": reward == MAX_REWARD,
@@ -539,14 +470,6 @@ class MyCobotMoveCubeEnv(gym.Env):
         return 1 if touched else 0
 
     # ---- privileged state (teachers, tests, interactive learning) ---------------------------------
-    @property
-    def step_count(self) -> int:
-        return self._steps
-
-    @property
-    def max_reward(self) -> int:
-        return self._max_reward
-
     @property
     def arm_qpos(self) -> np.ndarray:
         return self.data.qpos[self._arm_qpos].copy()
@@ -578,321 +501,13 @@ class MyCobotMoveCubeEnv(gym.Env):
         """Do the geoms named ``a`` and ``b`` touch now (e.g. ``touching("cube", "pad_left")``)?"""
         return frozenset((self.model.geom(a).id, self.model.geom(b).id)) in self.contacts()
 
-    def get_state(self) -> dict[str, Any]:
-        """Everything that determines the future: MuJoCo's integration state (time, qpos, qvel, act, ctrl,
-        warm start), the layout (marks and obstacle are model data), the gripper command, counters."""
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        physics = np.empty(mujoco.mj_stateSize(self.model, spec))
-        mujoco.mj_getState(self.model, self.data, physics, spec)
-        return {"task": "mycobot_move_cube", "variant": self.variant, "physics": physics,
-                "layout": self.layout.to_dict(), "gripper_cmd": float(self._gripper_cmd),
-                "last_action_sent": self.last_action_sent.copy(), "steps": int(self._steps),
-                "max_reward": int(self._max_reward)}
+    def _extra_state(self) -> dict[str, Any]:
+        """The layout (marks and obstacle are model data, outside MuJoCo's integration state), the gripper
+        command the fingers' targets follow and the last executed action."""
+        return {"variant": self.variant, "layout": self.layout.to_dict(), "gripper_cmd": float(self._gripper_cmd),
+                "last_action_sent": self.last_action_sent.copy()}
 
-    def set_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Restore a :meth:`get_state` snapshot exactly; returns the observation there."""
-        if state.get("task") != "mycobot_move_cube":
-            raise ValueError(f"state is for task {state.get('task')!r}, this env runs 'mycobot_move_cube'")
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        physics = np.asarray(state["physics"], dtype=np.float64)
-        if physics.shape != (mujoco.mj_stateSize(self.model, spec),):
-            raise ValueError(f"physics state has shape {physics.shape}, expected "
-                             f"({mujoco.mj_stateSize(self.model, spec)},) for the myCobot twin")
+    def _restore_extra_state(self, state: dict[str, Any]) -> None:
         self._apply_layout(Layout.from_dict(state["layout"]))
-        mujoco.mj_setState(self.model, self.data, physics, spec)
-        mujoco.mj_forward(self.model, self.data)
         self._gripper_cmd = float(state["gripper_cmd"])
         self.last_action_sent = np.asarray(state["last_action_sent"], dtype=np.float32).copy()
-        self._steps = int(state["steps"])
-        self._max_reward = int(state["max_reward"])
-        return self._observation()
-
-
-# ---------------------------------------------------------------------------------------------- kinematics
-class ArmKinematics(DampedLeastSquaresIK):
-    """Forward and damped-least-squares inverse kinematics of the twin's tool point (the ``tool`` site),
-    a degree inside the joint limits."""
-
-    def __init__(self, model: mujoco.MjModel):
-        joints = [model.joint(f"j{i + 1}").id for i in range(ARM_DOF)]
-        margin = np.deg2rad(1.0)
-        super().__init__(model, model.jnt_qposadr[joints], model.jnt_dofadr[joints],
-                         -JOINT_LIMITS + margin, JOINT_LIMITS - margin)
-        self.site = model.site("tool").id
-
-    def tool_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.data.site_xpos[self.site].copy(), self.data.site_xmat[self.site].reshape(3, 3).copy()
-
-    def tool_jacobian(self, tool: np.ndarray) -> None:
-        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site)
-
-    def solve(self, q_start: np.ndarray, position: np.ndarray, rotation: np.ndarray, iterations: int = 15,
-              rotation_weight: float = 0.2, damping: float = 0.01, max_joint_step: float = 0.15,
-              tolerance: float = 1e-5) -> np.ndarray:
-        """Joints putting the tool at ``position`` with ``rotation`` (best effort within the limits)."""
-        return super().solve(q_start, position, rotation, iterations=iterations, rotation_weight=rotation_weight,
-                             damping_sq=damping ** 2, max_joint_step=max_joint_step, tolerance=tolerance)
-
-
-# ---------------------------------------------------------------------------------------------- the teacher
-@dataclass
-class ToolCommand:
-    """Where the tool point should go, its orientation there, the gripper command and a speed cap."""
-
-    position: np.ndarray
-    rotation: np.ndarray
-    gripper: float  # 0 closed, 1 open
-    speed: float = 0.15  # m/s cap on how far the commanded tool point may lead the measured one
-
-
-class MoveCubeTeacher:
-    """State-feedback pick-and-place for the twin: every call reads the cube, the tool and the gripper
-    from the simulator, decides the phase from that state alone, and returns a joint-space action.
-
-    Phases: ``approach`` (above the cube, fingers across two faces, open), ``descend``, ``grasp``
-    (close at the cube), ``reopen`` (closed on nothing: open and back up), ``lift`` (straight up),
-    ``carry`` (over the target at carry height), ``place`` (down until the cube nearly touches the
-    table), ``release`` (open), ``retreat`` (up, then home), ``lost`` (the cube left the table: home).
-    Because nothing but the state decides, the teacher takes over from wherever a novice left the
-    robot (interactive learning), re-grasps a dropped cube and re-places a cube set down off target.
-
-    Joint targets come from damped-least-squares IK toward a lead pose a short distance from the
-    measured one (the pace is set by ``speed``), or, for long free moves with nothing in the hand,
-    from steps along a joint-space line to the IK solution of the goal. Every joint step stays below
-    ``max_joint_step`` (4 degrees), inside the robot adapter's 5-degree safety clamp.
-    """
-
-    pregrasp_height = 0.07  # tool above the grasp point when lining up
-    grasp_above_centre = 0.004  # tool point above the cube centre at the grasp (tips 4 mm above the table)
-    carry_height = 0.13  # tool height while carrying (the cube clears the obstacle by ~4 cm)
-    retreat_height = 0.15
-    place_clearance = 0.003  # cube bottom above the table when it is let go
-    free_speed = 0.2
-    slow_speed = 0.05
-    angular_speed = 1.5  # rad/s
-    transit_distance = 0.08  # m: farther free commands move in joint space
-    transit_joint_step = np.deg2rad(3.5)
-    max_joint_step = np.deg2rad(4.0)
-    holding_opening = (0.3, 0.65)  # measured opening when closed on the 3 cm cube (~0.5)
-    tilt_from = 0.20  # m from the base axis: closer cubes are grasped with a tilted tool ...
-    full_tilt_at = 0.12  # ... tilted by max_tilt at this distance
-    max_tilt = np.deg2rad(45.0)
-
-    def __init__(self, env: gym.Env):
-        self.env = env.unwrapped
-        if not isinstance(self.env, MyCobotMoveCubeEnv):
-            raise TypeError(f"MoveCubeTeacher needs a MyCobotMoveCubeEnv, got {type(self.env).__name__}")
-        self.kin = ArmKinematics(self.env.model)
-        self.phase = "start"
-        self._wrist_cache: tuple[Any, float] = (None, 0.0)
-
-    def reset(self) -> None:
-        """Nothing to forget (decisions come from the state); part of the teacher interface."""
-        self.phase = "start"
-
-    # ---- reading the state -----------------------------------------------------------------------
-    def _cube(self) -> tuple[np.ndarray, float]:
-        pose = self.env.cube_pose()
-        rot = quat_to_matrix(pose[3:])
-        # yaw of the most horizontal cube axis: a face normal, meaningful modulo 90 degrees
-        axes = [rot[:, i] for i in range(3)]
-        horizontal = max(axes, key=lambda a: np.hypot(a[0], a[1]) if abs(a[2]) < 0.7 else -1.0)
-        return pose[:3], float(np.arctan2(horizontal[1], horizontal[0]))
-
-    def holds(self, cube: np.ndarray, tool: np.ndarray, rotation: np.ndarray, opening: float) -> bool:
-        """The cube sits between the pads, a pad touches it and the gripper stopped at the cube's width."""
-        local = rotation.T @ (cube - tool)
-        between = abs(local[0]) < 0.02 and abs(local[1]) < 0.015 and -0.02 < local[2] < 0.02
-        touching = self.env.touching("cube", "pad_left") or self.env.touching("cube", "pad_right")
-        return between and touching and self.holding_opening[0] < opening < self.holding_opening[1]
-
-    # ---- the decision ------------------------------------------------------------------------------
-    def act(self, obs: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Joint-space action (7,) float32 for the env's current state (``obs`` is not needed)."""
-        q = self.env.arm_qpos
-        tool, rotation = self.kin.forward(q)
-        command = self.plan(q, tool, rotation)
-        joints = self._joint_target(q, tool, rotation, command)
-        return np.append(joints, np.clip(command.gripper, 0.0, 1.0)).astype(np.float32)
-
-    def plan(self, q: np.ndarray, tool: np.ndarray, rotation: np.ndarray) -> ToolCommand:
-        """The tool command for the current state (sets ``phase``): holding the cube -> take it to the
-        target; cube resting at the target -> retreat; otherwise -> (re)pick it."""
-        cube, cube_yaw = self._cube()
-        opening = self.env.gripper_opening()
-        target = self.env.target_position()
-        if cube[2] < -0.05:
-            self.phase = "lost"  # fell off the table
-            return self._home(1.0)
-        if self.holds(cube, tool, rotation, opening):
-            return self._with_cube(cube, tool, rotation, target)
-        if np.linalg.norm(cube[:2] - target[:2]) < 0.75 * SUCCESS_TOLERANCE and cube[2] < CUBE_HALF + 0.006:
-            return self._retreat(cube, tool, rotation)
-        return self._pick(cube, cube_yaw, q, tool, rotation, opening)
-
-    def _grasp_frame(self, cube: np.ndarray, cube_yaw: float, q: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-        """Tool rotation for grasping the cube: fingers across two faces, pointing down.
-
-        Top-down grasps on the table only reach 0.19 m from the base axis (J3's limit); closer cubes are
-        taken with the tool tilted toward the base about the finger axis (up to 45 degrees at 0.12 m),
-        which moves the wrist outward. Untilted, any of the four horizontal face normals can be the
-        finger axis; tilted, the two closest to the tangential direction (so the tilt is about it).
-        Of those, the one needing the smallest turn of J6 without leaving J6's range is chosen.
-        """
-        radius = float(np.linalg.norm(cube[:2]))
-        tilt = self.max_tilt * float(np.clip((self.tilt_from - radius) / (self.tilt_from - self.full_tilt_at), 0, 1))
-        down = np.array([0.0, 0.0, -1.0])
-        if tilt <= 0.0:
-            candidates = [tool_down(cube_yaw + k * np.pi / 2) for k in range(4)]
-        else:
-            radial = np.array([*(cube[:2] / max(radius, 1e-6)), 0.0])
-            tangential_yaw = float(np.arctan2(radial[0], -radial[1]))
-            yaw = tangential_yaw + wrap_angle(cube_yaw - tangential_yaw, np.pi / 2)
-            candidates = []
-            for sign in (1.0, -1.0):
-                x = sign * np.array([np.cos(yaw), np.sin(yaw), 0.0])
-                inward = -(radial - x * (radial @ x))
-                inward /= max(np.linalg.norm(inward), 1e-9)
-                z = np.cos(tilt) * down + np.sin(tilt) * inward
-                candidates.append(np.column_stack([x, np.cross(z, x), z]))
-        return self._least_wrist_turn(candidates, q, cube)
-
-    def _least_wrist_turn(self, candidates: list[np.ndarray], q: np.ndarray, position: np.ndarray) -> np.ndarray:
-        """The candidate frame whose grasp has J6 closest to its current angle, 5 degrees inside J6's range.
-
-        The candidates differ only by turns about the tool axis, which is J6's axis, so their grasp
-        configurations differ only in J6, by those turns: one IK solve (from the home pose, so on the
-        home branch) gives J6 for all of them.
-        """
-        base = candidates[0]
-        key = (tuple(np.round(position, 3)), tuple(np.round(base.ravel(), 2)))
-        if self._wrist_cache[0] != key:
-            self._wrist_cache = (key, float(self.kin.solve(HOME_QPOS, position, base, iterations=60)[5]))
-        base_j6 = self._wrist_cache[1]
-        margin = JOINT_LIMITS[5] - np.deg2rad(5.0)
-        best, best_cost = base, np.inf
-        for frame in candidates:
-            z = base[:, 2]
-            turn = float(np.arctan2(np.cross(base[:, 0], frame[:, 0]) @ z, base[:, 0] @ frame[:, 0]))
-            j6 = wrap_angle(base_j6 + turn)
-            cost = abs(j6 - q[5]) + (10.0 if abs(j6) > margin else 0.0)
-            if cost < best_cost:
-                best, best_cost = frame, cost
-        return best
-
-    def reachable(self, cube: np.ndarray) -> bool:
-        """Is the cube on the table within the grasping range (0.12-0.34 m from the base axis)?"""
-        radius = float(np.linalg.norm(cube[:2]))
-        return cube[2] > -0.01 and self.full_tilt_at <= radius <= 0.34
-
-    def _pick(self, cube: np.ndarray, cube_yaw: float, q: np.ndarray, tool: np.ndarray, rotation: np.ndarray,
-              opening: float) -> ToolCommand:
-        if not self.reachable(cube):
-            self.phase = "unreachable"  # nothing sensible to do: wait at home with the gripper open
-            return self._home(1.0)
-        frame = self._grasp_frame(cube, cube_yaw, q, rotation)
-        pointing = frame[:, 2]
-        lift = self.grasp_above_centre + 0.012 * float(np.hypot(pointing[0], pointing[1]))  # tilted pads reach lower
-        grasp = cube + np.array([0.0, 0.0, lift])
-        pregrasp = grasp - self.pregrasp_height * pointing
-        offset = tool - grasp
-        along = float(offset @ -pointing)  # distance still to go along the tool axis
-        across = float(np.linalg.norm(offset + along * pointing))
-        aligned = np.linalg.norm(rotation_error(frame, rotation)) < 0.1
-        near_cube = across < 0.03 and along < self.pregrasp_height - 0.01
-        if np.linalg.norm(offset) < 0.006 and aligned:
-            self.phase = "grasp"
-            return ToolCommand(grasp, frame, 0.0, self.slow_speed)
-        if opening < 0.8 and self.env._gripper_cmd < 0.5 and near_cube:
-            self.phase = "reopen"  # closed on nothing (or on a corner): open before anything else
-            return ToolCommand(tool, frame, 1.0, 0.0)
-        descending = along < self.pregrasp_height - 0.01
-        lined_up = across < (0.012 if descending else 0.005) and aligned
-        if lined_up and (opening > 0.9 or descending):
-            self.phase = "descend"
-            return ToolCommand(grasp, frame, 1.0, self.slow_speed if along < 0.04 else 0.1)
-        if descending and near_cube:
-            self.phase = "reopen"  # low and off: back out along the tool axis before lining up again
-            return ToolCommand(tool - (self.pregrasp_height - along) * pointing, frame, 1.0, self.slow_speed)
-        self.phase = "approach"
-        return ToolCommand(pregrasp, frame, 1.0, self.free_speed)
-
-    def _with_cube(self, cube: np.ndarray, tool: np.ndarray, rotation: np.ndarray,
-                   target: np.ndarray) -> ToolCommand:
-        in_hand = tool - cube  # targets move the tool by the cube's error
-        keep = tool_down(_yaw_of(rotation))
-        off = np.linalg.norm(cube[:2] - target[:2])
-        carry_cube_z = self.carry_height - in_hand[2]
-        place_z = CUBE_HALF + self.place_clearance
-        lowering = cube[2] < carry_cube_z - 0.02
-        low = cube[2] < place_z + 0.01
-        if off > 0.006 and low and off < 0.05:
-            self.phase = "adjust"  # set down (or re-grasped) a little off: lift a bit and shift over
-            above = np.array([*(target[:2] + in_hand[:2]), place_z + 0.02 + in_hand[2]])
-            return ToolCommand(above, keep, 0.0, self.slow_speed)
-        if off > (0.02 if lowering else 0.006):
-            if lowering and off > 0.03:
-                self.phase = "lift"
-                return ToolCommand(np.array([*tool[:2], self.carry_height]), keep, 0.0, 0.1)
-            self.phase = "carry"
-            return ToolCommand(np.array([*(target[:2] + in_hand[:2]), self.carry_height]), keep, 0.0, self.free_speed)
-        if cube[2] > place_z + 0.002 and not self.env.touching("cube", "table"):
-            self.phase = "place"
-            speed = self.slow_speed if cube[2] - place_z < 0.04 else 0.12
-            return ToolCommand(np.array([*(target[:2] + in_hand[:2]), place_z + in_hand[2]]), keep, 0.0, speed)
-        self.phase = "release"
-        return ToolCommand(tool, keep, 1.0, 0.0)
-
-    def _retreat(self, cube: np.ndarray, tool: np.ndarray, rotation: np.ndarray) -> ToolCommand:
-        self.phase = "retreat"
-        keep = tool_down(_yaw_of(rotation))
-        if np.linalg.norm(tool[:2] - cube[:2]) < 0.05 and tool[2] < cube[2] + self.retreat_height - 0.03:
-            return ToolCommand(np.array([*tool[:2], cube[2] + self.retreat_height]), keep, 1.0, 0.1)
-        return self._home(1.0)
-
-    def _home(self, gripper: float) -> ToolCommand:
-        tool, rotation = self.kin.forward(HOME_QPOS)
-        return ToolCommand(tool, rotation, gripper, self.free_speed)
-
-    # ---- from a tool command to joints -----------------------------------------------------------
-    def _joint_target(self, q: np.ndarray, tool: np.ndarray, rotation: np.ndarray,
-                      command: ToolCommand) -> np.ndarray:
-        free = command.gripper > 0.5 and self.phase not in ("release", "place")
-        if free and np.linalg.norm(command.position - tool) > self.transit_distance:
-            goal = self._ik_goal(q, command)
-            return q + self._capped(goal - q, self.transit_joint_step)
-        lead = self._lead(tool, rotation, command)
-        solved = self.kin.solve(q, *lead)
-        return q + self._capped(solved - q, self.max_joint_step)
-
-    def _lead(self, tool: np.ndarray, rotation: np.ndarray, command: ToolCommand) -> tuple[np.ndarray, np.ndarray]:
-        """A pose at most ``speed * dt`` and ``angular_speed * dt`` from the measured one, toward the
-        command: the lead (not a timed trajectory) sets the pace, so motion resumes from any state."""
-        dt = self.env.dt
-        delta = command.position - tool
-        distance = np.linalg.norm(delta)
-        max_step = command.speed * dt
-        position = command.position if distance <= max_step else tool + delta * (max_step / distance)
-        turn = rotation_error(command.rotation, rotation)
-        angle = np.linalg.norm(turn)
-        if angle > self.angular_speed * dt:
-            turn *= self.angular_speed * dt / angle
-        return position, rotate(turn, rotation)
-
-    def _ik_goal(self, q: np.ndarray, command: ToolCommand) -> np.ndarray:
-        """Joints reaching the command, solved from the current joints and, if that gets stuck (a novice
-        may have left the arm folded or against a limit), from the home pose; the better one is kept."""
-        best, best_error = q, np.inf
-        for seed in (q, HOME_QPOS):
-            goal = self.kin.solve(seed, command.position, command.rotation, iterations=60)
-            error = self.kin.pose_error(goal, command.position, command.rotation)
-            if error < best_error:
-                best, best_error = goal, error
-            if error < 0.003:
-                break
-        return best
-
-    @staticmethod
-    def _capped(step: np.ndarray, largest: float) -> np.ndarray:
-        peak = np.abs(step).max()
-        return step if peak <= largest else step * (largest / peak)

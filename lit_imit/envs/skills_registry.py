@@ -31,7 +31,7 @@ Kitchen (FrankaKitchen-v1, state 59-D, joint-velocity actions 9-D):
 
 from __future__ import annotations
 
-from lit_imit.envs import TaskSpec, register_task
+from lit_imit.envs.registry import register_task
 
 MAZE_ENTRY = "lit_imit.envs.maze:PointMazeSkillEnv"
 MAZE_TEACHER = "lit_imit.envs.maze:MazeTeacher"
@@ -62,40 +62,40 @@ def _camel(name: str) -> str:
 
 
 def register_maze_tasks() -> None:
-    register_task(TaskSpec(
-        name="pointmaze-medium-play", env_id="lit_imit/PointMazeMediumPlay-v0", entry_point=MAZE_ENTRY,
+    register_task(
+        "pointmaze-medium-play", env_id="lit_imit/PointMazeMediumPlay-v0", entry_point=MAZE_ENTRY,
         teacher=MAZE_TEACHER, max_episode_steps=500, kwargs={"maze": "medium", "mode": "play"},
-    ))
+    )
     for region, (blocked, start, goal) in MAZE_REGIONS.items():
-        register_task(TaskSpec(
-            name=f"pointmaze-medium-play-no-{region}", env_id=f"lit_imit/PointMazeMediumPlayNo{_camel(region)}-v0",
+        register_task(
+            f"pointmaze-medium-play-no-{region}", env_id=f"lit_imit/PointMazeMediumPlayNo{_camel(region)}-v0",
             entry_point=MAZE_ENTRY, teacher=MAZE_TEACHER, max_episode_steps=500,
             kwargs={"maze": "medium", "mode": "play", "blocked": [list(c) for c in blocked]},
-        ))
-        register_task(TaskSpec(
-            name=f"pointmaze-medium-{region}", env_id=f"lit_imit/PointMazeMedium{_camel(region)}-v0",
+        )
+        register_task(
+            f"pointmaze-medium-{region}", env_id=f"lit_imit/PointMazeMedium{_camel(region)}-v0",
             entry_point=MAZE_ENTRY, teacher=MAZE_TEACHER, max_episode_steps=400,
             kwargs={"maze": "medium", "mode": "target", "start_cell": list(start), "goal_cell": list(goal)},
-        ))
+        )
 
 
 def register_kitchen_tasks() -> None:
-    register_task(TaskSpec(
-        name="kitchen-play", env_id="lit_imit/KitchenPlay-v0", entry_point=KITCHEN_ENTRY, teacher=KITCHEN_TEACHER,
+    register_task(
+        "kitchen-play", env_id="lit_imit/KitchenPlay-v0", entry_point=KITCHEN_ENTRY, teacher=KITCHEN_TEACHER,
         max_episode_steps=500, kwargs={"mode": "play", "allowed": list(KITCHEN_SUBTASKS)},
-    ))
+    )
     for short, held_out in KITCHEN_HOLDOUTS.items():
         allowed = [t for t in KITCHEN_SUBTASKS if t != held_out]
-        register_task(TaskSpec(
-            name=f"kitchen-play-no-{short}", env_id=f"lit_imit/KitchenPlayNo{_camel(short)}-v0",
+        register_task(
+            f"kitchen-play-no-{short}", env_id=f"lit_imit/KitchenPlayNo{_camel(short)}-v0",
             entry_point=KITCHEN_ENTRY, teacher=KITCHEN_TEACHER, max_episode_steps=500,
             kwargs={"mode": "play", "allowed": allowed},
-        ))
+        )
     for short, tasks in KITCHEN_TARGETS.items():
-        register_task(TaskSpec(
-            name=f"kitchen-{short}", env_id=f"lit_imit/Kitchen{short.upper()}-v0", entry_point=KITCHEN_ENTRY,
+        register_task(
+            f"kitchen-{short}", env_id=f"lit_imit/Kitchen{short.upper()}-v0", entry_point=KITCHEN_ENTRY,
             teacher=KITCHEN_TEACHER, max_episode_steps=450, kwargs={"mode": "target", "tasks": list(tasks)},
-        ))
+        )
 
 
 register_maze_tasks()

@@ -7,7 +7,7 @@ itself (truncated) after its own ``task.max_steps`` pick-places, which depends o
 
 from __future__ import annotations
 
-from lit_imit.envs import TaskSpec, register_task
+from lit_imit.envs.registry import register_task
 
 ENTRY_POINT = "lit_imit.envs.ravens.env:RavensEnv"
 TEACHER = "lit_imit.envs.ravens.env:RavensOracle"
@@ -33,7 +33,5 @@ def env_id(task: str) -> str:
 
 
 for _name, _max_steps in RAVENS_TASKS.items():
-    register_task(TaskSpec(
-        name=_name, env_id=env_id(_name), entry_point=ENTRY_POINT, teacher=TEACHER,
-        max_episode_steps=_max_steps, kwargs={"task": _name},
-    ))
+    register_task(_name, env_id=env_id(_name), entry_point=ENTRY_POINT, teacher=TEACHER,
+                  max_episode_steps=_max_steps, kwargs={"task": _name})

@@ -1,0 +1,37 @@
+"""Task table of the joint-controlled MuJoCo arms: ALOHA (bimanual ViperX) and the myCobot 320 twin.
+
+Light imports only: entry points are strings, MuJoCo and dm_control load when an env is built.
+"""
+
+from __future__ import annotations
+
+from lit_imit.envs.registry import register_task
+
+ALOHA_ENTRY = "lit_imit.envs.aloha:AlohaEnv"
+MYCOBOT_ENTRY = "lit_imit.envs.mycobot:MyCobotMoveCubeEnv"
+MYCOBOT_TEACHER = "lit_imit.envs.mycobot_teachers:MoveCubeTeacher"
+
+#: myCobot task-name suffix -> env variant. move: cube A -> B; occupied: B is blocked, place at B2;
+#: mixed: either, chosen by the episode seed.
+MYCOBOT_VARIANTS = {"": "move", "_occupied": "occupied", "_mixed": "mixed"}
+
+
+def register_aloha_tasks() -> None:
+    register_task("transfer_cube", env_id="lit_imit/AlohaTransferCube-v0", entry_point=ALOHA_ENTRY,
+                  teacher="lit_imit.envs.aloha_teachers:TransferCubeTeacher", max_episode_steps=400,
+                  kwargs={"task": "transfer_cube"})
+    register_task("insertion", env_id="lit_imit/AlohaInsertion-v0", entry_point=ALOHA_ENTRY,
+                  teacher="lit_imit.envs.aloha_teachers:InsertionTeacher", max_episode_steps=400,
+                  kwargs={"task": "insertion"})
+
+
+def register_mycobot_tasks() -> None:
+    for suffix, variant in MYCOBOT_VARIANTS.items():
+        register_task(f"mycobot_move_cube{suffix}",
+                      env_id=f"lit_imit/MyCobotMoveCube{variant.capitalize() if suffix else ''}-v0",
+                      entry_point=MYCOBOT_ENTRY, teacher=MYCOBOT_TEACHER, max_episode_steps=300,
+                      kwargs={"variant": variant})
+
+
+register_aloha_tasks()
+register_mycobot_tasks()
