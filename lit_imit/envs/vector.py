@@ -39,6 +39,8 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
+from lit_imit.envs.registry import make_env
+
 StepResult = tuple[Any, float, bool, bool, dict[str, Any]]
 
 
@@ -153,8 +155,6 @@ class ProcessEnvPool:
     def for_task(cls, task: str, num_envs: int, num_workers: int, env_kwargs: dict[str, Any] | None = None,
                  **pool_kwargs: Any) -> "ProcessEnvPool":
         """``num_envs`` envs of a task (``lit_imit.envs.make_env(task, **env_kwargs)``) over ``num_workers``."""
-        from lit_imit.envs import make_env
-
         factory = partial(make_env, task, **dict(env_kwargs or {}))
         return cls([factory] * num_envs, num_workers, **pool_kwargs)
 

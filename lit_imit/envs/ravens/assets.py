@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from lit_imit.envs.ravens import geometry as geo
+
 # ---- colours (Ravens' Tableau palette, RGB in [0, 1]) -------------------------------------------------
 COLORS: dict[str, tuple[float, float, float]] = {
     "blue": (78 / 255, 121 / 255, 167 / 255),
@@ -325,8 +327,6 @@ class MeshPlacement:
 @lru_cache(maxsize=None)
 def mesh_placement(name: str) -> MeshPlacement:
     """Scale and recentre a catalogue mesh so that the body origin is the centre of its upright bounds."""
-    from lit_imit.envs.ravens import geometry as geo
-
     if name not in MESH_OBJECTS:
         raise ValueError(f"unknown object {name!r}; known: {sorted(MESH_OBJECTS)}")
     spec = MESH_OBJECTS[name]

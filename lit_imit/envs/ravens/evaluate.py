@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
+from lit_imit.envs.ravens.registry import RAVENS_TASKS
+from lit_imit.envs.registry import make_env, make_teacher
+
 
 def oracle_sweep(task: str, seeds, **env_kwargs) -> dict:
     """Run the oracle for one episode per seed; report success, score and env steps per second."""
-    from lit_imit.envs import make_env, make_teacher
-
     env = make_env(task, **env_kwargs)
     teacher = make_teacher(task, env)
     successes, scores, failures = [], [], []
@@ -51,8 +52,6 @@ def oracle_sweep(task: str, seeds, **env_kwargs) -> dict:
 
 
 def main() -> None:
-    from lit_imit.envs.ravens.registry import RAVENS_TASKS
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", nargs="*", default=list(RAVENS_TASKS))
     parser.add_argument("--episodes", type=int, default=20)
