@@ -296,7 +296,8 @@ def test_kl_matches_closed_form_and_the_module_uses_it():
 
 
 def test_importance_weights_weight_samples():
-    """Weights [0, 1] give sample 1's loss alone; equal weights of any scale give the plain mean."""
+    """Each sample's loss is scaled by its weight: [0, 1] give half of sample 1's loss (the batch mean of
+    [0, l_1]); weights [1, 1] give the plain mean, [2, 2] twice it."""
     torch.manual_seed(0)
     for use_vae in (False, True):  # with the VAE the KL (deterministic given the batch) is checked
         module = with_stats(tiny(use_vae=use_vae)).eval()
@@ -305,12 +306,15 @@ def test_importance_weights_weight_samples():
         weighted = module.compute_loss(batch)
         alone = module.compute_loss({k: v[1:] for k, v in batch.items()})
         plain = module.compute_loss(batch, weighted=False)
-        batch["weight"] = torch.tensor([2.0, 2.0])
+        batch["weight"] = torch.tensor([1.0, 1.0])
         uniform = module.compute_loss(batch)
+        batch["weight"] = torch.tensor([2.0, 2.0])
+        doubled = module.compute_loss(batch)
         terms = ("kl",) if use_vae else ("loss", "l1")
         for name in terms:
-            assert weighted[name].item() == pytest.approx(alone[name].item(), rel=1e-5)
+            assert weighted[name].item() == pytest.approx(alone[name].item() / 2, rel=1e-5)
             assert uniform[name].item() == pytest.approx(plain[name].item(), rel=1e-5)
+            assert doubled[name].item() == pytest.approx(2 * plain[name].item(), rel=1e-5)
             assert weighted[name].item() != pytest.approx(plain[name].item(), rel=1e-3)
 
 

@@ -150,3 +150,37 @@ def test_state_dict_roundtrip_weights_only():
     args = ([0.3, 0.9], [S, F], [1, 2])
     assert other.priorities(*args).tolist() == pier.priorities(*args).tolist()
     assert other.beta(10) == pytest.approx(0.75)
+
+
+# ---- the importance correction in the loss (modules/base.weighted_mean) ---------------------------------
+def test_weighted_loss_under_pier_sampling_estimates_the_uniform_loss():
+    """With beta = 1, E_P[w l] = mean(l) / w_max: the weighted loss of prioritized draws is the uniform loss
+    (times the constant 1/w_max); the unweighted loss of the same draws is biased towards high-priority entries."""
+    from lit_imit.modules.base import weighted_mean
+
+    rng = np.random.default_rng(0)
+    losses = torch.tensor(rng.uniform(0.0, 2.0, 40))
+    pier = PIER(alpha=1.5)
+    priorities = np.concatenate([rng.uniform(0.0, 0.2, 30), rng.uniform(0.8, 1.0, 10)])
+    losses[30:] *= 3.0  # the high-priority entries also have the high losses, as uncertain failures do
+    probs = pier.probabilities(priorities)
+    weights = torch.tensor(pier.importance_weights(probs, beta=1.0))
+    w_max = (len(probs) * probs.min()) ** -1.0
+    draws = torch.tensor(rng.choice(len(probs), size=200_000, p=probs))
+    uniform = float(losses.mean())
+    corrected = float(weighted_mean(losses[draws], weights[draws])) * w_max
+    biased = float(losses[draws].mean())
+    assert corrected == pytest.approx(uniform, rel=0.02)
+    assert biased > 1.3 * uniform
+
+
+def test_at_batch_size_one_the_gradient_scales_with_the_weight():
+    from lit_imit.modules.base import weighted_mean
+
+    param = torch.tensor([1.5, -0.5], requires_grad=True)
+    per_sample = (param ** 2).sum().reshape(1)
+    grads = []
+    for w in (1.0, 0.25):
+        (g,) = torch.autograd.grad(weighted_mean(per_sample, torch.tensor([w])), param, retain_graph=True)
+        grads.append(g)
+    torch.testing.assert_close(grads[1], 0.25 * grads[0])

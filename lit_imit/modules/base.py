@@ -65,11 +65,17 @@ def require_all_rows(module: Any, env_ids: Sequence[int] | Tensor | None, batch_
 
 
 def weighted_mean(per_sample: Tensor, weight: Tensor | None) -> Tensor:
-    """Mean of per-sample losses weighted by importance weights (PIER); plain mean without weights."""
+    """The batch mean of each sample's loss times its importance weight: mean_i(w_i * l_i).
+
+    PIER (as prioritized experience replay, Schaul et al. 2016, and the ASkDAgger reference) corrects its
+    sampling bias by scaling each sample's loss with w_i = (N P(i))^-beta / max_j w_j, so that in
+    expectation over prioritized draws the loss is (a constant times) the uniform-sampling loss. The
+    self-normalised form sum(w l) / sum(w) would undo that at batch size 1, where it is l whatever w is.
+    Uniform sampling gives w = 1: the plain mean.
+    """
     if weight is None:
         return per_sample.mean()
-    weight = weight.to(per_sample.dtype)
-    return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
+    return (per_sample * weight.to(per_sample.dtype)).mean()
 
 
 def policy_class_path(cls: type) -> str:
