@@ -47,6 +47,7 @@ import torch
 from callbacks.ema import ema_weights_if_any
 from lit_imit.data.episodes import EpisodeStore, read_episode, write_episode
 from lit_imit.distributed import all_gather_objects, broadcast_object
+from lit_imit.evaluation import policy_env_kwargs
 from lit_imit.envs import make_env, make_teacher, task_spec
 from lit_imit.interactive.loop import (
     MODES,
@@ -119,7 +120,8 @@ class InteractiveAggregation(pl.Callback):
     """DAgger, ActiveDAgger and ASkDAgger (SAG + FIER + PIER) rounds between training epochs.
 
     Args:
-        task: task name or gymnasium id (``lit_imit.envs.TASKS``); its teacher gives the feedback.
+        task: task name or gymnasium id (``lit_imit.envs.TASKS``); its teacher gives the feedback. Default:
+            the DataModule's ``task`` (a config says it once).
         mode: ``dagger``, ``active_dagger``, ``askdagger``, ``askdagger_no_pier`` or ``askdagger_no_fier``.
         episodes_per_round: interactive episodes after each round of training (over all ranks).
         seed_episodes: gated novice episodes before the first epoch (required when the DataModule starts
@@ -129,7 +131,8 @@ class InteractiveAggregation(pl.Callback):
         decision_steps: env steps per decision; default: the module's ``n_action_steps`` (one executed ACT
             chunk; 1 with temporal ensembling or for modules without chunks, e.g. one pick-place).
         max_steps: episode cap (default: the task's time limit).
-        env_kwargs: passed to the env (cameras and image_size must match the DataModule's).
+        env_kwargs: passed to the env (image_size must match the DataModule's); the cameras and
+            ``env_state`` the policy reads are added unless given (:func:`policy_env_kwargs`).
         seed: episode ``i`` (counted over the whole run) uses env seed ``seed + i``.
         sag_mode, target, p_rand, n_min, n_rep, u_normalization, impute: SAG (Luijkx et al., TMLR 2025); the
             defaults are askdagger_cliport's training config (sensitivity 0.9, n_min 15, p_rand 0.2).
@@ -143,7 +146,7 @@ class InteractiveAggregation(pl.Callback):
 
     def __init__(
         self,
-        task: str,
+        task: str | None = None,
         mode: str = "askdagger",
         episodes_per_round: int = 4,
         seed_episodes: int = 0,
@@ -169,14 +172,11 @@ class InteractiveAggregation(pl.Callback):
         metrics_window: int = 50,
         store_failed_teacher: bool = False,
     ) -> None:
-        spec = task_spec(task)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
         if episodes_per_round < 1 or seed_episodes < 0 or warmup_epochs < 0 or every_n_epochs < 1:
             raise ValueError("need episodes_per_round >= 1, seed_episodes >= 0, warmup_epochs >= 0 and "
                              "every_n_epochs >= 1")
-        self.task = task
-        self.sim_id = spec.env_id
         self.mode = mode
         self.spec = MODES[mode]
         self.episodes_per_round = int(episodes_per_round)
@@ -184,7 +184,7 @@ class InteractiveAggregation(pl.Callback):
         self.warmup_epochs = int(warmup_epochs)
         self.every_n_epochs = int(every_n_epochs)
         self.decision_steps = decision_steps
-        self.max_steps = int(max_steps) if max_steps is not None else int(spec.max_episode_steps)
+        self.max_steps = max_steps
         self.env_kwargs = dict(env_kwargs or {})
         self.seed = int(seed)
         self.sag_kwargs = dict(mode=sag_mode, target=target, p_rand=p_rand, n_min=n_min, n_rep=n_rep,
@@ -193,7 +193,10 @@ class InteractiveAggregation(pl.Callback):
         self.pier_kwargs = dict(lam=pier_lambda, base=pier_base, beta0=pier_beta0, beta_steps=pier_beta_steps)
         PIER(**self.pier_kwargs)  # validate now, not after the first round
         self.dagger_beta = float(dagger_beta)
-        self.judge = judge if judge is not None else default_judge(task)
+        self.judge = judge
+        self.task: str | None = None
+        if task is not None:
+            self._adopt_task(task)
         self.relabel = info_relabel()
         self.metrics_window = int(metrics_window)
         self.store_failed_teacher = bool(store_failed_teacher)
@@ -212,11 +215,26 @@ class InteractiveAggregation(pl.Callback):
         self.decision_log: dict[str, list[bool]] = {"failed": [], "queried": []}
         self.last_round: dict[str, float] = {}
 
+    def _adopt_task(self, task: str) -> None:
+        """The task's env id, time limit (unless ``max_steps`` was given) and judge (unless given)."""
+        spec = task_spec(task)  # an unknown task fails here, naming the known ones
+        self.task = task
+        self.sim_id = spec.env_id
+        self.max_steps = int(self.max_steps) if self.max_steps is not None else int(spec.max_episode_steps)
+        if self.judge is None:
+            self.judge = default_judge(task)
+
     # ---- set-up ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         dm = trainer.datamodule
+        if self.task is None:
+            task = getattr(dm, "task", None)
+            if task is None:
+                raise ValueError("InteractiveAggregation has no task: set its init_args.task or data.init_args.task")
+            self._adopt_task(task)
+        self.env_kwargs = policy_env_kwargs(pl_module, self.env_kwargs)
         for name in ("add_episodes", "set_priorities", "train_ids", "episode_meta"):
             if not hasattr(dm, name):
                 raise TypeError(f"InteractiveAggregation needs an EpisodeDataModule-like datamodule (missing {name!r})")

@@ -558,6 +558,9 @@ def test_shipped_config_builds_with_the_reference_settings(tmp_path):
     assert cb.pier(cli.datamodule).state_dict() == {"lam": 0.5, "base": 10.0, "alpha": 1.5, "beta0": 1.0,
                                                     "beta_steps": 100}
     assert isinstance(cb.judge, ActionAgreementJudge) and cb.judge.tolerance == 0.5
+    assert cb.task is None  # the config says the task once, in the data; setup() adopts it as here
+    cb._adopt_task(cli.datamodule.task)
+    assert cb.task == "transfer_cube" and cb.sim_id == "lit_imit/AlohaTransferCube-v0"
     assert cb._decision_steps(cli.model) == 100 and cb.max_steps == 400  # one chunk, the task's time limit
 
 
@@ -812,6 +815,7 @@ def test_shipped_cliport_askdagger_configs_hold_the_reference_settings(name, tmp
                              "u_normalization": True, "impute": True}
     assert cb.pier(cli.datamodule).state_dict() == {"lam": 0.5, "base": 10.0, "alpha": 1.5, "beta0": 1.0,
                                                     "beta_steps": 100}
+    cb._adopt_task(cli.datamodule.task)  # as setup() does: the config names the task once, in the data
     assert isinstance(cb.judge, StepRewardJudge) and cb._decision_steps(cli.model) == 1
     hp, dm = cli.model.hparams, cli.datamodule
     assert hp.lr == 5e-5 and hp.activation == "leaky_relu" and hp.uncertainty_measure == "entropy"
