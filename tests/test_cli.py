@@ -377,11 +377,11 @@ def test_paper_aloha_configs_render_with_the_full_look(name, capsys):
 
 def test_datamodule_records_demos_with_its_env_kwargs(tmp_path, monkeypatch):
     """``env_kwargs`` reach the recorder's env (how the paper configs get ``fast_render: false`` demos)."""
-    import lit_imit.data.recording as recording
+    import lit_imit.data.datamodule as datamodule
     from lit_imit.data import EpisodeDataModule
 
     calls = []
-    monkeypatch.setattr(recording, "record_teacher_episodes", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(datamodule, "record_teacher_episodes", lambda *args, **kwargs: calls.append(kwargs))
     dm = EpisodeDataModule(str(tmp_path / "data"), task="transfer_cube", generate_if_missing=2,
                            env_kwargs={"fast_render": False})
     dm.prepare_data()

@@ -53,7 +53,6 @@ def test_record_demos_rejects_unknown_task_and_bad_size(tmp_path, capsys):
 def test_record_demos_fast_render_flag_reaches_the_env(tmp_path, monkeypatch, flag, expected):
     """--no-fast-render records the ALOHA images with the full look (as the paper configs roll out);
     without the flag nothing is passed and the env keeps its default."""
-    import lit_imit.data.recording as recording
     from scripts import record_demos
 
     calls = []
@@ -62,7 +61,7 @@ def test_record_demos_fast_render_flag_reaches_the_env(tmp_path, monkeypatch, fl
         calls.append(kwargs["env_kwargs"])
         raise KeyboardInterrupt  # stop right there: only the arguments matter
 
-    monkeypatch.setattr(recording, "record_teacher_episodes", fake_record)
+    monkeypatch.setattr(record_demos, "record_teacher_episodes", fake_record)
     argv = ["--task", "transfer_cube", "--episodes", "1", "--out", str(tmp_path / "store"), *flag]
     assert record_demos.main(argv) == 130
     assert calls == [expected]
