@@ -48,15 +48,13 @@ from callbacks.ema import ema_weights_if_any
 from lit_imit.data.episodes import EpisodeStore, read_episode, write_episode
 from lit_imit.distributed import all_gather_objects, broadcast_object
 from lit_imit.evaluation import policy_env_kwargs
-from lit_imit.envs import make_env, make_teacher, task_spec
+from lit_imit.envs import make_env, make_judge, make_teacher, task_spec
 from lit_imit.interactive.loop import (
     MODES,
     EpisodeOutcome,
     InteractiveConfig,
     PolicyNovice,
     SegmentJudge,
-    StepRewardJudge,
-    aloha_judge,
     info_relabel,
     pier_inputs,
     round_summary,
@@ -72,16 +70,9 @@ STATE_FORMAT = 1
 
 
 def default_judge(task: str) -> SegmentJudge:
-    """The judge a task family uses unless configured: action agreement with the ALOHA teacher, or the
-    ASkDAgger step-reward test for Ravens pick-and-place."""
-
-    entry = task_spec(task).entry_point
-    if "aloha" in entry:
-        return aloha_judge()
-    if "ravens" in entry:
-        return StepRewardJudge()
-    raise ValueError(f"no default judge for task {task!r}: configure `judge` "
-                     "(a lit_imit.interactive.loop.SegmentJudge)")
+    """The judge the task table names for ``task`` (``make_judge``): action agreement with the ALOHA teacher,
+    or the ASkDAgger step-reward test for Ravens pick-and-place; a clear error for a task without one."""
+    return make_judge(task)
 
 
 def collected_episodes(data_dir: str) -> list[int]:

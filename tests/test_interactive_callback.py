@@ -34,7 +34,6 @@ from lit_imit.interactive.loop import (
     PolicyNovice,
     Segment,
     StepRewardJudge,
-    aloha_judge,
     info_relabel,
     pier_inputs,
     round_summary,
@@ -349,8 +348,22 @@ def _aloha_segments(kind: str, seed: int = 0, steps: int = 100, segments: int = 
     return out
 
 
+def test_the_task_table_names_each_family_its_judge():
+    from lit_imit.envs import make_judge
+
+    for task in ("transfer_cube", "insertion"):
+        judge = make_judge(task)
+        assert isinstance(judge, ActionAgreementJudge) and judge.gripper_dims == [6, 13]
+    assert isinstance(make_judge("put-block-in-bowl-seen-colors"), StepRewardJudge)
+    assert make_judge("transfer_cube", tolerance=0.5).tolerance == 0.5
+    with pytest.raises(ValueError, match="'mycobot_move_cube' has no default judge"):
+        make_judge("mycobot_move_cube")
+
+
 def test_aloha_judge_accepts_the_teacher_and_small_noise_and_rejects_bad_plans():
-    judge = aloha_judge()
+    from lit_imit.envs import make_judge
+
+    judge = make_judge("transfer_cube")
     assert all(judge(s) for s in _aloha_segments("teacher"))
     assert sum(judge(s) for s in _aloha_segments("noise0.005")) >= 2
     for kind in ("still", "noise0.05"):

@@ -45,7 +45,7 @@ if os.environ["MUJOCO_GL"] == "egl":
     load_triton_before_gl()
 
 
-from lit_imit.envs.registry import TASKS, TaskSpec, make_env, make_teacher, register_task, task_spec  # noqa: E402,F401
+from lit_imit.envs.registry import TASKS, TaskSpec, make_env, make_judge, make_teacher, register_task, task_spec  # noqa: E402,F401
 
 #: The light modules holding each family's task table (string entry points only), imported in this order.
 TASK_TABLES = (

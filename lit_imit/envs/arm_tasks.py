@@ -10,6 +10,10 @@ from lit_imit.envs.registry import register_task
 ALOHA_ENTRY = "lit_imit.envs.aloha:AlohaEnv"
 MYCOBOT_ENTRY = "lit_imit.envs.mycobot:MyCobotMoveCubeEnv"
 MYCOBOT_TEACHER = "lit_imit.envs.mycobot_teachers:MoveCubeTeacher"
+#: interactive rounds judge an ALOHA segment by its agreement with the teacher's actions; the grippers (action
+#: indices 6 and 13, one per arm) are compared on their own scale
+ALOHA_JUDGE = "lit_imit.interactive.loop:ActionAgreementJudge"
+ALOHA_GRIPPER_DIMS = (6, 13)
 
 #: myCobot task-name suffix -> env variant. move: cube A -> B; occupied: B is blocked, place at B2;
 #: mixed: either, chosen by the episode seed.
@@ -19,10 +23,12 @@ MYCOBOT_VARIANTS = {"": "move", "_occupied": "occupied", "_mixed": "mixed"}
 def register_aloha_tasks() -> None:
     register_task("transfer_cube", env_id="lit_imit/AlohaTransferCube-v0", entry_point=ALOHA_ENTRY,
                   teacher="lit_imit.envs.aloha_teachers:TransferCubeTeacher", max_episode_steps=400,
-                  kwargs={"task": "transfer_cube"})
+                  kwargs={"task": "transfer_cube"}, judge=ALOHA_JUDGE,
+                  judge_kwargs={"gripper_dims": ALOHA_GRIPPER_DIMS})
     register_task("insertion", env_id="lit_imit/AlohaInsertion-v0", entry_point=ALOHA_ENTRY,
                   teacher="lit_imit.envs.aloha_teachers:InsertionTeacher", max_episode_steps=400,
-                  kwargs={"task": "insertion"})
+                  kwargs={"task": "insertion"}, judge=ALOHA_JUDGE,
+                  judge_kwargs={"gripper_dims": ALOHA_GRIPPER_DIMS})
 
 
 def register_mycobot_tasks() -> None:

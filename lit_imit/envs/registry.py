@@ -5,7 +5,7 @@ and a teacher given as ``"module:attr"`` strings, and a horizon for the TimeLimi
 task table light: MuJoCo, dm_control and pybullet load only when an env or teacher of theirs is built.
 
 Families keep their table in a light module next to their code (``lit_imit.envs.TASK_TABLES`` lists them);
-callers only use :func:`make_env`, :func:`make_teacher` and :func:`task_spec`.
+callers only use :func:`make_env`, :func:`make_teacher`, :func:`make_judge` and :func:`task_spec`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ class TaskSpec:
     teacher: str
     max_episode_steps: int
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: ``"module:Class"`` of the segment judge interactive rounds use by default (None: none fits the task)
+    judge: str | None = None
+    #: keyword arguments of the judge: what it must know of the task, e.g. the gripper action indices
+    judge_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 #: short name -> spec, in registration order
@@ -34,14 +38,18 @@ TASKS: dict[str, TaskSpec] = {}
 
 
 def register_task(name: str, *, env_id: str, entry_point: str, teacher: str, max_episode_steps: int,
-                  kwargs: dict[str, Any] | None = None) -> TaskSpec:
+                  kwargs: dict[str, Any] | None = None, judge: str | None = None,
+                  judge_kwargs: dict[str, Any] | None = None) -> TaskSpec:
     """Add a task to the table and to gymnasium's registry (idempotent, so re-imports are harmless).
 
     ``entry_point`` builds the env (``"module:Class"``, called with ``kwargs`` and the caller's keyword
-    arguments); ``teacher`` builds the teacher from the env (``"module:Class"``, called as ``Teacher(env)``).
+    arguments); ``teacher`` builds the teacher from the env (``"module:Class"``, called as ``Teacher(env)``);
+    ``judge`` (``"module:Class"``, called with ``judge_kwargs``) is the default test of a novice segment
+    in interactive rounds (``lit_imit.interactive.loop.SegmentJudge``).
     """
     spec = TaskSpec(name=name, env_id=env_id, entry_point=entry_point, teacher=teacher,
-                    max_episode_steps=max_episode_steps, kwargs=dict(kwargs or {}))
+                    max_episode_steps=max_episode_steps, kwargs=dict(kwargs or {}), judge=judge,
+                    judge_kwargs=dict(judge_kwargs or {}))
     TASKS[spec.name] = spec
     if spec.env_id not in gym.registry:
         gym.register(
@@ -79,3 +87,12 @@ def _load(path: str) -> Any:
 def make_teacher(task: str, env: gym.Env) -> Any:
     """Build the scripted state-feedback teacher of ``task`` bound to ``env``."""
     return _load(task_spec(task).teacher)(env)
+
+
+def make_judge(task: str, **overrides: Any) -> Any:
+    """The task's default segment judge for interactive rounds (its ``judge_kwargs`` updated by ``overrides``)."""
+    spec = task_spec(task)
+    if spec.judge is None:
+        raise ValueError(f"task {spec.name!r} has no default judge: configure `judge` "
+                         "(a lit_imit.interactive.loop.SegmentJudge)")
+    return _load(spec.judge)(**{**spec.judge_kwargs, **overrides})

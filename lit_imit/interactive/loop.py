@@ -48,7 +48,6 @@ __all__ = [
     "SegmentJudge",
     "ActionAgreementJudge",
     "StepRewardJudge",
-    "aloha_judge",
     "info_relabel",
     "DecisionRecord",
     "DemoSegment",
@@ -265,11 +264,6 @@ class ActionAgreementJudge(SegmentJudge):
             return False
         relative, grip = self.errors(segment)
         return relative <= self.tolerance and grip <= self.gripper_tolerance
-
-
-def aloha_judge(**kwargs: Any) -> ActionAgreementJudge:
-    """The agreement judge for the ALOHA action layout (grippers at indices 6 and 13)."""
-    return ActionAgreementJudge(gripper_dims=(6, 13), **kwargs)
 
 
 class StepRewardJudge(SegmentJudge):

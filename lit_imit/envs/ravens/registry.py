@@ -11,6 +11,8 @@ from lit_imit.envs.registry import register_task
 
 ENTRY_POINT = "lit_imit.envs.ravens.env:RavensEnv"
 TEACHER = "lit_imit.envs.ravens.env:RavensOracle"
+#: interactive rounds judge a pick-place by the reward it earns (ASkDAgger's test)
+JUDGE = "lit_imit.interactive.loop:StepRewardJudge"
 
 #: Ravens task name -> gymnasium id stem and the largest number of pick-places an episode may take.
 RAVENS_TASKS = {
@@ -34,4 +36,4 @@ def env_id(task: str) -> str:
 
 for _name, _max_steps in RAVENS_TASKS.items():
     register_task(_name, env_id=env_id(_name), entry_point=ENTRY_POINT, teacher=TEACHER,
-                  max_episode_steps=_max_steps, kwargs={"task": _name})
+                  max_episode_steps=_max_steps, kwargs={"task": _name}, judge=JUDGE)
