@@ -32,7 +32,7 @@ def test_loss_is_the_mean_error_over_all_entries_with_padding_zeroed():
     sq[0, 1] = 0.0
     assert module.compute_loss(batch)["loss"].item() == pytest.approx(sq.mean().item(), rel=1e-6)
     weighted = module.compute_loss({**batch, "weight": torch.tensor([1.0, 0.0])})["loss"]
-    assert weighted.item() == pytest.approx(sq[0].mean().item(), rel=1e-6)
+    assert weighted.item() == pytest.approx(sq[0].mean().item() / 2, rel=1e-6)  # batch mean of w_i * l_i
 
 
 def test_defaults_follow_robomimic_bc():

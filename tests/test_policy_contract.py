@@ -41,7 +41,7 @@ def test_weights_count_in_training_only():
     module = BCModule(state_keys=["qpos"], state_dim=4, action_dim=2, chunk_size=1, hidden_dims=[8])
     batch = {"qpos": torch.rand(4, 4), "action": torch.rand(4, 1, 2), "weight": torch.tensor([1.0, 0, 0, 0])}
     only_first = float(module.compute_loss({k: v[:1] for k, v in batch.items()})["loss"])
-    assert float(module.training_losses(batch)["loss"]) == pytest.approx(only_first)
+    assert float(module.training_losses(batch)["loss"]) == pytest.approx(only_first / 4)  # mean of w_i * l_i
     unweighted = float(module.compute_loss(batch, weighted=False)["loss"])
     assert float(module.evaluation_losses(batch)["loss"]) == pytest.approx(unweighted) != only_first
 
