@@ -30,6 +30,7 @@ episode gets its own id and its own seed.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -41,12 +42,10 @@ from lit_imit.robots.recording import (
     WaypointError,
     add_robot_arguments,
     load_waypoints,
-    move_to,
     parse_home,
-    record_handguided,
-    record_waypoints,
     robot_from_args,
 )
+from lit_imit.robots.session import record_session
 from lit_imit.signals import stop_signals_as_interrupt
 
 
@@ -156,68 +155,8 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-class _Console:
-    """Lines typed on stdin, read by one background thread, for prompts and hand-guiding keys alike.
-
-    A single reader keeps prompts and key presses from competing for stdin (a second reader would
-    swallow the answer to a prompt).
-    """
-
-    def __init__(self) -> None:
-        import queue
-        import threading
-
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in sys.stdin:
-            self.lines.put(line.strip())
-        self.lines.put(None)  # end of input
-
-    def ask(self, prompt: str) -> str:
-        print(prompt, end="", flush=True)
-        line = self.lines.get()
-        if line is None:
-            raise EOFError("stdin closed")
-        return line
-
-    def pending(self) -> list[str]:
-        import queue
-
-        out = []
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return out
-            out.append("q" if line is None else line)
-
-
-class _HandKeys:
-    """During hand-guiding: Enter toggles the gripper, q + Enter ends the demonstration."""
-
-    def __init__(self, console: _Console) -> None:
-        import threading
-
-        self.console = console
-        self.stop = threading.Event()
-        self.gripper = 1.0
-
-    def __call__(self) -> float:
-        for line in self.console.pending():
-            if line.lower() == "q":
-                self.stop.set()
-            else:
-                self.gripper = 0.0 if self.gripper > 0.5 else 1.0
-                print(f"gripper -> {'open' if self.gripper > 0.5 else 'closed'}", flush=True)
-        return self.gripper
-
-
 def record_on_robot(args: argparse.Namespace) -> int:
     """Record ``--episodes`` demonstrations on the real robot; a fault ends the session (data kept)."""
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     task = args.task or "mycobot_move_cube"
     episodes = args.episodes if args.episodes is not None else 1
@@ -234,43 +173,32 @@ def record_on_robot(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     store = EpisodeStore(args.out)
-    console = _Console() if (args.ask_success or args.mode == "handguide") else None
-    judge = None
-    if args.ask_success:
-        judge = lambda: console.ask("did the demonstration succeed? [Y/n] ").lower() in ("", "y", "yes")  # noqa: E731
-    extra = {"waypoints_file": str(args.waypoints)} if waypoints is not None else {}
-    written = []
+    results = []
     try:
         with robot:
-            for episode in range(episodes):
-                if episode and home is not None:
-                    move_to(robot, home, 1.0, duration_s=3.0, fps=args.fps)
-                if waypoints is not None:
-                    result = record_waypoints(robot, waypoints, store, fps=args.fps, task=task, judge=judge,
-                                              image_size=args.image_size, attrs=extra)
-                else:
-                    keys = _HandKeys(console)
-                    result = record_handguided(
-                        robot, store, fps=args.fps, max_steps=args.max_steps, stop=keys.stop, gripper_fn=keys,
-                        task=task, judge=judge, image_size=args.image_size,
-                        ready=lambda: console.ask("hold the arm (it goes limp when released), then press Enter; "
-                                                  "then Enter toggles the gripper, q + Enter ends: "),
-                    )
-                written.append(result.episode_id)
-                print(f"episode {episode + 1}/{episodes}: id {result.episode_id}, {result.steps} steps, "
+            session = record_session(
+                robot, store, episodes=episodes, fps=args.fps, task=task, waypoints=waypoints, home=home,
+                ask_success=args.ask_success, max_steps=args.max_steps, image_size=args.image_size,
+                attrs={"waypoints_file": str(args.waypoints)} if waypoints is not None else {},
+            )
+            for result in session:
+                results.append(result)
+                print(f"episode {len(results)}/{episodes}: id {result.episode_id}, {result.steps} steps, "
                       f"success={result.success}" + (f", aborted: {result.aborted}" if result.aborted else ""))
-                if result.error is not None:
-                    print(f"error: {result.error}; stopping (the steps recorded so far were written)", file=sys.stderr)
-                    return 1
-                if result.aborted:
-                    return 130
     except KeyboardInterrupt:
-        print(f"interrupted; episodes written: {[i for i in written if i is not None]}", file=sys.stderr)
+        print(f"interrupted; episodes written: {[r.episode_id for r in results if r.episode_id is not None]}",
+              file=sys.stderr)
         return 130
     except (RobotError, WaypointError, ImportError, EOFError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote episodes {written} to {args.out}")
+    last = results[-1] if results else None
+    if last is not None and last.error is not None:
+        print(f"error: {last.error}; stopping (the steps recorded so far were written)", file=sys.stderr)
+        return 1
+    if last is not None and last.aborted:
+        return 130
+    print(f"wrote episodes {[r.episode_id for r in results]} to {args.out}")
     return 0
 
 

@@ -529,3 +529,19 @@ def test_robot_recording_on_sigterm_stops_the_arm_and_writes_every_step(tmp_path
     store = EpisodeStore(out_dir)
     (episode_id,) = store.ids()
     _check_stopped_and_logged(frames, sent, store.read(episode_id))
+
+
+def test_hand_keys_toggle_the_gripper_and_q_ends_the_demonstration():
+    import io
+    import time
+
+    from lit_imit.robots.session import Console, HandKeys
+
+    console = Console(stream=io.StringIO("\n\nq\n"))
+    keys = HandKeys(console)
+    deadline = time.monotonic() + 5.0
+    while console.lines.qsize() < 4 and time.monotonic() < deadline:  # three lines and the end of input
+        time.sleep(0.01)
+    assert keys() == 1.0 and keys.stop.is_set()  # Enter closed, Enter opened, then q (and end of input)
+    with pytest.raises(EOFError):
+        console.ask("more? ")
