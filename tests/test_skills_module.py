@@ -219,3 +219,18 @@ def test_states_far_outside_the_play_data_are_clipped_so_losses_stay_finite():
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="state_clip"):
         SkillPriorModule(state_clip=0.0, **TINY)
+
+
+def test_the_data_takes_the_skill_length_from_the_model(tmp_path):
+    """A config says H once, in the model; a data horizon that disagrees fails naming both keys."""
+    model = SkillPriorModule(stage="skill_prior", **TINY)
+    alone = SkillDataModule(str(tmp_path / "play"))
+    assert alone.horizon == 10 and alone.action_dim is None  # without a model: the papers' H
+    alone.adopt_model_settings(model)
+    assert alone.horizon == 5 and alone.action_dim == 2
+    model.check_data_compatibility(alone)
+    fixed = SkillDataModule(str(tmp_path / "play"), horizon=7)
+    fixed.adopt_model_settings(model)
+    assert fixed.horizon == 7
+    with pytest.raises(ValueError, match=r"model.init_args.horizon=5 needs data.init_args.horizon to be 5, got 7"):
+        model.check_data_compatibility(fixed)

@@ -34,6 +34,9 @@ from lit_imit.envs import task_spec
 
 log = logging.getLogger(__name__)
 
+#: H when the DataModule is used without a model (SPiRL, FIST and SkiLD all use 10)
+STANDALONE_HORIZON = 10
+
 
 def load_states_actions(path: str, state_key: str, action_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One episode's (T, S) states and (T, A) actions as float32; a missing key is an error naming the file."""
@@ -118,7 +121,7 @@ class SkillDataModule(EpisodeDataModule):
         data_dir: the main store (task-agnostic play data; or the demonstrations for FIST fine-tuning and
             SkiLD's posterior).
         task: the play task whose teacher fills an empty ``data_dir`` (``generate_if_missing`` episodes).
-        horizon: H, actions per skill (10 in SPiRL, FIST and SkiLD).
+        horizon: H, actions per skill; default: the model's (10 in SPiRL, FIST and SkiLD, and alone).
         state_key: the flat state observation key ("state").
         demo_dir: an optional second store of demonstrations (labelled 1).
         demo_task / demo_generate_if_missing: record demonstrations into an empty ``demo_dir``.
@@ -132,7 +135,7 @@ class SkillDataModule(EpisodeDataModule):
         self,
         data_dir: str,
         task: str | None = None,
-        horizon: int = 10,
+        horizon: int | None = None,
         state_key: str = "state",
         action_dim: int | None = None,
         demo_dir: str | None = None,
@@ -154,15 +157,17 @@ class SkillDataModule(EpisodeDataModule):
             sampling="uniform", samples_per_epoch=samples_per_epoch, seed=seed,
             generate_if_missing=generate_if_missing, pin_memory=pin_memory,
         )
-        if horizon < 1:
+        if horizon is not None and horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if horizon is None:  # the model's (adopt_model_settings); 10 when the DataModule is used alone
+            self.chunk_size = STANDALONE_HORIZON
+            self._from_model = (self._from_model - {"chunk_size"}) | {"horizon"}
         if demo_fraction is not None and not 0.0 < demo_fraction < 1.0:
             raise ValueError(f"demo_fraction must be in (0, 1) or None, got {demo_fraction}")
         if demo_fraction is not None and demo_dir is None:
             raise ValueError("demo_fraction needs a demo_dir to draw demonstrations from")
         if demo_task is not None:
             task_spec(demo_task)
-        self.horizon = horizon
         self.state_key = state_key
         self.demo_dir = demo_dir
         self.demo_task = demo_task
@@ -172,6 +177,15 @@ class SkillDataModule(EpisodeDataModule):
         self.demo_store: EpisodeStore | None = None
         self.demo_train_ids: list[int] = []
         self.demo_val_ids: list[int] = []
+
+    @property
+    def horizon(self) -> int:
+        """H, the actions per skill window: the parent's ``chunk_size`` under the skill papers' name."""
+        return int(self.chunk_size)
+
+    @horizon.setter
+    def horizon(self, value: int) -> None:
+        self.chunk_size = int(value)
 
     # ---- data generation --------------------------------------------------------------------------
     def prepare_data(self) -> None:

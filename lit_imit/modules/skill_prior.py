@@ -256,6 +256,12 @@ class SkillPriorModule(PolicyModule):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ---- data hand-over -------------------------------------------------------------------------------
+    def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
+        """Windows of exactly ``horizon`` actions of ``action_dim`` (the skill length the networks are built for)."""
+        hp = self.hparams
+        return {"horizon": ("horizon", int(hp.horizon), "=="),
+                "action_dim": ("action_dim", int(hp.action_dim), "==")}
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.hparams.lookup_dir and len(self.lookup_states) == 0:
