@@ -1,0 +1,422 @@
+"""The rows of ``scripts/benchmark.py``: each a generator of throughput figures, one dict per setting.
+
+A row is a function of the command line's options (``steps``, ``device``) registered in :data:`ROWS` by
+name; each figure is ``{"name", "value", "unit", ...the settings that produced it}``. The synthetic batches
+and timers the rows share are in :mod:`lit_imit.benchmarking`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402  (after MUJOCO_GL is set)
+import torch  # noqa: E402
+
+# Each row imports the project modules it measures inside its function, so that `--only ROW` and `--list`
+# do not load every simulator and network.
+ROWS: dict[str, Callable[[argparse.Namespace], Iterator[dict[str, Any]]]] = {}
+
+
+def row(name: str):
+    def register(fn):
+        ROWS[name] = fn
+        return fn
+
+    return register
+
+
+def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> float:
+    """Seconds per call (after warm-up calls)."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    return torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if args.device == "auto" else args.device))
+
+
+# ---- envs ---------------------------------------------------------------------------------------------
+def _env_rate(task: str, steps: int, **kwargs: Any) -> float:
+    from lit_imit.envs import make_env
+
+    env = make_env(task, **kwargs)
+    obs, _ = env.reset(seed=0)
+    action = np.asarray(obs["qpos"], dtype=np.float32)  # hold the start pose
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(action)
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+@row("env_steps")
+def env_steps(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ALOHA transfer-cube env steps/s: physics only, with one rendered camera, and a vector env."""
+    yield {"name": "env_steps_no_render", "value": _env_rate("transfer_cube", 400, cameras=[]), "unit": "steps/s",
+           "task": "transfer_cube", "cameras": []}
+    for size in ((480, 640), (240, 320)):
+        yield {"name": "env_steps_render", "value": _env_rate("transfer_cube", 100, cameras=["top"], image_size=size),
+               "unit": "steps/s", "task": "transfer_cube", "cameras": ["top"], "image_size": list(size)}
+    import gymnasium as gym
+
+    from lit_imit.envs import make_env
+
+    n = 4
+    vec = gym.vector.SyncVectorEnv([lambda: make_env("transfer_cube", cameras=[]) for _ in range(n)])
+    obs, _ = vec.reset(seed=0)
+    actions = np.asarray(obs["qpos"], dtype=np.float32)
+    steps = 100
+    start = time.perf_counter()
+    for _ in range(steps):
+        vec.step(actions)
+    rate = n * steps / (time.perf_counter() - start)
+    vec.close()
+    yield {"name": "env_steps_vector", "value": rate, "unit": "env-steps/s", "task": "transfer_cube",
+           "num_envs": n, "vector": "SyncVectorEnv", "cameras": []}
+
+
+def _rollout_rate(env_kwargs: dict[str, Any], n_envs: int, workers: int, steps: int,
+                  repeat: int = 3) -> dict[str, float]:
+    """env-steps/s of ``evaluate`` (n_envs lock-stepped envs, ``steps`` each) in-process (0) or in workers,
+    with a fixed action: only env stepping, batching and IPC are timed; the best of ``repeat`` runs (the box
+    is shared). Pool start-up is reported apart: spawn re-imports a main *script* (this one: torch) in every
+    worker, ``python -m lit_imit`` is not re-imported."""
+    from lit_imit.envs import make_env
+    from lit_imit.envs.vector import ProcessEnvPool
+    from lit_imit.evaluation import evaluate
+
+    start = time.perf_counter()
+    if workers == 0:
+        envs: Any = [make_env("transfer_cube", **env_kwargs) for _ in range(n_envs)]
+    else:
+        envs = ProcessEnvPool.for_task("transfer_cube", n_envs, workers, env_kwargs=env_kwargs)
+    startup = time.perf_counter() - start
+    hold: list[np.ndarray] = []
+
+    def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+        if not hold:
+            hold.append(obs["qpos"].copy())  # the start pose, held for ever
+        return hold[0]
+
+    episodes = list(range(n_envs))
+    evaluate(envs, policy, lambda: None, episodes, seed=0, max_steps=2)  # warm-up: renderers, first resets
+    seconds = min(timed(lambda: evaluate(envs, policy, lambda: None, episodes, seed=0, max_steps=steps), 1, 0)
+                  for _ in range(repeat))
+    rate = n_envs * steps / seconds
+    for env in envs if isinstance(envs, list) else [envs]:
+        env.close()
+    return {"rate": rate, "startup_s": startup}
+
+
+@row("rollout_parallel")
+def rollout_parallel(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Rollout env-steps/s with the envs in-process (0) or in 1, 2 and N worker processes (fixed policy)."""
+    from lit_imit.envs.vector import available_cpus
+
+    cpus = available_cpus()
+    n_envs = 2 * max(2, cpus)  # the same envs for every worker count; two per worker at N
+    obs_kinds = {"state": ({"cameras": []}, 100), "top_120x160": ({"cameras": ["top"], "image_size": (120, 160)}, 20)}
+    for kind, (env_kwargs, steps) in obs_kinds.items():
+        baseline = None
+        for workers in sorted({0, 1, 2, cpus}):
+            result = _rollout_rate(env_kwargs, n_envs, workers, steps)
+            baseline = baseline or result["rate"]
+            yield {"name": "rollout_parallel", "value": result["rate"], "unit": "env-steps/s", "obs": kind,
+                   "num_workers": workers, "num_envs": n_envs, "steps_per_env": steps, "cpus": cpus,
+                   "speedup_vs_in_process": result["rate"] / baseline, "startup_s": round(result["startup_s"], 2),
+                   "task": "transfer_cube", "policy": "fixed action"}
+
+
+# ---- recording and loading ----------------------------------------------------------------------------
+def _recorded_store(root: Path, episodes: int, image_size: tuple[int, int]) -> tuple[Any, float]:
+    from lit_imit.data.episodes import EpisodeStore
+    from lit_imit.data.recording import record_teacher_episodes
+
+    store = EpisodeStore(root)
+    start = time.perf_counter()
+    record_teacher_episodes("transfer_cube", episodes, store, cameras=["top"], image_size=image_size, seed=0)
+    return store, episodes / ((time.perf_counter() - start) / 60)
+
+
+@row("record_demos")
+def record_demos(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Teacher episodes recorded per minute (400 steps, one camera), end to end incl. HDF5 writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in ((480, 640), (120, 160)):
+            _, per_minute = _recorded_store(Path(tmp) / f"{size[0]}", 1, size)
+            yield {"name": "record_demos", "value": per_minute, "unit": "episodes/min", "task": "transfer_cube",
+                   "cameras": ["top"], "image_size": list(size), "episode_steps": 400}
+
+
+@row("loader_samples")
+def loader_samples(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """HDF5 chunk-window loader samples/s at batch 8, one 480x640 camera, chunk 100 (ACT's shape)."""
+    from lit_imit.data.datamodule import EpisodeDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store, _ = _recorded_store(Path(tmp) / "store", 2, (480, 640))
+        for workers in (0, 2):
+            dm = EpisodeDataModule(str(store.root), cameras=["top"], chunk_size=100, batch_size=8,
+                                   num_workers=workers, val_episodes=0, samples_per_epoch=8 * 40)
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            it = iter(loader)
+            next(it)  # workers started, first batch out
+            start, count = time.perf_counter(), 0
+            for batch in it:
+                count += len(batch["action"])
+            rate = count / (time.perf_counter() - start)
+            yield {"name": "loader_samples", "value": rate, "unit": "samples/s", "batch_size": 8,
+                   "cameras": ["top"], "image_size": [480, 640], "chunk_size": 100, "num_workers": workers}
+
+
+# ---- ACT ------------------------------------------------------------------------------------------------
+ACT_SHAPES = {
+    # LeRobot's default ACT: batch 8, one 480x640 camera, chunk 100, d_model 512, ff 3200, 4 enc / 1 dec, VAE on
+    "lerobot": dict(batch=8, image_hw=(480, 640), chunk=100, model={}),
+    # a small CPU ACT (one 120x160 camera, chunk 50): the quickstart's policy until it moved to state-based BC
+    "quickstart": dict(batch=8, image_hw=(120, 160), chunk=50, model=dict(
+        dim_model=128, n_heads=4, dim_feedforward=512, n_encoder_layers=2, n_vae_encoder_layers=2)),
+}
+
+
+def _act_module(shape: dict[str, Any], device: torch.device, **overrides: Any):
+    from lit_imit.modules.act import ACTModule
+
+    module = ACTModule(cameras=["top"], chunk_size=shape["chunk"], n_action_steps=shape["chunk"],
+                       **shape["model"], **overrides)
+    return module.to(device)
+
+
+@row("act_train")
+def act_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ACT training samples/s (fwd+bwd+AdamW, batch in memory) at LeRobot's shape and the quickstart's."""
+    from lit_imit.benchmarking import act_batch, measure_train_throughput
+
+    device = device_of(args)
+    for shape_name, shape in ACT_SHAPES.items():
+        for precision in ("32", "bf16-mixed"):
+            module = _act_module(shape, device)
+            batch = act_batch(shape["batch"], image_hw=shape["image_hw"], chunk_size=shape["chunk"],
+                              device=device)
+            result = measure_train_throughput(module, batch, steps=args.steps, warmup=1,
+                                              autocast_dtype=torch.bfloat16 if precision != "32" else None)
+            yield {"name": f"act_train_{shape_name}_shape", "value": result["samples_per_s"], "unit": "samples/s",
+                   "precision": precision, "batch_size": shape["batch"], "image_size": list(shape["image_hw"]),
+                   "chunk_size": shape["chunk"], "device": str(device),
+                   **{k: v for k, v in result.items() if k != "samples_per_s"}}
+
+
+@row("act_select_action")
+def act_select_action(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ACT select_action latency for one env at LeRobot's shape: a query (temporal ensembling) vs a queued step."""
+    from lit_imit.modules.act import ACTModule
+
+    device = device_of(args)
+    obs = {"qpos": np.zeros((1, 14), np.float32), "images/top": np.zeros((1, 480, 640, 3), np.uint8)}
+    modes = {
+        "temporal_ensembling_query_every_step": dict(n_action_steps=1, temporal_ensemble_coeff=0.01),
+        "chunk_execution_mean_over_100_steps": dict(n_action_steps=100),
+    }
+    for mode, overrides in modes.items():
+        module = ACTModule(cameras=["top"], chunk_size=100, **overrides).to(device)
+        module.reset()
+        repeat = 100 if overrides["n_action_steps"] == 100 else max(3, args.steps)
+        seconds = timed(lambda: module.select_action(obs), repeat=repeat, warmup=0 if repeat == 100 else 2)
+        yield {"name": "act_select_action", "value": seconds * 1000, "unit": "ms/step", "mode": mode,
+               "image_size": [480, 640], "device": str(device)}
+
+
+@row("act_rollout")
+def act_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Rollout steps/s of the quickstart ACT in the transfer-cube env (120x160 camera, chunk execution)."""
+    from lit_imit.envs import make_env
+    from lit_imit.evaluation import evaluate
+
+    device = device_of(args)
+    module = _act_module(ACT_SHAPES["quickstart"], device).eval()
+    n_envs, steps = 2, 100
+    envs = [make_env("transfer_cube", cameras=["top"], image_size=(120, 160)) for _ in range(n_envs)]
+
+    def policy(obs):
+        with torch.inference_mode():
+            return module.select_action(obs).float().cpu().numpy()
+
+    start = time.perf_counter()
+    evaluate(envs, policy, module.reset, list(range(n_envs)), seed=0, max_steps=steps)
+    rate = n_envs * steps / (time.perf_counter() - start)
+    yield {"name": "act_rollout", "value": rate, "unit": "env-steps/s", "num_envs": n_envs, "image_size": [120, 160],
+           "policy": "quickstart ACT, chunk 50", "device": str(device)}
+
+
+# ---- CLIPort (Ravens pick-and-place) -------------------------------------------------------------------
+def _cliport_presets(device: torch.device) -> dict[str, dict[str, Any]]:
+    """configs/cliport/quick.yaml's network, and the paper's (RN50 CLIP, width 64, full resolution) on CUDA."""
+    from lit_imit.modules.cliport import TINY_CLIP
+
+    presets: dict[str, dict[str, Any]] = {
+        "quick": dict(spatial_width=8, clip_overrides=TINY_CLIP, downsample=4, crop_size=32),
+    }
+    if device.type == "cuda":
+        presets["paper"] = dict(channels_last=True)
+    return presets
+
+
+@row("cliport_train")
+def cliport_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """CLIPort training samples/s (pick + place fwd/bwd + Adam, batch in memory) at batch 1 and 8."""
+    from lit_imit.benchmarking import cliport_batch, measure_train_throughput
+    from lit_imit.modules.cliport import CLIPortModule
+
+    device = device_of(args)
+    for preset, config in _cliport_presets(device).items():
+        module = CLIPortModule(**config).to(device)
+        for batch_size in (1, 8):
+            batch = cliport_batch(batch_size, device=device)
+            steps = max(1, args.steps // batch_size)
+            result = measure_train_throughput(module, batch, steps=steps, warmup=1)
+            yield {"name": f"cliport_train_{preset}", "value": result["samples_per_s"], "unit": "samples/s",
+                   "batch_size": batch_size, "heightmap": [320, 160], "augment": True, "device": str(device),
+                   "timed_steps": steps, **config, **{k: v for k, v in result.items() if k != "samples_per_s"}}
+
+
+@row("cliport_decisions")
+def cliport_decisions(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """CLIPort decisions/s of predict() (pick, place over 36 rotations, entropies) for 1 and 4 envs."""
+    from lit_imit.benchmarking import cliport_batch, measure_rate
+    from lit_imit.modules.cliport import CLIPortModule
+
+    device = device_of(args)
+    for preset, config in _cliport_presets(device).items():
+        module = CLIPortModule(**config).to(device)
+        for n_envs in (1, 4):
+            batch = cliport_batch(n_envs, device=device)
+            rate = measure_rate(lambda: module.predict(batch), n_envs, repeat=3, device_type=device.type)
+            yield {"name": f"cliport_decisions_{preset}", "value": rate, "unit": "decisions/s", "num_envs": n_envs,
+                   "device": str(device), **config}
+
+
+@row("cliport_rollout")
+def cliport_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Pick-place steps/s of the quick CLIPort policy in 2 lock-stepped put-block-in-bowl envs (policy + sim)."""
+    from lit_imit.envs import make_env
+    from lit_imit.evaluation import evaluate
+    from lit_imit.modules.cliport import CLIPortModule
+
+    device = device_of(args)
+    config = _cliport_presets(torch.device("cpu"))["quick"]
+    module = CLIPortModule(**config).to(device).eval()
+    task, n_envs = "put-block-in-bowl-seen-colors", 2
+    envs = [make_env(task) for _ in range(n_envs)]
+
+    def policy(obs):
+        return module.select_action(obs).float().cpu().numpy()
+
+    start = time.perf_counter()
+    results = evaluate(envs, policy, module.reset, list(range(2 * n_envs)), seed=0)
+    seconds = time.perf_counter() - start
+    for env in envs:
+        env.close()
+    steps = sum(r.length for r in results)
+    yield {"name": "cliport_rollout", "value": steps / seconds, "unit": "pick-place steps/s", "task": task,
+           "num_envs": n_envs, "episodes": len(results), "policy": "quick CLIPort", "device": str(device)}
+
+
+@row("ravens_env_steps")
+def ravens_env_steps(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Ravens pick-place steps/s driven by the oracle (physics + three rendered views fused per step), and resets/s."""
+    from lit_imit.envs import make_env, make_teacher
+
+    for task in ("put-block-in-bowl-seen-colors", "packing-seen-shapes"):
+        env = make_env(task)
+        teacher = make_teacher(task, env)
+        steps = resets = 0
+        step_time = reset_time = 0.0
+        for seed in range(3):
+            start = time.perf_counter()
+            env.reset(seed=seed)
+            reset_time += time.perf_counter() - start
+            resets += 1
+            done = False
+            while not done:
+                action = teacher.act(None)
+                start = time.perf_counter()
+                _, _, terminated, truncated, _ = env.step(action)
+                step_time += time.perf_counter() - start
+                steps += 1
+                done = terminated or truncated
+        env.close()
+        yield {"name": "ravens_env_steps", "value": steps / step_time, "unit": "pick-place steps/s", "task": task,
+               "steps": steps, "resets_per_s": resets / reset_time}
+
+
+# ---- Diffusion Policy ---------------------------------------------------------------------------------
+def _diffusion_module(device: torch.device, **overrides: Any):
+    """LeRobot's Diffusion image shape: one 480x640 camera cropped to 440x560, To 2, Tp 16, dims 512/1024/2048."""
+    from lit_imit.benchmarking import identity_stats
+    from lit_imit.modules.diffusion import DiffusionModule
+
+    kwargs = dict(cameras=["top"], n_obs_steps=2, horizon=16, n_action_steps=8, down_dims=[512, 1024, 2048],
+                  crop_shape=[440, 560], warmup_steps=1, max_steps=1000)
+    kwargs.update(overrides)
+    module = DiffusionModule(**kwargs)
+    module.load_stats(identity_stats())
+    return module.to(device)
+
+
+@row("diffusion_train")
+def diffusion_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Diffusion training samples/s at LeRobot's Diffusion image shape (batch 8), fp32 and bf16 autocast."""
+    from lit_imit.benchmarking import diffusion_batch
+
+    device = device_of(args)
+    batch = {k: v.to(device) for k, v in diffusion_batch(8).items()}
+    for precision in ("32", "bf16-mixed"):
+        module = _diffusion_module(device).train()
+        optimizer = module.configure_optimizers()["optimizer"]
+
+        def step() -> None:
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision != "32" else nullcontext()
+            with ctx:
+                loss = module.per_sample_loss(batch).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        cpu0 = time.process_time()
+        seconds = timed(step, repeat=max(1, args.steps // 2), warmup=1)
+        yield {"name": "diffusion_train_lerobot_shape", "value": 8 / seconds, "unit": "samples/s",
+               "precision": precision, "batch_size": 8, "image_size": [480, 640], "crop": [440, 560],
+               "n_obs_steps": 2, "horizon": 16, "down_dims": [512, 1024, 2048], "device": str(device),
+               "step_s": seconds, "cpu_s_total": time.process_time() - cpu0}
+
+
+@row("diffusion_inference")
+def diffusion_inference(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Diffusion latency per action chunk for one env at LeRobot's shape: DDPM 100 steps vs DDIM 10."""
+    device = device_of(args)
+    obs = {"qpos": np.zeros((1, 14), np.float32), "images/top": np.zeros((1, 480, 640, 3), np.uint8)}
+    for scheduler, steps in (("ddim", 10), ("ddpm", 100)):
+        module = _diffusion_module(device, inference_scheduler=scheduler, num_inference_steps=steps).eval()
+
+        def query() -> None:
+            module.reset()  # an empty queue: every call denoises a new chunk
+            module.select_action(obs)
+
+        seconds = timed(query, repeat=2 if scheduler == "ddim" else 1, warmup=1)
+        yield {"name": "diffusion_inference", "value": seconds * 1000, "unit": "ms/chunk", "scheduler": scheduler,
+               "denoising_steps": steps, "device": str(device)}
