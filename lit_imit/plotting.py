@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Series", "load_scalars", "plot_demo_types", "plot_gating", "plot_success", "run_label"]
+__all__ = ["Series", "against", "load_scalars", "plot_demo_types", "plot_gating", "plot_success", "run_label"]
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values)
 

@@ -54,7 +54,7 @@ def test_plots_are_written_for_several_runs(tmp_path):
 
 
 def test_series_are_merged_across_files_and_aligned_to_counts(tmp_path):
-    from scripts.plot_interactive import against, load_scalars
+    from lit_imit.plotting import against, load_scalars
 
     write_run(tmp_path / "run" / "version_0", 3, 0.5)
     write_run(tmp_path / "run" / "version_1", 3, 0.5, start=3)
