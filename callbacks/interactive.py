@@ -37,7 +37,6 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
@@ -45,27 +44,28 @@ import numpy as np
 import torch
 
 from callbacks.ema import ema_weights_if_any
-from lit_imit.data.episodes import EpisodeStore, read_episode, write_episode
+from lit_imit.data.episodes import read_episode, write_episode
 from lit_imit.distributed import all_gather_objects, broadcast_object
 from lit_imit.evaluation import policy_env_kwargs
 from lit_imit.envs import make_env, make_judge, make_teacher, task_spec
-from lit_imit.interactive.loop import (
+from lit_imit.interactive import (
     MODES,
+    PIER,
+    SAG,
     EpisodeOutcome,
     InteractiveConfig,
+    Label,
     PolicyNovice,
     SegmentJudge,
+    gating_metrics,
     info_relabel,
     pier_inputs,
     round_summary,
     run_interactive_episode,
 )
-from lit_imit.interactive.pier import PIER
-from lit_imit.interactive.sag import SAG, Label, gating_metrics
 
 log = logging.getLogger(__name__)
 
-STAGING_DIR = ".interactive_staging"
 STATE_FORMAT = 1
 
 
@@ -75,22 +75,13 @@ def default_judge(task: str) -> SegmentJudge:
     return make_judge(task)
 
 
-def collected_episodes(data_dir: str) -> list[int]:
-    """Ids of the episodes in a store that interactive rounds wrote (their files carry ``interactive_episode``)."""
-
-    if not Path(data_dir).is_dir():
-        return []
-    store = EpisodeStore(data_dir, create=False)
-    return [i for i in store.ids() if "interactive_episode" in store.info(i)["attrs"]]
-
-
-def refuse_collected_store(data_dir: str) -> None:
+def refuse_collected_store(dm: Any) -> None:
     """A fresh run must not silently train on the rounds another run collected into its store."""
-    ids = collected_episodes(data_dir)
+    ids = dm.collected_episode_ids()
     if ids:
         shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
         raise RuntimeError(
-            f"{data_dir} already holds {len(ids)} episodes collected by interactive rounds (ids {shown}) and this "
+            f"{dm.data_dir} already holds {len(ids)} episodes collected by interactive rounds (ids {shown}) and this "
             "run starts fresh (no --ckpt_path). Resume the run that collected them with "
             "--ckpt_path <its logs>/version_N/checkpoints/last.ckpt, or point data.init_args.data_dir to a new "
             "directory; set data.init_args.reuse_interactive_store: true to train on them anyway"
@@ -226,7 +217,8 @@ class InteractiveAggregation(pl.Callback):
                 raise ValueError("InteractiveAggregation has no task: set its init_args.task or data.init_args.task")
             self._adopt_task(task)
         self.env_kwargs = policy_env_kwargs(pl_module, self.env_kwargs)
-        for name in ("add_episodes", "set_priorities", "train_ids", "episode_meta"):
+        for name in ("add_demos", "add_episodes", "set_priorities", "episode_step_counts", "staging_path",
+                     "collected_episode_ids", "train_ids", "episode_meta"):
             if not hasattr(dm, name):
                 raise TypeError(f"InteractiveAggregation needs an EpisodeDataModule-like datamodule (missing {name!r})")
         if self.spec.pier and getattr(dm, "sampling", None) != "prioritized":
@@ -266,7 +258,7 @@ class InteractiveAggregation(pl.Callback):
             return
         dm = trainer.datamodule
         if trainer.ckpt_path is None and not getattr(dm, "reuse_interactive_store", False):
-            refuse_collected_store(dm.data_dir)
+            refuse_collected_store(dm)
         if self.seed_episodes > 0:
             self._round(trainer, pl_module, version=0, n_episodes=self.seed_episodes)
             if not bool(getattr(pl_module, "stats_initialized", True)) and getattr(dm, "stats", None) is not None:
@@ -294,11 +286,9 @@ class InteractiveAggregation(pl.Callback):
         outcomes = self._rollouts(trainer, pl_module, version, n_episodes)
         seconds = max(all_gather_objects(time.perf_counter() - start))
         outcomes, arrays = self._exchange(trainer, outcomes)
-        ids = self._write(trainer, outcomes, arrays)
         dm = trainer.datamodule
         demos = [demo for outcome in outcomes for demo in outcome.demos]
-        if demos:
-            dm.add_episodes(ids, [demo.meta() for demo in demos])
+        self._add_demos(trainer, outcomes, arrays)
         self._absorb(outcomes, version)
         if self.spec.pier:
             self._prioritize(dm)
@@ -311,9 +301,7 @@ class InteractiveAggregation(pl.Callback):
 
     def _round_gate(self, rank: int) -> SAG:
         """This rank's gate for the round: the shared history, an RNG of its own (seed, round, rank)."""
-        gate = SAG(**self.sag_kwargs, seed=[self.seed, self.rounds_done, rank])  # type: ignore[arg-type]
-        gate.u, gate.r, gate.k = list(self.gate.u), list(self.gate.r), list(self.gate.k)
-        return gate
+        return self.gate.fork([self.seed, self.rounds_done, rank])
 
     @contextmanager
     def _policy_context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
@@ -347,13 +335,14 @@ class InteractiveAggregation(pl.Callback):
                     ))
         return outcomes
 
-    def _staged_path(self, trainer: pl.Trainer, episode: int, k: int) -> Path:
-        return Path(trainer.datamodule.data_dir) / STAGING_DIR / f"episode{episode:08d}_demo{k:04d}.hdf5"
+    @staticmethod
+    def _staged_name(episode: int, k: int) -> str:
+        return f"episode{episode:08d}_demo{k:04d}.hdf5"
 
     def _exchange(self, trainer: pl.Trainer,
                   outcomes: list[EpisodeOutcome]) -> tuple[list[EpisodeOutcome], dict[tuple[int, int], dict]]:
         """All ranks' outcomes in episode order (arrays stripped); rank 0 also gets every demo's arrays
-        (its own from memory, the others' through staging files written here)."""
+        (its own from memory, the others' through the DataModule's staging files written here)."""
 
         arrays: dict[tuple[int, int], dict] = {}
         for outcome in outcomes:
@@ -361,30 +350,33 @@ class InteractiveAggregation(pl.Callback):
                 if trainer.is_global_zero:
                     arrays[(outcome.index, k)] = demo.arrays
                 else:
-                    path = self._staged_path(trainer, outcome.index, k)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    write_episode(path, demo.arrays, {})
+                    write_episode(trainer.datamodule.staging_path(self._staged_name(outcome.index, k)), demo.arrays, {})
                 demo.arrays = {}
         gathered = [o for part in all_gather_objects(outcomes) for o in part]
         return sorted(gathered, key=lambda o: o.index), arrays
 
-    def _write(self, trainer: pl.Trainer, outcomes: list[EpisodeOutcome],
-               arrays: dict[tuple[int, int], dict]) -> list[int]:
-        """Rank 0 adds the demos to the store in episode order; every rank gets the ids."""
+    def _add_demos(self, trainer: pl.Trainer, outcomes: list[EpisodeOutcome],
+                   arrays: dict[tuple[int, int], dict]) -> None:
+        """Rank 0 writes the demos to the store in episode order; every rank appends the same ids."""
+        dm = trainer.datamodule
+        demos = [(outcome, k, demo) for outcome in outcomes for k, demo in enumerate(outcome.demos)]
+        meta = [demo.meta() for _, _, demo in demos]
         ids: list[int] = []
         if trainer.is_global_zero:
-            store = trainer.datamodule.store
-            for outcome in outcomes:
-                for k, demo in enumerate(outcome.demos):
-                    staged = None
-                    data = arrays.get((outcome.index, k))
-                    if data is None:
-                        staged = self._staged_path(trainer, outcome.index, k)
-                        data = read_episode(staged).arrays
-                    ids.append(store.add(data, demo.attrs(self.task, self.sim_id, outcome.seed)))
-                    if staged is not None:
-                        os.unlink(staged)  # a hand-over file, not an episode
-        return [int(i) for i in broadcast_object(ids)]
+            staged = []
+            pairs = []
+            for outcome, k, demo in demos:
+                data = arrays.get((outcome.index, k))
+                if data is None:
+                    staged.append(dm.staging_path(self._staged_name(outcome.index, k)))
+                    data = read_episode(staged[-1]).arrays
+                pairs.append((data, demo.attrs(self.task, self.sim_id, outcome.seed)))
+            ids = dm.add_demos(pairs, meta)
+            for path in staged:
+                os.unlink(path)  # a hand-over file, not an episode
+        ids = [int(i) for i in broadcast_object(ids)]
+        if not trainer.is_global_zero and ids:
+            dm.add_episodes(ids, meta)
 
     def _absorb(self, outcomes: Sequence[EpisodeOutcome], version: int) -> None:
         """Shared gate, decision log and counters from the gathered records (identical on every rank)."""
@@ -411,14 +403,14 @@ class InteractiveAggregation(pl.Callback):
         return PIER(alpha=float(getattr(dm, "priority_alpha", 1.0)), **self.pier_kwargs)
 
     def _prioritize(self, dm: Any) -> None:
-        """PIER priorities of every training episode (per-episode entries, step counts as weights)."""
+        """PIER priorities of every training episode and this round's beta; the DataModule turns them into
+        PIER's sampling probabilities and importance weights (with the episodes' step counts)."""
         ids = list(dm.train_ids)
         if not ids:
             return
         u, r, k = pier_inputs([dm.episode_meta.get(i) for i in ids])
-        counts = np.bincount(dm.train_set.index[:, 0], minlength=len(ids))
-        result = self.pier(dm).compute(u, r, k, n_interactive=self.n_interactive, counts=counts)
-        dm.set_priorities({i: float(p) for i, p in zip(ids, result.priorities)}, result.beta)
+        pier = self.pier(dm)
+        dm.set_priorities({i: float(p) for i, p in zip(ids, pier.priorities(u, r, k))}, pier.beta(self.n_interactive))
 
     # ---- metrics ----------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:

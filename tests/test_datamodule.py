@@ -129,6 +129,38 @@ def test_prioritized_sampling_puts_importance_weights_in_batches(episode_store):
     assert weights.max() <= 1.0 + 1e-6
 
 
+def test_prioritized_sampling_is_pier_with_the_episodes_step_counts(episode_store):
+    """Every step carries its episode's priority: P = p^alpha / sum_j n_j p_j^alpha, w = (N P)^-beta / max w;
+    an episode of priority 0 is never drawn and weighs 0."""
+    from lit_imit.interactive import PIER
+
+    dm = _dm(episode_store, val_episodes=0, sampling="prioritized", priority_alpha=1.5)
+    assert np.allclose(dm.sampling_distribution()[0], 1 / len(dm.train_set))  # no round yet: uniform
+    priorities = {0: 2.0, 1: 1.0, 2: 0.5, 3: 0.0, 4: 1.0}
+    dm.set_priorities(priorities, beta=0.7)
+    probs, weights = dm.sampling_distribution()
+    counts = dm.episode_step_counts()
+    assert counts == [int((dm.train_set.index[:, 0] == e).sum()) for e in range(5)] and sum(counts) == len(probs)
+    p = np.array([priorities[i] for i in dm.train_ids]) ** 1.5
+    rows = dm.train_set.index[:, 0]
+    np.testing.assert_allclose(probs, (p / np.dot(counts, p))[rows], rtol=1e-12)
+    expected_w = PIER(alpha=1.5).importance_weights(p / np.dot(counts, p), 0.7, counts)[rows]
+    np.testing.assert_allclose(weights, expected_w, rtol=1e-6)
+    assert probs.sum() == pytest.approx(1.0) and weights.max() == pytest.approx(1.0)
+    assert np.all(probs[rows == 3] == 0) and np.all(weights[rows == 3] == 0)
+
+
+def test_add_demos_writes_in_order_and_grows_the_training_split(episode_store):
+    dm = _dm(episode_store, val_episodes=0)
+    assert dm.collected_episode_ids() == []
+    demos = [(make_episode_arrays(6 + k, seed=20 + k), {"source": "teacher", "interactive_episode": 3}) for k in range(2)]
+    ids = dm.add_demos(demos, [{"label": -1, "version": 1}, {"label": 1, "version": 1}])
+    assert ids == [5, 6] and dm.train_ids[-2:] == ids and dm.collected_episode_ids() == ids
+    assert dm.episode_meta[6] == {"label": 1, "version": 1}
+    assert dm.episode_step_counts()[-2:] == [len(dm.train_set.index[dm.train_set.index[:, 0] == e]) for e in (5, 6)]
+    assert dm.staging_path("x.hdf5").parent.name == ".interactive_staging"
+
+
 def test_add_episodes_and_state_dict_loads_weights_only(episode_store):
     dm = _dm(episode_store, val_episodes=1)
     new_id = episode_store.add(make_episode_arrays(9, seed=9), {"source": "novice", "round": 1})

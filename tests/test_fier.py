@@ -1,8 +1,9 @@
-"""FIER on a toy deterministic simulator: foresight restores exactly, feedback follows the reference.
+"""FIER on a toy deterministic simulator: foresight undoes exactly, feedback follows the reference.
 
 The simulator is a 1-D corridor: the agent stands on a cell, the instruction names a goal cell, an action
 is a jump by some number of cells, and a seeded "slip" sometimes moves one cell further. Its state
-(position, time, RNG) is snapshot-able, like the ALOHA and Ravens envs.
+(position, time, RNG) is snapshot-able, like the ALOHA and Ravens envs. Plans are one-step segments run
+by :func:`run_segment`, exactly as the interactive loop runs them.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from lit_imit.interactive import (
     PIER,
     SAG,
     Decision,
-    Foresight,
     Label,
+    Segment,
     Simulator,
+    StepRewardJudge,
     feedback,
-    info_judge,
-    reward_judge,
+    run_segment,
 )
 
 
@@ -33,10 +34,7 @@ class Corridor:
         self.length, self.goal = length, goal
         self.pos, self.t = 0, 0
         self.rng = np.random.default_rng(seed)
-
-    @property
-    def unwrapped(self) -> "Corridor":
-        return self
+        self.snapshots = 0
 
     def step(self, action: int):
         slip = int(self.rng.random() < 0.3)
@@ -46,6 +44,7 @@ class Corridor:
         return self.pos, float(success), success, False, {"is_success": success, "slip": bool(slip)}
 
     def get_state(self):
+        self.snapshots += 1
         return (self.pos, self.t, self.rng.bit_generator.state)
 
     def set_state(self, state) -> None:
@@ -53,34 +52,23 @@ class Corridor:
         self.rng.bit_generator.state = rng_state
 
 
-class TimeLimit:
-    """A wrapper with its own bookkeeping, which foresight must not disturb."""
-
-    def __init__(self, env: Corridor, max_steps: int = 5) -> None:
-        self.env, self.max_steps, self.elapsed = env, max_steps, 0
-
-    @property
-    def unwrapped(self) -> Corridor:
-        return self.env
-
-    def step(self, action):
-        obs, rew, term, trunc, info = self.env.step(action)
-        self.elapsed += 1
-        return obs, rew, term, trunc or self.elapsed >= self.max_steps, info
-
-
 def teacher(env: Corridor) -> int:
     """Jump straight to the goal (the slip can still spoil it, so the teacher is not always right)."""
     return env.goal - env.pos
 
 
-def describe(sim: Corridor) -> int:
-    return sim.pos
-
-
-def relabel(before: int, after: int) -> str | None:
+def relabel(segment: Segment) -> str | None:
     """The instruction a jump did fulfil: the cell it reached, if it moved at all."""
-    return None if after == before else f"go to cell {after}"
+    start = segment.observations[0]
+    return None if segment.final_observation == start else f"go to cell {segment.final_observation}"
+
+
+def plan(sim: Corridor, action_fn, actor: str = "novice"):
+    """A one-step plan from the simulator's current position (the loop's ``run_segment``)."""
+    return lambda: run_segment(sim, lambda obs: action_fn(), sim.pos, 1, actor, sim.t, 0.0)
+
+
+JUDGE = StepRewardJudge(target=1.0)  # the corridor pays 1 on the goal cell
 
 
 def decision(query=True, active=True, random=False, u=0.7, version=3) -> Decision:
@@ -91,81 +79,13 @@ def never_called():
     raise AssertionError("the teacher must not be asked")
 
 
-# ------------------------------------------------------------------------------------------------
-# foresight
-# ------------------------------------------------------------------------------------------------
-def test_foresight_restores_state_and_predicts_the_real_outcome():
-    env = TimeLimit(Corridor(seed=1))
-    fs = Foresight(env, info_judge(), describe=describe, keep_state_after=True)
-    for action in [3, 2, 1, 4, 2]:
-        before = env.unwrapped.get_state()
-        pred = fs.predict(action)
-        assert env.unwrapped.get_state() == before and env.elapsed == 0
-        # executing for real gives exactly what foresight saw (slip RNG included)
-        obs, rew, term, _, info = env.unwrapped.step(action)
-        assert (obs, rew, term, info) == (pred.outcome.observation, pred.outcome.reward, pred.outcome.terminated,
-                                          pred.outcome.info)
-        assert pred.after == obs and pred.before == before[0]
-        assert pred.success == info["is_success"]
-        assert env.unwrapped.get_state() == pred.state_after
-        if term:
-            break
-
-
-def _replay(seed, actions, goal=3):
-    """Ground truth: execute the plan on a fresh copy of the corridor, stopping at termination."""
-    twin = Corridor(goal=goal, seed=seed)
-    for n, a in enumerate(actions, 1):
-        obs, _, term, _, _ = twin.step(a)
-        if term:
-            break
-    return n, obs, term
-
-
-@pytest.mark.parametrize("seed", [0, 1, 4])  # reaches the goal in 2 steps / overshoots it / 3 steps
-def test_foresight_plan_stops_at_termination_and_state_after_commits(seed):
-    env = Corridor(goal=3, seed=seed)
-    plan = [1] * 6
-    steps, last_obs, reached = _replay(seed, plan)
-    res = Foresight(env, reward_judge(1.0), keep_state_after=True).predict_plan(plan)
-    assert (res.outcome.steps, res.outcome.observation, res.success) == (steps, last_obs, reached)
-    assert res.outcome.terminated == reached and len(res.outcome.rewards) == steps
-    assert env.pos == 0 and env.t == 0
-    env.set_state(res.state_after)  # a caller may commit the foreseen state instead of re-executing
-    assert env.pos == last_obs and env.t == steps
-
-
-def test_foresight_restores_even_if_the_judge_fails():
-    env = Corridor()
-
-    def broken(outcome):
-        raise RuntimeError("judge crashed")
-
-    with pytest.raises(RuntimeError):
-        Foresight(env, broken).predict(2)
-    assert env.pos == 0 and env.t == 0
-
-
-def test_foresight_requires_snapshots():
-    class NoState:
-        def step(self, a):
-            return 0, 0.0, False, False, {}
-
-    with pytest.raises(TypeError):
-        Foresight(NoState(), info_judge())
-    assert isinstance(Corridor(), Simulator)
-
-
-def test_judges():
-    from lit_imit.interactive import Outcome
-
-    out = Outcome(observation=None, rewards=(0.0, 0.495), terminated=False, truncated=False, info={}, steps=2)
-    assert reward_judge(0.5)(out) and not reward_judge(0.5, tol=0.001)(out)
-    assert Foresight(Corridor(), info_judge()).predict(1).state_after is None  # only on request
-    ravens_like = Outcome(None, (0.25,), False, False, {"max_step_reward": 0.25}, 1)
-    ravens_miss = Outcome(None, (0.0,), False, False, {"max_step_reward": 0.25}, 1)
-    assert reward_judge()(ravens_like) and not reward_judge()(ravens_miss)  # target read from info
-    assert not info_judge()(out)
+def twin_after(seed_state, actions, goal):
+    """Ground truth: a fresh corridor in ``seed_state`` after executing ``actions`` once."""
+    twin = Corridor(goal=goal)
+    twin.set_state(seed_state)
+    for a in actions:
+        twin.step(a)
+    return twin.pos, twin.t, twin.rng.bit_generator.state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,44 +155,77 @@ def test_options_and_teacher_failure():
 
 
 # ------------------------------------------------------------------------------------------------
-# FIER on the simulator, and a short interactive loop SAG -> FIER -> PIER
+# FIER on the simulator: foresight, take-over, and a short interactive loop SAG -> FIER -> PIER
 # ------------------------------------------------------------------------------------------------
-def _fier(env):
-    return FIER(Foresight(env, info_judge(), describe=describe), relabel=relabel)
+def test_fier_needs_snapshots():
+    class NoState:
+        def step(self, a):
+            return 0, 0.0, False, False, {}
+
+    with pytest.raises(TypeError, match="get_state"):
+        FIER(NoState(), JUDGE)
+    assert isinstance(Corridor(), Simulator)
 
 
-def test_fier_step_on_invalid_plan():
-    env = TimeLimit(Corridor(goal=6, seed=0))
-    sim = env.unwrapped
+@pytest.mark.parametrize("seed", range(6))
+def test_a_valid_queried_plan_stands_and_is_not_executed_twice(seed):
+    sim = Corridor(goal=9, seed=seed)  # the last cell: a jump of 9 reaches it, slip or not
+    start = sim.get_state()
+    step = FIER(sim, JUDGE, relabel).step(decision(), plan(sim, lambda: 9), plan(sim, never_called, "teacher"))
+    # the simulator is where one execution of the plan leaves it (its slip RNG drawn once)
+    assert (sim.pos, sim.t, sim.rng.bit_generator.state) == twin_after(start, [9], goal=9)
+    assert step.executed is step.novice and step.valid
+    assert [(d.source, d.action) for d in step.feedback.demos] == [("validated", step.novice)]
+
+
+def test_an_invalid_plan_is_undone_and_the_teacher_acts_from_the_pre_plan_state():
+    sim = Corridor(goal=6, seed=0)
     sim.rng = np.random.default_rng(5)
-    fier = _fier(env)
+    start = sim.get_state()
     seen = []
 
-    def ask_teacher():
-        seen.append(sim.get_state())  # the teacher sees the restored, pre-plan simulator
+    def teacher_action():
+        seen.append((sim.pos, sim.t))  # the teacher sees the restored, pre-plan simulator
         return teacher(sim)
 
-    step = fier.step(decision(), novice_action=2, teacher_action=ask_teacher)
-    assert step.novice_failed and step.feedback.label == Label.KNOWN_FAILURE
-    assert seen and seen[0][0] == 0
-    assert step.action == 6 and step.feedback.execute == "teacher"
+    step = FIER(sim, JUDGE, relabel).step(decision(), plan(sim, lambda: 2), plan(sim, teacher_action, "teacher"))
+    assert step.novice_failed and step.feedback.label == Label.KNOWN_FAILURE and step.feedback.execute == "teacher"
+    assert seen == [(0, 0)] and step.executed.actor == "teacher" and step.executed.actions == [6]
+    # the novice's jump never happened: the state is one teacher step from the start
+    assert (sim.pos, sim.t, sim.rng.bit_generator.state) == twin_after(start, [6], goal=6)
     relabeled = [d for d in step.feedback.demos if d.source == "relabeled"]
-    assert relabeled and relabeled[0].instruction == f"go to cell {step.novice.after}"
-    # the teacher demo is stored only if its own foresight succeeds
-    teacher_demos = [d for d in step.feedback.demos if d.source == "teacher"]
-    assert bool(teacher_demos) == Foresight(env, info_judge()).predict(6).success
-    assert sim.pos == 0 and env.elapsed == 0  # nothing executed yet: that is the caller's move
+    assert relabeled and relabeled[0].instruction == f"go to cell {step.novice.final_observation}"
+    # the teacher demo is stored only if the judge accepts its segment
+    assert any(d.source == "teacher" for d in step.feedback.demos) == JUDGE(step.executed)
 
 
-def test_fier_step_on_valid_plan_and_unqueried():
-    env = Corridor(goal=2, seed=0)
-    env.rng = np.random.default_rng(0)
-    fier = _fier(env)
-    step = fier.step(decision(), novice_action=2, teacher_action=never_called)
-    if step.novice.success:
-        assert [d.source for d in step.feedback.demos] == ["validated"] and step.action == 2
-    step = fier.step(decision(query=False, active=False), novice_action=1, teacher_action=never_called)
-    assert step.feedback.demos == () and step.action == 1 and step.feedback.label == Label.UNKNOWN
+def test_a_random_only_query_labels_an_invalid_plan_but_lets_it_stand():
+    sim = Corridor(goal=6, seed=0)
+    start = sim.get_state()
+    step = FIER(sim, JUDGE, relabel).step(decision(active=False, random=True), plan(sim, lambda: 2),
+                                          plan(sim, never_called, "teacher"))
+    assert step.novice_failed and step.feedback.execute == "novice" and not step.feedback.annotation
+    assert [d.source for d in step.feedback.demos] == ["relabeled"]
+    assert (sim.pos, sim.t, sim.rng.bit_generator.state) == twin_after(start, [2], goal=6)
+
+
+def test_an_unqueried_plan_runs_for_real_without_a_snapshot():
+    sim = Corridor(goal=6, seed=0)
+    step = FIER(sim, JUDGE, relabel).step(decision(query=False, active=False), plan(sim, lambda: 1),
+                                          plan(sim, never_called, "teacher"))
+    assert sim.snapshots == 0 and sim.t == 1 and step.feedback.demos == ()
+    assert step.feedback.label == Label.UNKNOWN and step.executed is step.novice
+
+
+def test_fier_options_switch_off_its_demo_kinds():
+    sim = Corridor(goal=9)  # a jump of 9 reaches the last cell, slip or not: a valid plan
+    step = FIER(sim, JUDGE, relabel, validation_demos=False).step(
+        decision(), plan(sim, lambda: 9), plan(sim, lambda: teacher(sim), "teacher"))
+    assert step.valid and step.feedback.execute == "teacher"  # ActiveDAgger: the teacher annotates instead
+    sim = Corridor(goal=6, seed=0)
+    step = FIER(sim, JUDGE, relabel, relabeling_demos=False, check_teacher=False).step(
+        decision(), plan(sim, lambda: 2), plan(sim, lambda: 0, "teacher"))
+    assert [d.source for d in step.feedback.demos] == ["teacher"]  # stored unjudged; no relabel
 
 
 def test_interactive_loop_bookkeeping():
@@ -283,17 +236,16 @@ def test_interactive_loop_bookkeeping():
     entries_u, entries_r, entries_k, sources = [], [], [], []
     failed, queried, annotations, active_fail, gated = [], [], 0, 0, 0
     for episode in range(30):
-        env = TimeLimit(Corridor(goal=int(rng.integers(3, 9)), seed=episode), max_steps=4)
-        fier = _fier(env)
-        sim = env.unwrapped
+        sim = Corridor(goal=int(rng.integers(3, 9)), seed=episode)
+        fier = FIER(sim, JUDGE, relabel)
         version = episode // 5
         done = False
-        while not done:
+        while not done and sim.t < 4:
             noise = int(rng.choice([-2, -1, 0, 0, 0, 0, 1, 2]))
             novice = teacher(sim) + noise
             u = abs(noise) + rng.random()  # the novice is unsure when it is wrong (mostly)
             d = gate.decide(u, version=version)
-            step = fier.step(d, novice, teacher_action=lambda: teacher(sim))
+            step = fier.step(d, plan(sim, lambda: novice), plan(sim, lambda: teacher(sim), "teacher"))
             gate.record(u, step.feedback.label, version=version)
             for demo in step.feedback.demos:
                 if demo.source == "relabeled":
@@ -307,8 +259,7 @@ def test_interactive_loop_bookkeeping():
             gated += math.isfinite(d.threshold)
             annotations += step.feedback.annotation
             active_fail += d.active and step.novice_failed
-            _, _, term, trunc, _ = env.step(step.action)
-            done = term or trunc
+            done = step.executed.done
     assert gated > len(queried) // 2 and not all(queried)  # past warm-up, the gate really gates
     assert annotations <= active_fail  # annotations only after active queries on failures
     assert sources.count("validated") == sum(1 for f, q in zip(failed, queried) if q and not f)

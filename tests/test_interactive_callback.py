@@ -24,12 +24,15 @@ import torch
 import yaml
 
 import lit_imit.modules.act  # noqa: F401  (torchvision must load before dm_control's EGL: else a segfault)
-from callbacks.interactive import STAGING_DIR, InteractiveAggregation
+from callbacks.interactive import InteractiveAggregation
 from lit_imit.cli import main
+from lit_imit.data.datamodule import STAGING_DIR
 from lit_imit.data.episodes import EpisodeStore
-from lit_imit.interactive import SAG, Decision, Label
-from lit_imit.interactive.loop import (
+from lit_imit.interactive import (
+    SAG,
     ActionAgreementJudge,
+    Decision,
+    Label,
     InteractiveConfig,
     PolicyNovice,
     Segment,
@@ -541,9 +544,9 @@ def test_askdagger_fit_collects_feedback_into_the_store_and_datamodule(tmp_path)
     rows = dm.train_set.index[:, 0]
     expected = PIER(alpha=1.5).compute(u, r, k, n_interactive=cb.n_interactive,
                                        counts=np.bincount(rows, minlength=len(dm.train_ids)))
-    probs = dm.sample_probabilities()
+    probs, weights = dm.sampling_distribution()
     np.testing.assert_allclose(probs, expected.probs[rows], rtol=1e-9)
-    np.testing.assert_allclose(dm.importance_weights(probs), expected.weights[rows], rtol=1e-5)
+    np.testing.assert_allclose(weights, expected.weights[rows], rtol=1e-5)
     tags = _tags(tmp_path / "logs" / "version_0")
     for tag in INTERACTIVE_TAGS:
         assert f"interactive/{tag}" in tags, tag
@@ -561,7 +564,7 @@ def test_shipped_config_builds_with_the_reference_settings(tmp_path):
                                 "init_args": {"save_dir": str(tmp_path)}}
     cfg["model"]["init_args"]["pretrained_backbone"] = None
     cfg["trainer"]["callbacks"][0]["init_args"]["judge"] = {
-        "class_path": "lit_imit.interactive.loop.ActionAgreementJudge",
+        "class_path": "lit_imit.interactive.judges.ActionAgreementJudge",
         "init_args": {"gripper_dims": [6, 13], "tolerance": 0.5}}
     cli = main(cfg, run=False)  # no subcommand without run
     cb = _callback(cli)

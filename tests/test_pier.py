@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_imit.interactive import PIER, Label, pier_priorities, sample_indices
+from lit_imit.interactive import PIER, Label, pier_priorities
 
 F, S, U = int(Label.KNOWN_FAILURE), int(Label.KNOWN_SUCCESS), int(Label.UNKNOWN)
 OFF, REL = int(Label.UNKNOWN_OFFLINE), int(Label.UNKNOWN_RELABELING)
@@ -127,16 +127,6 @@ def test_beta_annealing_endpoints():
     assert PIER().beta(0) == 1.0  # reference default beta0 = 1: no annealing
     betas = [pier.beta(n) for n in range(0, 120, 10)]
     assert all(a <= b for a, b in zip(betas, betas[1:]))
-
-
-def test_sample_indices_reproducible_and_proportional():
-    probs = np.array([0.1, 0.6, 0.3])
-    a = sample_indices(probs, 20000, seed=7, epoch=3)
-    b = sample_indices(probs, 20000, seed=7, epoch=3)
-    c = sample_indices(probs, 20000, seed=7, epoch=4)
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
-    freq = np.bincount(a, minlength=3) / a.size
-    assert np.allclose(freq, probs, atol=0.015)
 
 
 def test_state_dict_roundtrip_weights_only():

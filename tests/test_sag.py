@@ -193,10 +193,21 @@ def test_decision_flags_and_random_queries():
         gate.record(float(i), Label.KNOWN_FAILURE if i >= 5 else Label.KNOWN_SUCCESS, version=0)
     d = gate.decide(-5.0)
     assert isinstance(d, Decision) and d.query and d.random and not d.active and d.random_only
-    assert gate.last_query_random
+    assert gate.last_decision == d
     gate.p_rand = 0.0
-    assert gate.should_query(100.0) and not gate.last_query_random
-    assert not gate.should_query(-100.0)
+    assert gate.decide(100.0).query and not gate.last_decision.random
+    assert not gate.decide(-100.0).query
+
+
+def test_fork_shares_the_history_not_the_rng():
+    gate = SAG(p_rand=0.5, n_min=1, seed=0)
+    for i in range(10):
+        gate.record(float(i), Label.KNOWN_FAILURE if i >= 5 else Label.KNOWN_SUCCESS, version=0)
+    a, b = gate.fork([1, 0]), gate.fork([1, 0])
+    assert (a.u, a.r, a.k) == (gate.u, gate.r, gate.k) and a.threshold() == gate.threshold()
+    assert [a.decide(2.0).random for _ in range(20)] == [b.decide(2.0).random for _ in range(20)]
+    a.record(3.0, Label.KNOWN_FAILURE, version=0)
+    assert len(gate) == 10 and len(a) == 11  # a fork's decisions stay its own
 
 
 def test_random_query_rate_when_threshold_is_infinite():

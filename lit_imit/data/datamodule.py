@@ -9,6 +9,7 @@ a checkpoint stay on disk, untouched and unused, when that checkpoint is resumed
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
@@ -22,9 +23,13 @@ from lit_imit.data.recording import record_teacher_episodes
 from lit_imit.data.samplers import SeededSampler
 from lit_imit.envs import task_spec
 from lit_imit.envs.vector import available_cpus
+from lit_imit.interactive.pier import PIER
 
 log = logging.getLogger(__name__)
 
+
+#: where DDP ranks stage interactive demonstrations for rank 0 (inside the store's directory)
+STAGING_DIR = ".interactive_staging"
 
 #: values of the model-owned settings when the DataModule is used without a model
 STANDALONE_DEFAULTS: dict[str, Any] = {
@@ -234,24 +239,57 @@ class EpisodeDataModule(pl.LightningDataModule):
         if self.stats is None:
             self.stats = self.compute_stats()
 
+    def add_demos(self, demos: Sequence[tuple[dict[str, np.ndarray], dict[str, Any]]],
+                  meta: Sequence[dict[str, Any]]) -> list[int]:
+        """Write demonstrations ((arrays, file attributes) pairs) to the store, in order, and append them to the
+        training split with their metadata; returns their ids (they continue after the largest on disk)."""
+        if self.store is None:
+            raise RuntimeError("setup() has not run: there is no store to add demonstrations to")
+        ids = [self.store.add(arrays, attrs) for arrays, attrs in demos]
+        if ids:
+            self.add_episodes(ids, meta)
+        return ids
+
+    def collected_episode_ids(self) -> list[int]:
+        """Ids of the store's episodes that interactive rounds wrote (their files carry ``interactive_episode``)."""
+        if self.store is None and not Path(self.data_dir).is_dir():
+            return []
+        store = self.store if self.store is not None else EpisodeStore(self.data_dir, create=False)
+        return [i for i in store.ids() if "interactive_episode" in store.info(i)["attrs"]]
+
+    def episode_step_counts(self) -> list[int]:
+        """Drawable samples of each training episode, in ``train_ids`` order (PIER's ``counts``)."""
+        if self.train_set is None:
+            return [0] * len(self.train_ids)
+        return np.bincount(self.train_set.index[:, 0], minlength=len(self.train_ids)).astype(int).tolist()
+
+    def staging_path(self, name: str) -> Path:
+        """A hand-over file next to the store (DDP ranks pass demonstrations to rank 0 through it)."""
+        path = Path(self.data_dir) / STAGING_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     def set_priorities(self, priorities: dict[int, float], beta: float) -> None:
         """Per-episode priorities (from PIER) and the importance-sampling exponent of this round."""
         self.episode_priority = {int(k): float(v) for k, v in priorities.items()}
         self.importance_beta = float(beta)
 
-    def sample_probabilities(self) -> np.ndarray | None:
-        """P(i) ∝ p_episode(i)^alpha per training sample, or None under uniform sampling."""
+    def sampling_distribution(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(P(i), w_i) per training sample under prioritized sampling, None under uniform.
+
+        PIER's own ``probabilities`` and ``importance_weights`` with the step counts of the episodes: every
+        step of an episode carries its episode's priority (1 until a round has set them), P ∝ p^alpha, and
+        w_i = (N·P(i))^-beta / max w.
+        """
         if self.sampling != "prioritized" or self.train_set is None:
             return None
-        ds = self.train_set
-        prio = np.array([self.episode_priority.get(ds.episode_of(i), 1.0) for i in range(len(ds))], np.float64)
-        prio = np.power(np.maximum(prio, 1e-8), self.priority_alpha)
-        return prio / prio.sum()
-
-    def importance_weights(self, probabilities: np.ndarray) -> np.ndarray:
-        """w_i = (N·P(i))^-beta normalised by the largest weight (PER)."""
-        weights = np.power(len(probabilities) * probabilities, -self.importance_beta)
-        return (weights / weights.max()).astype(np.float32)
+        counts = self.episode_step_counts()
+        replay = PIER(alpha=self.priority_alpha)
+        priorities = [self.episode_priority.get(i, 1.0) for i in self.train_ids]
+        probs = replay.probabilities(priorities, counts)
+        weights = replay.importance_weights(probs, self.importance_beta, counts)
+        rows = self.train_set.index[:, 0]
+        return probs[rows], weights[rows].astype(np.float32)
 
     # ---- loaders ----------------------------------------------------------------------------------
     def _loader(self, dataset: ChunkDataset, sampler: SeededSampler) -> DataLoader:
@@ -278,8 +316,8 @@ class EpisodeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Side-effect free (Lightning may call it twice on resume): the draw depends on (seed, epoch)."""
         ds = self.train_set
-        probs = self.sample_probabilities()
-        ds.weights = self.importance_weights(probs) if probs is not None else np.ones(len(ds), np.float32)
+        distribution = self.sampling_distribution()
+        probs, ds.weights = distribution if distribution is not None else (None, np.ones(len(ds), np.float32))
         sampler = SeededSampler(len(ds), self.samples_per_epoch, probs, seed=self.seed, shuffle=True)
         sampler.set_epoch(self.train_epoch())
         return self._loader(ds, sampler)

@@ -12,7 +12,7 @@ MYCOBOT_ENTRY = "lit_imit.envs.mycobot:MyCobotMoveCubeEnv"
 MYCOBOT_TEACHER = "lit_imit.envs.mycobot_teachers:MoveCubeTeacher"
 #: interactive rounds judge an ALOHA segment by its agreement with the teacher's actions; the grippers (action
 #: indices 6 and 13, one per arm) are compared on their own scale
-ALOHA_JUDGE = "lit_imit.interactive.loop:ActionAgreementJudge"
+ALOHA_JUDGE = "lit_imit.interactive.judges:ActionAgreementJudge"
 ALOHA_GRIPPER_DIMS = (6, 13)
 
 #: myCobot task-name suffix -> env variant. move: cube A -> B; occupied: B is blocked, place at B2;

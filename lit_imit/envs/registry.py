@@ -45,7 +45,7 @@ def register_task(name: str, *, env_id: str, entry_point: str, teacher: str, max
     ``entry_point`` builds the env (``"module:Class"``, called with ``kwargs`` and the caller's keyword
     arguments); ``teacher`` builds the teacher from the env (``"module:Class"``, called as ``Teacher(env)``);
     ``judge`` (``"module:Class"``, called with ``judge_kwargs``) is the default test of a novice segment
-    in interactive rounds (``lit_imit.interactive.loop.SegmentJudge``).
+    in interactive rounds (``lit_imit.interactive.judges.SegmentJudge``).
     """
     spec = TaskSpec(name=name, env_id=env_id, entry_point=entry_point, teacher=teacher,
                     max_episode_steps=max_episode_steps, kwargs=dict(kwargs or {}), judge=judge,
@@ -94,5 +94,5 @@ def make_judge(task: str, **overrides: Any) -> Any:
     spec = task_spec(task)
     if spec.judge is None:
         raise ValueError(f"task {spec.name!r} has no default judge: configure `judge` "
-                         "(a lit_imit.interactive.loop.SegmentJudge)")
+                         "(a lit_imit.interactive.judges.SegmentJudge)")
     return _load(spec.judge)(**{**spec.judge_kwargs, **overrides})

@@ -1,28 +1,34 @@
 """Interactive imitation learning algorithms (plain numpy, no Lightning).
 
-- :mod:`.sag`  S-Aware Gating: when to query the teacher (``SAG``, ``Label``, ``Decision``)
-- :mod:`.pier` Prioritized Interactive Experience Replay: what to replay (``PIER``)
-- :mod:`.fier` Foresight Interactive Experience Replay: what feedback becomes data (``FIER``)
+- :mod:`.sag`      S-Aware Gating: when to query the teacher (``SAG``, ``Label``, ``Decision``)
+- :mod:`.fier`     Foresight Interactive Experience Replay: what feedback becomes data (``FIER``, ``feedback``)
+- :mod:`.pier`     Prioritized Interactive Experience Replay: what to replay (``PIER``)
+- :mod:`.segments` what one actor did during one decision (``Segment``, ``run_segment``)
+- :mod:`.judges`   the teacher's verdict on a segment (``ActionAgreementJudge``, ``StepRewardJudge``)
+- :mod:`.loop`     one interactive episode: the modes (DAgger, ActiveDAgger, ASkDAgger and its ablations)
 
+The interactive round (``callbacks.interactive.InteractiveAggregation``) runs exactly these objects.
 The method is ASkDAgger (Luijkx et al., TMLR 2025); "the reference" in these modules is its reference
 implementation, the askdagger_cliport repository.
 """
 
-from .fier import (
-    FIER,
-    Demo,
-    Feedback,
-    FIERStep,
-    Foresight,
-    ForesightResult,
-    Outcome,
-    Simulator,
-    feedback,
-    info_judge,
-    reward_judge,
+from .fier import FIER, Demo, Feedback, FIERStep, Simulator, feedback
+from .judges import ActionAgreementJudge, SegmentJudge, StepRewardJudge, info_relabel
+from .loop import (
+    MODES,
+    DecisionRecord,
+    DemoSegment,
+    EpisodeOutcome,
+    InteractiveConfig,
+    ModeSpec,
+    PolicyNovice,
+    pier_inputs,
+    round_summary,
+    run_interactive_episode,
 )
-from .pier import PIER, PIERResult, pier_priorities, sample_indices
+from .pier import PIER, PIERResult, pier_priorities
 from .sag import SAG, Decision, Label, gating_metrics, sag_threshold
+from .segments import Segment, run_segment, segment_arrays
 
 __all__ = [
     "SAG",
@@ -33,16 +39,27 @@ __all__ = [
     "PIER",
     "PIERResult",
     "pier_priorities",
-    "sample_indices",
     "FIER",
     "FIERStep",
-    "Foresight",
-    "ForesightResult",
-    "Outcome",
     "Simulator",
     "Demo",
     "Feedback",
     "feedback",
-    "reward_judge",
-    "info_judge",
+    "Segment",
+    "run_segment",
+    "segment_arrays",
+    "SegmentJudge",
+    "ActionAgreementJudge",
+    "StepRewardJudge",
+    "info_relabel",
+    "MODES",
+    "ModeSpec",
+    "PolicyNovice",
+    "DecisionRecord",
+    "DemoSegment",
+    "EpisodeOutcome",
+    "InteractiveConfig",
+    "run_interactive_episode",
+    "pier_inputs",
+    "round_summary",
 ]

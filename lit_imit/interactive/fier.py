@@ -2,45 +2,34 @@
 
 When the gate queries the teacher, the teacher judges the novice's *plan* before it is executed
 ("foresight"); in simulation this is emulated by snapshotting the simulator, executing the plan, judging
-the outcome, and restoring the snapshot. The teacher's answer is turned into demonstrations:
+it, and restoring the snapshot if the plan must not happen. The teacher's answer becomes demonstrations:
 
-- **validated** demo: the plan is valid -> the novice's own action is stored (and executed);
+- **validated** demo: the plan is valid -> the novice's own segment is stored (and has happened);
 - **relabeled** demo: the plan is invalid but achieved *something* the task can describe -> the novice's
-  action is stored with the instruction it did fulfil (``relabel`` returns it, or None);
-- **teacher** demo (annotation): an *active* query on an invalid plan -> the teacher's action is stored
-  and executed instead. A *random-only* query (``p_rand`` draw) on an invalid plan gives the label and
-  possibly a relabeled demo, but no annotation, and the novice's action is executed.
+  segment is stored with the instruction it did fulfil (``relabel`` returns it, or None);
+- **teacher** demo (annotation): an *active* query on an invalid plan -> the simulator is restored and the
+  teacher acts instead; its segment is stored if the judge accepts it. A *random-only* query (``p_rand``
+  draw) on an invalid plan gives the label and possibly a relabeled demo, but no annotation, and the
+  novice's plan stands.
 
-The pieces are small and separately testable: :class:`Foresight` (simulator protocol), :func:`feedback`
-(pure decision table), :class:`FIER` (foresight + feedback for one decision point). Executing the chosen
-action on the real (wrapped) environment stays with the caller, so wrappers such as time limits count
-each decision once.
+Two pieces: :func:`feedback` (the pure decision table) and :class:`FIER` (foresight on the simulator +
+feedback, for one decision point). A plan is a zero-argument callable that runs an actor on the simulator
+from its current state and returns the :class:`~.segments.Segment`; the episode loop (:mod:`.loop`)
+builds them. A plan that stands is not executed twice: its foreseen segment is what happened.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
+from .judges import SegmentJudge
 from .sag import Decision, Label
+from .segments import Segment
 
-__all__ = [
-    "Simulator",
-    "Outcome",
-    "ForesightResult",
-    "Foresight",
-    "Demo",
-    "Feedback",
-    "feedback",
-    "FIER",
-    "FIERStep",
-    "reward_judge",
-    "info_judge",
-    "SOURCES",
-]
+__all__ = ["Simulator", "Demo", "Feedback", "feedback", "FIER", "FIERStep"]
 
-SOURCES = ("validated", "relabeled", "teacher")
 Source = Literal["validated", "relabeled", "teacher"]
 
 
@@ -60,120 +49,15 @@ class Simulator(Protocol):
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What executing a plan on the simulator produced (input to the judge)."""
-
-    observation: Any
-    rewards: tuple[float, ...]
-    terminated: bool
-    truncated: bool
-    info: dict
-    steps: int
-
-    @property
-    def reward(self) -> float:
-        """Reward of the last executed step (the reference judges the step reward)."""
-        return self.rewards[-1] if self.rewards else math.nan
-
-
-@dataclass(frozen=True)
-class ForesightResult:
-    """A judged plan: the outcome, the verdict, task descriptions before/after, and the post state."""
-
-    outcome: Outcome
-    success: bool
-    before: Any = None
-    after: Any = None
-    state_after: Any = None
-
-
-Judge = Callable[[Outcome], bool]
-
-
-def reward_judge(target: float | None = None, tol: float = 0.01, target_key: str = "max_step_reward") -> Judge:
-    """Success iff the last step reward is within ``tol`` of the target step reward.
-
-    This is the reference's test for Ravens: step reward equal to the maximal reward of one goal step
-    (total goal reward / number of goal objects). With ``target=None`` the target is read from the
-    step's ``info[target_key]`` (the Ravens env reports ``max_step_reward`` there).
-    """
-
-    def judge(outcome: Outcome) -> bool:
-        goal = outcome.info[target_key] if target is None else target
-        return bool(abs(outcome.reward - float(goal)) < tol)
-
-    return judge
-
-
-def info_judge(key: str = "is_success") -> Judge:
-    """Success iff the final ``info[key]`` is truthy (gymnasium convention for task success)."""
-
-    def judge(outcome: Outcome) -> bool:
-        return bool(outcome.info.get(key, False))
-
-    return judge
-
-
-class Foresight:
-    """Executes a plan on the simulator, judges it, and restores the simulator exactly.
-
-    ``env`` may be wrapped: foresight acts on ``env.unwrapped`` so wrapper bookkeeping (time limits,
-    order enforcement, recorders) is not disturbed. ``describe(sim)`` (optional) summarises the task
-    state before and after the plan, e.g. which objects sit on which targets, for relabeling.
-    ``keep_state_after`` also snapshots the post-plan state (``ForesightResult.state_after``), for
-    callers that commit the foreseen state instead of re-executing; off by default because a snapshot
-    can be costly (a saved physics-server state in pybullet).
-    """
-
-    def __init__(self, env: Any, judge: Judge, describe: Callable[[Any], Any] | None = None,
-                 keep_state_after: bool = False) -> None:
-        sim = getattr(env, "unwrapped", env)
-        if not isinstance(sim, Simulator):
-            raise TypeError("foresight needs env.unwrapped with step(), get_state() and set_state()")
-        self.sim = sim
-        self.judge = judge
-        self.describe = describe
-        self.keep_state_after = keep_state_after
-
-    def predict(self, action: Any) -> ForesightResult:
-        """Judge one action (a skill, or one control step)."""
-        return self.predict_plan([action])
-
-    def predict_plan(self, actions: Sequence[Any]) -> ForesightResult:
-        """Judge a sequence of actions (e.g. an action chunk); stops early when the episode ends.
-
-        The simulator is always restored, even if the judge or the simulator raises.
-        """
-        if len(actions) == 0:
-            raise ValueError("a plan needs at least one action")
-        snapshot = self.sim.get_state()
-        try:
-            before = self.describe(self.sim) if self.describe else None
-            rewards: list[float] = []
-            obs, terminated, truncated, info = None, False, False, {}
-            for a in actions:
-                obs, rew, terminated, truncated, info = self.sim.step(a)
-                rewards.append(float(rew))
-                if terminated or truncated:
-                    break
-            outcome = Outcome(obs, tuple(rewards), bool(terminated), bool(truncated), dict(info), len(rewards))
-            after = self.describe(self.sim) if self.describe else None
-            success = bool(self.judge(outcome))
-            state_after = self.sim.get_state() if self.keep_state_after else None
-        finally:
-            self.sim.set_state(snapshot)
-        return ForesightResult(outcome, success, before, after, state_after)
-
-
-@dataclass(frozen=True)
 class Demo:
     """One demonstration produced by FIER, with the PIER fields of its entry.
 
     ``instruction`` is None when the demo keeps the episode's instruction; relabeled demos carry the
     new one. ``label``/``uncertainty`` are what PIER needs: a relabeled entry has UNKNOWN_RELABELING
     and u = NaN, the others inherit the decision's label and uncertainty. ``version`` is the model
-    version of the decision. The observation is the one the decision was made on; the caller holds
-    it and writes (observation, action, instruction) into the episode store.
+    version of the decision. ``action`` is the plan that becomes data: in the episode loop the novice's or
+    the teacher's :class:`~.segments.Segment` (its observations and actions); :func:`feedback` itself
+    treats plans as opaque values.
     """
 
     source: Source
@@ -264,57 +148,74 @@ def _annotate(label: Label, relabeled: tuple[Demo, ...], teacher_action: Any,
     return Feedback(label, "teacher", demos, teacher_action=action)
 
 
+Plan = Callable[[], Segment]
+
+
 @dataclass(frozen=True)
 class FIERStep:
-    """Result of one FIER decision point: the feedback, the novice foresight, the action to execute."""
+    """One FIER decision point: the teacher's feedback, the novice's plan as it ran, and what happened.
+
+    ``executed`` is the novice segment when the novice's plan stands, else the teacher's take-over; the
+    simulator is in the state after it. ``valid`` is the judge's verdict on the novice plan: the
+    teacher's answer when the decision queried, privileged ground truth for logging otherwise.
+    """
 
     feedback: Feedback
-    novice: ForesightResult
-    action: Any
+    novice: Segment
+    executed: Segment
+    valid: bool
 
     @property
     def novice_failed(self) -> bool:
-        """Privileged ground truth (from foresight) for logging sensitivity/specificity."""
-        return not self.novice.success
+        return not self.valid
 
 
 class FIER:
     """Foresight + feedback for one decision point of an interactive episode.
 
-    ``relabel(before, after)`` receives the ``describe`` summaries of the novice foresight and returns
-    the instruction the plan fulfilled, or None. With ``check_teacher`` the teacher's action is
-    judged by foresight too and stored only if it succeeds (as in the reference).
+    ``judge`` gives the verdict on a segment (:mod:`.judges`); ``relabel(segment)`` returns the instruction
+    an invalid novice segment did fulfil, or None. With ``check_teacher`` a teacher take-over is stored
+    only if the judge accepts it (the reference drops failing teacher demos). ``validation_demos`` and
+    ``relabeling_demos`` switch FIER's two demo kinds (off: ActiveDAgger and the ablations).
     """
 
-    def __init__(self, foresight: Foresight, relabel: Callable[[Any, Any], str | None] | None = None,
-                 validation_demos: bool = True, relabeling_demos: bool = True, check_teacher: bool = True,
-                 plan: bool = False) -> None:
-        self.foresight = foresight
+    def __init__(self, sim: Simulator, judge: SegmentJudge, relabel: Callable[[Segment], str | None] | None = None,
+                 validation_demos: bool = True, relabeling_demos: bool = True, check_teacher: bool = True) -> None:
+        if not isinstance(sim, Simulator):
+            raise TypeError("foresight needs a simulator with step(), get_state() and set_state() (env.unwrapped)")
+        self.sim = sim
+        self.judge = judge
         self.relabel = relabel
-        self.validation_demos = validation_demos
-        self.relabeling_demos = relabeling_demos
-        self.check_teacher = check_teacher
-        self.plan = plan  # actions are sequences (chunks) executed step by step
+        self.validation_demos = bool(validation_demos)
+        self.relabeling_demos = bool(relabeling_demos)
+        self.check_teacher = bool(check_teacher)
 
-    def _predict(self, action: Any) -> ForesightResult:
-        return self.foresight.predict_plan(action) if self.plan else self.foresight.predict(action)
+    def step(self, decision: Decision, novice_plan: Plan, teacher_plan: Plan) -> FIERStep:
+        """Run the novice's plan (on a snapshot when the decision queried), judge it, and build the feedback.
 
-    def step(self, decision: Decision, novice_action: Any, teacher_action: Any = None) -> FIERStep:
-        """Judge the novice plan (always: the verdict is also the logging ground truth) and build the
-        feedback. ``teacher_action`` is a value or a zero-argument callable evaluated on the restored,
-        pre-plan simulator only if an annotation is due. Execute ``result.action`` afterwards.
+        ``teacher_plan`` runs only if an annotation is due, from the restored pre-plan state: asking the
+        teacher is what the gate tries to save.
         """
-        novice = self._predict(novice_action)
+        snapshot = self.sim.get_state() if decision.query else None
+        novice = novice_plan()
+        valid = bool(self.judge(novice))
+        taken_over: list[Segment] = []
+
+        def teacher_takes_over() -> Segment:
+            self.sim.set_state(snapshot)
+            segment = teacher_plan()
+            taken_over.append(segment)
+            return segment
+
         relabel_fn = None
         if self.relabel is not None:
             relabel = self.relabel
 
             def relabel_fn() -> str | None:
-                return relabel(novice.before, novice.after)
+                return relabel(novice)
 
-        teacher_ok: bool | Callable[[Any], bool] = (lambda a: self._predict(a).success) if self.check_teacher else True
-        fb = feedback(decision, novice.success, novice_action, teacher_action, relabel_fn,
-                      teacher_ok=teacher_ok, validation_demos=self.validation_demos,
-                      relabeling_demos=self.relabeling_demos)
-        action = novice_action if fb.execute == "novice" else fb.teacher_action
-        return FIERStep(fb, novice, action)
+        fb = feedback(decision, valid, novice, teacher_takes_over, relabel_fn,
+                      teacher_ok=self.judge if self.check_teacher else True,
+                      validation_demos=self.validation_demos, relabeling_demos=self.relabeling_demos)
+        executed = taken_over[0] if fb.execute == "teacher" else novice
+        return FIERStep(fb, novice, executed, valid)

@@ -6,15 +6,15 @@ A *decision* is the unit the gate judges and the teacher may take over: one env 
 
 1. the novice proposes its next action and the uncertainty of the decision (``Novice.step``);
 2. the gate (:class:`~lit_imit.interactive.sag.SAG`) decides whether to query the teacher;
-3. the novice's decision is executed on the simulator and judged (``SegmentJudge``). When the teacher
-   was queried this is *foresight*: the simulator was snapshot first, so an invalid plan can be undone
-   before it "happened" (the teacher judged the plan, not its consequences). When it was not queried,
-   the plan is executed for real and the verdict is only privileged ground truth for logging
-   sensitivity and specificity;
-4. :func:`~lit_imit.interactive.fier.feedback` turns (decision, verdict) into demonstrations: a
-   *validated* novice segment, a *relabeled* one (the instruction it did fulfil), or a *teacher*
-   segment: the snapshot is restored and the teacher acts for the decision's steps (HG-DAgger style
-   take-over), its actions executed and recorded.
+3. :class:`~lit_imit.interactive.fier.FIER` runs the novice's decision on the simulator and judges it
+   (:mod:`~lit_imit.interactive.judges`). When the teacher was queried this is *foresight*: the simulator
+   was snapshot first, so an invalid plan can be undone before it "happened" (the teacher judged the
+   plan, not its consequences). When it was not queried, the plan runs for real and the verdict is only
+   privileged ground truth for logging sensitivity and specificity;
+4. FIER's feedback turns (decision, verdict) into demonstrations: a *validated* novice segment, a
+   *relabeled* one (the instruction it did fulfil), or a *teacher* segment: the snapshot is restored and
+   the teacher acts for the decision's steps (HG-DAgger style take-over), its actions executed and
+   recorded.
 
 DAgger (``mode="dagger"``) has no gate: at every decision the teacher labels the novice-visited state
 with its own segment, rolled out on a snapshot, and the novice then executes its decision (or, with
@@ -29,14 +29,15 @@ length is capped by ``max_steps`` (wrappers are bypassed so foresight never coun
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .fier import Feedback, feedback
+from .fier import FIER, Feedback, Simulator
+from .judges import SegmentJudge
 from .sag import SAG, Decision, Label
+from .segments import Segment, run_segment, segment_arrays
 
 __all__ = [
     "MODES",
@@ -44,18 +45,11 @@ __all__ = [
     "Novice",
     "Teacher",
     "PolicyNovice",
-    "Segment",
-    "SegmentJudge",
-    "ActionAgreementJudge",
-    "StepRewardJudge",
-    "info_relabel",
     "DecisionRecord",
     "DemoSegment",
     "EpisodeOutcome",
     "InteractiveConfig",
-    "run_segment",
     "run_interactive_episode",
-    "segment_arrays",
     "pier_inputs",
     "round_summary",
 ]
@@ -142,159 +136,6 @@ def _row(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().float().cpu().numpy()
     return np.asarray(value)[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# segments and judges
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Segment:
-    """What happened while one actor drove for one decision: the states it acted from and its actions.
-
-    ``teacher_actions`` holds the teacher's action at each visited state when the segment was labelled
-    (judges compare them with ``actions``); for a teacher segment they equal ``actions``.
-    ``start_reward`` is the reward of the step before the segment (the stage the segment started in).
-    """
-
-    actor: str
-    start_step: int
-    start_reward: float
-    observations: list[Any] = field(default_factory=list)
-    actions: list[Any] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    infos: list[dict] = field(default_factory=list)
-    teacher_actions: list[Any] = field(default_factory=list)
-    final_observation: Any = None
-    terminated: bool = False
-    truncated: bool = False
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-    @property
-    def done(self) -> bool:
-        return self.terminated or self.truncated
-
-    @property
-    def last_info(self) -> dict:
-        return self.infos[-1] if self.infos else {}
-
-
-class SegmentJudge(ABC):
-    """Decides whether a segment was a valid plan (the teacher's verdict, emulated in simulation).
-
-    ``needs_teacher_labels`` asks the loop to record the teacher's action at every state the novice
-    visits (costly for teachers that solve IK; only judges that compare actions need it).
-    """
-
-    needs_teacher_labels: bool = False
-
-    @abstractmethod
-    def __call__(self, segment: Segment) -> bool:
-        """True if the segment is a valid plan."""
-
-
-def _physics_failed(segment: Segment) -> bool:
-    return any("physics_error" in info for info in segment.infos)
-
-
-class ActionAgreementJudge(SegmentJudge):
-    """A continuous-control segment is valid when it moves the way the teacher would, step by step.
-
-    At each visited state the state-feedback teacher says what it would do there. For the position
-    dimensions the novice's commanded displacement ``a - q`` is compared with the teacher's: the error is
-    ``|d_novice - d_teacher| / max(|d_teacher|, motion_floor)`` (norms over those dimensions), i.e.
-    relative to how far the teacher wants to move, because a rate-limited teacher's actions all lie
-    within a few centirad of the current joints and absolute errors cannot tell "slightly off" from
-    "not moving at all". Gripper dimensions are compared directly (absolute error). The segment is
-    valid when the mean relative error is at most ``tolerance``, the mean gripper error at most
-    ``gripper_tolerance``, the staged reward at its end is not below the one it started from
-    (``no_regression``: nothing dropped or let go) and the simulation did not blow up.
-
-    Calibrated on ALOHA transfer cube with 100-step segments (tests/test_interactive_callback.py): the
-    teacher scores 0; the teacher's actions plus 0.005 rad joint noise (which still succeed) 0.2-0.35,
-    plus 0.01 rad (which succeed about two times in three) 0.4-0.7; plus 0.02 or 0.05 rad (which fail the
-    task) 0.7-1.6; standing still 1.0 (and gripper error ~0.8). Hence ``tolerance=0.6``.
-    """
-
-    needs_teacher_labels = True
-
-    def __init__(self, gripper_dims: Sequence[int] = (), tolerance: float = 0.6, gripper_tolerance: float = 0.3,
-                 motion_floor: float = 0.05, state_key: str | None = "qpos", no_regression: bool = True) -> None:
-        if tolerance <= 0 or gripper_tolerance <= 0 or motion_floor <= 0:
-            raise ValueError("tolerances and motion_floor must be positive")
-        self.gripper_dims = [int(d) for d in gripper_dims]
-        self.tolerance = float(tolerance)
-        self.gripper_tolerance = float(gripper_tolerance)
-        self.motion_floor = float(motion_floor)
-        self.state_key = state_key
-        self.no_regression = bool(no_regression)
-
-    def errors(self, segment: Segment) -> tuple[float, float]:
-        """(mean relative position error, mean absolute gripper error) of a labelled segment."""
-        if len(segment.teacher_actions) != len(segment.actions) or not segment.actions:
-            raise ValueError("the segment has no teacher label for every step: run it with the teacher labelling")
-        novice = np.asarray(segment.actions, dtype=np.float64)
-        teacher = np.asarray(segment.teacher_actions, dtype=np.float64)
-        dims = novice.shape[-1]
-        position = [d for d in range(dims) if d not in self.gripper_dims]
-        if self.state_key is not None:
-            state = np.asarray([obs[self.state_key] for obs in segment.observations], dtype=np.float64)
-            if state.shape != novice.shape:
-                raise ValueError(f"{self.state_key} {state.shape} and actions {novice.shape} must share a layout")
-        else:
-            state = np.zeros_like(novice)
-        d_novice = novice[:, position] - state[:, position]
-        d_teacher = teacher[:, position] - state[:, position]
-        scale = np.maximum(np.linalg.norm(d_teacher, axis=1), self.motion_floor)
-        relative = float(np.mean(np.linalg.norm(d_novice - d_teacher, axis=1) / scale)) if position else 0.0
-        grip = float(np.mean(np.abs(novice[:, self.gripper_dims] - teacher[:, self.gripper_dims]))) \
-            if self.gripper_dims else 0.0
-        return relative, grip
-
-    def regressed(self, segment: Segment) -> bool:
-        return bool(segment.rewards) and segment.rewards[-1] < segment.start_reward
-
-    def __call__(self, segment: Segment) -> bool:
-        if not segment.actions or _physics_failed(segment):
-            return False
-        if self.no_regression and self.regressed(segment):
-            return False
-        relative, grip = self.errors(segment)
-        return relative <= self.tolerance and grip <= self.gripper_tolerance
-
-
-class StepRewardJudge(SegmentJudge):
-    """ASkDAgger's Ravens test: the last step reward equals the reward of one goal step (within ``tol``).
-
-    The target is read from ``info[target_key]`` (Ravens reports ``max_step_reward``) unless given.
-    """
-
-    def __init__(self, tol: float = 0.01, target: float | None = None, target_key: str = "max_step_reward") -> None:
-        self.tol, self.target, self.target_key = float(tol), target, target_key
-
-    def __call__(self, segment: Segment) -> bool:
-        if not segment.rewards or _physics_failed(segment):
-            return False
-        goal = self.target if self.target is not None else segment.last_info.get(self.target_key)
-        if goal is None or not goal > 0:
-            return False
-        return abs(segment.rewards[-1] - float(goal)) < self.tol
-
-
-def info_relabel(key: str = "achieved_instruction") -> Callable[[Segment], str | None]:
-    """Relabeling from the env's own report: the instruction the segment's last step fulfilled.
-
-    Ravens puts it in ``info["achieved_instruction"]``; tasks without language goals never relabel.
-    """
-
-    def relabel(segment: Segment) -> str | None:
-        value = segment.last_info.get(key)
-        return str(value) if value else None
-
-    return relabel
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,78 +238,6 @@ class InteractiveConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_segment(sim: Any, act: Callable[[Any], Any], obs: Any, steps: int, actor: str, start_step: int,
-                start_reward: float, first_action: Any = None, label: Callable[[Any], Any] | None = None,
-                actions_are_labels: bool = False) -> Segment:
-    """Let ``act`` drive ``sim`` for up to ``steps`` steps from ``obs``, recording everything.
-
-    ``first_action`` is used for the first step instead of calling ``act`` (the novice's first action is
-    computed before the gate decides). ``label(obs)`` records the teacher's action at each visited state,
-    called before the step (teachers read the simulator state); ``actions_are_labels`` marks a teacher
-    segment, whose labels are its own actions.
-    """
-    seg = Segment(actor=actor, start_step=start_step, start_reward=float(start_reward))
-    for j in range(steps):
-        action = first_action if (j == 0 and first_action is not None) else act(obs)
-        if label is not None:
-            seg.teacher_actions.append(label(obs))
-        seg.observations.append(obs)
-        seg.actions.append(action)
-        obs, reward, terminated, truncated, info = sim.step(action)
-        seg.rewards.append(float(reward))
-        seg.infos.append(dict(info))
-        if terminated or truncated:
-            seg.terminated, seg.truncated = bool(terminated), bool(truncated)
-            break
-    if actions_are_labels:
-        seg.teacher_actions = list(seg.actions)
-    seg.final_observation = obs
-    return seg
-
-
-def segment_arrays(segment: Segment, instruction: str | None = None,
-                   action_space: Any = None) -> dict[str, np.ndarray]:
-    """The segment's (observation, action) pairs in the episode-file layout.
-
-    Observation keys go to ``observations/<key>`` (strings such as language goals as per-step text);
-    ``instruction`` (a relabeled goal) replaces ``observations/instruction`` at every step. Dict actions
-    go to ``action/<name>``; a flat action of an env whose action space is a ``Dict`` is split into its
-    parts in the order of the space's keys (Ravens: a 14-vector is pick then place), so novice (flat) and
-    teacher (dict) demos of one task share a layout.
-    """
-    parts = _dict_action_parts(action_space)
-    columns: dict[str, list[np.ndarray]] = {}
-    for obs, action in zip(segment.observations, segment.actions):
-        for key, value in obs.items():
-            columns.setdefault(f"observations/{key}", []).append(np.asarray(value))
-        if not isinstance(action, Mapping) and parts:
-            flat = np.asarray(action, dtype=np.float32).reshape(-1)
-            if flat.size != sum(size for _, size in parts):
-                raise ValueError(f"a flat action of {flat.size} values does not split into {parts}")
-            bounds = np.cumsum([0] + [size for _, size in parts])
-            action = {name: flat[a:b] for (name, _), a, b in zip(parts, bounds[:-1], bounds[1:])}
-        if isinstance(action, Mapping):
-            for key, value in action.items():
-                columns.setdefault(f"action/{key}", []).append(np.asarray(value, dtype=np.float32))
-        else:
-            columns.setdefault("action", []).append(np.asarray(action, dtype=np.float32))
-    if instruction is not None and segment.observations:
-        columns["observations/instruction"] = [np.asarray(instruction)] * len(segment.observations)
-    arrays = {}
-    for key, values in columns.items():
-        arr = np.stack(values)
-        arrays[key] = arr.astype(np.float32) if arr.dtype == np.float64 else arr
-    return arrays
-
-
-def _dict_action_parts(action_space: Any) -> list[tuple[str, int]]:
-    """[(name, size)] of a gymnasium ``Dict`` action space of boxes; [] for any other space."""
-    spaces = getattr(action_space, "spaces", None)
-    if not isinstance(spaces, Mapping):
-        return []
-    return [(str(name), int(np.prod(space.shape))) for name, space in spaces.items()]
-
-
 class _Episode:
     """State of one running episode; its methods are the steps of the module docstring."""
 
@@ -481,6 +250,8 @@ class _Episode:
         self.spec = config.spec
         if self.spec.gated and gate is None:
             raise ValueError(f"mode {config.mode!r} needs a gate (SAG)")
+        self.fier = FIER(sim, judge, relabel, validation_demos=self.spec.validation_demos,
+                         relabeling_demos=self.spec.relabeling_demos) if self.spec.gated else None
         self.decisions: list[DecisionRecord] = []
         self.demos: list[DemoSegment] = []
         self.step = 0
@@ -533,37 +304,21 @@ class _Episode:
 
     # -- one decision ----------------------------------------------------------------------------
     def gated_decision(self, obs: Any, steps: int, number: int) -> tuple[Any, bool]:
-        """SAG + foresight + FIER feedback for one decision; returns (next obs, episode over)."""
+        """SAG + FIER for one decision; returns (next obs, episode over)."""
         first_action, u = self.novice.step(obs)
-        assert self.gate is not None
+        assert self.gate is not None and self.fier is not None
         decision = self.gate.decide(u, self.version)
-        snapshot = self.sim.get_state() if decision.query else None
-        novice_seg = self._novice_segment(obs, first_action, steps)
-        valid = bool(self.judge(novice_seg))
-        taken_over: list[Segment] = []
-
-        def teacher_takes_over() -> Segment:
-            self.sim.set_state(snapshot)
-            seg = self._teacher_segment(obs, steps)
-            taken_over.append(seg)
-            return seg
-
-        fb = feedback(decision, valid, novice_seg, teacher_takes_over,
-                      relabel_fn=(lambda: self.relabel(novice_seg)) if self.relabel is not None else None,
-                      teacher_ok=self._teacher_ok, validation_demos=self.spec.validation_demos,
-                      relabeling_demos=self.spec.relabeling_demos)
-        executed = taken_over[0] if fb.execute == "teacher" else novice_seg
+        result = self.fier.step(decision, lambda: self._novice_segment(obs, first_action, steps),
+                                lambda: self._teacher_segment(obs, steps))
+        fb, executed = result.feedback, result.executed
         if fb.execute == "teacher" and self.config.store_failed_teacher and not fb.annotation:
             self.demos.append(self._demo("teacher", executed, fb.label, u, number))
-        self._store_feedback(fb, novice_seg, executed, u, number)
-        self._record(decision, fb.label, failed=not valid, executed=fb.execute, number=number, fb=fb)
+        self._store_feedback(fb, result.novice, executed, u, number)
+        self._record(decision, fb.label, failed=result.novice_failed, executed=fb.execute, number=number, fb=fb)
         next_obs = self._commit(executed)
         if fb.execute == "teacher":
             self.novice.reset()
         return next_obs, executed.done
-
-    def _teacher_ok(self, segment: Segment) -> bool:
-        return bool(self.judge(segment))
 
     def _store_feedback(self, fb: Feedback, novice_seg: Segment, executed: Segment, u: float, number: int) -> None:
         for demo in fb.demos:
@@ -578,7 +333,7 @@ class _Episode:
                             version=self.version)
         if self.rng.random() < self.config.dagger_beta:  # the teacher drives this decision
             seg = self._teacher_segment(obs, steps)
-            ok = self._teacher_ok(seg)
+            ok = bool(self.judge(seg))
             if ok or self.config.store_failed_teacher:
                 self.demos.append(self._demo("teacher", seg, Label.UNKNOWN, u, number))
             self._record(decision, Label.UNKNOWN, failed=False, executed="teacher", number=number,
@@ -588,7 +343,7 @@ class _Episode:
             return next_obs, seg.done
         snapshot = self.sim.get_state()
         label_seg = self._teacher_segment(obs, steps)
-        ok = self._teacher_ok(label_seg)
+        ok = bool(self.judge(label_seg))
         self.sim.set_state(snapshot)
         novice_seg = self._novice_segment(obs, first_action, steps)
         valid = bool(self.judge(novice_seg))
@@ -646,9 +401,9 @@ def run_interactive_episode(sim: Any, novice: Novice, teacher: Teacher, gate: SA
     DAgger's beta mixture. The novice is reset at the start; decisions, demos and statistics come back in
     an :class:`EpisodeOutcome`.
     """
-    for name in ("get_state", "set_state", "step", "reset"):
-        if not callable(getattr(sim, name, None)):
-            raise TypeError(f"interactive episodes need a simulator with {name}() (pass env.unwrapped)")
+    if not isinstance(sim, Simulator) or not callable(getattr(sim, "reset", None)):
+        raise TypeError("interactive episodes need a simulator with reset(), step(), get_state() and set_state() "
+                        "(pass env.unwrapped)")
     episode = _Episode(sim, novice, teacher, gate, judge, config, index, seed, version, relabel,
                        rng if rng is not None else np.random.default_rng(seed))
     return episode.run()

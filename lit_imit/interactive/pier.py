@@ -35,7 +35,7 @@ import numpy as np
 
 from .sag import Label
 
-__all__ = ["PIER", "PIERResult", "pier_priorities", "sample_indices"]
+__all__ = ["PIER", "PIERResult", "pier_priorities"]
 
 
 def pier_priorities(
@@ -76,17 +76,6 @@ def pier_priorities(
         p = 1.0 - r_t * (np.power(base, 1.0 - c) - 1.0) / (base - 1.0)
     p[np.isnan(p)] = 1.0
     return p
-
-
-def sample_indices(probs: Sequence[float], num_samples: int, seed: int, epoch: int = 0) -> np.ndarray:
-    """Draw ``num_samples`` indices i.i.d. with replacement from ``probs``, reproducibly.
-
-    The generator is seeded by (seed, epoch) so every DDP rank draws the same global list and can take
-    its own slice ``indices[rank::world_size]``; a resumed run redraws the same list for the same epoch.
-    """
-    p = np.asarray(probs, dtype=float)
-    rng = np.random.default_rng([int(seed), int(epoch)])
-    return rng.choice(p.shape[0], size=int(num_samples), replace=True, p=p / p.sum())
 
 
 @dataclass(frozen=True)

@@ -383,9 +383,16 @@ class SAG:
         self.r.append(int(lab))
         self.k.append(v)
 
-    def set_label(self, label: Label | int, index: int = -1) -> None:
-        """Replace the label of an entry (the reference records UNKNOWN first and labels it later)."""
-        self.r[index] = int(Label(int(label)))
+    def fork(self, seed: Any) -> "SAG":
+        """A gate with this one's settings and history and an RNG of its own (``seed``).
+
+        Parallel episodes of one round each gate with a fork, extended by their own decisions; the shared
+        gate then records everyone's decisions in episode order (``callbacks.interactive``).
+        """
+        gate = SAG(self.mode, self.target, self.p_rand, self.n_min, self.n_rep, self.u_normalization,
+                   self.impute, seed=seed)
+        gate.u, gate.r, gate.k = list(self.u), list(self.r), list(self.k)
+        return gate
 
     # -- gating ------------------------------------------------------------------------------
     def threshold(self, pending: Sequence[float] | float | None = None, version: int | None = None) -> float:
@@ -426,15 +433,6 @@ class SAG:
         if out:
             self.last_decision = out[-1]
         return out
-
-    def should_query(self, uncertainty: float, version: int | None = None) -> bool:
-        """Shorthand for ``decide(u).query``; the full decision is kept in ``last_decision``."""
-        return self.decide(uncertainty, version).query
-
-    @property
-    def last_query_random(self) -> bool:
-        """True if the last decision was a query triggered only by the random draw."""
-        return bool(self.last_decision is not None and self.last_decision.random_only)
 
     def _kwargs(self) -> dict[str, Any]:
         return dict(target=self.target, p_rand=self.p_rand, mode=self.mode, n_min=self.n_min,

@@ -12,7 +12,7 @@ from lit_imit.envs.registry import register_task
 ENTRY_POINT = "lit_imit.envs.ravens.env:RavensEnv"
 TEACHER = "lit_imit.envs.ravens.env:RavensOracle"
 #: interactive rounds judge a pick-place by the reward it earns (ASkDAgger's test)
-JUDGE = "lit_imit.interactive.loop:StepRewardJudge"
+JUDGE = "lit_imit.interactive.judges:StepRewardJudge"
 
 #: Ravens task name -> gymnasium id stem and the largest number of pick-places an episode may take.
 RAVENS_TASKS = {
