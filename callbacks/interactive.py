@@ -12,11 +12,13 @@ Start: after BC pre-training on the DataModule's initial teacher demos (those ar
 PIER), or from scratch (``seed_episodes``): before the first epoch, gated episodes of the untrained novice
 seed the dataset (every decision is queried until SAG has enough labels, so the teacher does the work).
 
-DDP: episode ``i`` of a round runs on rank ``i % world_size`` with env seed ``seed + i`` and its own torch
-generator, so an episode's outcome does not depend on what else its rank ran. Every rank gates with a copy
-of the shared SAG state extended by its own decisions of the round; afterwards the decision records of all
-ranks are gathered and appended to the shared gate in episode order, so every rank ends the round with the
-same gate, counters, episode list and priorities. Demonstrations stay off the wire: rank 0 keeps its own
+Parallel episodes and DDP: every episode of a round gates with its own fork of the shared gate (the history
+at the start of the round, extended by the episode's own decisions) and uses env seed ``seed + i`` and its
+own torch generator, so its outcome does not depend on where or next to what it runs
+(:mod:`lit_imit.rounds`). Episode ``i`` runs on rank ``i % world_size``; within a rank, the episodes run one
+after the other in the training process (``num_workers`` 0) or side by side in env worker processes.
+Afterwards the decision records of all episodes are gathered and appended to the shared gate in episode
+order, so every rank ends the round with the same gate, counters, episode list and priorities. Demonstrations stay off the wire: rank 0 keeps its own
 in memory, the other ranks write theirs to ``<data_dir>/.interactive_staging``, and rank 0 adds all of
 them to the store in episode order (ids continue after the largest on disk) and broadcasts the ids.
 
@@ -40,14 +42,14 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 
 from callbacks.ema import ema_weights_if_any
+from callbacks.rollout import RolloutEvaluation
 from lit_imit.data.episodes import read_episode, write_episode
 from lit_imit.distributed import all_gather_objects, broadcast_object
 from lit_imit.evaluation import policy_env_kwargs
-from lit_imit.envs import make_env, make_judge, make_teacher, task_spec
+from lit_imit.envs import make_judge, task_spec
+from lit_imit.envs.vector import worker_count
 from lit_imit.interactive import (
     MODES,
     PIER,
@@ -55,14 +57,13 @@ from lit_imit.interactive import (
     EpisodeOutcome,
     InteractiveConfig,
     Label,
-    PolicyNovice,
     SegmentJudge,
     gating_metrics,
     info_relabel,
     pier_inputs,
     round_summary,
-    run_interactive_episode,
 )
+from lit_imit.rounds import EpisodeJob, RoundRunner, RoundSetting
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,6 @@ def refuse_collected_store(dm: Any) -> None:
             "--ckpt_path <its logs>/version_N/checkpoints/last.ckpt, or point data.init_args.data_dir to a new "
             "directory; set data.init_args.reuse_interactive_store: true to train on them anyway"
         )
-
-
-@contextmanager
-def _isolated_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch for one episode without touching the training streams (ACT samples latents for its
-    uncertainty): the episode is reproducible wherever it runs and training draws stay in step."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
 
 
 class InteractiveAggregation(pl.Callback):
@@ -124,6 +115,10 @@ class InteractiveAggregation(pl.Callback):
         judge: the teacher's verdict on a segment (default: :func:`default_judge` of the task).
         metrics_window: decisions (failures / successes) the logged gating rates look back over.
         store_failed_teacher: also store teacher segments the judge rejects (the reference drops them).
+        num_workers: where a rank's episodes of a round run: 0 (default) one after the other in the training
+            process; N > 0 in min(N, episodes) env worker processes at once (each rebuilds the novice from its
+            current weights on the CPU, once per round); ``"auto"``: the CPUs this process may use, shared
+            among the ranks of this node. Same outcomes either way (on the CPU).
     """
 
     def __init__(
@@ -153,6 +148,7 @@ class InteractiveAggregation(pl.Callback):
         judge: SegmentJudge | None = None,
         metrics_window: int = 50,
         store_failed_teacher: bool = False,
+        num_workers: int | str = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
@@ -183,8 +179,9 @@ class InteractiveAggregation(pl.Callback):
         self.metrics_window = int(metrics_window)
         self.store_failed_teacher = bool(store_failed_teacher)
         self._reset_progress()
-        self._env: Any = None
-        self._teacher: Any = None
+        worker_count(num_workers, 1)  # an invalid value fails here, at config time
+        self.num_workers = num_workers
+        self._runner: RoundRunner | None = None
         self._config: InteractiveConfig | None = None
 
     def _reset_progress(self) -> None:
@@ -238,17 +235,10 @@ class InteractiveAggregation(pl.Callback):
             return int(hp["n_action_steps"])
         return 1
 
-    def _actors(self) -> tuple[Any, Any]:
-        """The env (built lazily in each process: DDP relaunches the CLI per rank) and its teacher."""
-        if self._env is None:
-            self._env = make_env(self.task, **self.env_kwargs)
-            self._teacher = make_teacher(self.task, self._env)
-        return self._env, self._teacher
-
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._env is not None:
-            self._env.close()
-        self._env = self._teacher = None
+        if self._runner is not None:
+            self._runner.close()
+        self._runner = None
 
     # ---- hooks ------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -299,10 +289,6 @@ class InteractiveAggregation(pl.Callback):
             log.info("interactive round %d (model version %d): %d episodes, %d demos, %.1f s", self.rounds_done,
                      version, n_episodes, len(demos), seconds)
 
-    def _round_gate(self, rank: int) -> SAG:
-        """This rank's gate for the round: the shared history, an RNG of its own (seed, round, rank)."""
-        return self.gate.fork([self.seed, self.rounds_done, rank])
-
     @contextmanager
     def _policy_context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
         """Eval mode and the EMA weights when an EMA callback is present; training mode restored after."""
@@ -318,22 +304,24 @@ class InteractiveAggregation(pl.Callback):
 
     def _rollouts(self, trainer: pl.Trainer, pl_module: pl.LightningModule, version: int,
                   n_episodes: int) -> list[EpisodeOutcome]:
+        """This rank's episodes of the round (``i % world_size == rank``), each gating with its own fork of the
+        shared gate."""
         assert self._config is not None, "setup() did not run"
         rank, world = trainer.global_rank, trainer.world_size
-        env, teacher = self._actors()
-        gate = self._round_gate(rank) if self.spec.gated else None
-        novice = PolicyNovice(pl_module)
-        outcomes = []
+        indices = [self.episodes_done + i for i in range(rank, n_episodes, world)]
+        jobs = [EpisodeJob(index, version, self.gate.fork([self.seed, index]) if self.spec.gated else None)
+                for index in indices]
+        setting = RoundSetting(self.task, self.judge, self._config, self.relabel, self.seed)
         with self._policy_context(trainer, pl_module):
-            for i in range(rank, n_episodes, world):
-                index = self.episodes_done + i
-                with _isolated_torch_rng(self.seed + index, pl_module.device):
-                    outcomes.append(run_interactive_episode(
-                        env.unwrapped, novice, teacher, gate, self.judge, self._config, index=index,
-                        seed=self.seed + index, version=version, relabel=self.relabel,
-                        rng=np.random.default_rng([self.seed, index]),
-                    ))
-        return outcomes
+            return self._round_runner(trainer, len(jobs)).run(pl_module, jobs, setting)
+
+    def _round_runner(self, trainer: pl.Trainer, jobs: int) -> RoundRunner:
+        """Built in each process on first use (DDP relaunches the CLI per rank); workers live until teardown."""
+        if self._runner is None:
+            local_world = RolloutEvaluation._local_world_size(trainer)
+            workers = worker_count(self.num_workers, max(jobs, 1), local_world)
+            self._runner = RoundRunner(self.task, self.env_kwargs, workers)
+        return self._runner
 
     @staticmethod
     def _staged_name(episode: int, k: int) -> str:

@@ -25,7 +25,7 @@ from callbacks.ema import ema_weights_if_any
 from lit_imit.data.episodes import obs_path
 from lit_imit.distributed import all_gather_objects, is_distributed
 from lit_imit.envs import make_env, task_spec
-from lit_imit.envs.vector import ProcessEnvPool, available_cpus
+from lit_imit.envs.vector import ProcessEnvPool, worker_count
 from lit_imit.evaluation import EpisodeResult, evaluate_module, policy_env_kwargs, summarize
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,7 @@ class RolloutEvaluation(pl.Callback):
         self.task = task
         self.n_episodes = n_episodes
         self.n_envs = max(1, n_envs)
-        if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < -1):
-            raise ValueError(f"num_workers must be 0 (in-process), N > 0, -1 or 'auto', got {num_workers!r}")
+        worker_count(num_workers, 1)  # an invalid value fails here, at config time
         self.num_workers = num_workers
         self.every_n_epochs = every_n_epochs
         self.seed = seed
@@ -119,9 +118,7 @@ class RolloutEvaluation(pl.Callback):
 
     def worker_count(self, local_world_size: int = 1) -> int:
         """Worker processes for this rank: 0 = in-process; "auto" splits this node's CPUs among its ranks."""
-        if self.num_workers in ("auto", -1):
-            return min(self.n_envs, max(1, available_cpus() // max(1, local_world_size)))
-        return min(self.n_envs, int(self.num_workers))
+        return worker_count(self.num_workers, self.n_envs, local_world_size)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if isinstance(self._envs, list):

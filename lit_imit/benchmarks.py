@@ -141,6 +141,41 @@ def rollout_parallel(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                    "task": "transfer_cube", "policy": "fixed action"}
 
 
+@row("interactive_round")
+def interactive_round(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Seconds per ASkDAgger round (4 full transfer-cube episodes, decisions of one 100-step chunk, a gate with
+    no history: every decision is queried, judged by foresight with the teacher labelling each visited state,
+    and taken over by the teacher when invalid) with the episodes in-process (0) or in N worker processes."""
+    from lit_imit.envs import make_judge
+    from lit_imit.envs.vector import available_cpus
+    from lit_imit.interactive import SAG, InteractiveConfig, info_relabel
+    from lit_imit.rounds import EpisodeJob, RoundRunner, RoundSetting
+
+    cpus = available_cpus()
+    config = InteractiveConfig(mode="askdagger", decision_steps=100, max_steps=400)
+    setting = RoundSetting("transfer_cube", make_judge("transfer_cube"), config, info_relabel(), seed=0)
+    obs_kinds = {"state": ([], {"cameras": [], "env_state": True}),
+                 "top_120x160": (["top"], {"cameras": ["top"], "env_state": True, "image_size": (120, 160)})}
+    for kind, (cameras, env_kwargs) in obs_kinds.items():
+        from lit_imit.modules.act import ACTModule
+
+        module = ACTModule(cameras=cameras, state_keys=["qpos", "env_state"], state_dim=[14, 7], chunk_size=100,
+                           n_action_steps=100, pretrained_backbone=None, **ACT_SHAPES["quickstart"]["model"]).eval()
+        baseline = None
+        for workers in sorted({0, cpus}):
+            runner = RoundRunner("transfer_cube", env_kwargs, workers)
+            jobs = [EpisodeJob(i, 1, SAG(seed=i)) for i in range(4)]
+            try:
+                runner.run(module, jobs[:1], setting) if workers else None  # start the workers outside the timing
+                seconds = timed(lambda: runner.run(module, jobs, setting), 1, 0)
+            finally:
+                runner.close()
+            baseline = baseline or seconds
+            yield {"name": "interactive_round", "value": seconds, "unit": "s/round", "obs": kind, "episodes": 4,
+                   "num_workers": workers, "cpus": cpus, "speedup_vs_in_process": baseline / seconds,
+                   "task": "transfer_cube", "novice": "ACT (quickstart shape, chunk 100), untrained"}
+
+
 # ---- recording and loading ----------------------------------------------------------------------------
 def _recorded_store(root: Path, episodes: int, image_size: tuple[int, int]) -> tuple[Any, float]:
     from lit_imit.data.episodes import EpisodeStore

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lit_imit.checkpoints import CheckpointError, load_checkpoint
-from lit_imit.modules.base import PolicyModule
+from lit_imit.modules.base import PolicyModule, policy_class_path
 
 #: classes tried in order, by their constructor's parameters, when a checkpoint records no class
 KNOWN_POLICIES = ("lit_imit.modules.act:ACTModule", "lit_imit.modules.diffusion:DiffusionModule")
@@ -28,7 +28,8 @@ KNOWN_POLICIES = ("lit_imit.modules.act:ACTModule", "lit_imit.modules.diffusion:
 #: constructor arguments that would fetch pretrained weights; a checkpoint already holds the trained ones
 _PRETRAINED_KEYS = ("pretrained_backbone", "clip_pretrained")
 
-__all__ = ["KNOWN_POLICIES", "PolicyLoadError", "import_class", "load_policy", "policy_cameras", "policy_class_for"]
+__all__ = ["KNOWN_POLICIES", "PolicyLoadError", "import_class", "load_policy", "policy_cameras", "policy_class_for",
+           "policy_snapshot", "policy_from_snapshot"]
 
 
 class PolicyLoadError(RuntimeError):
@@ -137,6 +138,28 @@ def load_policy(path: str | Path, device: str = "cpu", policy_class: str | None 
                               f"unexpected {unexpected[:5]}")
     if getattr(module, "normalized_keys", ()) and not bool(module.stats_initialized):
         raise PolicyLoadError(f"{path} has no normalisation statistics: it was never set up with data")
+    return module.to(device).eval()
+
+
+def policy_snapshot(module: Any) -> dict[str, Any]:
+    """A picklable copy of a policy module as it is now: its class, hyper-parameters and weights as numpy arrays
+    (normalisation buffers included). What a worker process needs to act as this policy
+    (:func:`policy_from_snapshot`); numpy rather than tensors so that pickling never goes through torch's
+    shared-memory file descriptors."""
+    return {"policy_class": policy_class_path(type(module)),
+            "hyper_parameters": dict(getattr(module, "hparams", {}) or {}),
+            "state_dict": {key: value.detach().cpu().numpy().copy() for key, value in module.state_dict().items()}}
+
+
+def policy_from_snapshot(snapshot: Mapping[str, Any], device: str = "cpu") -> Any:
+    """The module of a :func:`policy_snapshot`, in eval mode: the same weights give the same actions."""
+    import torch
+
+    cls = import_class(snapshot["policy_class"])
+    if not (isinstance(cls, type) and issubclass(cls, PolicyModule)):
+        raise PolicyLoadError(f"{snapshot['policy_class']!r} is not a PolicyModule")
+    module = _build(cls, snapshot["hyper_parameters"], None)
+    module.load_state_dict({key: torch.from_numpy(value) for key, value in snapshot["state_dict"].items()})
     return module.to(device).eval()
 
 

@@ -56,6 +56,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def worker_count(num_workers: int | str, jobs: int, local_world_size: int = 1) -> int:
+    """Worker processes for ``jobs`` parallel envs of one rank: 0 = in-process; ``"auto"`` (or -1) splits this
+    node's CPUs among its ranks; never more workers than jobs."""
+    if num_workers in ("auto", -1):
+        return min(jobs, max(1, available_cpus() // max(1, local_world_size)))
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be 0 (in-process), N > 0, -1 or 'auto', got {num_workers!r}")
+    return min(jobs, num_workers)
+
+
 # ---- worker side ----------------------------------------------------------------------------------------
 def _worker(conn: Connection, env_fns: Sequence[Callable[[], Any]], parent_pid: int) -> None:
     """Build the envs, then serve commands until ``close`` (or until the parent is gone)."""
@@ -95,6 +105,8 @@ def _serve(envs: Sequence[Any], command: str, payload: Any) -> Any:
         return [envs[i].step(action) for i, action in payload]
     if command == "render":
         return envs[payload].render()
+    if command == "apply":  # a picklable function of one env and a payload, run where the env lives
+        return [fn(envs[i], payload) for i, (fn, payload) in payload]
     if command == "call":  # a method or attribute of one env (or of its wrappers), for tests and tooling
         index, name, args, kwargs = payload
         attr = envs[index].get_wrapper_attr(name)
@@ -175,6 +187,15 @@ class ProcessEnvPool:
         worker, index = self._where[row]
         self._send(worker, ("render", index))
         return self._receive(worker)
+
+    def apply(self, rows: Sequence[int], fn: Callable[[Any, Any], Any], payloads: Sequence[Any]) -> list[Any]:
+        """``fn(env, payload)`` for each row's env, in the workers, all workers at once; results in row order.
+
+        ``fn`` must be importable by name (a module-level function) and payloads and results picklable. A
+        worker runs its rows one after the other, so jobs longer than ``timeout`` need a pool built with a
+        larger one. Work that needs more than the env (a policy, a teacher) builds it in the worker.
+        """
+        return self._scatter("apply", rows, [(fn, payload) for payload in payloads])
 
     def call(self, row: int, name: str, *args: Any, **kwargs: Any) -> Any:
         """A method (called) or attribute (read) of one row's env, looked up through its wrappers; the

@@ -8,6 +8,7 @@ task table (``lit_imit.envs.make_judge``) names each task's default judge.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -122,11 +123,12 @@ class StepRewardJudge(SegmentJudge):
 def info_relabel(key: str = "achieved_instruction") -> Callable[[Segment], str | None]:
     """Relabeling from the env's own report: the instruction the segment's last step fulfilled.
 
-    Ravens puts it in ``info["achieved_instruction"]``; tasks without language goals never relabel.
+    Ravens puts it in ``info["achieved_instruction"]``; tasks without language goals never relabel. The
+    result pickles (episodes may run in worker processes).
     """
+    return partial(_instruction_in_info, key=key)
 
-    def relabel(segment: Segment) -> str | None:
-        value = segment.last_info.get(key)
-        return str(value) if value else None
 
-    return relabel
+def _instruction_in_info(segment: Segment, key: str) -> str | None:
+    value = segment.last_info.get(key)
+    return str(value) if value else None
