@@ -247,6 +247,8 @@ class InteractiveAggregation(pl.Callback):
         if self.seeded:
             return
         dm = trainer.datamodule
+        if getattr(dm, "store", None) is not None:
+            dm.store.require_writable()  # rounds add episodes: refuse another tool's directory now, not after a round
         if trainer.ckpt_path is None and not getattr(dm, "reuse_interactive_store", False):
             refuse_collected_store(dm)
         if self.seed_episodes > 0:

@@ -50,16 +50,22 @@ def episode_store(tmp_path):
     return store
 
 
-def write_act_original(path: Path, length: int = 12, dim: int = 14, hw=(16, 20)) -> None:
-    """An episode exactly as the original ACT record_sim_episodes.py writes it (no compression, attrs sim)."""
-    rng = np.random.default_rng(3)
+def write_act_original(path: Path, length: int = 12, dim: int = 14, hw=(16, 20), seed: int = 3,
+                       env_state_dim: int | None = None, cameras=("top",)) -> None:
+    """An episode exactly as the original ACT record_sim_episodes.py writes it (no compression, attrs sim),
+    with its optional ``/observations/env_state`` when ``env_state_dim`` is given."""
+    rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as root:
         root.attrs["sim"] = True
         obs = root.create_group("observations")
         image = obs.create_group("images")
-        image.create_dataset("top", (length, *hw, 3), dtype="uint8", chunks=(1, *hw, 3))[...] = rng.integers(
-            0, 255, (length, *hw, 3)
-        )
+        for cam in cameras:
+            image.create_dataset(cam, (length, *hw, 3), dtype="uint8", chunks=(1, *hw, 3))[...] = rng.integers(
+                0, 255, (length, *hw, 3)
+            )
         obs.create_dataset("qpos", (length, dim), dtype="float32")[...] = rng.normal(size=(length, dim))
         obs.create_dataset("qvel", (length, dim), dtype="float32")[...] = rng.normal(size=(length, dim))
+        if env_state_dim is not None:
+            obs.create_dataset("env_state", (length, env_state_dim), dtype="float32")[...] = rng.normal(
+                size=(length, env_state_dim))
         root.create_dataset("action", (length, dim), dtype="float32")[...] = rng.normal(size=(length, dim))

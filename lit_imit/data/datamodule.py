@@ -42,7 +42,11 @@ class EpisodeDataModule(pl.LightningDataModule):
     """Episodes of one store as (observation, action chunk) windows.
 
     Args:
-        data_dir: the episode store (a directory of ``episode_<id>.hdf5``).
+        data_dir: the episode store (a directory of ``episode_<id>.hdf5``), or any directory of episodes in the
+            ACT layout, however its files are numbered (``episode_0.hdf5``...: the original ACT datasets). Training
+            only reads it: no index, lock or cache file is written there (what the store caches stays in memory);
+            only recording into an empty store (``generate_if_missing``) and interactive rounds add episodes, and
+            only to a store of ours (``lit_imit.data.episodes.import_episodes`` copies another tool's directory).
         task: the task whose scripted teacher records demos when ``generate_if_missing`` > 0 and the store
             is empty (``lit_imit.envs.TASKS`` names them).
         cameras: camera names to load (``images/<cam>``); ``[]`` for state-only policies.

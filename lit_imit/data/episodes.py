@@ -18,6 +18,10 @@ temporary file that is renamed into place, ids are never reused (``.next_id`` re
 handed out), several processes may write into one store at once, and nothing here ever deletes an
 episode. Float arrays must be finite: a NaN that gets in ends up in the normalisation statistics and then
 in every weight of a model trained on them.
+
+Reading never writes. A directory written by another tool (the original ACT recorder names its files
+``episode_0.hdf5``, ``episode_1.hdf5``...; ours are ``episode_000000.hdf5``) is read as it is, and nothing is
+ever written into it: :func:`import_episodes` copies such episodes into a store of ours.
 """
 
 from __future__ import annotations
@@ -47,6 +51,17 @@ _TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\
 
 class EpisodeError(RuntimeError):
     """An episode file is missing, unreadable or inconsistent; the message names the file and the key."""
+
+
+class ForeignStoreError(EpisodeError):
+    """A write into a directory of another tool's episodes, refused so that a dataset we did not write is never
+    changed; the message says how to import it into a store of ours."""
+
+
+def episode_file_name(episode_id: int) -> str:
+    """The name this package gives an episode (``episode_000042.hdf5``). Other tools pad differently or not at
+    all (``episode_42.hdf5``); the store reads any of them and writes only this one."""
+    return f"episode_{int(episode_id):06d}.hdf5"
 
 
 def obs_path(key: str) -> str:
@@ -357,6 +372,13 @@ class EpisodeStore:
     seeds can repeat and the index may lose entries (``refresh()`` rebuilds it), and ``verify`` cannot
     tell whether another host's temporary file is a write in progress. Record on one machine per store,
     or into per-machine stores that are merged afterwards.
+
+    **Reading writes nothing.** Ids, paths, ``info``, ``read`` and ``verify`` only read: entries the index
+    lacks are kept in memory (``index.json`` is written by ``add`` and ``refresh``, which hold the lock), so a
+    training run leaves the directory as it found it. Episode files are found by their id whatever the zero
+    padding of their names (``episode_7.hdf5``, ``episode_000007.hdf5``). A directory whose files are named in
+    another tool's way (the original ACT datasets) is read as it is and refuses every write
+    (:class:`ForeignStoreError`): :func:`import_episodes` copies it into a store of ours.
     """
 
     INDEX = "index.json"
@@ -373,6 +395,7 @@ class EpisodeStore:
             raise FileNotFoundError(f"episode store {self.root} does not exist")
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
+        self._files: dict[int, str] = {}  # episode id -> file name on disk, from the last listing
         self._index = self._load_index()
 
     def __getstate__(self) -> dict[str, Any]:  # datasets holding a store go to DataLoader workers
@@ -421,17 +444,47 @@ class EpisodeStore:
 
     # ---- ids and paths ----------------------------------------------------------------------------
     def path(self, episode_id: int) -> Path:
-        return self.root / f"episode_{int(episode_id):06d}.hdf5"
+        """The file of an episode: its name on disk, however padded (``episode_7.hdf5``), else the name a new
+        episode with this id gets (:func:`episode_file_name`)."""
+        episode_id = int(episode_id)
+        name = self._files.get(episode_id) or self._list_files().get(episode_id)
+        return self.root / (name or episode_file_name(episode_id))
+
+    def _list_files(self) -> dict[int, str]:
+        """Episode id -> file name, from the directory listing. Two files with one id (``episode_1.hdf5`` and
+        ``episode_001.hdf5``) are an error naming both: which one a dataset reads must not be left to chance."""
+        files: dict[int, str] = {}
+        names = sorted(os.listdir(self.root)) if self.root.is_dir() else []
+        for name in names:
+            match = _EPISODE_RE.match(name)
+            if match is None:
+                continue
+            episode_id = int(match.group(1))
+            if episode_id in files:
+                raise EpisodeError(f"{self.root}: {files[episode_id]} and {name} are both episode {episode_id}; "
+                                   "keep one of them")
+            files[episode_id] = name
+        self._files = files
+        return files
 
     def ids_on_disk(self) -> list[int]:
-        if not self.root.is_dir():
-            return []
-        ids = []
-        for name in os.listdir(self.root):
-            match = _EPISODE_RE.match(name)
-            if match:
-                ids.append(int(match.group(1)))
-        return sorted(ids)
+        return sorted(self._list_files())
+
+    def foreign_files(self) -> list[str]:
+        """Episode files not named the way this package names them: another tool wrote the directory."""
+        return [name for episode_id, name in sorted(self._list_files().items())
+                if name != episode_file_name(episode_id)]
+
+    def require_writable(self) -> None:
+        """Refuse to write into another tool's directory of episodes (see the class docstring)."""
+        foreign = self.foreign_files()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ForeignStoreError(
+                f"{self.root} holds episodes named by another tool ({shown}); lit_imit reads them as they are "
+                f"and writes nothing there. To add episodes, import these into a store of ours first: "
+                f"python scripts/import_episodes.py {self.root} NEW_DIR"
+            )
 
     def ids(self) -> list[int]:
         return self.ids_on_disk()
@@ -462,6 +515,7 @@ class EpisodeStore:
         """An env seed no writer of this store has used or will get: one past the largest seed handed out
         or recorded so far, or ``base`` in a store without seeds. Taken under the store lock, so recorders
         writing into one store at once never record the same seed, and re-runs append new episodes."""
+        self.require_writable()
         with self._locked():
             mark = self._seed_mark()
             seed = int(base) if mark is None else mark
@@ -521,21 +575,22 @@ class EpisodeStore:
         return {"length": length, "mtime": mtime, "attrs": read_attrs(path)}
 
     def info(self, episode_id: int) -> dict[str, Any]:
-        """Length and attributes of an episode, from the index (read from the file when not cached)."""
+        """Length and attributes of an episode, from the index; an entry it lacks (or an outdated one) is read
+        from the file and kept in memory only, so reading never writes into the directory."""
         key = str(int(episode_id))
         entry = self._index["episodes"].get(key)
         path = self.path(episode_id)
         mtime = path.stat().st_mtime if path.exists() else None
         if entry is None or entry.get("mtime") != mtime:
-            entry = self._entry(path, mtime)
-            self._save_index({key: entry})
+            entry = self._index["episodes"][key] = self._entry(path, mtime)
         return entry
 
     def length(self, episode_id: int) -> int:
         return int(self.info(episode_id)["length"])
 
     def refresh(self) -> None:
-        """Forget cached entries and rebuild the index from the files on disk."""
+        """Forget cached entries and rebuild ``index.json`` from the files on disk (a store of ours only)."""
+        self.require_writable()
         entries = {}
         for episode_id in self.ids_on_disk():
             path = self.path(episode_id)
@@ -554,14 +609,16 @@ class EpisodeStore:
         if source is not None and source not in SOURCES:
             raise ValueError(f"episode source {source!r} is not one of {SOURCES}")
         check_finite(arrays, where=f"{self.root}: new episode")
+        self.require_writable()
         for _ in range(self._ID_TRIES):
             episode_id = self._allocate_id()
+            path = self.root / episode_file_name(episode_id)
             try:
-                write_episode(self.path(episode_id), arrays, attrs, overwrite=False)
+                write_episode(path, arrays, attrs, overwrite=False)
             except FileExistsError:  # a writer the lock did not hold back (another host on NFS) took it
                 continue
             self._note_seed(attrs.get("seed"))
-            self.info(episode_id)
+            self._save_index({str(episode_id): self._entry(path, path.stat().st_mtime)})
             return episode_id
         raise EpisodeError(f"{self.root}: no free episode id in {self._ID_TRIES} tries (is {self.NEXT_ID} writable?)")
 
@@ -597,6 +654,7 @@ class EpisodeStore:
         Writes in progress and files of writers on other hosts are left alone. (A dead writer's pid that the
         system has reused for another process keeps its file until that process ends too.)
         """
+        self.require_writable()
         removed = []
         for path, state, _ in self._tmp_files():
             if state == "stale":
@@ -604,6 +662,25 @@ class EpisodeStore:
                     path.unlink()
                     removed.append(path)
         return removed
+
+
+def import_episodes(source: str | os.PathLike, store: EpisodeStore,
+                    attrs: Mapping[str, Any] | None = None) -> list[int]:
+    """Copy every episode of ``source`` (any ``episode_<n>.hdf5`` naming, e.g. an original ACT dataset) into
+    ``store`` under fresh ids, in id order; returns the new ids. ``source`` is only read.
+
+    This is the one way episodes of another tool's directory get into a store of ours, which can then grow
+    (recording, interactive rounds). Each copy keeps the file's attributes and adds ``imported_from`` (the
+    source file) and ``attrs``; arrays are written in this package's layout (images lzf-compressed, one frame
+    per chunk). Episodes are read whole, one at a time.
+    """
+    origin = EpisodeStore(source, create=False)
+    ids = []
+    for episode_id in origin.ids():
+        path = origin.path(episode_id)
+        episode = read_episode(path)
+        ids.append(store.add(episode.arrays, {**episode.attrs, "imported_from": str(path.resolve()), **(attrs or {})}))
+    return ids
 
 
 def _int_seed(value: Any) -> int | None:
