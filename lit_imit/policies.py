@@ -1,4 +1,4 @@
-"""Loading any of our policy checkpoints as the class that wrote it.
+"""Loading any of our policies as the class that wrote it, from a checkpoint or a policy directory.
 
 A Lightning checkpoint holds weights and hyper-parameters but, by itself, not the class to rebuild. Guessing
 the class from the hyper-parameter names breaks as soon as two methods take the same names, so
@@ -10,12 +10,22 @@ among :data:`KNOWN_POLICIES`; when nothing fits, the error names the file.
 The file is read with ``torch.load(weights_only=True)`` (:mod:`lit_imit.checkpoints`): no code from it runs.
 A class named *by the file* must be a ``PolicyModule``, so a crafted checkpoint cannot make the loader call
 some other importable callable with its hyper-parameters.
+
+A **policy directory** is what a trained policy is shared as (:func:`save_policy`, :func:`export_policy`,
+``scripts/export_policy.py``): ``config.json`` (the class path, its init args and the training record),
+``model.safetensors`` (every weight and buffer, normalisation statistics included; no optimiser state, no
+pickle) and ``README.md`` (a card: the training data and, when known, the held-out result). It is loaded by
+the same :func:`load_policy` as a checkpoint, into the same module with the same weights, so its actions
+equal the checkpoint's bit for bit.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,8 +38,12 @@ KNOWN_POLICIES = ("lit_imit.modules.act:ACTModule", "lit_imit.modules.diffusion:
 #: constructor arguments that would fetch pretrained weights; a checkpoint already holds the trained ones
 _PRETRAINED_KEYS = ("pretrained_backbone", "clip_pretrained")
 
-__all__ = ["KNOWN_POLICIES", "PolicyLoadError", "import_class", "load_policy", "policy_cameras", "policy_class_for",
-           "policy_snapshot", "policy_from_snapshot"]
+#: the files of a policy directory
+POLICY_CONFIG, POLICY_WEIGHTS, POLICY_CARD = "config.json", "model.safetensors", "README.md"
+POLICY_FORMAT, POLICY_FORMAT_VERSION = "lit_imit.policy", 1
+
+__all__ = ["KNOWN_POLICIES", "PolicyLoadError", "export_policy", "import_class", "is_policy_dir", "load_policy",
+           "policy_cameras", "policy_class_for", "policy_from_snapshot", "policy_snapshot", "save_policy"]
 
 
 class PolicyLoadError(RuntimeError):
@@ -49,10 +63,13 @@ def _recorded_class(checkpoint: Mapping[str, Any], path: Path) -> type | None:
     """The class the checkpoint names: ours (``policy_class``), else the LightningCLI's (``_class_path``)."""
     hparams = checkpoint.get("hyper_parameters") or {}
     name = checkpoint.get("policy_class") or hparams.get("_class_path")
-    if not name:
-        return None
+    return _policy_class_named(str(name), path) if name else None
+
+
+def _policy_class_named(name: str, path: Path) -> type:
+    """The ``PolicyModule`` class a file (checkpoint or ``config.json``) names; anything else is an error."""
     try:
-        cls = import_class(str(name))
+        cls = import_class(name)
     except PolicyLoadError as e:
         raise PolicyLoadError(f"{path} was saved by policy class {name!r}, which cannot be imported here "
                               f"({e.__cause__}); install the package that defines it, or name a class") from e
@@ -122,23 +139,166 @@ def _build(cls: type, hparams: Mapping[str, Any], overrides: Mapping[str, Any] |
 
 def load_policy(path: str | Path, device: str = "cpu", policy_class: str | None = None,
                 overrides: Mapping[str, Any] | None = None) -> Any:
-    """Rebuild a policy module from a Lightning checkpoint (weights_only load), in eval mode on ``device``.
+    """Rebuild a policy module from a Lightning checkpoint (weights_only load) or a policy directory
+    (:func:`save_policy`), in eval mode on ``device``.
 
-    The class is ``policy_class`` when given (``"module:Class"``), else the one the checkpoint records (see
-    the module docstring). ``overrides`` replace hyper-parameters before the module is built (e.g. ACT's
+    The class is ``policy_class`` when given (``"module:Class"``), else the one the file records (see the
+    module docstring). ``overrides`` replace hyper-parameters before the module is built (e.g. ACT's
     ``temporal_ensemble_coeff`` and ``n_action_steps``); an override the class does not take is an error.
+    ``module.trained_steps`` is the step the weights were saved at.
     """
     path = Path(path)
-    checkpoint = _read(path)
+    if path.is_dir():
+        module = _module_from_directory(path, policy_class, overrides)
+    else:
+        module = _module_from_checkpoint(_read(path), path, policy_class, overrides)
+    _require_stats(module, path)
+    return module.to(device).eval()
+
+
+def _module_from_checkpoint(checkpoint: Mapping[str, Any], path: Path, policy_class: str | None,
+                            overrides: Mapping[str, Any] | None) -> Any:
     cls = policy_class_for(checkpoint, path, policy_class)
     module = _build(cls, dict(checkpoint.get("hyper_parameters") or {}), overrides)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    _require_matching(path, cls, missing, unexpected)
+    module.trained_steps = int(checkpoint.get("global_step", 0))
+    return module
+
+
+def _require_matching(path: Path, cls: type, missing: Any, unexpected: Any) -> None:
     if missing or unexpected:
-        raise PolicyLoadError(f"{path} does not match {cls.__name__}: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+        raise PolicyLoadError(f"{path} does not match {cls.__name__}: missing {list(missing)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]}")
+
+
+def _require_stats(module: Any, path: Path) -> None:
+    """A policy without dataset statistics would act on unnormalised inputs: refuse it, naming the file."""
     if getattr(module, "normalized_keys", ()) and not bool(module.stats_initialized):
         raise PolicyLoadError(f"{path} has no normalisation statistics: it was never set up with data")
-    return module.to(device).eval()
+
+
+# ---- policy directories ------------------------------------------------------------------------------------
+def is_policy_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a policy directory (it holds a ``config.json``)."""
+    return (Path(path) / POLICY_CONFIG).is_file()
+
+
+def _read_policy_config(path: Path) -> dict[str, Any]:
+    """``config.json`` of a policy directory; anything else is one line naming the file."""
+    config_path = path / POLICY_CONFIG
+    if not config_path.is_file():
+        raise PolicyLoadError(f"{path} is a directory without {POLICY_CONFIG}: not a policy directory (pass a "
+                              "checkpoint file, or a directory written by save_policy / scripts/export_policy.py)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PolicyLoadError(f"cannot read {config_path}: {e}") from e
+    if not isinstance(config, dict) or config.get("format") != POLICY_FORMAT or "policy_class" not in config:
+        raise PolicyLoadError(f"{config_path} is not a lit_imit policy config (format {POLICY_FORMAT!r} with a "
+                              "policy_class)")
+    if int(config.get("format_version", 0)) > POLICY_FORMAT_VERSION:
+        raise PolicyLoadError(f"{config_path} has format version {config['format_version']}; this lit_imit reads "
+                              f"up to {POLICY_FORMAT_VERSION}: update lit_imit")
+    return config
+
+
+def _module_from_directory(path: Path, policy_class: str | None, overrides: Mapping[str, Any] | None) -> Any:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    config = _read_policy_config(path)
+    cls = import_class(policy_class) if policy_class else _policy_class_named(str(config["policy_class"]), path)
+    module = _build(cls, dict(config.get("init_args") or {}), overrides)
+    weights = path / POLICY_WEIGHTS
+    if not weights.is_file():
+        raise PolicyLoadError(f"{weights} does not exist: the policy directory has no weights")
+    try:
+        missing, unexpected = load_model(module, weights, strict=False)
+    except (SafetensorError, OSError, RuntimeError) as e:  # truncated, corrupt, or tensors of the wrong shape
+        raise PolicyLoadError(f"cannot read {weights}: {e}") from e
+    _require_matching(weights, cls, missing, unexpected)
+    module.trained_steps = (config.get("training") or {}).get("global_step")
+    return module
+
+
+def save_policy(module: Any, directory: str | Path, *, training: Mapping[str, Any] | None = None,
+                results: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write ``module`` (a ``PolicyModule`` with its statistics) as a policy directory; returns its path.
+
+    ``training`` is the training record (default: from the module's trainer when attached, see
+    :func:`lit_imit.policy_card.training_from_module`); ``results`` a row of ``results/results.jsonl`` for these
+    weights. The directory is written next to ``directory`` and renamed into place, so a reader never sees
+    half of one. An existing ``directory`` must be empty, or a policy directory and ``overwrite`` true: nothing
+    else is ever removed.
+    """
+    from safetensors.torch import save_model
+
+    from lit_imit.policy_card import render_card, training_from_module
+
+    directory = Path(directory)
+    if not isinstance(module, PolicyModule):
+        raise TypeError(f"save_policy takes a PolicyModule, got {type(module).__name__}")
+    _require_stats(module, Path(f"<{type(module).__name__} in memory>"))
+    _require_replaceable(directory, overwrite)
+    config = {
+        "format": POLICY_FORMAT, "format_version": POLICY_FORMAT_VERSION,
+        "policy_class": policy_class_path(type(module)), "init_args": _json_init_args(module),
+        "training": dict(training) if training is not None else training_from_module(module),
+        "results": dict(results) if results is not None else None,
+    }
+    staging = directory.parent / f".{directory.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        (staging / POLICY_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        save_model(module, str(staging / POLICY_WEIGHTS), metadata={"policy_class": config["policy_class"]})
+        (staging / POLICY_CARD).write_text(render_card(config, directory.name))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _require_replaceable(directory: Path, overwrite: bool) -> None:
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a directory")
+    if any(directory.iterdir()) and not (overwrite and is_policy_dir(directory)):
+        what = "a policy directory (pass overwrite=True / --overwrite to replace it)" if is_policy_dir(directory) \
+            else "not empty and not a policy directory"
+        raise FileExistsError(f"{directory} is {what}")
+
+
+def _json_init_args(module: Any) -> dict[str, Any]:
+    """The module's init args (its saved hyper-parameters) as JSON; one that JSON cannot hold is named."""
+    args = {k: v for k, v in dict(getattr(module, "hparams", {})).items() if not k.startswith("_")}
+    for key, value in args.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{type(module).__name__} init arg {key!r} = {value!r} cannot be written to "
+                             f"{POLICY_CONFIG}: {e}") from e
+    return args
+
+
+def export_policy(checkpoint: str | Path, directory: str | Path, *, results_path: str | Path | None = None,
+                  policy_class: str | None = None, overwrite: bool = False) -> Path:
+    """A policy directory from a checkpoint (its weights: EMA ones where EMA ran), with its training record
+    and the latest row of ``results_path`` that tested this checkpoint."""
+    from lit_imit.policy_card import training_from_checkpoint
+    from lit_imit.results import row_for_checkpoint
+
+    checkpoint = Path(checkpoint)
+    state = _read(checkpoint)
+    module = _module_from_checkpoint(state, checkpoint, policy_class, None)
+    _require_stats(module, checkpoint)
+    training = training_from_checkpoint(state, checkpoint)
+    results = row_for_checkpoint(results_path, checkpoint) if results_path is not None else None
+    return save_policy(module, directory, training=training, results=results, overwrite=overwrite)
 
 
 def policy_snapshot(module: Any) -> dict[str, Any]:

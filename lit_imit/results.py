@@ -101,6 +101,13 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def row_for_checkpoint(path: str | Path, checkpoint: str | Path) -> dict[str, Any] | None:
+    """The latest row of a results file that tested ``checkpoint`` (its ``checkpoint`` field), or None."""
+    wanted = Path(checkpoint).resolve()
+    rows = [r for r in read_rows(path) if r.get("checkpoint") and Path(str(r["checkpoint"])).resolve() == wanted]
+    return rows[-1] if rows else None
+
+
 def _rate(row: Mapping[str, Any]) -> str:
     if row.get("success_rate") is None:
         return "failed: " + str(row.get("error", "no evaluation"))[:60]
@@ -144,6 +151,11 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{_overrides(r)} |"
         )
     return lines
+
+
+def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table of these rows, as in RESULTS.md (a policy card shows the row of its checkpoint)."""
+    return "\n".join(_table(rows)) + "\n"
 
 
 def render_table(rows: Iterable[Mapping[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""Run a trained policy checkpoint on the real myCobot 320 or on its MuJoCo twin, logging every step.
+"""Run a trained policy (a checkpoint or a policy directory) on the real myCobot 320 or on its MuJoCo twin,
+logging every step.
 
     python scripts/deploy.py --ckpt lightning_logs/version_0/checkpoints/last.ckpt --robot twin --episodes 10
     python scripts/deploy.py --ckpt last.ckpt --robot mycobot320 --port /dev/ttyUSB0 --camera top=0 --fps 20
@@ -8,7 +9,9 @@
 The checkpoint is read with ``torch.load(weights_only=True)`` (no code from the file is run; an empty,
 truncated or foreign file is one line of error naming it, see :mod:`lit_imit.checkpoints`); the policy
 class comes from ``--policy-class``, else the class the checkpoint records (see :mod:`lit_imit.policies`),
-else the known modules whose constructor fits the saved hyper-parameters (ACT, Diffusion).
+else the known modules whose constructor fits the saved hyper-parameters (ACT, Diffusion). ``--ckpt`` (or
+``--policy``) may also name a policy directory written by ``scripts/export_policy.py``: same policy, same
+actions.
 ``--temporal-ensemble M`` turns ACT's temporal ensembling on (coefficient M, one query per step).
 
 Images are preprocessed before the policy sees them: ``--mask FILE`` (an image or .npy the size of the
@@ -56,7 +59,8 @@ from lit_imit.signals import stop_signals_as_interrupt
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an ACT or Diffusion module")
+    parser.add_argument("--ckpt", "--policy", dest="ckpt", required=True,
+                        help="Lightning checkpoint of a policy module, or a policy directory (scripts/export_policy.py)")
     parser.add_argument("--robot", choices=["mycobot320", "twin"], required=True)
     parser.add_argument("--steps", type=int, default=None, help="control steps per episode (default 300)")
     parser.add_argument("--out", default="data/deploy", help="episode store for the logs")

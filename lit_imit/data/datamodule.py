@@ -336,7 +336,12 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     # ---- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The exact episode list and what sampling needs to resume, plus where the episodes are (``data_dir``,
+        ``task``: provenance for a policy exported from the checkpoint; not restored, a resumed run reads the
+        ``data_dir`` its config names)."""
         return {
+            "data_dir": str(Path(self.data_dir).resolve()),
+            "task": self.task,
             "train_ids": list(self.train_ids),
             "val_ids": list(self.val_ids),
             "stats": self.stats,

@@ -89,6 +89,9 @@ class PolicyModule(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.normalizer = Normalizer()
+        #: optimiser steps behind the weights when they were loaded (a checkpoint's ``global_step``, a policy
+        #: directory's ``training.global_step``); ``test`` logs its metrics at this step. None: not loaded.
+        self.trained_steps: int | None = None
 
     # ---- normalisation: statistics live in ``self.normalizer`` (lit_imit/nets/normalizer.py) -----------
     def register_stats_buffers(self, key: str, dim: int) -> None:
@@ -167,6 +170,10 @@ class PolicyModule(pl.LightningModule):
         """Record which class this is, so :func:`lit_imit.policies.load_policy` rebuilds exactly it (a plain
         string: a weights-only load reads it) instead of guessing the class from hyper-parameter names."""
         checkpoint["policy_class"] = policy_class_path(type(self))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the checkpoint's step (``trained_steps``): ``test`` of these weights is logged there."""
+        self.trained_steps = int(checkpoint.get("global_step", 0))
 
     # ---- training: each method computes its losses, the base steps and logs them ---------------------
     def compute_loss(self, batch: Mapping[str, Any], weighted: bool = True) -> dict[str, Tensor]:
