@@ -3,8 +3,10 @@
 Every ``every_n_epochs`` epochs (at the end of the training epoch, so ``ModelCheckpoint`` can monitor
 ``rollout/success_rate``) and in ``test``, the module runs ``n_episodes`` seeded episodes with
 ``select_action``. Under DDP each rank runs its share (episode i on rank i % world_size), the results are
-gathered and every rank logs the same numbers. The first episode is saved as an mp4 under the log dir and
-a strip of its frames goes to TensorBoard.
+gathered and every rank logs the same numbers: the success rate with its Wilson 95% interval
+(``success_ci_low`` / ``success_ci_high``), the mean return, max reward and episode length, under
+``rollout/`` in fit and ``test/`` in test. One line saying the same goes to the log (rank 0). The first
+episode is saved as an mp4 under the log dir and a strip of its frames goes to TensorBoard.
 
 With ``num_workers`` > 0 the envs live in worker processes (``lit_imit.envs.vector.ProcessEnvPool``) and the
 rows of a wave are stepped on all cores at once; the policy still runs here on batches of ``n_envs`` rows and
@@ -63,7 +65,8 @@ class RolloutEvaluation(pl.Callback):
         video_camera: camera to film (default: the first camera of the observation, else env.render()).
         video_fps: frame rate of the mp4.
         log_prefix: metrics go to ``<log_prefix>/success_rate`` etc.; a second evaluation callback (say on
-            the unseen-colour variant of a task) needs its own prefix, e.g. ``rollout_unseen``.
+            the unseen-colour variant of a task) needs its own prefix, e.g. ``rollout_unseen``. In ``test`` the
+            default prefix becomes ``test`` and another one ``test/<log_prefix>`` (``test_prefix``).
         score_scale: also log ``<log_prefix>/score`` = mean return x this (100 for Ravens tasks, whose
             return is the partial credit in [0, 1]: CLIPort reports that score x 100).
     """
@@ -171,19 +174,30 @@ class RolloutEvaluation(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            summary = self.run(trainer, pl_module, tag=f"epoch_{trainer.current_epoch:04d}")
+            summary = self.run(trainer, pl_module, tag=f"epoch_{trainer.current_epoch:04d}", prefix=self.log_prefix,
+                               step=trainer.global_step)
             if trainer.is_global_zero:
-                print(f"epoch {trainer.current_epoch}, step {trainer.global_step}: {self.describe(summary)}")
+                log.info("epoch %d, step %d: %s", trainer.current_epoch, trainer.global_step,
+                         self.describe(summary, self.log_prefix))
+
+    @property
+    def test_prefix(self) -> str:
+        """Where ``test`` logs: ``test/success_rate``..., or ``test/<log_prefix>/...`` for a second callback."""
+        return "test" if self.log_prefix == "rollout" else f"test/{self.log_prefix}"
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        summary = self.run(trainer, pl_module, tag="test")
+        """The test's rollouts, logged at the step the tested weights were trained to (``trained_steps`` of a
+        module loaded from a checkpoint or policy directory), as its held-out losses are."""
+        step = getattr(pl_module, "trained_steps", None)
+        step = trainer.global_step if step is None else int(step)
+        summary = self.run(trainer, pl_module, tag="test", prefix=self.test_prefix, step=step)
         if trainer.is_global_zero:
-            print(self.describe(summary))
+            log.info("weights of step %d: %s", step, self.describe(summary, self.test_prefix))
 
-    def describe(self, summary: dict[str, float]) -> str:
+    def describe(self, summary: dict[str, float], prefix: str | None = None) -> str:
         """One line: the success rate with its Wilson 95% interval, the episodes and the mean rewards."""
         return (
-            f"{self.log_prefix} success rate {summary['success_rate']:.3f} "
+            f"{prefix or self.log_prefix} success rate {summary['success_rate']:.3f} "
             f"(95% CI {summary['success_ci_low']:.3f}-{summary['success_ci_high']:.3f}, "
             f"{int(summary['episodes'])} episodes of {self.task} from seed {self.seed}), mean return "
             f"{summary['return']:.2f}, mean max reward {summary['max_reward']:.2f}"
@@ -196,7 +210,11 @@ class RolloutEvaluation(pl.Callback):
         """Ranks on this node (they share its CPUs)."""
         return max(1, trainer.world_size // max(1, getattr(trainer, "num_nodes", 1)))
 
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> dict[str, float]:
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, prefix: str | None = None,
+            step: int | None = None) -> dict[str, float]:
+        """Roll out, log ``<prefix>/<metric>`` (default ``log_prefix``) and save the video (frames at ``step``,
+        default the trainer's); returns the summary."""
+        prefix = prefix or self.log_prefix
         rank, world = trainer.global_rank, trainer.world_size
         indices = list(range(rank, self.n_episodes, world))
         with ema_weights_if_any(trainer, pl_module):
@@ -207,19 +225,19 @@ class RolloutEvaluation(pl.Callback):
             )
         results = gather_results(results)
         summary = summarize(results)
-        keys = ["success_rate", "return", "max_reward", "episode_length"]
+        keys = ["success_rate", "success_ci_low", "success_ci_high", "return", "max_reward", "episode_length"]
         if self.score_scale is not None:
             summary["score"] = summary["return"] * float(self.score_scale)
             keys.append("score")
         self.last_summary = summary
         for key in keys:
-            pl_module.log(f"{self.log_prefix}/{key}", summary[key], on_epoch=True, sync_dist=False,
-                          rank_zero_only=False)
+            pl_module.log(f"{prefix}/{key}", summary[key], on_epoch=True, sync_dist=False, rank_zero_only=False)
         if trainer.is_global_zero:
-            self._save_video(trainer, results, tag)
+            self._save_video(trainer, results, tag, prefix, trainer.global_step if step is None else step)
         return summary
 
-    def _save_video(self, trainer: pl.Trainer, results: list[EpisodeResult], tag: str) -> None:
+    def _save_video(self, trainer: pl.Trainer, results: list[EpisodeResult], tag: str, prefix: str,
+                    step: int) -> None:
         frames = next((r.frames for r in results if r.frames), [])
         if not frames:
             return
@@ -238,4 +256,4 @@ class RolloutEvaluation(pl.Callback):
         if experiment is not None and hasattr(experiment, "add_images"):
             picks = np.linspace(0, len(frames) - 1, num=min(8, len(frames))).astype(int)
             strip = np.stack([frames[i] for i in picks]).astype(np.uint8)
-            experiment.add_images(f"{self.log_prefix}/frames", strip, global_step=trainer.global_step, dataformats="NHWC")
+            experiment.add_images(f"{prefix}/frames", strip, global_step=step, dataformats="NHWC")

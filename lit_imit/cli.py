@@ -6,11 +6,19 @@ that saves at the end of the training epoch (after the rollout and aggregation c
 ``last.ckpt`` after every epoch and the best by its monitor every ``every_n_epochs``, dataloaders rebuilt every epoch
 (interactive datasets grow), our own rank-sharded sampler instead of Lightning's wrapper, and the RNG
 states in every checkpoint so a resumed run continues exactly.
+
+``test`` is rollout-first: ``RolloutEvaluation`` logs ``test/success_rate`` with its Wilson interval at the
+tested weights' training step and says it once in the log (Lightning's metrics table is off unless
+``--verbose true``); the held-out loss runs only with ``data.init_args.test_loss: true``. ``--ckpt_path`` takes
+a checkpoint file or a policy directory (``lit_imit.policies.save_policy``). Lightning's ``predict`` is not
+offered: a policy acts in an env (``RolloutEvaluation``, ``scripts/deploy.py``), not on a dataset.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -18,8 +26,13 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from callbacks.checkpoint import EpochEndCheckpoint
 from callbacks.rng import RestoreRNG
+from callbacks.rollout import RolloutEvaluation
 from lit_imit.data.datamodule import EpisodeDataModule
 from lit_imit.modules.base import PolicyModule
+from lit_imit.policies import load_policy
+
+#: loggers of this project whose INFO lines (rollout results, recording progress) the CLI shows
+PACKAGE_LOGGERS = ("lit_imit", "callbacks")
 
 DEFAULT_SEED = 1000
 
@@ -53,7 +66,30 @@ def import_components() -> None:
 
 
 class LitImitCLI(LightningCLI):
-    """LightningCLI with the project's defaults and a forced, configurable ``checkpoint`` group."""
+    """LightningCLI with the project's defaults, a forced, configurable ``checkpoint`` group and a rollout-first
+    ``test`` (see the module docstring)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate, test: Lightning's ``predict`` runs ``predict_step`` over a dataset, which a policy has
+        no use for (it acts in an env: ``test`` rolls it out, ``scripts/deploy.py`` runs it on the twin or arm)."""
+        commands = dict(LightningCLI.subcommands())
+        commands.pop("predict")
+        return commands
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:  # the rollout line in the log says the result; Lightning's table only with --verbose
+            self.parser.set_defaults({"test.verbose": False})
+
+    def test(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> Any:
+        """``Trainer.test`` of a checkpoint file or a policy directory (which replaces the config's model, as a
+        checkpoint's hyper-parameters do); refused when it would measure nothing."""
+        if ckpt_path is not None and Path(ckpt_path).is_dir():
+            model = self.model = load_policy(ckpt_path)
+            ckpt_path = None
+        require_test_measure(self.trainer, datamodule)
+        return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EpochEndCheckpoint, "checkpoint")
@@ -95,6 +131,30 @@ class LitImitCLI(LightningCLI):
             )
 
 
+def require_test_measure(trainer: Any, datamodule: Any) -> None:
+    """``test`` needs rollouts or the held-out loss; without either it would end silently with no number."""
+    if any(isinstance(cb, RolloutEvaluation) for cb in trainer.callbacks) or getattr(datamodule, "test_loss", False):
+        return
+    raise ValueError("test has nothing to measure: add a callbacks.rollout.RolloutEvaluation to trainer.callbacks "
+                     "(success rate on seeded episodes), or set data.init_args.test_loss: true (the validation "
+                     "split's losses)")
+
+
+def show_package_logs() -> None:
+    """Let this project's INFO lines reach the terminal (stderr), as Lightning does for its own, unless the
+    application configured logging itself (the root logger has handlers)."""
+    if logging.getLogger().handlers:
+        return
+    for name in PACKAGE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not any(getattr(h, "lit_imit_cli", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            handler.lit_imit_cli = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+
+
 def trainer_defaults() -> dict[str, Any]:
     return {
         "logger": {
@@ -111,6 +171,7 @@ def trainer_defaults() -> dict[str, Any]:
 
 def main(args: ArgsType = None, run: bool = True) -> LitImitCLI:
     import_components()
+    show_package_logs()
 
     torch.set_float32_matmul_precision("high")
     return LitImitCLI(

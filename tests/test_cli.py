@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def _tags(log_dir: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_fit_records_demos_trains_rolls_out_and_test_reports(tmp_path, capsys):
+def test_fit_records_demos_trains_rolls_out_and_test_reports(tmp_path, caplog):
     rollout = {"class_path": "callbacks.rollout.RolloutEvaluation",
                "init_args": {"task": "transfer_cube", "n_episodes": 2, "n_envs": 2, "every_n_epochs": 2,
                              "max_steps": 60, "env_kwargs": {"cameras": ["top"], "image_size": [48, 64]}}}
@@ -267,12 +268,14 @@ def test_fit_records_demos_trains_rolls_out_and_test_reports(tmp_path, capsys):
     assert "last.ckpt" in ckpts and any(name.startswith("epoch") for name in ckpts)
     assert (log_dir / "videos" / "epoch_0001.mp4").stat().st_size > 0
     assert len(os.listdir(tmp_path / "data")) >= 3
-    test_cfg = config(tmp_path / "test", data, callbacks=[rollout])
-    tested = main(["test", "--config", _write(tmp_path / "test.yaml", test_cfg),
-                   "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
-    assert {"test/loss", "test/l1", "test/kl"} <= set(tested.trainer.callback_metrics)
-    printed = capsys.readouterr().out
-    assert "rollout success rate" in printed and "95% CI" in printed
+    test_cfg = config(tmp_path / "test", {**data, "test_loss": True}, callbacks=[rollout])
+    with caplog.at_level(logging.INFO, logger="callbacks.rollout"):
+        tested = main(["test", "--config", _write(tmp_path / "test.yaml", test_cfg),
+                       "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+    assert {"test/loss", "test/l1", "test/kl", "test/success_rate", "test/success_ci_low"} <= set(
+        tested.trainer.callback_metrics)
+    printed = caplog.text
+    assert "test success rate" in printed and "95% CI" in printed
     assert cli.trainer.global_step == 8
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def test_overfits_a_few_recorded_demos(tmp_path):
 
 # ---- end to end ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_cli_records_fits_rolls_out_and_tests(tmp_path, capsys):
+def test_cli_records_fits_rolls_out_and_tests(tmp_path, caplog):
     """``python -m lit_imit fit`` with a tiny CLIPort: oracle demos recorded into an empty store, training and
     validation, Ravens rollouts (string instructions batched by stack_obs), TensorBoard scalars, a video,
     weights-only checkpoints, then ``test`` from the best checkpoint."""
@@ -329,8 +330,10 @@ def test_cli_records_fits_rolls_out_and_tests(tmp_path, capsys):
     checkpoint = torch.load(best, weights_only=True)
     assert "entropy_max_pick" in " ".join(checkpoint["state_dict"])
     cfg["trainer"]["logger"]["init_args"]["version"] = 1
-    main({"test": {**cfg, "ckpt_path": str(best)}})
-    assert "rollout success rate" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="callbacks.rollout"):
+        tested = main({"test": {**cfg, "ckpt_path": str(best)}})
+    assert "test success rate" in caplog.text and "test/rollout_unseen success rate" in caplog.text
+    assert {"test/success_rate", "test/rollout_unseen/success_rate"} <= set(tested.trainer.callback_metrics)
 
 
 @pytest.mark.parametrize("name", ["quick", "put_block_in_bowl", "packing_shapes"])

@@ -178,7 +178,7 @@ class CLIPortDataModule(EpisodeDataModule):
         generate_if_missing: oracle demos to record into an empty store (CLIPort's n_demos).
         cache_in_memory: keep all heightmaps in RAM (else read lazily from the HDF5 files).
         allow_empty: start from an empty store (interactive learning from scratch fills it).
-        reuse_interactive_store: see ``EpisodeDataModule``.
+        reuse_interactive_store, test_loss: see ``EpisodeDataModule``.
     """
 
     def __init__(
@@ -197,13 +197,14 @@ class CLIPortDataModule(EpisodeDataModule):
         pin_memory: bool = True,
         allow_empty: bool = False,
         reuse_interactive_store: bool = False,
+        test_loss: bool = False,
     ) -> None:
         super().__init__(
             data_dir=data_dir, task=task, cameras=[], state_keys=[], chunk_size=1, batch_size=batch_size,
             num_workers=num_workers, val_episodes=val_episodes, sampling=sampling,
             samples_per_epoch=samples_per_epoch, priority_alpha=priority_alpha, seed=seed,
             generate_if_missing=generate_if_missing, pin_memory=pin_memory, allow_empty=allow_empty,
-            reuse_interactive_store=reuse_interactive_store,
+            reuse_interactive_store=reuse_interactive_store, test_loss=test_loss,
         )
         self.cache_in_memory = cache_in_memory
         self._loaded: dict[int, tuple[dict[str, Any], Any]] = {}  # episode id -> (labels, images), reused by rebuilds

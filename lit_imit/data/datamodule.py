@@ -77,6 +77,9 @@ class EpisodeDataModule(pl.LightningDataModule):
         reuse_interactive_store: let a fresh interactive run (no ``--ckpt_path``) start on a store that
             already holds interactively collected episodes and train on all of them. Off by default: such
             episodes belong to the run that collected them, which resumes with ``--ckpt_path .../last.ckpt``.
+        test_loss: ``test`` also scores the validation split (``test/loss`` and the other loss terms; limit it
+            with ``trainer.limit_test_batches``). Off by default: ``test`` is the rollouts of
+            ``RolloutEvaluation`` (``test/success_rate`` with its Wilson interval).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         env_kwargs: dict[str, Any] | None = None,
         reuse_interactive_store: bool = False,
         record_workers: int | str = 1,
+        test_loss: bool = False,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "prioritized"):
@@ -135,6 +139,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.allow_empty = allow_empty
         self.env_kwargs = dict(env_kwargs or {})
         self.reuse_interactive_store = bool(reuse_interactive_store)
+        self.test_loss = bool(test_loss)
         self.store: EpisodeStore | None = None
         self.train_ids: list[int] = []
         self.val_ids: list[int] = []
@@ -331,8 +336,14 @@ class EpisodeDataModule(pl.LightningDataModule):
             return []
         return self._loader(self.val_set, SeededSampler(len(self.val_set), seed=self.seed, shuffle=False))
 
-    def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
+    def test_dataloader(self) -> DataLoader:
+        """The validation split with ``test_loss``; else (or when there is no validation split) one empty batch,
+        because Lightning runs no test epoch, and so no rollout callback, without a batch."""
+        loader = self.val_dataloader() if self.test_loss else []
+        if self.test_loss and not loader:
+            log.warning("test_loss: true, but %s has no validation split (val_episodes: %s): no test loss",
+                        self.data_dir, self.val_episodes)
+        return loader or DataLoader([{}], batch_size=None)
 
     # ---- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -150,12 +150,13 @@ class SkillDataModule(EpisodeDataModule):
         seed: int = 0,
         generate_if_missing: int = 0,
         pin_memory: bool = True,
+        test_loss: bool = False,
     ) -> None:
         super().__init__(
             data_dir=data_dir, task=task, cameras=[], state_keys=[state_key], chunk_size=horizon,
             action_dim=action_dim, batch_size=batch_size, num_workers=num_workers, val_episodes=val_episodes,
             sampling="uniform", samples_per_epoch=samples_per_epoch, seed=seed,
-            generate_if_missing=generate_if_missing, pin_memory=pin_memory,
+            generate_if_missing=generate_if_missing, pin_memory=pin_memory, test_loss=test_loss,
         )
         if horizon is not None and horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")

@@ -202,11 +202,21 @@ class PolicyModule(pl.LightningModule):
         self.log_losses("val", losses, batch)
         return losses["loss"]
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """``test`` reports the held-out losses under ``test/`` next to the rollout callback's success."""
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
+        """``test`` is the rollout callback's success rate; with ``data.init_args.test_loss`` it also reports the
+        validation split's losses under ``test/``. Without, the test loader's one empty batch (Lightning runs
+        no test epoch, hence no rollout, without a batch) scores nothing."""
+        if not batch:
+            return None
         losses = self.evaluation_losses(batch)
         self.log_losses("test", losses, batch)
         return losses["loss"]
+
+    def on_test_epoch_end(self) -> None:
+        """Test metrics go to the logger at ``trained_steps`` (Lightning takes a logged ``step`` as the x-axis),
+        so a checkpoint's test sits at its training step in TensorBoard, not at 0."""
+        if self.trained_steps is not None:
+            self.log("step", float(self.trained_steps))
 
     def log_losses(self, prefix: str, losses: Mapping[str, Tensor], batch: Mapping[str, Any]) -> None:
         """Every term as ``<prefix>/<name>`` (``loss`` on the progress bar); averaged over ranks outside training."""
