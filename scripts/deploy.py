@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from lit_imit.data.episodes import EpisodeStore
+from lit_imit.data.episodes import EpisodeStore, ForeignStoreError
 from lit_imit.robots import RobotError
 from lit_imit.robots.deploy import run_robot, run_twin
 from lit_imit.robots.policy import (
@@ -113,12 +113,13 @@ def _main(argv: list[str] | None) -> int:
         module = load_policy(args.ckpt, device, args.policy_class, overrides)
         preprocess = ImagePreprocess(parse_crop(args.crop), load_mask(args.mask), parse_size(args.image_size))
         twin_size = parse_size(args.twin_size)
-    except DeployError as err:
+        store = EpisodeStore(args.out)
+        store.require_writable()  # before the arm moves: another tool's directory is refused now
+    except (DeployError, ForeignStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cameras = policy_cameras(module)
     runner = PolicyRunner(module, preprocess, ["qpos", *(f"images/{c}" for c in cameras)])
-    store = EpisodeStore(args.out)
     attrs = {"ckpt": str(Path(args.ckpt).resolve()), "policy": type(module).__name__,
              "temporal_ensemble": args.temporal_ensemble, **preprocess.attrs()}
     print(f"{type(module).__name__} from {args.ckpt} on {device}, cameras {cameras}, {args.robot} at {args.fps:g} Hz")

@@ -34,7 +34,7 @@ import logging
 import sys
 import time
 
-from lit_imit.data.episodes import EpisodeStore
+from lit_imit.data.episodes import EpisodeStore, ForeignStoreError
 from lit_imit.data.recording import record_teacher_episodes
 from lit_imit.envs import task_spec
 from lit_imit.robots import RobotError
@@ -169,10 +169,11 @@ def record_on_robot(args: argparse.Namespace) -> int:
             waypoints = load_waypoints(args.waypoints)
         robot = robot_from_args(args)
         home = parse_home(args.home)
-    except (ValueError, WaypointError) as err:
+        store = EpisodeStore(args.out)
+        store.require_writable()  # before anyone demonstrates: another tool's directory is refused now
+    except (ValueError, WaypointError, ForeignStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    store = EpisodeStore(args.out)
     results = []
     try:
         with robot:

@@ -109,3 +109,16 @@ def test_two_files_with_one_id_are_an_error_naming_both(tmp_path):
     write_act_original(root / "episode_000001.hdf5")
     with pytest.raises(EpisodeError, match=r"episode_000001\.hdf5 and episode_1\.hdf5 are both episode 1"):
         EpisodeStore(root).ids()
+
+
+def test_deploy_refuses_to_log_into_an_original_act_directory_before_it_runs(tmp_path, capsys):
+    from lit_imit.policies import save_policy
+    from scripts import deploy
+    from tests.test_policy_dir import tiny_policy
+
+    root = write_act_directory(tmp_path / "act")
+    before = snapshot(root)
+    save_policy(tiny_policy("bc"), tmp_path / "policy")
+    rc = deploy.main(["--policy", str(tmp_path / "policy"), "--robot", "twin", "--out", str(root), "--device", "cpu"])
+    assert rc == 2 and f"{root} holds episodes named by another tool" in capsys.readouterr().err
+    assert snapshot(root) == before
