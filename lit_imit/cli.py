@@ -141,13 +141,15 @@ def require_test_measure(trainer: Any, datamodule: Any) -> None:
 
 
 def show_package_logs() -> None:
-    """Let this project's INFO lines reach the terminal (stderr), as Lightning does for its own, unless the
-    application configured logging itself (the root logger has handlers)."""
+    """Let this project's INFO lines reach the terminal (stderr) once, as Lightning does for its own, unless the
+    application configured logging itself (the root logger has handlers). They do not propagate: a library that
+    configures the root logger later (the simulators' imports do) would print each line a second time."""
     if logging.getLogger().handlers:
         return
     for name in PACKAGE_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
+        logger.propagate = False
         if not any(getattr(h, "lit_imit_cli", False) for h in logger.handlers):
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(message)s"))
