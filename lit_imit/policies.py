@@ -315,9 +315,7 @@ def policy_from_snapshot(snapshot: Mapping[str, Any], device: str = "cpu") -> An
     """The module of a :func:`policy_snapshot`, in eval mode: the same weights give the same actions."""
     import torch
 
-    cls = import_class(snapshot["policy_class"])
-    if not (isinstance(cls, type) and issubclass(cls, PolicyModule)):
-        raise PolicyLoadError(f"{snapshot['policy_class']!r} is not a PolicyModule")
+    cls = _policy_class_named(snapshot["policy_class"], Path("a policy snapshot"))
     module = _build(cls, snapshot["hyper_parameters"], None)
     module.load_state_dict({key: torch.from_numpy(value) for key, value in snapshot["state_dict"].items()})
     return module.to(device).eval()
