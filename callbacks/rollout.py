@@ -26,8 +26,8 @@ import numpy as np
 from callbacks.ema import ema_weights_if_any
 from lit_imit.data.episodes import obs_path
 from lit_imit.distributed import all_gather_objects, is_distributed
-from lit_imit.envs import make_env, task_spec
-from lit_imit.envs.vector import ProcessEnvPool, worker_count
+from lit_imit.envs import task_spec
+from lit_imit.envs.vector import close_envs, open_envs, worker_count
 from lit_imit.evaluation import EpisodeResult, evaluate_module, policy_env_kwargs, summarize
 
 log = logging.getLogger(__name__)
@@ -112,11 +112,7 @@ class RolloutEvaluation(pl.Callback):
     def envs(self, local_world_size: int = 1) -> Any:
         """The rollout's envs: a list (in-process) or a ``ProcessEnvPool`` (``num_workers`` > 0)."""
         if self._envs is None:
-            workers = self.worker_count(local_world_size)
-            if workers == 0:
-                self._envs = [make_env(self.task, **self.env_kwargs) for _ in range(self.n_envs)]
-            else:
-                self._envs = ProcessEnvPool.for_task(self.task, self.n_envs, workers, env_kwargs=self.env_kwargs)
+            self._envs = open_envs(self.task, self.n_envs, self.worker_count(local_world_size), self.env_kwargs)
         return self._envs
 
     def worker_count(self, local_world_size: int = 1) -> int:
@@ -124,11 +120,7 @@ class RolloutEvaluation(pl.Callback):
         return worker_count(self.num_workers, self.n_envs, local_world_size)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if isinstance(self._envs, list):
-            for env in self._envs:
-                env.close()
-        elif self._envs is not None:
-            self._envs.close()
+        close_envs(self._envs)
         self._envs = None
 
     # ---- hooks ------------------------------------------------------------------------------------

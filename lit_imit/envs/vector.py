@@ -286,3 +286,23 @@ class ProcessEnvPool:
         pid = self._processes[worker].pid
         self.close(grace_s=1.0)
         raise EnvWorkerError(f"env worker {worker} (pid {pid}) {what}")
+
+
+# ---- a task's envs, in this process or in a pool -------------------------------------------------------------
+def open_envs(task: str, num_envs: int, num_workers: int, env_kwargs: dict[str, Any] | None = None) -> Any:
+    """``num_envs`` envs of ``task``: a list stepped in this process (``num_workers`` 0) or a ``ProcessEnvPool``.
+
+    Either is an ``EnvBatch`` for ``lit_imit.evaluation`` and ``lit_imit.rl.rollout``; :func:`close_envs`
+    closes both."""
+    if num_workers == 0:
+        return [make_env(task, **dict(env_kwargs or {})) for _ in range(num_envs)]
+    return ProcessEnvPool.for_task(task, num_envs, num_workers, env_kwargs=dict(env_kwargs or {}))
+
+
+def close_envs(envs: Any) -> None:
+    """Close what :func:`open_envs` opened (None: nothing)."""
+    if isinstance(envs, list):
+        for env in envs:
+            env.close()
+    elif envs is not None:
+        envs.close()
