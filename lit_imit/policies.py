@@ -42,8 +42,9 @@ _PRETRAINED_KEYS = ("pretrained_backbone", "clip_pretrained")
 POLICY_CONFIG, POLICY_WEIGHTS, POLICY_CARD = "config.json", "model.safetensors", "README.md"
 POLICY_FORMAT, POLICY_FORMAT_VERSION = "lit_imit.policy", 1
 
-__all__ = ["KNOWN_POLICIES", "PolicyLoadError", "export_policy", "import_class", "is_policy_dir", "load_policy",
-           "policy_cameras", "policy_class_for", "policy_from_snapshot", "policy_snapshot", "save_policy"]
+__all__ = ["KNOWN_POLICIES", "PolicyLoadError", "build_policy", "export_policy", "import_class", "is_policy_dir",
+           "load_policy", "policy_cameras", "policy_class_for", "policy_from_snapshot", "policy_snapshot",
+           "policy_spec", "save_policy"]
 
 
 class PolicyLoadError(RuntimeError):
@@ -319,6 +320,27 @@ def policy_from_snapshot(snapshot: Mapping[str, Any], device: str = "cpu") -> An
     module = _build(cls, snapshot["hyper_parameters"], None)
     module.load_state_dict({key: torch.from_numpy(value) for key, value in snapshot["state_dict"].items()})
     return module.to(device).eval()
+
+
+def policy_spec(module: Any) -> dict[str, Any]:
+    """What rebuilds ``module``'s architecture without its file: ``{"class_path", "hparams"}`` in plain Python
+    types, so a weights-only checkpoint of a module that embeds this policy (residual RL's frozen base) can
+    hold it and :func:`build_policy` can rebuild it; the weights travel separately, in that module's state."""
+    return {"class_path": policy_class_path(type(module)), "hparams": _plain(dict(module.hparams))}
+
+
+def build_policy(spec: Mapping[str, Any]) -> Any:
+    """A freshly initialised policy from a :func:`policy_spec` (its weights are loaded afterwards)."""
+    return _build(_policy_class_named(str(spec["class_path"]), Path("a policy spec")), dict(spec["hparams"]), None)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively (hyper-parameters as a config file would give them)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    return value
 
 
 def policy_cameras(module: Any) -> list[str]:

@@ -352,6 +352,11 @@ class ACTModule(PolicyModule):
         assert uncertainty is not None
         return Prediction(action=action, uncertainty=uncertainty)
 
+    def plan_normalized(self, obs: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The first ``n_action_steps`` of the z = 0 chunk, normalised: (N, n_action_steps, A). Deterministic
+        (``generator`` is unused); temporal ensembling, if configured, is not applied: the chunk runs open loop."""
+        return self._query_chunk(obs)[:, : self.hparams.n_action_steps]
+
     def predict_chunk(self, obs: Mapping[str, Any]) -> Tensor:
         """Raw action chunk (N, k, A) with z = 0 for the current observation (no queues involved)."""
         with self.policy_mode():

@@ -86,6 +86,10 @@ def policy_class_path(cls: type) -> str:
 class PolicyModule(pl.LightningModule):
     """Base of every method: normalisation buffers, the stats hand-over from the DataModule, the policy API."""
 
+    #: how the method maps states and actions to its network's scale: "mean_std" (ACT, BC) or "min_max"
+    #: (Diffusion, to [-1, 1]); code working in the policy's normalised space (residual RL) reads it
+    normalization = "mean_std"
+
     def __init__(self) -> None:
         super().__init__()
         self.normalizer = Normalizer()
@@ -116,6 +120,18 @@ class PolicyModule(pl.LightningModule):
     def load_stats(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
         """Copy dataset statistics (dicts of arrays/tensors per key) into the normaliser."""
         self.normalizer.load(stats)
+
+    def normalize(self, key: str, x: Tensor) -> Tensor:
+        """``x`` (a state key or ``"action"``) in the policy's normalised space (its ``normalization``)."""
+        if self.normalization == "min_max":
+            return self.normalizer.min_max(key, x)
+        return self.normalizer.mean_std(key, x)
+
+    def unnormalize(self, key: str, x: Tensor) -> Tensor:
+        """The inverse of :meth:`normalize`: raw values of ``key`` from normalised ones."""
+        if self.normalization == "min_max":
+            return self.normalizer.un_min_max(key, x)
+        return self.normalizer.un_mean_std(key, x)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints written before the Normalizer kept the statistics as stat_<key>_<name> on the module
@@ -241,6 +257,19 @@ class PolicyModule(pl.LightningModule):
     def predict(self, obs: Mapping[str, Any]) -> Prediction:
         """One control step plus a per-env uncertainty, for gating (interactive learning)."""
         raise NotImplementedError(f"{type(self).__name__} cannot estimate uncertainty, so it cannot be gated")
+
+    #: observation frames the policy reads per query (a history for Diffusion Policy)
+    n_obs_steps = 1
+
+    def plan_normalized(self, obs: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The actions the policy would execute open loop from ``obs``, normalised: (N, n_action_steps, A).
+
+        ``obs`` holds every key the policy reads with a history axis, (N, ``n_obs_steps``, ...), as tensors on
+        the module's device; ``generator`` draws any sampling noise. No queue or history of the module is
+        touched: the caller executes the chunk (residual RL runs a frozen base policy through this).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose its action chunks, so it cannot serve "
+                                  "as the base of a residual policy")
 
     # ---- helpers -------------------------------------------------------------------------------------
     @contextlib.contextmanager

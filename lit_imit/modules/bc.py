@@ -131,6 +131,11 @@ class BCModule(PolicyModule):
         if self._ensembler is not None:
             self._ensembler.reset(env_ids)
 
+    def plan_normalized(self, obs: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The first ``n_action_steps`` of the predicted chunk, normalised: (N, n_action_steps, A) (deterministic;
+        temporal ensembling, if configured, is not applied)."""
+        return self.model(self._observation(obs))[:, : self.hparams.n_action_steps]
+
     def predict_chunk(self, obs: Mapping[str, Any]) -> Tensor:
         """Raw action chunk (N, k, A) for the current observations (no queues involved)."""
         with self.policy_mode():

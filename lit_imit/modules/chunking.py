@@ -129,3 +129,34 @@ class TemporalEnsembler:
         self.weight_sums = torch.cat([self.weight_sums[:, 1:], self.weight_sums.new_zeros(n, 1)], dim=1)
         self.counts = torch.cat([self.counts[:, 1:], self.counts.new_zeros(n, 1)], dim=1)
         return action
+
+
+class ObservationHistory:
+    """The last ``length`` observations of every env, key by key: (N, length, ...) tensors, one row per env.
+
+    A row whose episode starts is filled with its first observation repeated, as Diffusion Policy pads the
+    history at an episode's start; the other rows shift by one. Rows start independently, so envs that reset
+    at different times (residual RL resets an env as soon as it succeeds) keep their own histories.
+    """
+
+    def __init__(self, length: int) -> None:
+        if length < 1:
+            raise ValueError(f"an observation history holds at least 1 frame, got {length}")
+        self.length = length
+        self.frames: dict[str, Tensor] = {}
+
+    def reset(self) -> None:
+        self.frames = {}
+
+    def push(self, obs: dict[str, Tensor], starts: Tensor) -> dict[str, Tensor]:
+        """Add one observation per env (``starts``: (N,) bool, rows beginning an episode); the histories."""
+        for key, value in obs.items():
+            repeated = value.unsqueeze(1).expand(-1, self.length, *value.shape[1:])
+            history = self.frames.get(key)
+            if history is None or history.shape[0] != value.shape[0]:
+                history = repeated.clone()
+            else:
+                history = torch.cat([history[:, 1:], value.unsqueeze(1)], dim=1)
+                history[starts] = repeated[starts]
+            self.frames[key] = history
+        return dict(self.frames)

@@ -257,6 +257,8 @@ class DiffusionModule(PolicyModule):
         self._action_queue: deque[Tensor] = deque()
         self._queue_uncertainty: Tensor | None = None
 
+    normalization = "min_max"  # Chi et al.: states and actions to [-1, 1]
+
     def use_sampler(self, kind: str, num_inference_steps: int | None = None) -> None:
         """Sample with another inference scheduler ('ddpm' | 'ddim') and step count from now on, on the same
         trained model (the schedulers share the training configuration): compares samplers on one checkpoint."""
@@ -400,6 +402,12 @@ class DiffusionModule(PolicyModule):
         cond = cond.repeat_interleave(num_samples, dim=0)
         chunks = self.sample_normalized(cond).reshape(-1, num_samples, self.horizon, self.action_dim)
         return self.normalizer.un_min_max("action", chunks)
+
+    def plan_normalized(self, obs: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The executed part [To-1, To-1+Ta) of one denoised window, normalised: (N, Ta, A) (see PolicyModule)."""
+        window = self.sample_normalized(self.global_condition(obs), generator)
+        start = self.n_obs_steps - 1
+        return window[:, start : start + self.n_action_steps]
 
     # ---- the policy contract -----------------------------------------------------------------------------
     def reset(self, env_ids: Sequence[int] | Tensor | None = None, seed: int | None = None) -> None:
