@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from callbacks.checkpoint import EpochEndCheckpoint
 from callbacks.rng import RestoreRNG
 from callbacks.rollout import RolloutEvaluation
-from lit_imit.data.datamodule import EpisodeDataModule
 from lit_imit.modules.base import PolicyModule
 from lit_imit.policies import load_policy
 
@@ -49,8 +49,10 @@ OPTIONAL_COMPONENTS = (
     "lit_imit.modules.diffusion",
     "lit_imit.modules.cliport",
     "lit_imit.modules.skill_prior",
+    "lit_imit.modules.residual_ppo",
     "lit_imit.data.cliport",
     "lit_imit.data.skills",
+    "lit_imit.data.rollouts",
     "callbacks.ema",
     "callbacks.interactive",
 )
@@ -178,7 +180,7 @@ def main(args: ArgsType = None, run: bool = True) -> LitImitCLI:
     torch.set_float32_matmul_precision("high")
     return LitImitCLI(
         PolicyModule,
-        EpisodeDataModule,
+        LightningDataModule,  # episodes (EpisodeDataModule and its subclasses) or envs (EnvDataModule, for RL)
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=DEFAULT_SEED,

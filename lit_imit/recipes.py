@@ -28,8 +28,7 @@ import yaml
 
 from lit_imit.checkpoints import load_checkpoint
 from lit_imit.data.episodes import EpisodeStore
-from lit_imit.envs import make_env
-from lit_imit.envs.vector import ProcessEnvPool
+from lit_imit.envs.vector import close_envs, open_envs, worker_count
 from lit_imit.evaluation import evaluate_module, policy_env_kwargs, summarize
 from lit_imit.results import append_row, git_commit, machine_description
 
@@ -60,6 +59,8 @@ class Recipe:
     test_n_envs: int = 10
     test_workers: int = 2  # env worker processes for the held-out test (0 = in-process)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: residual RL: the recipe whose chosen checkpoint is the frozen base (``run_recipe(..., base_ckpt=...)``)
+    base_recipe: str | None = None
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -117,6 +118,24 @@ register(Recipe(
     ),
     notes="one H200: bf16, batch 32, as many steps as fit in 9 minutes of training; the ResNet-18 starts from "
           "the ImageNet file when torchvision's cache has it, else from random init (logged, and in the row)",
+))
+
+
+register(Recipe(
+    name="residual_ppo_transfer_cube_state", method="residual_ppo", task="transfer_cube",
+    config="configs/residual/transfer_cube.yaml", obs="qpos + cube pose (state)", demos=50,
+    expected_minutes=600, preset="residual", base_recipe="diffusion_transfer_cube_state",
+    reference="Ankile et al. 2024 (ResiP): residual PPO lifts BC from ~5-50% to >95% on their assembly tasks",
+    notes="not run yet: PPO on a per-step residual over the frozen Diffusion state policy (the checkpoint a "
+          "diffusion_transfer_cube_state run chose, --base-ckpt); the row also tests the base alone on the same "
+          "seeds (base_success_rate) and counts the RL env steps; the wall time is a guess",
+))
+register(Recipe(
+    name="residual_ppo_insertion_state", method="residual_ppo", task="insertion",
+    config="configs/residual/insertion.yaml", obs="qpos + peg/socket poses (state)", demos=50,
+    expected_minutes=600, preset="residual", base_recipe="diffusion_insertion_state",
+    reference="Ankile et al. 2024 (ResiP)",
+    notes="not run yet: as residual_ppo_transfer_cube_state, over a diffusion_insertion_state checkpoint",
 ))
 
 
@@ -203,18 +222,11 @@ def heldout_test(
     """
 
     n_envs = max(1, min(n_envs, episodes))
-    if num_workers > 0:
-        envs: Any = ProcessEnvPool.for_task(task, n_envs, min(num_workers, n_envs), env_kwargs=dict(env_kwargs))
-    else:
-        envs = [make_env(task, **dict(env_kwargs)) for _ in range(n_envs)]
+    envs = open_envs(task, n_envs, worker_count(num_workers, n_envs), dict(env_kwargs))
     try:
         results = evaluate_module(module, envs, list(range(episodes)), seed, max_steps=max_steps)
     finally:
-        if isinstance(envs, list):
-            for env in envs:
-                env.close()
-        else:
-            envs.close()
+        close_envs(envs)
     summary = summarize(results)
     summary["successes"] = float(sum(r.success for r in results))
     return summary
@@ -241,21 +253,26 @@ def run_recipe(
     extra_overrides: Sequence[str] = (),
     command: str = "",
     python: str = sys.executable,
+    base_ckpt: str | Path | None = None,
 ) -> dict[str, Any]:
     """Demos -> fit -> held-out test in ``work_dir/<recipe>/<timestamp>``; appends and returns the row.
 
-    A failure (fit exits non-zero, no checkpoint, a crash in the test) still writes a row, with
-    ``success_rate`` None and the error, then re-raises.
+    A residual-RL recipe (``base_recipe``) starts from ``base_ckpt``, the BC checkpoint a run of its base
+    recipe chose, and needs no demos. A failure (fit exits non-zero, no checkpoint, a crash in the test)
+    still writes a row, with ``success_rate`` None and the error, then re-raises.
     """
+    base_overrides = _base_overrides(rec, base_ckpt)
     run_dir = Path(work_dir).resolve() / rec.name / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
     start = time.perf_counter()
     row = _new_row(rec, run_dir, episodes, test_seed, command or f"python scripts/reproduce.py {rec.name}")
     row["overrides"] = [*rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
     row["extra_overrides"] = list(extra_overrides)
+    if base_overrides:
+        row["base_ckpt"] = base_overrides[-1]
 
     def work() -> None:
-        fit_cmd = [python, "-m", "lit_imit", "fit", "--config", str(REPO_ROOT / rec.config),
+        fit_cmd = [python, "-m", "lit_imit", "fit", "--config", str(REPO_ROOT / rec.config), *base_overrides,
                    *rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
         log.info("[%s] fit: %s (in %s)", rec.name, shlex.join(fit_cmd), run_dir)
         with open(run_dir / "fit.log", "w") as out:
@@ -267,6 +284,18 @@ def run_recipe(
         heldout_test_of_run(rec, run_dir, row, episodes, test_seed)
 
     return _recorded(row, work, start, results_path)
+
+
+def _base_overrides(rec: Recipe, base_ckpt: str | Path | None) -> list[str]:
+    """``--model.init_args.base_ckpt PATH`` for a residual-RL recipe (an error without a base); [] otherwise."""
+    if rec.base_recipe is None:
+        if base_ckpt is not None:
+            raise ValueError(f"recipe {rec.name!r} trains from demos: it takes no base checkpoint")
+        return []
+    if base_ckpt is None or not Path(base_ckpt).is_file():
+        raise ValueError(f"recipe {rec.name!r} refines a frozen BC policy: give the checkpoint a {rec.base_recipe} "
+                         f"run chose (--base-ckpt PATH; got {base_ckpt})")
+    return ["--model.init_args.base_ckpt", str(Path(base_ckpt).resolve())]
 
 
 def _new_row(rec: Recipe, run_dir: Path, episodes: int, test_seed: int, command: str) -> dict[str, Any]:
@@ -315,7 +344,8 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
     del meta
     settings = rollout_settings(config)
     row["selection_seeds"] = f"{settings.get('seed', SELECTION_SEED)}+ ({settings.get('n_episodes')} episodes)"
-    row["demos"] = _count_episodes(run_dir, config)
+    if ((config.get("data") or {}).get("init_args") or {}).get("data_dir"):
+        row["demos"] = _count_episodes(run_dir, config)
     module = load_policy_from_run(config, ckpt)
     if sampler is not None:
         if not hasattr(module, "use_sampler"):
@@ -331,13 +361,20 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
         module, task, env_kwargs, episodes, test_seed,
         n_envs=rec.test_n_envs, max_steps=settings.get("max_steps"), num_workers=rec.test_workers,
     )
-    row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
     row.update({
         "successes": int(summary["successes"]), "success_rate": summary["success_rate"],
         "ci_low": round(summary["success_ci_low"], 4), "ci_high": round(summary["success_ci_high"], 4),
         "mean_return": summary["return"], "mean_max_reward": summary["max_reward"],
         "env_kwargs": env_kwargs,
     })
+    if "residual_in_evaluation" in getattr(module, "hparams", {}):  # residual RL: the base alone, same seeds
+        module.hparams.residual_in_evaluation = False
+        base = heldout_test(module, task, env_kwargs, episodes, test_seed, n_envs=rec.test_n_envs,
+                            max_steps=settings.get("max_steps"), num_workers=rec.test_workers)
+        row.update({"base_success_rate": base["success_rate"], "base_successes": int(base["successes"]),
+                    "base_ci_low": round(base["success_ci_low"], 4), "base_ci_high": round(base["success_ci_high"], 4),
+                    "env_steps": int(module.env_steps)})
+    row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
 
 
 def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: int = 50, test_seed: int = TEST_SEED,

@@ -6,6 +6,7 @@
     python scripts/reproduce.py --render                       # re-render results/RESULTS.md and the README table
     python scripts/reproduce.py --retest runs/RECIPE/TIME --test-seed 2000000   # test a finished run again
     python scripts/reproduce.py --retest runs/RECIPE/TIME --sampler ddpm:100    # ... with another Diffusion sampler
+    python scripts/reproduce.py residual_ppo_transfer_cube_state --base-ckpt runs/.../epoch0003.ckpt  # residual RL
 
 Each recipe runs from nothing in ``runs/<recipe>/<timestamp>/`` (its own demos, logs and checkpoints; none of
 them are committed); failed runs get rows too, and so does a run stopped by Ctrl-C, ``kill`` (SIGTERM) or a
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --retest: the checkpoint chosen by validation rollouts, or the last one")
     parser.add_argument("--sampler", type=parse_sampler, default=None, metavar="KIND:STEPS",
                         help="with --retest: a Diffusion policy samples with this scheduler, e.g. ddpm:100 or ddim:10")
+    parser.add_argument("--base-ckpt", default=None, metavar="PATH",
+                        help="residual-RL recipes: the BC checkpoint to refine (the one a run of its base recipe chose)")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra fit argument, e.g. --override=--trainer.max_steps=20 (repeatable)")
     return parser.parse_args(argv)
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 rec = recipe(name)
                 try:
                     row = run_recipe(rec, args.work_dir, args.results, episodes=args.episodes,
-                                     test_seed=args.test_seed, extra_overrides=args.override, command=command)
+                                     test_seed=args.test_seed, extra_overrides=args.override, command=command,
+                                     base_ckpt=args.base_ckpt if rec.base_recipe else None)
                     print(f"{name}: {row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
                           f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
                           f"{row['wall_minutes']:.1f} min")
