@@ -15,6 +15,9 @@ Assembly", 2024, "ResiP"): PPO trains a small per-step Gaussian correction of a 
 One training step is one PPO iteration, with manual optimisation: collect a rollout of ``num_steps`` steps
 in this rank's envs (``EnvDataModule.envs``; ``lit_imit.rl.rollout``, every env reset at the rollout's start
 and again whenever its episode ends), then ``update_epochs`` passes of ``num_minibatches`` gradient steps.
+Lightning's ``global_step`` counts those gradient steps (fewer after a KL stop), so bound a run with
+``max_epochs`` (x the data's ``iterations_per_epoch``), which the learning-rate cosine also spans.
+``train/env_steps_per_s`` is the rollouts' throughput over all ranks (simulation and policy together).
 Under DDP each rank steps its own envs, gradients are averaged by ``manual_backward``, and the reward
 statistics, the KL early stop and the logged numbers are reduced over ranks, so every rank holds the same
 weights, optimiser and statistics.
@@ -137,8 +140,8 @@ class ResidualPPOModule(PolicyModule):
         num_steps: env steps per rollout (per env).
         update_epochs, num_minibatches, clip_coef, vf_coef, ent_coef, target_kl, normalize_advantages: PPO
             (``lit_imit.rl.ppo.PPOSettings``).
-        lr_actor, lr_critic: AdamW learning rates; both follow a cosine over ``total_iterations`` (None: the
-            trainer's estimate, max_epochs x the data's ``iterations_per_epoch``) after ``warmup_iterations``.
+        lr_actor, lr_critic: AdamW learning rates; both follow a cosine over ``total_iterations`` (None:
+            max_epochs x the data's ``iterations_per_epoch``) after ``warmup_iterations``.
         gamma, gae_lambda: discount and GAE lambda.
         max_grad_norm: gradient clipping (norm over actor and critic together).
         normalize_reward, reward_clip: divide rewards by their running std, clip to +-reward_clip.
@@ -290,8 +293,19 @@ class ResidualPPOModule(PolicyModule):
         critic = list(self.agent.critic.parameters())
         optimizer = torch.optim.AdamW([{"params": actor, "lr": hp.lr_actor}, {"params": critic, "lr": hp.lr_critic}],
                                       eps=1e-5, weight_decay=1e-6)
-        schedule = warmup_cosine(optimizer, hp.warmup_iterations, hp.total_iterations, self._trainer)
+        schedule = warmup_cosine(optimizer, hp.warmup_iterations, self._total_iterations())
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def _total_iterations(self) -> int | None:
+        """The iterations the cosine spans: ``total_iterations``, else ``max_epochs`` x the data's
+        ``iterations_per_epoch`` (None, a constant rate after the warm-up, for an endless run)."""
+        if self.hparams.total_iterations is not None:
+            return int(self.hparams.total_iterations)
+        trainer = self._trainer
+        per_epoch = getattr(getattr(trainer, "datamodule", None), "iterations_per_epoch", None)
+        if per_epoch is None or trainer.max_epochs is None or trainer.max_epochs < 0:
+            return None
+        return int(trainer.max_epochs) * int(per_epoch)
 
     def _generators(self, iteration: int) -> dict[str, torch.Generator]:
         return {name: torch.Generator().manual_seed(stream_seed(self.hparams.seed, self.global_rank, iteration, name))
