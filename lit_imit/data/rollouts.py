@@ -9,7 +9,7 @@ previous update (Lightning fetches a batch ahead), i.e. off-policy.
 
 The train loader therefore only paces training: ``iterations_per_epoch`` tickets per epoch, one PPO
 iteration (rollout + update) each, so an epoch's end (rollout evaluation, ``last.ckpt``) falls between
-iterations. The test loader holds one ticket, so that ``test`` runs its epoch hooks (the rollout evaluation).
+iterations. The test loader holds one empty batch, so that ``test`` runs its epoch hooks (the rollouts).
 Envs take the observation the policy reads (``cameras`` / ``env_state``, from the model through
 ``lit_imit.evaluation.policy_env_kwargs``) unless ``env_kwargs`` says otherwise.
 """
@@ -87,4 +87,6 @@ class EnvDataModule(pl.LightningDataModule):
         return DataLoader(torch.arange(self.iterations_per_epoch), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(torch.arange(1), batch_size=None)
+        """One empty batch: Lightning runs no test epoch (hence no ``RolloutEvaluation``) without a batch, and
+        ``PolicyModule.test_step`` scores nothing for it."""
+        return DataLoader([{}], batch_size=None)

@@ -380,6 +380,3 @@ class ResidualPPOModule(PolicyModule):
         for name, value in metrics.items():
             self.log(f"train/{name}", float(value), prog_bar=name in ("success_rate", "env_steps_per_s"),
                      on_step=True, on_epoch=False, batch_size=1)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        """Nothing to compute from data: ``test`` is the rollout evaluation (``RolloutEvaluation``)."""
