@@ -54,6 +54,7 @@ OPTIONAL_COMPONENTS = (
     "lit_imit.data.skills",
     "lit_imit.data.rollouts",
     "callbacks.ema",
+    "callbacks.residual",
     "callbacks.interactive",
 )
 

@@ -367,8 +367,8 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
         "mean_return": summary["return"], "mean_max_reward": summary["max_reward"],
         "env_kwargs": env_kwargs,
     })
-    if "residual_in_evaluation" in getattr(module, "hparams", {}):  # residual RL: the base alone, same seeds
-        module.hparams.residual_in_evaluation = False
+    if hasattr(module, "residual_in_evaluation"):  # residual RL: the base alone, on the same seeds
+        module.residual_in_evaluation = False
         base = heldout_test(module, task, env_kwargs, episodes, test_seed, n_envs=rec.test_n_envs,
                             max_steps=settings.get("max_steps"), num_workers=rec.test_workers)
         row.update({"base_success_rate": base["success_rate"], "base_successes": int(base["successes"]),

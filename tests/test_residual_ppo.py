@@ -296,7 +296,7 @@ def toy_config(root: Path, base: Path, epochs: int = 1, iterations: int = 5, mod
 
 
 def heldout_success(module, residual: bool, episodes: int = 200) -> float:
-    module.hparams.residual_in_evaluation = residual
+    module.residual_in_evaluation = residual
     envs = [make_env(TOY_TASK) for _ in range(50)]
     return summarize(evaluate_module(module, envs, list(range(episodes)), seed=5000))["success_rate"]
 
@@ -337,7 +337,16 @@ def test_checkpoint_loads_weights_only_runs_without_the_base_file_and_tests(tmp_
     summary = next(cb for cb in cli.trainer.callbacks if isinstance(cb, RolloutEvaluation)).last_summary
     assert summary["episodes"] == 8
     assert summary["success_ci_low"] <= summary["success_rate"] <= summary["success_ci_high"]
-    assert {"test/success_rate", "test/success_ci_low", "test/success_ci_high"} <= _tags(tmp_path / "logs" / "version_1")
+    tags = _tags(tmp_path / "logs" / "version_1")
+    assert {"test/success_rate", "test/success_ci_low", "test/success_ci_high"} <= tags
+    # the base alone on the same seeds: a callback, since --ckpt_path replaces the model's arguments
+    cfg["trainer"]["callbacks"].append({"class_path": "callbacks.residual.EvaluateBaseAlone"})
+    cfg["trainer"]["logger"]["init_args"]["version"] = 2
+    cli = main({"test": {**cfg, "ckpt_path": str(last)}})
+    base_alone = next(cb for cb in cli.trainer.callbacks if isinstance(cb, RolloutEvaluation)).last_summary
+    module.residual_in_evaluation = False
+    expected = summarize(evaluate_module(module, [make_env(TOY_TASK) for _ in range(4)], list(range(8)), 100_000))
+    assert base_alone["success_rate"] == expected["success_rate"] and cli.model.residual_in_evaluation
 
 
 def test_exact_resume_matches_uninterrupted_run(tmp_path):

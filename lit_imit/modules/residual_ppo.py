@@ -30,8 +30,9 @@ and makes the same updates as one that never stopped. The checkpoint also embeds
 ``policy_spec``), so it runs alone: ``load_policy`` / ``test`` need no base file.
 
 Evaluation (``select_action``, the ``RolloutEvaluation`` callback, ``test``) executes base + the residual's
-*mean*; ``residual_in_evaluation: false`` executes the base alone through the same chunk execution and with
-the same sampling noise, for a base-vs-residual comparison on the same seeds.
+*mean*; with ``residual_in_evaluation = False`` (an attribute, set by ``callbacks.residual.EvaluateBaseAlone``
+or in Python) it executes the base alone through the same chunk execution and with the same sampling
+noise, for a base-vs-residual comparison on the same seeds.
 
 Defaults follow Ankile et al. (robust-rearrangement ``config/base_residual_rl.yaml`` and
 ``config/actor/residual_diffusion.yaml``): 700 steps per rollout, 50 update epochs of 1 minibatch, actor lr
@@ -146,7 +147,6 @@ class ResidualPPOModule(PolicyModule):
         max_grad_norm: gradient clipping (norm over actor and critic together).
         normalize_reward, reward_clip: divide rewards by their running std, clip to +-reward_clip.
         seed: seeds every random stream of training (with the rank and the iteration).
-        residual_in_evaluation: evaluate base + residual mean (True) or the base alone (False).
     """
 
     def __init__(
@@ -179,7 +179,6 @@ class ResidualPPOModule(PolicyModule):
         reward_clip: float = 5.0,
         normalize_advantages: bool = True,
         seed: int = 0,
-        residual_in_evaluation: bool = True,
     ) -> None:
         super().__init__()
         if num_steps < 1:
@@ -200,6 +199,9 @@ class ResidualPPOModule(PolicyModule):
         self.runner = FrozenBase(self.base)
         self._eval_generator = torch.Generator()
         self._eval_starts: Tensor | None = None
+        #: evaluate base + residual mean (True) or the base alone (False). Not a hyper-parameter: ``test
+        #: --ckpt_path`` replaces those by the checkpoint's (``callbacks.residual.EvaluateBaseAlone`` sets it)
+        self.residual_in_evaluation = True
 
     @staticmethod
     def _frozen_base(base_ckpt: str | None, base_policy: dict[str, Any] | None,
@@ -281,7 +283,7 @@ class ResidualPPOModule(PolicyModule):
                                                                                           device=self.device)
             x, base_action = self._inputs(obs, starts, self._eval_generator)
             self._eval_starts = torch.zeros(n, dtype=torch.bool, device=self.device)
-            residual = self.agent.mean(x) if self.hparams.residual_in_evaluation else torch.zeros_like(base_action)
+            residual = self.agent.mean(x) if self.residual_in_evaluation else torch.zeros_like(base_action)
             return self.executed_action(base_action, residual)
 
     # ---- training ------------------------------------------------------------------------------------------
