@@ -302,26 +302,6 @@ def export_policy(checkpoint: str | Path, directory: str | Path, *, results_path
     return save_policy(module, directory, training=training, results=results, overwrite=overwrite)
 
 
-def policy_snapshot(module: Any) -> dict[str, Any]:
-    """A picklable copy of a policy module as it is now: its class, hyper-parameters and weights as numpy arrays
-    (normalisation buffers included). What a worker process needs to act as this policy
-    (:func:`policy_from_snapshot`); numpy rather than tensors so that pickling never goes through torch's
-    shared-memory file descriptors."""
-    return {"policy_class": policy_class_path(type(module)),
-            "hyper_parameters": dict(getattr(module, "hparams", {}) or {}),
-            "state_dict": {key: value.detach().cpu().numpy().copy() for key, value in module.state_dict().items()}}
-
-
-def policy_from_snapshot(snapshot: Mapping[str, Any], device: str = "cpu") -> Any:
-    """The module of a :func:`policy_snapshot`, in eval mode: the same weights give the same actions."""
-    import torch
-
-    cls = _policy_class_named(snapshot["policy_class"], Path("a policy snapshot"))
-    module = _build(cls, snapshot["hyper_parameters"], None)
-    module.load_state_dict({key: torch.from_numpy(value) for key, value in snapshot["state_dict"].items()})
-    return module.to(device).eval()
-
-
 def policy_spec(module: Any) -> dict[str, Any]:
     """What rebuilds ``module``'s architecture without its file: ``{"class_path", "hparams"}`` in plain Python
     types, so a weights-only checkpoint of a module that embeds this policy (residual RL's frozen base) can
@@ -332,6 +312,24 @@ def policy_spec(module: Any) -> dict[str, Any]:
 def build_policy(spec: Mapping[str, Any]) -> Any:
     """A freshly initialised policy from a :func:`policy_spec` (its weights are loaded afterwards)."""
     return _build(_policy_class_named(str(spec["class_path"]), Path("a policy spec")), dict(spec["hparams"]), None)
+
+
+def policy_snapshot(module: Any) -> dict[str, Any]:
+    """A picklable copy of a policy module as it is now: its :func:`policy_spec` and its weights as numpy arrays
+    (normalisation buffers included). What a worker process needs to act as this policy
+    (:func:`policy_from_snapshot`); numpy rather than tensors so that pickling never goes through torch's
+    shared-memory file descriptors."""
+    return {**policy_spec(module),
+            "state_dict": {key: value.detach().cpu().numpy().copy() for key, value in module.state_dict().items()}}
+
+
+def policy_from_snapshot(snapshot: Mapping[str, Any], device: str = "cpu") -> Any:
+    """The module of a :func:`policy_snapshot`, in eval mode: the same weights give the same actions."""
+    import torch
+
+    module = build_policy(snapshot)
+    module.load_state_dict({key: torch.from_numpy(value) for key, value in snapshot["state_dict"].items()})
+    return module.to(device).eval()
 
 
 def _plain(value: Any) -> Any:
