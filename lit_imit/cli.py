@@ -68,6 +68,13 @@ def import_components() -> None:
             importlib.import_module(name)
 
 
+#: what ``python -m lit_imit --help`` says first
+DESCRIPTION = ("lit_imit: robot imitation learning with PyTorch Lightning. fit trains a policy from a config "
+               "(configs/...yaml: ACT, Diffusion Policy, CLIPort, skill priors, residual RL, interactive "
+               "DAgger/ASkDAgger), validate scores it, test rolls it out in simulation (a checkpoint or a policy "
+               "directory).")
+
+
 class LitImitCLI(LightningCLI):
     """LightningCLI with the project's defaults, a forced, configurable ``checkpoint`` group and a rollout-first
     ``test`` (see the module docstring)."""
@@ -186,6 +193,7 @@ def main(args: ArgsType = None, run: bool = True) -> LitImitCLI:
         subclass_mode_data=True,
         seed_everything_default=DEFAULT_SEED,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "lit_imit", "description": DESCRIPTION},
         auto_configure_optimizers=False,
         trainer_defaults=trainer_defaults(),
         args=args,

@@ -73,7 +73,9 @@ def test_help_commands_work():
     for args in (["--help"], ["fit", "--help"]):
         out = subprocess.run([sys.executable, "-m", "lit_imit", *args], capture_output=True, text=True, cwd=ROOT)
         assert out.returncode == 0, out.stderr
-        assert "fit" in out.stdout
+        assert "fit" in out.stdout and out.stdout.startswith("usage: lit_imit ")
+        assert ("robot imitation learning" in out.stdout) == (args == ["--help"])  # our words, not Lightning's
+        assert "predict" not in out.stdout.split("\n")[0]
 
 
 def test_malformed_config_is_a_clear_error(tmp_path):

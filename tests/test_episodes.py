@@ -251,3 +251,17 @@ def test_two_recorders_in_one_store_write_distinct_ids_and_seeds(tmp_path):
     reported = _run_writers(_recorder, root, 5, timeout=900)
     store = _check_consistent(root, 10, reported)
     assert all(len(store.read(i, ["qpos"])) > 0 for i in store.ids())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_store_files_get_the_users_umask_not_mkstemps_0600(tmp_path, umask):
+    before = os.umask(umask)
+    try:
+        store = EpisodeStore(tmp_path / "store")
+        episode_id = store.add(make_episode_arrays(5, seed=1), {"source": "teacher"})
+        write_episode(tmp_path / "single.hdf5", make_episode_arrays(5, seed=2), {})
+    finally:
+        os.umask(before)
+    expected = 0o666 & ~umask
+    for path in (store.path(episode_id), store.root / EpisodeStore.INDEX, tmp_path / "single.hdf5"):
+        assert os.stat(path).st_mode & 0o777 == expected, path

@@ -138,9 +138,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process umask (0644 under 0022). Temporary files are
+    made 0600, which a store shared with the group that trains on it must not keep."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temporary_file(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path`` (renamed into place when complete), with the mode of a new file."""
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, new_file_mode())
+    return fd, tmp
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     """Small files (index, counters): write a temporary file, fsync, rename over the old one."""
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_file(path)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -193,7 +208,7 @@ def write_episode(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], att
     where = str(path)
     arrays = {k.lstrip("/"): np.asarray(v) for k, v in arrays.items()}
     episode_length(arrays, where)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_file(path)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
