@@ -28,6 +28,26 @@ def test_normalizations_match_hand_computed_values_and_invert():
     torch.testing.assert_close(norm.min_max("qpos", x), torch.tensor([[0.5, 0.5, 2.0 * (0.0 - 2.0) / 1e-4 - 1.0]]))
     torch.testing.assert_close(norm.un_mean_std("qpos", norm.mean_std("qpos", x)), x)
     torch.testing.assert_close(norm.un_min_max("qpos", norm.min_max("qpos", x)), x)
+    # a floor on the range: wider ranges map as before; narrower ones are widened about their midpoint
+    torch.testing.assert_close(norm.min_max("qpos", x, min_range=1.0), torch.tensor([[0.5, 0.5, -4.0]]))
+    torch.testing.assert_close(norm.min_max("qpos", x, min_range=3.0), torch.tensor([[0.5, 1.0 / 3.0, -4.0 / 3.0]]))
+
+
+def test_diffusion_state_min_range_bounds_a_nearly_constant_input():
+    from lit_imit.modules.diffusion import DiffusionModule
+
+    kwargs = dict(cameras=[], state_keys=["qpos"], state_dim=2, action_dim=2, down_dims=[8, 16], horizon=8,
+                  n_action_steps=4, n_obs_steps=1)
+    stats = {"qpos": {"mean": [0.0, 1.0], "std": [1.0, 0.001], "min": [-1.0, 0.999], "max": [1.0, 1.001]},
+             "action": {"mean": [0.0, 0.0], "std": [1.0, 1.0], "min": [-1.0, -1.0], "max": [1.0, 1.0]}}
+    obs = {"qpos": torch.tensor([[[0.5, 1.03]]])}  # a 0.03 deviation of a dimension that spans 0.002
+    plain, floored = DiffusionModule(**kwargs), DiffusionModule(**kwargs, state_min_range=0.04)
+    for module in (plain, floored):
+        module.load_stats(stats)
+    assert plain.global_condition(obs)[0, 1].item() == pytest.approx(30.0, rel=1e-3)
+    assert floored.global_condition(obs)[0].tolist() == pytest.approx([0.5, 1.5], rel=1e-4)
+    with pytest.raises(ValueError, match="state_min_range"):
+        DiffusionModule(**kwargs, state_min_range=0.0)
 
 
 def test_statistics_of_the_wrong_size_or_key_are_named():

@@ -171,6 +171,10 @@ class DiffusionModule(PolicyModule):
             'act_plus_plus' (crop resized back, rotation, colour jitter) or 'none' (centre crop always).
         keypoint_relu: ReLU after the keypoint projection (LeRobot); False is a linear projection
             (act-plus-plus, and checkpoints trained before the ReLU existed). It adds no parameters.
+        state_min_range: floor of the range that maps each low-dimensional input to [-1, 1] (the range is widened
+            about its midpoint). None: Chi et al.'s min-max over the data (only constant dimensions are left
+            unscaled). Object poses need it: an upright cube's quaternion spans 0.002 over 50 teacher demos, so
+            a tilt of 0.03 reads as ~30 normalised units; ACT's std floor of 0.01 bounds the same input near 3.
         num_uncertainty_samples: denoised samples per env in ``predict`` (their spread is the uncertainty).
         seed: seed of the sampling-noise generator (re-seeded by ``reset``) and of the validation noise.
         channels_last: run the camera ResNets in channels-last layout (same results, ~1.3x faster on CPU).
@@ -217,6 +221,7 @@ class DiffusionModule(PolicyModule):
         state_keys: list[str] = ["qpos"],  # noqa: B006
         augmentation: str = "crop",
         keypoint_relu: bool = True,
+        state_min_range: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -229,6 +234,9 @@ class DiffusionModule(PolicyModule):
         self.cameras = list(cameras)
         self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
         self.action_dim = action_dim
+        if state_min_range is not None and not state_min_range > 0:
+            raise ValueError(f"state_min_range must be positive (or None), got {state_min_range}")
+        self.state_min_range = state_min_range
 
         self.obs_encoder = DiffusionObsEncoder(
             self.cameras, sum(state_dims), crop_shape=crop_shape, crop_ratio=crop_ratio, num_keypoints=num_keypoints,
@@ -300,7 +308,7 @@ class DiffusionModule(PolicyModule):
                 raise ValueError(
                     f"{key} must be (B, n_obs_steps={self.n_obs_steps}, D), got {tuple(obs[key].shape)}"
                 )
-            parts.append(self.normalizer.min_max(key, value.float()))
+            parts.append(self.normalizer.min_max(key, value.float(), min_range=self.state_min_range))
         state = torch.cat(parts, dim=-1)
         images = {}
         for cam in self.cameras:

@@ -77,10 +77,13 @@ class Normalizer(nn.Module):
     def un_mean_std(self, key: str, x: Tensor) -> Tensor:
         return x * self.stat(key, "std") + self.stat(key, "mean")
 
-    def min_max(self, key: str, x: Tensor) -> Tensor:
-        """To [-1, 1] over the data's range (Diffusion Policy's normalisation)."""
+    def min_max(self, key: str, x: Tensor, min_range: float | None = None) -> Tensor:
+        """To [-1, 1] over the data's range (Diffusion Policy's normalisation). ``min_range`` widens a narrower
+        range about its midpoint (nearly constant inputs would otherwise be scaled up without bound)."""
         lo, hi = self.stat(key, "min"), self.stat(key, "max")
-        return 2.0 * (x - lo) / (hi - lo).clamp_min(MIN_RANGE) - 1.0
+        if min_range is None:
+            return 2.0 * (x - lo) / (hi - lo).clamp_min(MIN_RANGE) - 1.0
+        return (x - 0.5 * (lo + hi)) / (0.5 * (hi - lo)).clamp_min(0.5 * min_range)
 
     def un_min_max(self, key: str, x: Tensor) -> Tensor:
         lo, hi = self.stat(key, "min"), self.stat(key, "max")
