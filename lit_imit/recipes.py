@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib
 import logging
 import shlex
 import signal
@@ -30,6 +29,7 @@ from lit_imit.checkpoints import load_checkpoint
 from lit_imit.data.episodes import EpisodeStore
 from lit_imit.envs.vector import close_envs, open_envs, worker_count
 from lit_imit.evaluation import evaluate_module, policy_env_kwargs, summarize
+from lit_imit.policies import load_policy
 from lit_imit.results import append_row, git_commit, machine_description
 
 log = logging.getLogger(__name__)
@@ -204,11 +204,9 @@ def last_checkpoint(version_dir: Path) -> Path:
 
 
 def load_policy_from_run(config: Mapping[str, Any], ckpt: Path) -> Any:
-    """The module class named by the run's config, loaded from ``ckpt`` (EMA weights where EMA ran)."""
-    class_path = config["model"]["class_path"]
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+    """The module class named by the run's config, loaded from ``ckpt`` (EMA weights where EMA ran) by the one
+    checkpoint loader, :func:`lit_imit.policies.load_policy`."""
+    return load_policy(ckpt, policy_class=config["model"]["class_path"])
 
 
 def heldout_test(
