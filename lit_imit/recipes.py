@@ -101,7 +101,7 @@ register(Recipe(
 ))
 register(Recipe(
     name="act_transfer_cube_image", method="act", task="transfer_cube",
-    config="configs/act/transfer_cube_cpu.yaml", obs="qpos + top camera 120x160 (fast render)", demos=50,
+    config="configs/act/transfer_cube_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
     expected_minutes=90, target=0.80, reference="ACT paper 0.90 (480x640, 50 demos)",
 ))
 register(Recipe(
