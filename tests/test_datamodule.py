@@ -86,6 +86,18 @@ def test_sampler_is_seeded_by_epoch_and_sharded_without_overlap():
     assert list(again) != ia
 
 
+@pytest.mark.parametrize("num_samples,world_size", [(51, 2), (50, 3), (1, 4), (7, 7)])
+def test_every_rank_draws_the_same_number_of_indices(num_samples, world_size):
+    """Uneven shards would leave one rank in a gradient all-reduce that the others never enter (a DDP hang)."""
+    shards = [list(SeededSampler(num_samples, seed=1, rank=r, world_size=world_size)) for r in range(world_size)]
+    per_rank = -(-num_samples // world_size)
+    assert [len(s) for s in shards] == [per_rank] * world_size
+    assert all(len(SeededSampler(num_samples, rank=r, world_size=world_size)) == per_rank for r in range(world_size))
+    drawn = [i for s in shards for i in s]
+    assert set(drawn) == set(range(num_samples))  # padding repeats indices, never invents or drops one
+    assert len(drawn) - num_samples == per_rank * world_size - num_samples
+
+
 def test_prioritized_sampler_follows_probabilities():
     probs = np.array([0.7, 0.1, 0.1, 0.1])
     sampler = SeededSampler(4, num_samples=20000, probabilities=probs, seed=0)
@@ -281,3 +293,9 @@ def test_rollout_callback_takes_task_from_the_data_and_observation_from_the_poli
     assert told.env_kwargs["cameras"] == ["top"] and told.video_camera == "top"  # what the config says wins
     with pytest.raises(ValueError, match="has no task"):
         RolloutEvaluation().setup(SimpleNamespace(datamodule=None), policy, "fit")
+
+
+def test_demos_are_recorded_once_per_job_not_once_per_node(tmp_path):
+    """Lightning runs ``prepare_data`` on global rank 0 only when ``prepare_data_per_node`` is False; with it
+    True, each node's local rank 0 would record into the one shared store."""
+    assert EpisodeDataModule(data_dir=str(tmp_path)).prepare_data_per_node is False

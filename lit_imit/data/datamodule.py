@@ -149,6 +149,11 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.importance_beta = 1.0
         self.train_set: ChunkDataset | None = None
         self.val_set: ChunkDataset | None = None
+        # Recording (``generate_if_missing``) runs once per job, on global rank 0, not once per node: every
+        # node trains on the same store, which multi-node runs therefore keep on a filesystem all nodes share
+        # (the interactive rounds' hand-over files live there too). One recorder per node would race to fill
+        # one shared store twice.
+        self.prepare_data_per_node = False
 
     # ---- what the model reads ---------------------------------------------------------------------
     def adopt_model_settings(self, model: Any = None) -> None:

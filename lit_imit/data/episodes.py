@@ -141,9 +141,22 @@ def _pid_alive(pid: int) -> bool:
 def new_file_mode() -> int:
     """The mode ``open()`` gives a new file: 0666 less the process umask (0644 under 0022). Temporary files are
     made 0600, which a store shared with the group that trains on it must not keep."""
+    return 0o666 & ~_process_umask()
+
+
+def _process_umask() -> int:
+    """The umask, read without changing it where Linux says it (``/proc/self/status``): setting it to 0 and back,
+    the portable way, would give a file another thread creates in between mode 0666."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 def _temporary_file(path: Path) -> tuple[int, str]:

@@ -2,8 +2,11 @@
 
 Every rank draws the same global list of indices from a generator seeded by (seed, epoch) and keeps its
 own slice ``rank::world_size``. The draw therefore depends only on (seed, epoch, probabilities): a resumed
-run draws exactly what an uninterrupted run would have, and DDP ranks never overlap. Lightning must be
-told not to wrap it (``Trainer(use_distributed_sampler=False)``, the CLI's default).
+run draws exactly what an uninterrupted run would have, and DDP ranks never overlap. Every rank gets the
+same number of indices (the draw is padded with its own first indices up to a multiple of the world size,
+as torch's ``DistributedSampler`` pads): a rank with one batch more than the others would wait forever in
+that batch's gradient all-reduce. Lightning must be told not to wrap it
+(``Trainer(use_distributed_sampler=False)``, the CLI's default).
 """
 
 from __future__ import annotations
@@ -69,7 +72,19 @@ class SeededSampler(Sampler[int]):
         return torch.cat(perms)[: self.num_samples]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_indices()[self.rank :: self.world_size].tolist())
+        indices = self.global_indices()
+        if len(indices) == 0:
+            return iter([])
+        padded = self.per_rank() * self.world_size
+        if padded > len(indices):  # wrap around: fewer samples than ranks still gives each rank its share
+            indices = indices.repeat(-(-padded // len(indices)))[:padded]
+        return iter(indices[self.rank :: self.world_size].tolist())
+
+    def per_rank(self) -> int:
+        """Indices each rank draws per epoch: ``ceil(num_samples / world_size)``, equal on every rank."""
+        if self.num_items == 0:
+            return 0
+        return -(-self.num_samples // self.world_size)
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples, self.world_size))
+        return self.per_rank()
