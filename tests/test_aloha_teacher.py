@@ -99,12 +99,10 @@ def test_insertion_teacher_reaches_the_pin(seed):
     assert abs(poses["peg"][1] - poses["socket"][1]) < 0.008  # peg in line with the socket
 
 
-@pytest.mark.slow
 def test_transfer_cube_teacher_success_over_20_seeds():
     assert success_rate("transfer_cube", range(20)) >= 0.95
 
 
-@pytest.mark.slow
 def test_insertion_teacher_success_over_20_seeds():
     assert success_rate("insertion", range(20)) >= 0.80
 

@@ -287,8 +287,7 @@ def _write(path: Path, cfg: dict) -> str:
     return str(path)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model", ["act", "diffusion"])
+@pytest.mark.parametrize("model", [pytest.param("act", marks=pytest.mark.slow), "diffusion"])
 def test_ddp_two_cpu_processes_train_and_evaluate(tmp_path, model):
     data_dir = synthetic_store(tmp_path / "data")
     rollout = {"class_path": "callbacks.rollout.RolloutEvaluation",
