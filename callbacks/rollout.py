@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 
 from callbacks.ema import ema_weights_if_any
 from lit_imit.data.episodes import obs_path
@@ -29,8 +28,12 @@ from lit_imit.distributed import all_gather_objects, is_distributed
 from lit_imit.envs import task_spec
 from lit_imit.envs.vector import close_envs, open_envs, worker_count
 from lit_imit.evaluation import EpisodeResult, evaluate_module, policy_env_kwargs, summarize
+from lit_imit.tensorboard import write_video
 
 log = logging.getLogger(__name__)
+
+#: frames of a rollout video in TensorBoard (an animated GIF; the mp4 on disk keeps every frame)
+TENSORBOARD_VIDEO_FRAMES = 100
 
 
 def gather_results(results: list[EpisodeResult]) -> list[EpisodeResult]:
@@ -61,7 +64,9 @@ class RolloutEvaluation(pl.Callback):
         env_kwargs: passed to the env (image_size, render_mode...). ``cameras`` and ``env_state`` default to
             what the policy reads (``lit_imit.evaluation.policy_env_kwargs``), so they need not be repeated.
         max_steps: cap on steps per episode (default: the env's time limit).
-        video: save the first episode as mp4 + TensorBoard frames.
+        video: film the first episode: an mp4 in the run's ``videos/`` and an animated ``<prefix>/video`` in
+            TensorBoard's image tab, each frame scaled up to >= 240 pixels high and captioned with the step,
+            the reward and the success so far (``lit_imit.video``).
         video_camera: camera to film (default: the first camera of the observation, else env.render()).
         video_fps: frame rate of the mp4.
         log_prefix: metrics go to ``<log_prefix>/success_rate`` etc.; a second evaluation callback (say on
@@ -245,7 +250,6 @@ class RolloutEvaluation(pl.Callback):
         except (ImportError, OSError, ValueError) as err:  # video is a convenience: never fail training on it
             log.warning("could not write %s: %s", path, err)
         experiment = getattr(trainer.logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "add_images"):
-            picks = np.linspace(0, len(frames) - 1, num=min(8, len(frames))).astype(int)
-            strip = np.stack([frames[i] for i in picks]).astype(np.uint8)
-            experiment.add_images(f"{prefix}/frames", strip, global_step=step, dataformats="NHWC")
+        if experiment is not None and hasattr(experiment, "_get_file_writer"):  # TensorBoard
+            every = -(-len(frames) // TENSORBOARD_VIDEO_FRAMES)  # at most that many frames, played at real speed
+            write_video(experiment, f"{prefix}/video", frames[::every], step, self.video_fps / every)

@@ -23,13 +23,14 @@ from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from callbacks.checkpoint import EpochEndCheckpoint
 from callbacks.rng import RestoreRNG
 from callbacks.rollout import RolloutEvaluation
 from lit_imit.modules.base import PolicyModule
 from lit_imit.policies import load_policy
+from lit_imit.tensorboard import flatten_config, write_hparams
 
 #: loggers of this project whose INFO lines (rollout results, recording progress) the CLI shows
 PACKAGE_LOGGERS = ("lit_imit", "callbacks")
@@ -167,11 +168,25 @@ def show_package_logs() -> None:
             logger.addHandler(handler)
 
 
+class SaveConfigToTensorBoard(SaveConfigCallback):
+    """Lightning's ``config.yaml`` in the log directory, and the same configuration (model, data, trainer,
+    checkpoint) in TensorBoard's HPARAMS tab, next to the success rate and losses: runs can be compared by any
+    setting, not only by the module's arguments."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "_get_file_writer"):  # not TensorBoard
+            return
+        config = self.config.as_dict()
+        config.pop("config", None)  # the paths of the YAML files read, not settings
+        write_hparams(experiment, flatten_config(config))
+
+
 def trainer_defaults() -> dict[str, Any]:
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": ".", "name": "lightning_logs"},
+            "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
         },
         "callbacks": [RestoreRNG()],
         "use_distributed_sampler": False,
@@ -192,6 +207,7 @@ def main(args: ArgsType = None, run: bool = True) -> LitImitCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=DEFAULT_SEED,
+        save_config_callback=SaveConfigToTensorBoard,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "lit_imit", "description": DESCRIPTION},
         auto_configure_optimizers=False,

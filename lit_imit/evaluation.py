@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from lit_imit.video import caption, captioned
+
 
 @dataclass
 class EpisodeResult:
@@ -91,6 +93,14 @@ def _video_frame(envs: EnvBatch, row: int, obs: Mapping[str, Any], camera: str |
     return None if frame is None else np.asarray(frame)
 
 
+def _film(frames: list[np.ndarray], envs: EnvBatch, row: int, obs: Mapping[str, Any], camera: str | None,
+          text: str) -> None:
+    """Add the filmed env's current view, watchable and captioned, to ``frames`` (nothing when it has none)."""
+    frame = _video_frame(envs, row, obs, camera)
+    if frame is not None:
+        frames.append(captioned(frame, text))
+
+
 def run_wave(
     envs: Sequence[Any] | EnvBatch,
     policy: Callable[[dict[str, np.ndarray]], np.ndarray],
@@ -116,12 +126,12 @@ def run_wave(
     success = [False] * n
     frames: list[np.ndarray] = []
     video_row = list(indices).index(record_video_of) if record_video_of in indices else None
+    last_reward: float | None = None  # the filmed episode's latest reward, written on its next frame
     step = 0
     while not all(done) and (max_steps is None or step < max_steps):
         if video_row is not None and not done[video_row]:
-            frame = _video_frame(envs, video_row, observations[video_row], video_camera)
-            if frame is not None:
-                frames.append(frame)
+            _film(frames, envs, video_row, observations[video_row], video_camera,
+                  caption(step, last_reward, returns[video_row], success[video_row]))
         actions = np.asarray(policy(stack_obs(observations)))
         active = [row for row in rows if not done[row]]
         stepped = envs.step(active, [actions[row] for row in active])
@@ -132,7 +142,12 @@ def run_wave(
             lengths[row] += 1
             success[row] = success[row] or bool(info.get("is_success", False))
             done[row] = bool(terminated or truncated)
+            if row == video_row:
+                last_reward = float(reward)
         step += 1
+        if video_row is not None and video_row in active and done[video_row]:  # the outcome, on the last frame
+            _film(frames, envs, video_row, observations[video_row], video_camera,
+                  caption(step, last_reward, returns[video_row], success[video_row]))
     return [
         EpisodeResult(
             index=int(indices[row]), seed=int(seeds[row]), success=success[row], episode_return=returns[row],

@@ -131,7 +131,7 @@ def test_state_only_video_is_rendered_in_the_worker_by_row_zero_only():
         assert [pool.call(row, "renders") for row in (0, 1)] == [8, 0]  # only the filmed episode's env renders
     assert episodes(parallel) == episodes(serial)
     frames = parallel[0].frames
-    assert len(frames) == 8 and frames[0].shape == (24, 32, 3) and frames[0].dtype == np.uint8
+    assert len(frames) == 8 and frames[0].shape == (240, 320, 3) and frames[0].dtype == np.uint8  # scaled up x10
     assert all(not r.frames for r in parallel[1:])
     for x, y in zip(frames, serial[0].frames):
         np.testing.assert_array_equal(x, y)
