@@ -29,6 +29,32 @@ def test_visualize_writes_video_and_joint_plot(tmp_path):
     assert len(frames) == 20 and frames[0].shape == (24, 64, 3)  # two 24x32 cameras side by side
 
 
+def test_visualize_writes_outside_the_dataset_unless_told(tmp_path, monkeypatch):
+    from lit_imit.data.visualize import visualize
+
+    data = tmp_path / "transfer_cube_demos"
+    data.mkdir()
+    path = data / "episode_000000.hdf5"
+    write_episode(path, make_episode_arrays(10), {"task": "transfer_cube"})
+    before = sorted(p.name for p in data.iterdir())
+    monkeypatch.chdir(tmp_path)
+    written = visualize(path)
+    assert sorted(p.name for p in data.iterdir()) == before  # nothing written into the dataset
+    assert written and all(p.parent.resolve() == tmp_path / "visualizations" / "transfer_cube_demos"
+                           for p in written)
+
+
+def test_joint_panels_are_named_with_units_where_the_task_says():
+    from lit_imit.data.visualize import joint_labels
+
+    aloha = joint_labels("transfer_cube", 14)
+    assert aloha[0] == "left waist (rad)" and aloha[6] == "left gripper (0 closed, 1 open)"
+    assert aloha[13] == "right gripper (0 closed, 1 open)"
+    assert joint_labels("mycobot_move_cube", 7)[0] == "J1 (rad)"
+    assert joint_labels("transfer_cube", 3) == ["joint 0", "joint 1", "joint 2"]  # layout differs: no guess
+    assert joint_labels(None, 2) == ["joint 0", "joint 1"]
+
+
 def test_visualize_names_a_corrupt_file(tmp_path, capsys):
     from scripts import visualize_episodes
 

@@ -31,6 +31,8 @@ class TaskSpec:
     judge: str | None = None
     #: keyword arguments of the judge: what it must know of the task, e.g. the gripper action indices
     judge_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: name and unit of each ``qpos`` / action dimension, for plots (empty: the task's envs do not say)
+    joint_labels: tuple[str, ...] = ()
 
 
 #: short name -> spec, in registration order
@@ -39,7 +41,7 @@ TASKS: dict[str, TaskSpec] = {}
 
 def register_task(name: str, *, env_id: str, entry_point: str, teacher: str, max_episode_steps: int,
                   kwargs: dict[str, Any] | None = None, judge: str | None = None,
-                  judge_kwargs: dict[str, Any] | None = None) -> TaskSpec:
+                  judge_kwargs: dict[str, Any] | None = None, joint_labels: tuple[str, ...] = ()) -> TaskSpec:
     """Add a task to the table and to gymnasium's registry (idempotent, so re-imports are harmless).
 
     ``entry_point`` builds the env (``"module:Class"``, called with ``kwargs`` and the caller's keyword
@@ -49,7 +51,7 @@ def register_task(name: str, *, env_id: str, entry_point: str, teacher: str, max
     """
     spec = TaskSpec(name=name, env_id=env_id, entry_point=entry_point, teacher=teacher,
                     max_episode_steps=max_episode_steps, kwargs=dict(kwargs or {}), judge=judge,
-                    judge_kwargs=dict(judge_kwargs or {}))
+                    judge_kwargs=dict(judge_kwargs or {}), joint_labels=tuple(joint_labels))
     TASKS[spec.name] = spec
     if spec.env_id not in gym.registry:
         gym.register(

@@ -2,8 +2,9 @@
 
     python scripts/visualize_episodes.py data/transfer_cube/episode_000000.hdf5 [--out DIR]
 
-Writes ``<name>.mp4`` (cameras side by side) and ``<name>_joints.png`` (one panel per joint: the
-commanded action against the measured qpos) next to the file or into ``--out``. A file without
+Writes ``<name>.mp4`` (cameras side by side) and ``<name>_joints.png`` (one panel per joint, named with
+its unit: the commanded action against the measured qpos) into ``visualizations/<dataset>/`` in the working
+directory, or into ``--out`` (``--out`` next to the file writes into the dataset: only when told). A file without
 ``observations/qpos`` or ``action`` is an error naming the missing key (exit status 1), not an empty result.
 """
 
@@ -20,7 +21,7 @@ from lit_imit.data.visualize import visualize
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="episode files")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: next to each file)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: visualizations/<dataset>/ here)")
     parser.add_argument("--fps", type=int, default=50)
     args = parser.parse_args(argv)
 
