@@ -38,9 +38,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -590,7 +590,8 @@ def export_lerobot(store: EpisodeStore | str | os.PathLike, root: str | os.PathL
     if root.exists():
         raise LeRobotFormatError(f"{root} exists; export into a new directory")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    tmp = root.parent / f".{root.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()  # not mkdtemp: its 0700 would stay on the dataset; mkdir gives a new directory's usual mode
     exporter = None
     try:
         for episode_id in ids:
