@@ -14,7 +14,7 @@ TOOLS = {name: target for name, target in SCRIPTS.items() if target.startswith("
 
 
 def test_the_daily_tools_are_installed_as_console_scripts():
-    assert {"lit-imit-record", "lit-imit-visualize", "lit-imit-export", "lit-imit-deploy",
+    assert {"lit-imit-record", "lit-imit-visualize", "lit-imit-convert", "lit-imit-export", "lit-imit-deploy",
             "lit-imit-reproduce"} <= set(TOOLS)
 
 

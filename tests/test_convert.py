@@ -1,4 +1,4 @@
-"""LeRobotDataset v3.0 both ways and robomimic HDF5 in (``scripts/convert.py``), without the lerobot package.
+"""LeRobotDataset v3.0 both ways and robomimic HDF5 in (``lit-imit-convert``, ``scripts/convert.py``), without the lerobot package.
 
 The layout assertions are the fields LeRobot 0.4.4 writes and reads (``lerobot/datasets/lerobot_dataset.py``,
 ``utils.py``, ``compute_stats.py``, ``video_utils.py``). That an export loads in LeRobot itself, and that a dataset
@@ -470,7 +470,7 @@ def test_bad_robomimic_input_names_file_and_key_and_adds_nothing(tmp_path, damag
 
 # ---- the script -------------------------------------------------------------------------------------------
 def test_convert_script_round_trip_and_errors(tmp_path, capsys):
-    from scripts import convert
+    from lit_imit.tools import convert
 
     store = make_store(tmp_path / "store", lengths=(3, 4))
     out = tmp_path / "lerobot"

@@ -7,6 +7,7 @@ console script         module                                      what it does
 ``lit-imit-record``    :mod:`lit_imit.tools.record_demos`          record teacher or robot demos
 ``lit-imit-visualize`` :mod:`lit_imit.tools.visualize_episodes`    plot and film recorded episodes
 ``lit-imit-import``    :mod:`lit_imit.tools.import_episodes`       copy original-ACT episodes into a store
+``lit-imit-convert``   :mod:`lit_imit.tools.convert`               LeRobot datasets in and out, robomimic in
 ``lit-imit-export``    :mod:`lit_imit.tools.export_policy`         checkpoint -> policy directory
 ``lit-imit-deploy``    :mod:`lit_imit.tools.deploy`                run a policy on the twin or the arm
 ``lit-imit-reproduce`` :mod:`lit_imit.tools.reproduce`             run recipes, append results rows
