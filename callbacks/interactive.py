@@ -58,6 +58,7 @@ from lit_imit.interactive import (
     InteractiveConfig,
     Label,
     SegmentJudge,
+    annotated_steps,
     gating_metrics,
     info_relabel,
     pier_inputs,
@@ -87,6 +88,13 @@ def refuse_collected_store(dm: Any) -> None:
             "--ckpt_path <its logs>/version_N/checkpoints/last.ckpt, or point data.init_args.data_dir to a new "
             "directory; set data.init_args.reuse_interactive_store: true to train on them anyway"
         )
+
+
+def fresh_counts() -> dict[str, int]:
+    """The run's counters (checkpointed): demos by kind, the teacher's time (``annotated_steps``: the env steps
+    of its annotations), decisions, queries and the interactive episodes with their task successes."""
+    return {"demos": 0, "annotations": 0, "validations": 0, "relabels": 0, "annotated_steps": 0, "decisions": 0,
+            "queries": 0, "episodes": 0, "successes": 0}
 
 
 class InteractiveAggregation(pl.Callback):
@@ -189,8 +197,7 @@ class InteractiveAggregation(pl.Callback):
         self.episodes_done = 0
         self.rounds_done = 0
         self.n_interactive = 0  # episodes that yielded at least one demo (PIER's beta annealing)
-        self.counts = {"demos": 0, "annotations": 0, "validations": 0, "relabels": 0, "decisions": 0,
-                       "queries": 0, "episodes": 0, "successes": 0}
+        self.counts = fresh_counts()
         self.decision_log: dict[str, list[bool]] = {"failed": [], "queried": []}
         self.last_round: dict[str, float] = {}
 
@@ -387,6 +394,7 @@ class InteractiveAggregation(pl.Callback):
             self.counts["annotations"] += sum(d.source == "teacher" for d in outcome.demos)
             self.counts["validations"] += sum(d.source == "validated" for d in outcome.demos)
             self.counts["relabels"] += sum(d.source == "relabeled" for d in outcome.demos)
+            self.counts["annotated_steps"] += annotated_steps(outcome.demos)
             self.n_interactive += int(bool(outcome.demos))
 
     def pier(self, dm: Any) -> PIER:
@@ -425,6 +433,7 @@ class InteractiveAggregation(pl.Callback):
             "n_annotations": float(self.counts["annotations"]),
             "n_relabels": float(self.counts["relabels"]),
             "n_validations": float(self.counts["validations"]),
+            "n_annotated_steps": float(self.counts["annotated_steps"]),
             "n_demos": float(self.counts["demos"]),
             "n_episodes": float(self.counts["episodes"]),
             "n_decisions": float(self.counts["decisions"]),
@@ -461,7 +470,7 @@ class InteractiveAggregation(pl.Callback):
         self.episodes_done = int(state_dict["episodes_done"])
         self.rounds_done = int(state_dict["rounds_done"])
         self.n_interactive = int(state_dict["n_interactive"])
-        self.counts = {k: int(v) for k, v in state_dict["counts"].items()}
+        self.counts = {**fresh_counts(), **{k: int(v) for k, v in state_dict["counts"].items()}}
         self.decision_log = {k: [bool(x) for x in v] for k, v in state_dict["decision_log"].items()}
         self.last_round = {k: float(v) for k, v in state_dict["last_round"].items()}
 

@@ -1,16 +1,18 @@
-"""Plots of interactive runs (DAgger / ASkDAgger) from their TensorBoard logs, for
-``scripts/plot_interactive.py``: success against demonstrations collected, SAG's gating rates, and the
-kinds of demonstrations (annotations, validations, relabels). Matplotlib draws off-screen (Agg).
+"""Plots of interactive runs (DAgger / ASkDAgger) for ``scripts/plot_interactive.py``: from their TensorBoard
+logs, success against demonstrations collected, SAG's gating rates, and the kinds of demonstrations
+(annotations, validations, relabels); from their results rows (``curve``), the comparison of the modes over
+seeds (:func:`plot_mode_comparison`). Matplotlib draws off-screen (Agg).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Series", "against", "load_scalars", "plot_demo_types", "plot_gating", "plot_success", "run_label"]
+__all__ = ["Series", "against", "load_scalars", "mode_curves", "plot_demo_types", "plot_gating", "plot_mode_comparison",
+           "plot_success", "run_label"]
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values)
 
@@ -152,6 +154,66 @@ def plot_demo_types(runs: dict[str, dict[str, Series]], out: Path) -> Path:
     ax_b.legend(fontsize=7)
     ax_b.tick_params(axis="x", labelrotation=20)
     return _save(fig, out / "demo_types.png")
+
+
+def mode_curves(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per mode, the seeds' curves aligned on their evaluation points (interactive episodes): mean, min and max
+    of the annotations and of the held-out success over the seeds that reached each point (``n``)."""
+    from lit_imit.results import mode_rank
+
+    by_mode: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        by_mode.setdefault(r["mode"], []).append(r)
+    out = {}
+    for mode in sorted(by_mode, key=mode_rank):
+        points: dict[int, list[Mapping[str, Any]]] = {}
+        for r in by_mode[mode]:
+            for p in r["curve"]:
+                points.setdefault(int(p["interactive_episodes"]), []).append(p)
+        episodes = sorted(points)
+        curves: dict[str, np.ndarray] = {"episodes": np.array(episodes),
+                                         "n": np.array([len(points[e]) for e in episodes])}
+        for key in ("annotations", "success_rate"):
+            values = [np.array([float(p[key]) for p in points[e]]) for e in episodes]
+            curves[key] = np.array([v.mean() for v in values])
+            curves[f"{key}_min"] = np.array([v.min() for v in values])
+            curves[f"{key}_max"] = np.array([v.max() for v in values])
+        out[mode] = curves
+    return out
+
+
+def plot_mode_comparison(runs: Sequence[Mapping[str, Any]], out: Path, name: str, level: float | None = None) -> Path:
+    """``<out>/interactive_<name>.png``: held-out success against annotations (one line per mode through the
+    seed means at each evaluation point, success min-max over seeds shaded, annotation min-max as bars), success
+    against interactive episodes, and annotations against interactive episodes."""
+    import matplotlib.pyplot as plt
+
+    curves = mode_curves(runs)
+    fig, (ax_a, ax_e, ax_n) = plt.subplots(1, 3, figsize=(16, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4
+    for color, (mode, c) in zip(colors, curves.items()):
+        seeds = sorted({r["seed"] for r in runs if r["mode"] == mode})
+        label = f"{mode} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"
+        ax_a.plot(c["annotations"], c["success_rate"], "o-", ms=3, color=color, label=label)
+        ax_a.fill_between(c["annotations"], c["success_rate_min"], c["success_rate_max"], color=color, alpha=0.15)
+        ax_a.errorbar(c["annotations"], c["success_rate"], fmt="none", ecolor=color, alpha=0.4,
+                      xerr=[c["annotations"] - c["annotations_min"], c["annotations_max"] - c["annotations"]])
+        ax_e.plot(c["episodes"], c["success_rate"], "o-", ms=3, color=color, label=label)
+        ax_e.fill_between(c["episodes"], c["success_rate_min"], c["success_rate_max"], color=color, alpha=0.15)
+        ax_n.plot(c["episodes"], c["annotations"], "-", color=color, label=label)
+        ax_n.fill_between(c["episodes"], c["annotations_min"], c["annotations_max"], color=color, alpha=0.15)
+    for ax in (ax_a, ax_e):
+        ax.set_ylabel("held-out success (novice)")
+        ax.set_ylim(-0.02, 1.02)
+        if level is not None:
+            ax.axhline(level, color="grey", ls="--", lw=1, label=f"level {level:.2f}")
+    ax_a.set_xlabel("teacher annotations")
+    ax_e.set_xlabel("interactive episodes")
+    ax_n.set_xlabel("interactive episodes")
+    ax_n.set_ylabel("teacher annotations (cumulative)")
+    ax_a.legend(fontsize=7)
+    fig.suptitle(f"{name}: mean over seeds, shaded min-max", fontsize=10)
+    return _save(fig, out / f"interactive_{name}.png")
 
 
 def _save(fig, path: Path) -> Path:

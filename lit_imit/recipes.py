@@ -18,9 +18,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import yaml
@@ -61,6 +62,14 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
     #: residual RL: the recipe whose chosen checkpoint is the frozen base (``run_recipe(..., base_ckpt=...)``)
     base_recipe: str | None = None
+    #: interactive recipes: held-out episodes at each intermediate point of the curve (the last point gets
+    #: ``episodes``)
+    curve_episodes: int = 20
+
+    @property
+    def interactive(self) -> bool:
+        """An interactive experiment: one run per (mode, seed) (:mod:`lit_imit.interactive_recipes`)."""
+        return self.preset == "interactive"
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -139,6 +148,17 @@ register(Recipe(
 ))
 
 
+register(Recipe(
+    name="askdagger_transfer_cube_state", method="act", task="transfer_cube",
+    config="configs/act/askdagger_transfer_cube_state.yaml", obs="qpos + cube pose (state)", demos=10,
+    expected_minutes=35, preset="interactive", curve_episodes=20,
+    reference="ASkDAgger (Luijkx et al., TMLR 2025): the active-DAgger success level with 3-5x fewer annotations",
+    notes="per (mode, seed): 10 teacher demos, 1500 BC steps, then 100 interactive episodes of 50 ACT steps each "
+          "(decision = one 50-step chunk); held-out success every 10 episodes on 20 seeds, at the end on 50; the "
+          "wall time is projected from measured CPU time per round (see the config's header)",
+))
+
+
 def recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
@@ -148,10 +168,13 @@ def recipe(name: str) -> Recipe:
 def list_recipes(preset: str | None = None) -> str:
     rows = [r for r in RECIPES.values() if preset is None or r.preset == preset]
     width = max(len(r.name) for r in rows)
-    lines = [f"{'recipe':<{width}}  preset  expected  target  config"]
+    pw = max(len("preset"), *(len(r.preset) for r in rows))
+    lines = [f"{'recipe':<{width}}  {'preset':<{pw}}  expected  target  config"]
     for r in rows:
         target = f"{r.target:.2f}" if r.target is not None else "  —  "
-        lines.append(f"{r.name:<{width}}  {r.preset:<6}  {r.expected_minutes:>5.0f} min  {target:>6}  {r.config}")
+        per_run = "  (per mode and seed)" if r.interactive else ""
+        lines.append(f"{r.name:<{width}}  {r.preset:<{pw}}  {r.expected_minutes:>5.0f} min  {target:>6}  {r.config}"
+                     + per_run)
     return "\n".join(lines)
 
 
@@ -218,13 +241,24 @@ def heldout_test(
     ``num_workers`` > 0 steps the envs in that many worker processes (``ProcessEnvPool``), as
     ``RolloutEvaluation(num_workers=...)`` does; results are identical to the in-process run.
     """
+    with heldout_envs(task, env_kwargs, min(n_envs, episodes), num_workers) as envs:
+        return heldout_on(module, envs, episodes, seed, max_steps)
 
-    n_envs = max(1, min(n_envs, episodes))
+
+@contextmanager
+def heldout_envs(task: str, env_kwargs: Mapping[str, Any], n_envs: int, num_workers: int = 0) -> Iterator[Any]:
+    """The envs of a held-out test, opened once for several policies (an interactive run's checkpoints)."""
+    n_envs = max(1, n_envs)
     envs = open_envs(task, n_envs, worker_count(num_workers, n_envs), dict(env_kwargs))
     try:
-        results = evaluate_module(module, envs, list(range(episodes)), seed, max_steps=max_steps)
+        yield envs
     finally:
         close_envs(envs)
+
+
+def heldout_on(module: Any, envs: Any, episodes: int, seed: int, max_steps: int | None = None) -> dict[str, float]:
+    """:func:`heldout_test` on envs already open: the summary (success rate, Wilson interval...) and the count."""
+    results = evaluate_module(module, envs, list(range(episodes)), seed, max_steps=max_steps)
     summary = summarize(results)
     summary["successes"] = float(sum(r.success for r in results))
     return summary
@@ -259,6 +293,9 @@ def run_recipe(
     recipe chose, and needs no demos. A failure (fit exits non-zero, no checkpoint, a crash in the test)
     still writes a row, with ``success_rate`` None and the error, then re-raises.
     """
+    if rec.interactive:
+        raise ValueError(f"recipe {rec.name!r} is an interactive experiment: run it per mode and seed "
+                         "(lit_imit.interactive_recipes.run_interactive; reproduce.py --mode MODE --seed N)")
     base_overrides = _base_overrides(rec, base_ckpt)
     run_dir = Path(work_dir).resolve() / rec.name / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -270,18 +307,26 @@ def run_recipe(
         row["base_ckpt"] = base_overrides[-1]
 
     def work() -> None:
-        fit_cmd = [python, "-m", "lit_imit", "fit", "--config", str(REPO_ROOT / rec.config), *base_overrides,
-                   *rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
-        log.info("[%s] fit: %s (in %s)", rec.name, shlex.join(fit_cmd), run_dir)
-        with open(run_dir / "fit.log", "w") as out:
-            proc = run_child(fit_cmd, cwd=run_dir, stdout=out)
-        row["fit_minutes"] = round((time.perf_counter() - start) / 60, 2)
-        if proc.returncode != 0:
-            tail = (run_dir / "fit.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"fit exited with status {proc.returncode}; end of {run_dir / 'fit.log'}:\n{tail}")
+        fit_run(rec, run_dir, REPO_ROOT / rec.config, row, start, base_overrides, extra_overrides, python)
         heldout_test_of_run(rec, run_dir, row, episodes, test_seed)
 
     return _recorded(row, work, start, results_path)
+
+
+def fit_run(rec: Recipe, run_dir: Path, config: Path, row: dict[str, Any], start: float, first: Sequence[str] = (),
+            extra: Sequence[str] = (), python: str = sys.executable) -> None:
+    """``python -m lit_imit fit --config CONFIG`` in ``run_dir`` with ``first``, the recipe's overrides (and its
+    GPU ones on a CUDA machine), then ``extra``; logged to ``fit.log``, ``row["fit_minutes"]`` counted from
+    ``start``. A non-zero exit raises with the end of the log."""
+    fit_cmd = [python, "-m", "lit_imit", "fit", "--config", str(config), *first, *rec.overrides,
+               *(rec.gpu_overrides if _cuda_available() else ()), *extra]
+    log.info("[%s] fit: %s (in %s)", rec.name, shlex.join(fit_cmd), run_dir)
+    with open(run_dir / "fit.log", "w") as out:
+        proc = run_child(fit_cmd, cwd=run_dir, stdout=out)
+    row["fit_minutes"] = round((time.perf_counter() - start) / 60, 2)
+    if proc.returncode != 0:
+        tail = (run_dir / "fit.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"fit exited with status {proc.returncode}; end of {run_dir / 'fit.log'}:\n{tail}")
 
 
 def _base_overrides(rec: Recipe, base_ckpt: str | Path | None) -> list[str]:
@@ -376,14 +421,23 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
 
 
 def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: int = 50, test_seed: int = TEST_SEED,
-               sampler: tuple[str, int] | None = None, command: str = "", checkpoint: str = "chosen") -> dict[str, Any]:
+               sampler: tuple[str, int] | None = None, command: str = "", checkpoint: str = "chosen",
+               curve_episodes: int | None = None) -> dict[str, Any]:
     """Test a finished recipe run again (its chosen checkpoint, nothing retrained) and append the row.
 
     Fresh ``test_seed``s re-check a figure; ``sampler`` compares inference samplers on one Diffusion checkpoint
     (e.g. DDPM-100 against the DDIM-10 the run was tested with). The row's ``retest_of`` names the run and its
     ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
+    The run of an interactive recipe gets its whole curve evaluated again
+    (:func:`lit_imit.interactive_recipes.retest_interactive`, ``curve_episodes`` per intermediate point).
     """
+    from lit_imit.interactive_recipes import RUN_FILE, retest_interactive
+
     run_dir = Path(run_dir).resolve()
+    if (run_dir / RUN_FILE).is_file():
+        if sampler is not None or checkpoint != "chosen":
+            raise ValueError("an interactive run is re-tested at every checkpoint: no sampler or checkpoint choice")
+        return retest_interactive(run_dir, results_path, episodes, test_seed, curve_episodes, command)
     rec = recipe(run_dir.parent.name)
     start = time.perf_counter()
     row = _new_row(rec, run_dir, episodes, test_seed, command or f"python scripts/reproduce.py --retest {run_dir}")

@@ -159,7 +159,10 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def render_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    """Markdown: the latest row of every learning recipe, then every row (the history, failed runs too)."""
+    """Markdown: the latest row of every learning recipe, then every row (the history, failed runs too); then,
+    when there are any, the interactive runs (:func:`render_interactive`)."""
+    rows = list(rows)
+    interactive = [r for r in rows if r.get("mode")]
     rows = [r for r in rows if not r.get("mode")]
     latest: dict[str, Mapping[str, Any]] = {}
     for r in rows:
@@ -178,6 +181,127 @@ def render_table(rows: Iterable[Mapping[str, Any]]) -> str:
         "",
         *_table(rows),
     ]
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + render_interactive(interactive) if interactive else "")
+
+
+# ---- interactive runs (DAgger / ASkDAgger comparison; rows with ``mode``, lit_imit/interactive_recipes.py) ----
+INTERACTIVE_BASELINE = "active_dagger"  # the success level ASkDAgger must reach, and the annotations it must beat
+
+
+def latest_interactive_runs(rows: Iterable[Mapping[str, Any]], recipe: str | None = None) -> list[Mapping[str, Any]]:
+    """The latest finished row per (recipe, mode, seed): a re-test or a rerun replaces the earlier row; failed
+    and stopped runs (no success) are left out."""
+    latest: dict[tuple, Mapping[str, Any]] = {}
+    for r in rows:
+        if r.get("mode") and r.get("success_rate") is not None and r.get("curve") and recipe in (None, r["recipe"]):
+            latest[(r["recipe"], r["mode"], r["seed"])] = r
+    return sorted(latest.values(), key=lambda r: (r["recipe"], mode_rank(r["mode"]), r["seed"]))
+
+
+def mode_rank(mode: str) -> int:
+    """Tables and plots list the modes as ``MODES`` does: the baselines first."""
+    from lit_imit.interactive import MODES
+
+    order = list(MODES)
+    return order.index(mode) if mode in order else len(order)
+
+
+def annotations_to_reach(curve: Sequence[Mapping[str, Any]], level: float) -> int | None:
+    """Annotations at the first evaluation point whose held-out success is at least ``level`` (None: never)."""
+    for point in curve:
+        if point["success_rate"] >= level - 1e-9:
+            return int(point["annotations"])
+    return None
+
+
+def interactive_summary(runs: Sequence[Mapping[str, Any]], level: float | None = None) -> tuple[float | None, list[dict]]:
+    """Per mode of one recipe's runs: counters and final success over the seeds, and the annotations needed to
+    first reach ``level`` (default: the mean final success of the active-DAgger runs). Returns (level, rows)."""
+    by_mode: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        by_mode.setdefault(r["mode"], []).append(r)
+    if level is None and by_mode.get(INTERACTIVE_BASELINE):
+        level = _mean([r["success_rate"] for r in by_mode[INTERACTIVE_BASELINE]])
+    out = []
+    for mode in sorted(by_mode, key=mode_rank):
+        group = by_mode[mode]
+        reach = [annotations_to_reach(r["curve"], level) for r in group] if level is not None else []
+        reached = [a for a in reach if a is not None]
+        out.append({
+            "mode": mode, "seeds": sorted(r["seed"] for r in group), "runs": len(group),
+            **{k: _mean([r.get(k) or 0 for r in group]) for k in
+               ("interactive_episodes", "annotations", "annotated_steps", "validations", "relabels")},
+            "success": _mean([r["success_rate"] for r in group]),
+            "success_min": min(r["success_rate"] for r in group), "success_max": max(r["success_rate"] for r in group),
+            "to_reach": _mean(reached) if reached else None, "reached": len(reached),
+        })
+    base = next((m for m in out if m["mode"] == INTERACTIVE_BASELINE), None)
+    for m in out:
+        m["fewer_than_baseline"] = (base["to_reach"] / m["to_reach"]) if base and base["to_reach"] and m["to_reach"] \
+            else None
+    return level, out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def interactive_summary_table(runs: Sequence[Mapping[str, Any]], level: float | None = None) -> str:
+    """Markdown: one line per mode (means over the seeds' latest finished runs)."""
+    level, summary = interactive_summary(runs, level)
+    reach = f"annotations to first reach {level:.2f}" if level is not None else "annotations to reach (no level)"
+    lines = [
+        f"| mode | seeds | interactive episodes | annotations | annotated steps | validations | relabels | "
+        f"final success, mean (min–max) | {reach} (runs that did) | × fewer than {INTERACTIVE_BASELINE} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in summary:
+        to_reach = f"{m['to_reach']:.0f} ({m['reached']}/{m['runs']})" if m["to_reach"] is not None else \
+            f"— (0/{m['runs']})"
+        ratio = f"{m['fewer_than_baseline']:.1f}×" if m["fewer_than_baseline"] is not None else "—"
+        lines.append(
+            f"| {m['mode']} | {', '.join(map(str, m['seeds']))} | {m['interactive_episodes']:.0f} | "
+            f"{m['annotations']:.0f} | {m['annotated_steps']:.0f} | {m['validations']:.0f} | {m['relabels']:.0f} | "
+            f"{m['success']:.2f} ({m['success_min']:.2f}–{m['success_max']:.2f}) | {to_reach} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _interactive_runs_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| recipe | method | mode | seed | interactive episodes | annotations (steps) | validations | relabels | "
+        "held-out success (95% CI) | wall | commit | overrides |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        wall = f"{r['wall_minutes']:.0f} min" if r.get("wall_minutes") is not None else "—"
+        lines.append(
+            f"| `{r['recipe']}` | {r['method']} | {r['mode']} | {r['seed']} | {_count(r.get('interactive_episodes'))} | "
+            f"{_count(r.get('annotations'))} ({_count(r.get('annotated_steps'))}) | {_count(r.get('validations'))} | "
+            f"{_count(r.get('relabels'))} | {_rate(r)} | {wall} | `{r['commit']}` | {_overrides(r)} |")
+    return lines
+
+
+def _count(value: Any) -> str:
+    return "—" if value is None else str(value)
+
+
+def render_interactive(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown for interactive rows: per recipe a line per mode (:func:`interactive_summary_table`), then every
+    run (failed and stopped ones too)."""
+    lines = [
+        "### Interactive learning: DAgger, active DAgger, ASkDAgger",
+        "",
+        "Per (mode, seed) one run of `python scripts/reproduce.py RECIPE --mode MODE --seed N`: the same start for",
+        "every mode of a seed, held-out success of the novice (seeds 1000000+) after its last interactive episode;",
+        "the level is the mean final success of the active-DAgger runs. Curves: `scripts/plot_interactive.py --results`.",
+        "",
+    ]
+    for name in sorted({r["recipe"] for r in rows}):
+        runs = latest_interactive_runs(rows, name)
+        if runs:
+            lines += [f"`{name}`:", "", interactive_summary_table(runs)]
+    lines += ["Every interactive run:", "", *_interactive_runs_table(list(rows))]
     return "\n".join(lines) + "\n"
 
 

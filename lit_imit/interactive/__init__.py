@@ -22,6 +22,7 @@ from .loop import (
     InteractiveConfig,
     ModeSpec,
     PolicyNovice,
+    annotated_steps,
     pier_inputs,
     round_summary,
     run_interactive_episode,
@@ -61,5 +62,6 @@ __all__ = [
     "InteractiveConfig",
     "run_interactive_episode",
     "pier_inputs",
+    "annotated_steps",
     "round_summary",
 ]

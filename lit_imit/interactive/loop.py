@@ -51,6 +51,7 @@ __all__ = [
     "InteractiveConfig",
     "run_interactive_episode",
     "pier_inputs",
+    "annotated_steps",
     "round_summary",
 ]
 
@@ -178,6 +179,7 @@ class DemoSegment:
     start_step: int
     arrays: dict[str, np.ndarray]
     instruction: str | None = None
+    steps: int = 0  # env steps of the segment: a teacher demo's steps are the teacher's time (annotated steps)
 
     def meta(self) -> dict[str, Any]:
         """What the DataModule keeps per episode (PIER inputs and provenance), plain Python."""
@@ -300,7 +302,7 @@ class _Episode:
         arrays = segment_arrays(segment, relabeled, getattr(self.sim, "action_space", None))
         return DemoSegment(source=source, label=int(label), uncertainty=float(uncertainty), version=self.version,
                            episode=self.index, decision=decision, start_step=segment.start_step,
-                           arrays=arrays, instruction=instruction)
+                           arrays=arrays, instruction=instruction, steps=len(segment))
 
     # -- one decision ----------------------------------------------------------------------------
     def gated_decision(self, obs: Any, steps: int, number: int) -> tuple[Any, bool]:
@@ -427,6 +429,12 @@ def pier_inputs(metas: Sequence[Mapping[str, Any] | None]) -> tuple[list[float],
     return u, r, k
 
 
+def annotated_steps(demos: Sequence[DemoSegment]) -> int:
+    """The teacher's time in env steps: the steps of its demos (annotations). In DAgger mode its labels are
+    rolled out on a snapshot and never executed, so ``EpisodeOutcome.teacher_steps`` would miss them."""
+    return int(sum(d.steps for d in demos if d.source == "teacher"))
+
+
 def round_summary(outcomes: Sequence[EpisodeOutcome]) -> dict[str, float]:
     """Counts and rates of one round's episodes (decision-level rates come from ``gating_metrics``)."""
     decisions = [d for o in outcomes for d in o.decisions]
@@ -443,6 +451,7 @@ def round_summary(outcomes: Sequence[EpisodeOutcome]) -> dict[str, float]:
         "novice_steps": float(sum(o.novice_steps for o in outcomes)),
         "demos": float(len(demos)),
         "annotations": float(sum(d.source == "teacher" for d in demos)),
+        "annotated_steps": float(annotated_steps(demos)),
         "validations": float(sum(d.source == "validated" for d in demos)),
         "relabels": float(sum(d.source == "relabeled" for d in demos)),
     }

@@ -7,11 +7,17 @@
     python scripts/reproduce.py --retest runs/RECIPE/TIME --test-seed 2000000   # test a finished run again
     python scripts/reproduce.py --retest runs/RECIPE/TIME --sampler ddpm:100    # ... with another Diffusion sampler
     python scripts/reproduce.py residual_ppo_transfer_cube_state --base-ckpt runs/.../epoch0003.ckpt  # residual RL
+    python scripts/reproduce.py askdagger_transfer_cube_state --mode askdagger --seed 0     # one interactive run
+    python scripts/reproduce.py askdagger_transfer_cube_state --mode all --seed 0 1 2      # the grid, seed by seed
 
 Each recipe runs from nothing in ``runs/<recipe>/<timestamp>/`` (its own demos, logs and checkpoints; none of
 them are committed); failed runs get rows too, and so does a run stopped by Ctrl-C, ``kill`` (SIGTERM) or a
 closed terminal (SIGHUP): its row says where it stopped, and its ``fit`` process is stopped with it (a
 ``kill -9`` leaves nothing to write a row with). See ``lit_imit/recipes.py``.
+
+An interactive recipe (preset ``interactive``) runs once per ``--mode`` and ``--seed`` (every combination,
+seed by seed) in ``runs/<recipe>/<mode>-seed<s>-<timestamp>/``; its row has the counters and the curve of
+held-out success (``lit_imit/interactive_recipes.py``); ``scripts/plot_interactive.py --results`` draws them.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import argparse
 import logging
 import shlex
 import sys
+from functools import partial
 from pathlib import Path
 
+from lit_imit.interactive_recipes import MAX_SEED, MODE_ORDER, grid, run_interactive
 from lit_imit.recipes import RECIPES, REPO_ROOT, TEST_SEED, list_recipes, recipe, retest_run, run_recipe
 from lit_imit.results import render_files
 from lit_imit.signals import StopSignal, stop_signals_as_interrupt
@@ -32,6 +40,12 @@ def parse_sampler(text: str) -> tuple[str, int]:
     if kind not in ("ddpm", "ddim") or not steps.isdigit() or int(steps) < 1:
         raise argparse.ArgumentTypeError(f"expected ddpm:STEPS or ddim:STEPS, got {text!r}")
     return kind, int(steps)
+
+
+def parse_seed(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in 0..{MAX_SEED}, got {text!r}")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --retest: a Diffusion policy samples with this scheduler, e.g. ddpm:100 or ddim:10")
     parser.add_argument("--base-ckpt", default=None, metavar="PATH",
                         help="residual-RL recipes: the BC checkpoint to refine (the one a run of its base recipe chose)")
+    parser.add_argument("--mode", nargs="+", choices=[*MODE_ORDER, "all"], metavar="MODE",
+                        help=f"interactive recipes: the modes to run ({', '.join(MODE_ORDER)}, or all)")
+    parser.add_argument("--seed", nargs="+", type=parse_seed, metavar="N",
+                        help=f"interactive recipes: the seeds to run (0..{MAX_SEED}), e.g. --seed 0 1 2")
+    parser.add_argument("--curve-episodes", type=int, default=None, metavar="N",
+                        help="interactive recipes: held-out episodes at each intermediate point of the curve "
+                             "(default: the recipe's; the last point gets --episodes)")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra fit argument, e.g. --override=--trainer.max_steps=20 (repeatable)")
     return parser.parse_args(argv)
@@ -75,29 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.sampler and not args.retest:
         print("--sampler goes with --retest", file=sys.stderr)
         return 2
+    problem = check_interactive_args(args, names)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     command = "python " + shlex.join(["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
     if args.retest:
         with stop_signals_as_interrupt():
             row = retest_run(args.retest, args.results, episodes=args.episodes, test_seed=args.test_seed,
-                             sampler=args.sampler, command=command, checkpoint=args.checkpoint)
-        print(f"{row['recipe']} (retest): {row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
-              f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
-              f"{row['wall_minutes']:.1f} min")
+                             sampler=args.sampler, command=command, checkpoint=args.checkpoint,
+                             curve_episodes=args.curve_episodes)
+        print(f"{row['recipe']} (retest): {summary_line(row)}")
         render_files(args.results, args.markdown, args.readme or None)
         return 0
     failed = 0
     try:
         with stop_signals_as_interrupt():  # SIGTERM / SIGHUP as Ctrl-C: the stopped recipe still gets its row
-            for name in names:
-                rec = recipe(name)
+            for name, run in runs(args, names, command):
                 try:
-                    row = run_recipe(rec, args.work_dir, args.results, episodes=args.episodes,
-                                     test_seed=args.test_seed, extra_overrides=args.override, command=command,
-                                     base_ckpt=args.base_ckpt if rec.base_recipe else None)
-                    print(f"{name}: {row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
-                          f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
-                          f"{row['wall_minutes']:.1f} min")
-                except Exception as err:  # the row is written; go on with the next recipe
+                    print(f"{name}: {summary_line(run())}")
+                except Exception as err:  # the row is written; go on with the next run
                     failed += 1
                     print(f"{name}: FAILED ({type(err).__name__}: {str(err)[:500]})", file=sys.stderr)
     except KeyboardInterrupt as err:  # the interrupted recipe's row is written; the others do not run
@@ -108,6 +126,51 @@ def main(argv: list[str] | None = None) -> int:
     render_files(args.results, args.markdown, args.readme or None)
     print(f"rendered {args.markdown}" + (f" and the table in {args.readme}" if args.readme else ""))
     return 1 if failed else 0
+
+
+def check_interactive_args(args: argparse.Namespace, names: list[str]) -> str | None:
+    """Why ``--mode``/``--seed`` do not fit the recipes named (None when they do)."""
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        return f"unknown recipe {unknown[0]!r}; known: {', '.join(sorted(RECIPES))}"
+    interactive = [n for n in names if recipe(n).interactive]
+    learning = [n for n in names if not recipe(n).interactive]
+    if interactive and (not args.mode or not args.seed):
+        return (f"{', '.join(interactive)}: an interactive recipe runs per mode and seed: give --mode "
+                f"({' '.join(MODE_ORDER)} or all) and --seed (e.g. --seed 0 1 2)")
+    if learning and (args.mode or args.seed):
+        return f"--mode and --seed are for interactive recipes; {', '.join(learning)} is a learning recipe"
+    if args.curve_episodes is not None and args.curve_episodes < 1:
+        return f"--curve-episodes must be >= 1, got {args.curve_episodes}"
+    return None
+
+
+def runs(args: argparse.Namespace, names: list[str], command: str):
+    """(label, run) for every run asked for: a learning recipe once, an interactive one per (mode, seed)."""
+    for name in names:
+        rec = recipe(name)
+        if not rec.interactive:
+            yield name, partial(run_recipe, rec, args.work_dir, args.results, episodes=args.episodes,
+                                test_seed=args.test_seed, extra_overrides=args.override, command=command,
+                                base_ckpt=args.base_ckpt if rec.base_recipe else None)
+            continue
+        modes = list(MODE_ORDER) if "all" in args.mode else args.mode
+        for mode, seed in grid(modes, args.seed):
+            yield f"{name} {mode} seed {seed}", partial(
+                run_interactive, rec, mode, seed, args.work_dir, args.results, episodes=args.episodes,
+                curve_episodes=args.curve_episodes, test_seed=args.test_seed, extra_overrides=args.override,
+                command=command)
+
+
+def summary_line(row: dict) -> str:
+    """One line of a finished run: its held-out success (and an interactive run's counters)."""
+    line = (f"{row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
+            f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
+            f"{row['wall_minutes']:.1f} min")
+    if row.get("mode"):
+        line += (f"; {row['interactive_episodes']} interactive episodes, {row['annotations']} annotations "
+                 f"({row['annotated_steps']} steps), {row['validations']} validations, {row['relabels']} relabels")
+    return line
 
 
 if __name__ == "__main__":
