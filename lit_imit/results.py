@@ -250,7 +250,8 @@ def _mean(values: Sequence[float]) -> float:
 def interactive_summary_table(runs: Sequence[Mapping[str, Any]], level: float | None = None) -> str:
     """Markdown: one line per mode (means over the seeds' latest finished runs)."""
     level, summary = interactive_summary(runs, level)
-    reach = f"annotations to first reach {level:.2f}" if level is not None else "annotations to reach (no level)"
+    reach = (f"annotations to first reach {level:.2f}" if level is not None
+             else "annotations to first reach a level (none: no active_dagger run, no --level)")
     lines = [
         f"| mode | seeds | interactive episodes | annotations | annotated steps | validations | relabels | "
         f"final success, mean (min–max) | {reach} (runs that did) | × fewer than {INTERACTIVE_BASELINE} |",
