@@ -77,7 +77,7 @@ def test_training_on_an_original_act_directory_writes_nothing_there(tmp_path, in
 
 
 def test_writes_into_an_original_act_directory_are_refused_and_import_copies_it(tmp_path):
-    from scripts import import_episodes
+    from lit_imit.tools import import_episodes
 
     root = write_act_directory(tmp_path / "act")
     before = snapshot(root)
@@ -113,7 +113,7 @@ def test_two_files_with_one_id_are_an_error_naming_both(tmp_path):
 
 def test_deploy_refuses_to_log_into_an_original_act_directory_before_it_runs(tmp_path, capsys):
     from lit_imit.policies import save_policy
-    from scripts import deploy
+    from lit_imit.tools import deploy
     from tests.test_policy_dir import tiny_policy
 
     root = write_act_directory(tmp_path / "act")

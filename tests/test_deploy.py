@@ -13,7 +13,7 @@ import torch
 from lit_imit.data import EpisodeStore
 from lit_imit.envs.mycobot import JOINT_LIMITS
 from lit_imit.modules.act import ACTModule
-from scripts import deploy
+from lit_imit.tools import deploy
 
 TINY = dict(cameras=["top"], state_dim=7, action_dim=7, chunk_size=10, n_action_steps=10, dim_model=32, n_heads=2,
             dim_feedforward=64, n_encoder_layers=1, n_decoder_layers=1, n_vae_encoder_layers=1, latent_dim=4,
@@ -368,7 +368,7 @@ def test_handguided_recording_survives_a_pulled_cable(tmp_path):
 def test_record_demos_cli_on_the_emulated_robot(tmp_path, capsys):
     pytest.importorskip("pymycobot")
     from lit_imit.robots.emulator import MyCobot320Emulator
-    from scripts import record_demos
+    from lit_imit.tools import record_demos
 
     waypoints = tmp_path / "wp.json"
     waypoints.write_text('{"waypoints": [{"joints": [22, 4, -90, 4, 90, 22], "gripper": 0.5, "duration": 0.4}]}')

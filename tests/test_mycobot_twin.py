@@ -215,7 +215,7 @@ def test_teacher_takes_over_from_random_states_over_20_seeds():
 # ---------------------------------------------------------------------------------------------- recording
 def test_record_demos_script_records_twin_episodes(tmp_path):
     from lit_imit.data import EpisodeStore
-    from scripts import record_demos
+    from lit_imit.tools import record_demos
 
     out = tmp_path / "demos"
     assert record_demos.main(["--task", "mycobot_move_cube", "--episodes", "1", "--out", str(out),

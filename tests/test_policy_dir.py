@@ -118,7 +118,7 @@ def test_export_records_the_training_data_and_the_results_row(tmp_path, capsys):
 
     from lit_imit.data import EpisodeDataModule, EpisodeStore
     from lit_imit.results import append_row
-    from scripts import export_policy as script
+    from lit_imit.tools import export_policy as script
     from tests.conftest import make_episode_arrays
 
     store = EpisodeStore(tmp_path / "demos")
@@ -151,7 +151,7 @@ def test_export_records_the_training_data_and_the_results_row(tmp_path, capsys):
 
 
 def test_deploy_runs_a_policy_directory_on_the_twin(tmp_path, capsys):
-    from scripts import deploy
+    from lit_imit.tools import deploy
 
     save_policy(tiny_policy("act"), tmp_path / "act")
     rc = deploy.main(["--policy", str(tmp_path / "act"), "--robot", "twin", "--steps", "5", "--out",

@@ -10,7 +10,7 @@ from tests.conftest import make_episode_arrays
 
 @pytest.mark.parametrize("count", ["0", "-3", "many"])
 def test_record_demos_refuses_a_useless_episode_count(tmp_path, capsys, count):
-    from scripts import record_demos
+    from lit_imit.tools import record_demos
 
     with pytest.raises(SystemExit) as info:
         record_demos.main(["--task", "transfer_cube", "--episodes", count, "--out", str(tmp_path / "store")])
@@ -20,7 +20,7 @@ def test_record_demos_refuses_a_useless_episode_count(tmp_path, capsys, count):
 
 
 def test_visualize_names_the_missing_qpos_and_writes_nothing(tmp_path, capsys):
-    from scripts import visualize_episodes
+    from lit_imit.tools import visualize_episodes
 
     path = tmp_path / "episode_000004.hdf5"
     arrays = make_episode_arrays(6, cameras=("top",))

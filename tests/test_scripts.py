@@ -56,7 +56,7 @@ def test_joint_panels_are_named_with_units_where_the_task_says():
 
 
 def test_visualize_names_a_corrupt_file(tmp_path, capsys):
-    from scripts import visualize_episodes
+    from lit_imit.tools import visualize_episodes
 
     bad = tmp_path / "episode_000001.hdf5"
     bad.write_bytes(b"garbage" * 100)
@@ -65,7 +65,7 @@ def test_visualize_names_a_corrupt_file(tmp_path, capsys):
 
 
 def test_record_demos_rejects_unknown_task_and_bad_size(tmp_path, capsys):
-    from scripts import record_demos
+    from lit_imit.tools import record_demos
 
     assert record_demos.main(["--task", "transfer-cubes", "--episodes", "1", "--out", str(tmp_path)]) == 2
     assert "unknown task 'transfer-cubes'" in capsys.readouterr().err
@@ -79,7 +79,7 @@ def test_record_demos_rejects_unknown_task_and_bad_size(tmp_path, capsys):
 def test_record_demos_fast_render_flag_reaches_the_env(tmp_path, monkeypatch, flag, expected):
     """--no-fast-render records the ALOHA images with the full look (as the paper configs roll out);
     without the flag nothing is passed and the env keeps its default."""
-    from scripts import record_demos
+    from lit_imit.tools import record_demos
 
     calls = []
 

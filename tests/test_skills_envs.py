@@ -204,7 +204,7 @@ def test_skill_tasks_are_registered():
 
 @pytest.mark.slow
 def test_record_demos_script_writes_maze_episodes(tmp_path):
-    from scripts.record_demos import main as record_main
+    from lit_imit.tools.record_demos import main as record_main
     from lit_imit.data.episodes import EpisodeStore
 
     out = tmp_path / "maze"
