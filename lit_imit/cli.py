@@ -51,6 +51,7 @@ OPTIONAL_COMPONENTS = (
     "lit_imit.modules.cliport",
     "lit_imit.modules.skill_prior",
     "lit_imit.modules.residual_ppo",
+    "lit_imit.modules.skill_sac",
     "lit_imit.data.cliport",
     "lit_imit.data.skills",
     "lit_imit.data.rollouts",

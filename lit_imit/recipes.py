@@ -60,8 +60,11 @@ class Recipe:
     test_n_envs: int = 10
     test_workers: int = 2  # env worker processes for the held-out test (0 = in-process)
     extra: dict[str, Any] = field(default_factory=dict)
-    #: residual RL: the recipe whose chosen checkpoint is the frozen base (``run_recipe(..., base_ckpt=...)``)
+    #: residual RL: the recipe whose chosen checkpoint is the frozen base (``run_recipe(..., base_ckpt=...)``);
+    #: skill-space RL: the config that trains the skill prior
     base_recipe: str | None = None
+    #: the model argument that takes that checkpoint
+    base_arg: str = "base_ckpt"
     #: interactive recipes: held-out episodes at each intermediate point of the curve (the last point gets
     #: ``episodes``)
     curve_episodes: int = 20
@@ -138,6 +141,22 @@ register(Recipe(
     notes="not run yet: PPO on a per-step residual over the frozen Diffusion state policy (the checkpoint a "
           "diffusion_transfer_cube_state run chose, --base-ckpt); the row also tests the base alone on the same "
           "seeds (base_success_rate) and counts the RL env steps; the wall time is a guess",
+))
+register(Recipe(
+    name="spirl_rl_pointmaze", method="spirl_rl", task="pointmaze-medium-topright",
+    config="configs/skills/maze_spirl_rl.yaml", obs="ball position + velocity (state)", demos=0,
+    expected_minutes=600, preset="skills", base_recipe="configs/skills/maze_spirl_prior.yaml", base_arg="prior_ckpt",
+    reference="Pertsch et al. 2020 (SPiRL): skill-prior-regularised SAC solves its maze, flat SAC does not",
+    notes="not run yet: SAC over the skills of a frozen SPiRL prior (--base-ckpt: the prior's checkpoint), KL to "
+          "the prior at target 1; 100 epochs = 1e6 env steps, ~1.2e5 updates (~80 ms each on this 2-core box "
+          "under load); the wall time is a projection",
+))
+register(Recipe(
+    name="sac_pointmaze", method="sac", task="pointmaze-medium-topright",
+    config="configs/skills/maze_sac.yaml", obs="ball position + velocity (state)", demos=0,
+    expected_minutes=1800, preset="skills",
+    reference="SPiRL's flat SAC baseline",
+    notes="not run yet: 1e6 env steps and as many updates (~100 ms each on this box under load); a projection",
 ))
 register(Recipe(
     name="residual_ppo_insertion_state", method="residual_ppo", task="insertion",
@@ -330,15 +349,16 @@ def fit_run(rec: Recipe, run_dir: Path, config: Path, row: dict[str, Any], start
 
 
 def _base_overrides(rec: Recipe, base_ckpt: str | Path | None) -> list[str]:
-    """``--model.init_args.base_ckpt PATH`` for a residual-RL recipe (an error without a base); [] otherwise."""
+    """``--model.init_args.<base_arg> PATH`` for a recipe that starts from a frozen checkpoint (residual RL's BC
+    base, skill-space RL's skill prior; an error without it); [] otherwise."""
     if rec.base_recipe is None:
         if base_ckpt is not None:
-            raise ValueError(f"recipe {rec.name!r} trains from demos: it takes no base checkpoint")
+            raise ValueError(f"recipe {rec.name!r} starts from scratch: it takes no base checkpoint")
         return []
     if base_ckpt is None or not Path(base_ckpt).is_file():
-        raise ValueError(f"recipe {rec.name!r} refines a frozen BC policy: give the checkpoint a {rec.base_recipe} "
+        raise ValueError(f"recipe {rec.name!r} starts from a frozen checkpoint: give the one a {rec.base_recipe} "
                          f"run chose (--base-ckpt PATH; got {base_ckpt})")
-    return ["--model.init_args.base_ckpt", str(Path(base_ckpt).resolve())]
+    return [f"--model.init_args.{rec.base_arg}", str(Path(base_ckpt).resolve())]
 
 
 def _new_row(rec: Recipe, run_dir: Path, episodes: int, test_seed: int, command: str) -> dict[str, Any]:
@@ -415,8 +435,9 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
         base = heldout_test(module, task, env_kwargs, episodes, test_seed, n_envs=rec.test_n_envs,
                             max_steps=settings.get("max_steps"), num_workers=rec.test_workers)
         row.update({"base_success_rate": base["success_rate"], "base_successes": int(base["successes"]),
-                    "base_ci_low": round(base["success_ci_low"], 4), "base_ci_high": round(base["success_ci_high"], 4),
-                    "env_steps": int(module.env_steps)})
+                    "base_ci_low": round(base["success_ci_low"], 4), "base_ci_high": round(base["success_ci_high"], 4)})
+    if hasattr(module, "env_steps"):  # RL: the env steps it trained on
+        row["env_steps"] = int(module.env_steps)
     row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
 
 

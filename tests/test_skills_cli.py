@@ -15,7 +15,9 @@ from lit_imit.cli import main
 from tests.conftest import ROOT
 from tests.test_skills_data import make_store
 
-CONFIGS = sorted((ROOT / "configs" / "skills").glob("*.yaml"))
+#: the SkillPriorModule stages (the RL configs of the family, SkillSACModule, are tests/test_skill_sac.py's)
+CONFIGS = sorted(p for p in (ROOT / "configs" / "skills").glob("*.yaml")
+                 if "skill_prior.SkillPriorModule" in p.read_text())
 TINY = {"state_dim": 4, "action_dim": 2, "horizon": 5, "latent_dim": 3, "hidden_dim": 16, "n_layers": 2,
         "encoder_hidden": 16, "prior_hidden": 16, "prior_layers": 2}
 

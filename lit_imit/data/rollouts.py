@@ -1,4 +1,4 @@
-"""EnvDataModule: the environments an on-policy learner collects its experience from (no stored episodes).
+"""EnvDataModule: the environments an RL learner collects its experience from (no stored episodes).
 
 Reinforcement learning trains on what the current policy does, so its "data" is a set of envs: each rank
 hosts ``num_envs`` of them (``lit_imit.envs.vector.open_envs``: in-process, or in worker processes with
@@ -8,7 +8,8 @@ closed in ``teardown``. The module steps them itself, in its ``training_step``
 previous update (Lightning fetches a batch ahead), i.e. off-policy.
 
 The train loader therefore only paces training: ``iterations_per_epoch`` tickets per epoch, one PPO
-iteration (rollout + update) each, so an epoch's end (rollout evaluation, ``last.ckpt``) falls between
+iteration (rollout + update) each, or one decision of every env and its updates for off-policy SAC
+(``lit_imit.modules.skill_sac``), so an epoch's end (rollout evaluation, ``last.ckpt``) falls between
 iterations. The test loader holds one empty batch, so that ``test`` runs its epoch hooks (the rollouts).
 Envs take the observation the policy reads (``cameras`` / ``env_state``, from the model through
 ``lit_imit.evaluation.policy_env_kwargs``) unless ``env_kwargs`` says otherwise.
@@ -39,9 +40,10 @@ class EnvDataModule(pl.LightningDataModule):
             process may use, shared among the ranks of the node).
         env_kwargs: extra env arguments (``image_size``, ``fast_render``...); ``cameras`` and ``env_state``
             default to what the policy reads.
-        reward: ``"sparse"`` (1 at success: Ankile et al.) or ``"staged"`` (the increase of the task's best
-            stage, ALOHA's 0-4); see ``lit_imit.rl.rollout``.
-        iterations_per_epoch: PPO iterations (rollout + update) per training epoch.
+        reward: ``"sparse"`` (1 at success: Ankile et al.), ``"staged"`` (the increase of the task's best
+            stage, ALOHA's 0-4) or ``"env"`` (the env's own reward: SPiRL's kitchen); see ``lit_imit.rl.rollout``.
+        iterations_per_epoch: training steps per epoch (PPO: a rollout and its update; SAC: a decision of every
+            env and its gradient updates).
     """
 
     def __init__(self, task: str, num_envs: int = 8, num_workers: int | str = 0,

@@ -12,7 +12,8 @@ same episodes as an uninterrupted one.
 
 Rewards (``reward``): ``"sparse"`` is 1 at the step the task succeeds (``info["is_success"]``), else 0;
 ``"staged"`` is the increase of the episode's best stage (``info["max_reward"]``, ALOHA's 0-4 contact stages),
-so an episode's return is the best stage it reached.
+so an episode's return is the best stage it reached; ``"env"`` is the env's own reward (the kitchen's +1 per
+sub-task, as SPiRL's RL uses).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import Tensor
 from lit_imit.evaluation import EnvBatch, as_env_batch, stack_obs
 from lit_imit.rl.ppo import PPOBatch
 
-REWARDS = ("sparse", "staged")
+REWARDS = ("sparse", "staged", "env")
 
 
 @dataclass
@@ -72,8 +73,11 @@ class Rollout:
                         logprobs=self.logprobs.flatten(), advantages=advantages.flatten(), returns=returns.flatten())
 
 
-def step_reward(kind: str, info: Mapping[str, Any], best_stage: float) -> float:
-    """The reward of one step (see the module docstring); ``best_stage``: the episode's best stage before it."""
+def step_reward(kind: str, info: Mapping[str, Any], best_stage: float, env_reward: float = 0.0) -> float:
+    """The reward of one step (see the module docstring); ``best_stage``: the episode's best stage before it;
+    ``env_reward``: what the env returned."""
+    if kind == "env":
+        return float(env_reward)
     if kind == "sparse":
         return 1.0 if info.get("is_success", False) else 0.0
     if kind == "staged":
@@ -125,9 +129,9 @@ def collect_rollout(envs: Sequence[Any] | EnvBatch, policy: RolloutPolicy, num_s
         steps.append(step)
         results = envs.step(rows, list(step.env_actions))
         ended = []
-        for row, (obs, _, terminated, truncated, info) in enumerate(results):
+        for row, (obs, env_reward, terminated, truncated, info) in enumerate(results):
             state.obs[row] = obs
-            rewards[t, row] = step_reward(reward, info, state.best_stage[row])
+            rewards[t, row] = step_reward(reward, info, state.best_stage[row], env_reward)
             state.best_stage[row] = max(state.best_stage[row], float(info.get("max_reward", 0.0)))
             success = bool(info.get("is_success", False))
             if success or terminated or truncated:
