@@ -145,18 +145,34 @@ register(Recipe(
 register(Recipe(
     name="spirl_rl_pointmaze", method="spirl_rl", task="pointmaze-medium-topright",
     config="configs/skills/maze_spirl_rl.yaml", obs="ball position + velocity (state)", demos=0,
-    expected_minutes=600, preset="skills", base_recipe="configs/skills/maze_spirl_prior.yaml", base_arg="prior_ckpt",
+    expected_minutes=300, preset="skills", base_recipe="configs/skills/maze_spirl_prior.yaml", base_arg="prior_ckpt",
     reference="Pertsch et al. 2020 (SPiRL): skill-prior-regularised SAC solves its maze, flat SAC does not",
     notes="not run yet: SAC over the skills of a frozen SPiRL prior (--base-ckpt: the prior's checkpoint), KL to "
-          "the prior at target 1; 100 epochs = 1e6 env steps, ~1.2e5 updates (~80 ms each on this 2-core box "
-          "under load); the wall time is a projection",
+          "the prior at target 1; 100 epochs = 1e6 env steps, ~1e5 updates at ~80 ms of CPU each on this 2-core "
+          "box, ~15 min of collection: ~2.5 CPU-hours (a projection; more wall time while other jobs run)",
 ))
 register(Recipe(
     name="sac_pointmaze", method="sac", task="pointmaze-medium-topright",
     config="configs/skills/maze_sac.yaml", obs="ball position + velocity (state)", demos=0,
     expected_minutes=1800, preset="skills",
     reference="SPiRL's flat SAC baseline",
-    notes="not run yet: 1e6 env steps and as many updates (~100 ms each on this box under load); a projection",
+    notes="not run yet: 1e6 env steps and as many updates at ~100 ms of CPU each on this box: ~28 CPU-hours "
+          "(a projection)",
+))
+register(Recipe(
+    name="spirl_rl_kitchen", method="spirl_rl", task="kitchen-mbls",
+    config="configs/skills/kitchen_spirl_rl.yaml", obs="robot + object state (59)", demos=0,
+    expected_minutes=1500, preset="skills", base_recipe="configs/skills/kitchen_spirl_prior.yaml",
+    base_arg="prior_ckpt",
+    reference="Pertsch et al. 2020 (SPiRL): most of its 4 kitchen sub-tasks, flat SAC almost none",
+    notes="not run yet: KL target 5; 150 epochs = 1.5e6 env steps at ~40 ms each (~17 CPU-hours of simulation) "
+          "and 1.5e5 updates at ~0.2 s: ~25 CPU-hours (a projection)",
+))
+register(Recipe(
+    name="sac_kitchen", method="sac", task="kitchen-mbls",
+    config="configs/skills/kitchen_sac.yaml", obs="robot + object state (59)", demos=0,
+    expected_minutes=3700, preset="skills", reference="SPiRL's flat SAC baseline",
+    notes="not run yet: 1.5e6 env steps (~17 CPU-hours) and as many updates at ~0.1 s: ~60 CPU-hours (a projection)",
 ))
 register(Recipe(
     name="residual_ppo_insertion_state", method="residual_ppo", task="insertion",

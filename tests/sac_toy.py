@@ -2,8 +2,8 @@
 
 ``PointReachEnv``: a point x in R^2 starts uniformly in [-1, 1]^2 and moves by 0.2 x the action (in [-1, 1]^2);
 the reward is -|x| after each step, the episode is cut after 21 steps (a time limit: truncated) and succeeds
-once |x| < 0.1 (which terminates it with ``terminate=True``). A random policy returns about -17, heading straight for the origin
-about -3.
+once |x| < 0.1 (which terminates it with ``terminate=True``). A random policy returns about -17, heading straight
+for the origin about -3.
 
 ``hand_made_prior``: a ``SkillPriorModule`` (state 2, action 2, latent 2, H = 3) whose closed-loop decoder is
 the linear map a = z (the skill "push this way for 3 steps") and whose prior is N(0, I) everywhere, with
