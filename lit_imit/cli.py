@@ -10,7 +10,9 @@ states in every checkpoint so a resumed run continues exactly.
 ``test`` is rollout-first: ``RolloutEvaluation`` logs ``test/success_rate`` with its Wilson interval at the
 tested weights' training step and says it once in the log (Lightning's metrics table is off unless
 ``--verbose true``); the held-out loss runs only with ``data.init_args.test_loss: true``. ``--ckpt_path`` takes
-a checkpoint file or a policy directory (``lit_imit.policies.save_policy``). Lightning's ``predict`` is not
+a checkpoint file or a policy directory (``lit_imit.policies.save_policy``); a checkpoint file's model
+hyper-parameters replace the config's (Lightning's rule: the weights need their architecture), and the CLI
+names every setting dropped that way. Lightning's ``predict`` is not
 offered: a policy acts in an env (``RolloutEvaluation``, ``scripts/deploy.py``), not on a dataset.
 """
 
@@ -36,6 +38,8 @@ from lit_imit.tensorboard import flatten_config, write_hparams
 PACKAGE_LOGGERS = ("lit_imit", "callbacks")
 
 DEFAULT_SEED = 1000
+log = logging.getLogger(__name__)
+
 
 #: modules imported before parsing so that configs may use short class names (``class_path: ACTModule``)
 COMPONENTS = (
@@ -103,6 +107,20 @@ class LitImitCLI(LightningCLI):
         require_test_measure(self.trainer, datamodule)
         return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the config's model with the checkpoint's hyper-parameters (the weights need the
+        architecture they were trained with). It does so silently, so a ``--model.init_args.x`` given with
+        ``--ckpt_path`` would be dropped without a word: say which settings the checkpoint overrode."""
+        before = model_settings(self.config)
+        super()._parse_ckpt_path()
+        changed = changed_settings(before, model_settings(self.config))
+        if changed:
+            log.warning(
+                "--ckpt_path: the checkpoint's model hyper-parameters replace the config's, so these settings "
+                "are not used: %s. To act differently with trained weights, export a policy directory "
+                "(lit-imit-export-policy CKPT OUT), edit its config.json and pass --ckpt_path OUT to test",
+                "; ".join(f"{key}={given!r} (checkpoint: {kept!r})" for key, given, kept in changed))
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EpochEndCheckpoint, "checkpoint")
         parser.set_defaults({
@@ -141,6 +159,22 @@ class LitImitCLI(LightningCLI):
                 f"checkpoint.filename {checkpoint.get('filename')!r} starts with 'last': best checkpoints must not be "
                 "named like last.ckpt (recipes.select_checkpoint tells them apart by that prefix)"
             )
+
+
+def model_settings(config: Any) -> dict[str, Any]:
+    """The subcommand's model settings as flat ``model.x`` keys (empty without a subcommand or model)."""
+    sub = config.get("subcommand") if hasattr(config, "get") else None
+    model = config.get(sub, {}).get("model") if sub else None
+    if model is None:
+        return {}
+    as_dict = model.as_dict() if hasattr(model, "as_dict") else dict(model)
+    return flatten_config(as_dict, "model")
+
+
+def changed_settings(given: dict[str, Any], kept: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, given value, value kept) for every setting in ``given`` whose value ``kept`` replaced."""
+    return [(key, value, kept[key]) for key, value in sorted(given.items())
+            if key in kept and kept[key] != value]
 
 
 def require_test_measure(trainer: Any, datamodule: Any) -> None:

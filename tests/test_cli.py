@@ -447,3 +447,28 @@ def test_rollout_image_size_must_match_the_training_frames(tmp_path):
     RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [24, 32]}).check_image_size(dm)
     with pytest.raises(ValueError, match=r"image_size=\[12, 16\] but the training frames of 'images/top' are \[24, 32\]"):
         RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [12, 16]}).check_image_size(dm)
+
+
+def test_ckpt_path_says_which_model_settings_the_checkpoint_overrides(tmp_path, monkeypatch):
+    """Lightning replaces the config's model with the checkpoint's hyper-parameters; the CLI names each setting
+    that was dropped that way (here a changed ``kl_weight``) instead of ignoring it silently."""
+    import lit_imit.cli as cli
+
+    data_dir = synthetic_store(tmp_path / "data")
+    main({"fit": config(tmp_path / "a", {"data_dir": data_dir}, max_epochs=1)})
+    ckpt = tmp_path / "a" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    warnings: list[str] = []
+    monkeypatch.setattr(cli.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    changed = config(tmp_path / "a", {"data_dir": data_dir}, max_epochs=1)
+    changed["model"] = {**TINY_ACT, "init_args": {**TINY_ACT["init_args"], "kl_weight": 3.5}}
+    changed["trainer"]["logger"]["init_args"]["version"] = 1
+    resumed = main({"fit": {**changed, "ckpt_path": str(ckpt)}})
+    assert resumed.model.hparams.kl_weight != 3.5  # the checkpoint's value won
+    assert len(warnings) == 1 and "model.kl_weight=3.5" in warnings[0], warnings
+    assert "lr=" not in warnings[0]  # unchanged settings are not listed
+
+    warnings.clear()
+    same = config(tmp_path / "a", {"data_dir": data_dir}, max_epochs=1)
+    same["trainer"]["logger"]["init_args"]["version"] = 2
+    main({"fit": {**same, "ckpt_path": str(ckpt)}})
+    assert warnings == []
