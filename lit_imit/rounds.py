@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lit_imit.envs import make_env, make_teacher
-from lit_imit.envs.vector import ProcessEnvPool
+from lit_imit.envs.vector import EnvWorkerError, ProcessEnvPool
 from lit_imit.interactive import SAG, EpisodeOutcome, InteractiveConfig, PolicyNovice, SegmentJudge, run_interactive_episode
 from lit_imit.policies import policy_from_snapshot, policy_snapshot
 
@@ -134,9 +134,15 @@ class RoundRunner:
             self._pool = ProcessEnvPool.for_task(self.task, self.workers, self.workers, env_kwargs=self.env_kwargs,
                                                  timeout=EPISODE_TIMEOUT_S)
         rows = list(range(self._pool.num_workers))  # row r lives on worker r: one snapshot load per worker
-        self._pool.apply(rows, _worker_load_novice, [policy_snapshot(module)] * len(rows))
-        spread = [k % len(rows) for k in range(len(jobs))]
-        return self._pool.apply(spread, _worker_episode, [(job, setting) for job in jobs])
+        try:
+            self._pool.apply(rows, _worker_load_novice, [policy_snapshot(module)] * len(rows))
+            spread = [k % len(rows) for k in range(len(jobs))]
+            return self._pool.apply(spread, _worker_episode, [(job, setting) for job in jobs])
+        except EnvWorkerError:
+            # the pool closed itself when a worker died or hung; nothing of this round was stored, and a round's
+            # episodes depend only on their jobs, so the next call re-runs them on fresh workers
+            self._pool = None
+            raise
 
     def close(self) -> None:
         if self._env is not None:

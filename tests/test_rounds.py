@@ -78,3 +78,49 @@ def test_episodes_in_workers_equal_episodes_in_process():
         here.close()
         there.close()
     assert len(gate) == 4  # the shared gate is only read: the callback records the decisions afterwards
+
+
+def test_a_worker_killed_mid_round_fails_the_round_clearly_and_the_next_round_runs_on_fresh_workers():
+    """kill -9 of an env worker while it runs an episode: the round raises ``EnvWorkerError`` naming the worker
+    and its signal (no hang, no partial outcomes), and the same jobs then run on new workers, unchanged."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    from lit_imit.envs.vector import EnvWorkerError
+
+    module = _novice()
+    gate = SAG(n_min=1, seed=0)
+    config = InteractiveConfig(mode="dagger", decision_steps=10, max_steps=400)
+    setting = RoundSetting("transfer_cube", make_judge("transfer_cube"), config, info_relabel(), seed=500)
+    runner = RoundRunner("transfer_cube", {"cameras": [], "env_state": True}, 1)
+    before = set(multiprocessing.active_children())
+
+    def kill_the_worker_once_it_runs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            new = [p for p in multiprocessing.active_children() if p not in before]
+            if new and runner._pool is not None:  # the worker has built its env: the episode starts now
+                time.sleep(1.0)  # mid-episode: 400 steps take ~3 s
+                os.kill(new[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_worker_once_it_runs)
+    killer.start()
+    try:
+        with pytest.raises(EnvWorkerError, match=r"died \(exit code -9"):
+            runner.run(module, _jobs(gate, 1, [0]), setting)
+        killer.join()
+        again = runner.run(module, _jobs(gate, 1, [0]), setting)
+        here = RoundRunner("transfer_cube", {"cameras": [], "env_state": True}, 0)
+        try:
+            expected = here.run(module, _jobs(gate, 1, [0]), setting)
+        finally:
+            here.close()
+        assert [_summary(o) for o in again] == [_summary(o) for o in expected]
+    finally:
+        killer.join()
+        runner.close()
