@@ -112,6 +112,12 @@ register(Recipe(
     expected_minutes=65, target=0.80,
 ))
 register(Recipe(
+    name="act_insertion_state", method="act", task="insertion",
+    config="configs/act/insertion_state.yaml", obs="qpos + peg/socket poses (state)", demos=50,
+    expected_minutes=20, target=0.80, reference="no target in the plan: the Diffusion insertion state row's 0.80",
+    notes="act_transfer_cube_state's settings on insertion (only the task and the state sizes change)",
+))
+register(Recipe(
     name="act_transfer_cube_image", method="act", task="transfer_cube",
     config="configs/act/transfer_cube_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
     expected_minutes=90, target=0.80, reference="ACT paper 0.90 (480x640, 50 demos)",
