@@ -3,9 +3,9 @@
 from lit_imit.data.datamodule import EpisodeDataModule
 from lit_imit.data.datasets import ChunkDataset, compute_stats
 from lit_imit.data.episodes import Episode, EpisodeError, EpisodeStore, read_episode, write_episode
-from lit_imit.data.samplers import SeededSampler
+from lit_imit.data.samplers import SeededSampler, WeightedStoreSampler
 
 __all__ = [
     "ChunkDataset", "Episode", "EpisodeDataModule", "EpisodeError", "EpisodeStore", "SeededSampler",
-    "compute_stats", "read_episode", "write_episode",
+    "WeightedStoreSampler", "compute_stats", "read_episode", "write_episode",
 ]

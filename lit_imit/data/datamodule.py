@@ -4,11 +4,16 @@ The DataModule owns *which* episodes are trained on. Its ``state_dict`` is the e
 and validation), the statistics, the per-episode interactive metadata and the sampling priorities, all as
 plain Python types (checkpoints are loaded with ``weights_only=True``). Episodes written to the store after
 a checkpoint stay on disk, untouched and unused, when that checkpoint is resumed.
+
+Co-training (``extra_stores``) trains on several stores at once, drawn by weight (:class:`CoStore` holds one
+of them, :class:`~lit_imit.data.samplers.WeightedStoreSampler` draws); a train loader that is resumed mid-epoch
+continues its draw where the checkpoint left it (:class:`EpochDataLoader`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_imit.data.datasets import ChunkDataset, collate, compute_stats
-from lit_imit.data.episodes import EpisodeStore
+from lit_imit.data.datasets import ChunkDataset, StoreUnion, check_same_layout, collate, compute_stats
+from lit_imit.data.episodes import EpisodeError, EpisodeStore
 from lit_imit.data.recording import record_teacher_episodes
-from lit_imit.data.samplers import SeededSampler
+from lit_imit.data.samplers import SeededSampler, WeightedStoreSampler
 from lit_imit.envs import task_spec
 from lit_imit.envs.vector import available_cpus
 from lit_imit.interactive.pier import PIER
@@ -38,8 +43,44 @@ STANDALONE_DEFAULTS: dict[str, Any] = {
 }
 
 
+@dataclass
+class CoStore:
+    """A further store trained on with the main ``data_dir`` (co-training): where it is, its sampling weight,
+    and its own split."""
+
+    path: str
+    weight: float = 1.0
+    store: EpisodeStore | None = None
+    train_ids: list[int] = field(default_factory=list)
+    val_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, entry: Any) -> "CoStore":
+        """``{path: ..., weight: ...}`` (weight 1 when left out); anything else is an error saying so."""
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight"}:
+            raise ValueError(f"each of extra_stores is {{path: <store>, weight: <float>}}, got {entry!r}")
+        weight = float(entry.get("weight", 1.0))
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"the weight of store {entry['path']} must be finite and >= 0, got {weight}")
+        return cls(path=str(entry["path"]), weight=weight)
+
+    def open(self) -> EpisodeStore:
+        """The store, read-only (training never writes into a co-training store)."""
+        if self.store is None:
+            if not Path(self.path).is_dir():
+                raise FileNotFoundError(f"co-training store {self.path} (data.init_args.extra_stores) does not exist")
+            self.store = EpisodeStore(self.path, create=False)
+        return self.store
+
+    def state(self) -> dict[str, Any]:
+        return {"path": str(Path(self.path).resolve()), "weight": self.weight,
+                "train_ids": list(self.train_ids), "val_ids": list(self.val_ids)}
+
+
 class EpisodeDataModule(pl.LightningDataModule):
-    """Episodes of one store as (observation, action chunk) windows.
+    """Episodes of one store, or of several (co-training), as (observation, action chunk) windows.
 
     Args:
         data_dir: the episode store (a directory of ``episode_<id>.hdf5``), or any directory of episodes in the
@@ -80,6 +121,18 @@ class EpisodeDataModule(pl.LightningDataModule):
         test_loss: ``test`` also scores the validation split (``test/loss`` and the other loss terms; limit it
             with ``trainer.limit_test_batches``). Off by default: ``test`` is the rollouts of
             ``RolloutEvaluation`` (``test/success_rate`` with its Wilson interval).
+        extra_stores: co-training (act-plus-plus's ``sample_weights``): further stores ``[{path, weight}]``
+            trained on with ``data_dir``. Every sample of a batch first picks a store with probability ∝ its
+            weight, then a sample of that store's training split (``WeightedStoreSampler``). Each store is
+            split by ``val_episodes`` on its own (validation scores all stores' held-out episodes together);
+            the normalisation statistics are those of the union of all stores' training splits, every step
+            counting once whatever the weights (act-plus-plus also computes them over all datasets). All
+            stores must hold the keys the model reads with the same shapes: a mismatch is an error naming
+            the store and the key. Only ``data_dir`` is recorded into (``generate_if_missing``); the others must
+            exist. Prioritized sampling and interactive rounds (which grow one store) are refused with
+            co-training. ``samples_per_epoch`` defaults to all stores' training samples.
+        data_weight: the sampling weight of ``data_dir`` itself next to ``extra_stores`` (weights need not sum
+            to 1: they are normalised).
     """
 
     def __init__(
@@ -108,10 +161,15 @@ class EpisodeDataModule(pl.LightningDataModule):
         reuse_interactive_store: bool = False,
         record_workers: int | str = 1,
         test_loss: bool = False,
+        extra_stores: list[dict[str, Any]] | None = None,
+        data_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "prioritized"):
             raise ValueError(f"sampling must be 'uniform' or 'prioritized', got {sampling!r}")
+        self.co_stores = [CoStore.from_config(entry) for entry in extra_stores or []]
+        self.data_weight = float(data_weight)
+        self._check_co_training(sampling, allow_empty)
         if task is not None:
             task_spec(task)  # an unknown task fails at config time, naming the known ones
         self.data_dir = data_dir
@@ -154,6 +212,28 @@ class EpisodeDataModule(pl.LightningDataModule):
         # (the interactive rounds' hand-over files live there too). One recorder per node would race to fill
         # one shared store twice.
         self.prepare_data_per_node = False
+
+    def _check_co_training(self, sampling: str, allow_empty: bool) -> None:
+        """Refuse what co-training does not combine with, at config time."""
+        if not np.isfinite(self.data_weight) or self.data_weight < 0:
+            raise ValueError(f"data_weight must be finite and >= 0, got {self.data_weight}")
+        if not self.co_stores:
+            return
+        if sampling != "uniform":
+            raise ValueError("extra_stores (co-training) draws stores by weight and samples uniformly within each: "
+                             "it does not combine with sampling: prioritized")
+        if allow_empty:
+            raise ValueError("extra_stores (co-training) does not combine with allow_empty: interactive learning "
+                             "grows one store, train it without extra_stores")
+        if self.data_weight + sum(c.weight for c in self.co_stores) <= 0:
+            raise ValueError("data_weight and the extra_stores weights are all 0: nothing could be drawn")
+
+    def store_names(self) -> list[str]:
+        """Every store trained on, ``data_dir`` first (the order of the weights and of the samples)."""
+        return [str(self.data_dir), *(c.path for c in self.co_stores)]
+
+    def store_weights(self) -> list[float]:
+        return [self.data_weight, *(c.weight for c in self.co_stores)]
 
     # ---- what the model reads ---------------------------------------------------------------------
     def adopt_model_settings(self, model: Any = None) -> None:
@@ -210,30 +290,59 @@ class EpisodeDataModule(pl.LightningDataModule):
                 f"data.generate_if_missing"
             )
         self.train_ids, self.val_ids = self.split(ids) if ids else ([], [])
+        for k, co in enumerate(self.co_stores, start=1):
+            co_ids = co.open().ids()
+            if not co_ids:
+                raise FileNotFoundError(f"no episodes in co-training store {co.path} (data.init_args.extra_stores)")
+            co.train_ids, co.val_ids = self.split(co_ids, seed=self.seed + k)
         self._build()
 
-    def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
-        """Seeded split by episode; validation never takes the last training episode."""
+    def split(self, ids: Sequence[int], seed: int | None = None) -> tuple[list[int], list[int]]:
+        """Seeded split by episode; validation never takes the last training episode. ``seed`` (default the
+        DataModule's) differs per co-training store, so equal-sized stores do not hold out the same positions."""
         n = len(ids)
         n_val = int(round(self.val_episodes * n)) if self.val_episodes < 1 else int(self.val_episodes)
         n_val = min(max(n_val, 1 if self.val_episodes > 0 and n > 1 else 0), n - 1)
-        perm = np.random.default_rng(self.seed).permutation(n)
+        perm = np.random.default_rng(self.seed if seed is None else seed).permutation(n)
         val = sorted(int(ids[i]) for i in perm[:n_val])
         train = sorted(int(ids[i]) for i in perm[n_val:])
         return train, val
 
-    def make_dataset(self, ids: Sequence[int]) -> ChunkDataset:
+    def make_dataset(self, ids: Sequence[int], store: EpisodeStore | None = None) -> ChunkDataset:
+        """The windows of episodes ``ids`` of ``store`` (default: ``data_dir``'s)."""
         return ChunkDataset(
-            self.store, ids, state_keys=self.state_keys, camera_keys=self.cameras, chunk_size=self.chunk_size,
-            n_obs_steps=self.n_obs_steps, action_offset=self.action_offset, action_dim=self.action_dim,
-            drop_last_steps=self.drop_last_steps,
+            self.store if store is None else store, ids, state_keys=self.state_keys, camera_keys=self.cameras,
+            chunk_size=self.chunk_size, n_obs_steps=self.n_obs_steps, action_offset=self.action_offset,
+            action_dim=self.action_dim, drop_last_steps=self.drop_last_steps,
         )
 
     def _build(self) -> None:
         self.train_set = self.make_dataset(self.train_ids)
         self.val_set = self.make_dataset(self.val_ids) if self.val_ids else None
+        if self.co_stores:
+            self._build_union()
         if self.stats is None and self.train_ids:
             self.stats = self.compute_stats()
+
+    def _co_dataset(self, co: CoStore, ids: Sequence[int]) -> ChunkDataset:
+        """A co-training store's windows; its errors say which store (the model's keys must all be there)."""
+        try:
+            return self.make_dataset(ids, co.open())
+        except EpisodeError as err:
+            raise EpisodeError(f"co-training store {co.path}: {err}") from err
+
+    def _build_union(self) -> None:
+        """Lay the co-training stores' splits after ``data_dir``'s, once they are known to agree on the keys."""
+        names = self.store_names()
+        train = [self.train_set, *(self._co_dataset(co, co.train_ids) for co in self.co_stores)]
+        check_same_layout(train, names)
+        empty = [name for name, part, w in zip(names, train, self.store_weights()) if w > 0 and len(part) == 0]
+        if empty:
+            raise ValueError(f"co-training stores {empty} have a sampling weight but no training samples")
+        self.train_set = StoreUnion(train)
+        val = [part for part in [self.val_set, *(self._co_dataset(co, co.val_ids) for co in self.co_stores
+                                                 if co.val_ids)] if part is not None]
+        self.val_set = StoreUnion(val) if val else None
 
     def compute_stats(self) -> dict[str, dict[str, list[float]]]:
         """Normalisation statistics of the training split (subclasses with other layouts override)."""
@@ -242,6 +351,9 @@ class EpisodeDataModule(pl.LightningDataModule):
     # ---- growth (interactive learning) ------------------------------------------------------------
     def add_episodes(self, episode_ids: Sequence[int], meta: Sequence[dict[str, Any]] | None = None) -> None:
         """Append stored episodes to the training split (statistics stay those of the initial data)."""
+        if self.co_stores:
+            raise RuntimeError("interactive rounds grow one store and do not combine with extra_stores "
+                               "(co-training): train them on data_dir alone")
         meta = list(meta) if meta is not None else [{} for _ in episode_ids]
         for episode_id, info in zip(episode_ids, meta):
             episode_id = int(episode_id)
@@ -330,6 +442,10 @@ class EpisodeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Side-effect free (Lightning may call it twice on resume): the draw depends on (seed, epoch)."""
         ds = self.train_set
+        if self.co_stores:
+            sampler = WeightedStoreSampler(ds.sizes, self.store_weights(), self.samples_per_epoch, seed=self.seed)
+            sampler.set_epoch(self.train_epoch())
+            return self._loader(ds, sampler)
         distribution = self.sampling_distribution()
         probs, ds.weights = distribution if distribution is not None else (None, np.ones(len(ds), np.float32))
         sampler = SeededSampler(len(ds), self.samples_per_epoch, probs, seed=self.seed, shuffle=True)
@@ -364,6 +480,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             "episode_meta": {str(k): v for k, v in self.episode_meta.items()},
             "episode_priority": {str(k): v for k, v in self.episode_priority.items()},
             "importance_beta": self.importance_beta,
+            "co_stores": [co.state() for co in self.co_stores],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -379,25 +496,81 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.episode_meta = {int(k): v for k, v in state.get("episode_meta", {}).items()}
         self.episode_priority = {int(k): float(v) for k, v in state.get("episode_priority", {}).items()}
         self.importance_beta = float(state.get("importance_beta", 1.0))
+        self._load_co_stores(state.get("co_stores", []))
         self._build()
+
+    def _load_co_stores(self, saved: Sequence[dict[str, Any]]) -> None:
+        """The co-training stores' exact splits; the checkpoint and the config must name as many stores."""
+        if len(saved) != len(self.co_stores):
+            raise ValueError(
+                f"the checkpoint was trained on {len(saved)} extra stores {[s['path'] for s in saved]}, the config "
+                f"names {len(self.co_stores)} {[c.path for c in self.co_stores]} (data.init_args.extra_stores)"
+            )
+        for co, state in zip(self.co_stores, saved):
+            store = co.open()
+            missing = [i for i in [*state["train_ids"], *state["val_ids"]] if not store.path(i).exists()]
+            if missing:
+                raise FileNotFoundError(f"the checkpoint trains on episodes missing from {co.path}: {missing}")
+            co.train_ids = [int(i) for i in state["train_ids"]]
+            co.val_ids = [int(i) for i in state["val_ids"]]
 
 
 class EpochDataLoader(DataLoader):
-    """A DataLoader whose every iterator starts from the same generator state.
+    """A DataLoader whose every iterator starts from the same generator state, and that resumes mid-epoch.
 
     The generator gives worker processes their base seed, so creating an iterator never draws from the
     global RNG. Lightning creates one iterator per epoch in an uninterrupted run but sometimes two (the
     first is thrown away), and one on resume; re-seeding in ``__iter__`` makes the workers' seeds depend
     on (seed, epoch) only, however often the loader is iterated.
+
+    ``state_dict`` is (epoch, samples of this rank served): Lightning saves it with a checkpoint written
+    mid-epoch and hands it to ``load_state_dict`` of the resumed run's loader, whose sampler then skips what
+    was served, so the resumed epoch trains on exactly the batches the uninterrupted one had left (without
+    it Lightning would replay the epoch's first batches). A state of an earlier epoch (a checkpoint from an
+    epoch's end) changes nothing. The loader's length stays the whole epoch's, as Lightning expects.
     """
 
     def __init__(self, *args: Any, generator_seed: int, **kwargs: Any) -> None:
         super().__init__(*args, generator=torch.Generator().manual_seed(generator_seed), **kwargs)
         self.generator_seed = generator_seed
+        self.batches_served = 0  # by the newest iterator, counted as the training loop takes them
 
     def __iter__(self):
         self.generator.manual_seed(self.generator_seed)
-        return super().__iter__()
+        self.batches_served = 0
+        return _CountingIterator(super().__iter__(), self)
+
+    def samples_served(self) -> int:
+        """Samples of this rank's epoch served so far: those skipped on resume, then whole batches."""
+        start = getattr(self.sampler, "start", 0)
+        return min(start + self.batches_served * (self.batch_size or 1), len(self.sampler))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "samples_served": self.samples_served()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler = self.sampler
+        if hasattr(sampler, "resume") and int(state.get("epoch", -1)) == int(getattr(sampler, "epoch", 0)):
+            sampler.resume(int(state["epoch"]), int(state.get("samples_served", 0)))
+
+
+class _CountingIterator:
+    """A DataLoader iterator that counts the batches it hands out (``EpochDataLoader.batches_served``)."""
+
+    def __init__(self, iterator: Any, loader: EpochDataLoader) -> None:
+        self.iterator = iterator
+        self.loader = loader
+
+    def __iter__(self) -> "_CountingIterator":
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.iterator)
+        self.loader.batches_served += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.iterator)
 
 
 def _plain(value: Any) -> Any:

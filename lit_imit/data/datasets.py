@@ -8,6 +8,9 @@ A sample is anchored at one step ``t`` of one episode and holds
   (ACT) — a negative ``action_offset`` starts the window at the first observation step (Diffusion Policy);
 * ``weight``: the importance-sampling weight of the sample (1 unless prioritized sampling sets it).
 
+Co-training reads several stores: :class:`StoreUnion` lays one :class:`ChunkDataset` per store end to end,
+after :func:`check_same_layout` has made sure that the stores agree on every key's shape.
+
 Low-dimensional arrays are loaded once into RAM. Images are read lazily from the HDF5 files, one chunk
 (frame) at a time, through handles opened inside each DataLoader worker (h5py handles do not survive fork).
 """
@@ -97,6 +100,17 @@ class ChunkDataset(Dataset):
                             f"{path}: {file_key!r} has {f[file_key].shape[0]} frames, actions have {length}"
                         )
 
+    def layout(self) -> dict[str, tuple[int, ...]]:
+        """Per-step shape of every key read (from the first episode): what other stores must match."""
+        if not self.paths:
+            return {}
+        shapes = {obs_path(key) if key != "action" else key: tuple(value.shape[1:])
+                  for key, value in self.lowdim[0].items()}
+        with open_episode(self.paths[0]) as f:
+            for key in self.image_keys:
+                shapes[obs_path(key)] = tuple(f[obs_path(key)].shape[1:])
+        return shapes
+
     def _build_index(self, drop_last_steps: int) -> np.ndarray:
         rows = []
         for e, low in enumerate(self.lowdim):
@@ -175,6 +189,72 @@ class ChunkDataset(Dataset):
             flat["length"] = lengths
             self._flat = flat
         return self._flat
+
+
+class StoreUnion(Dataset):
+    """The :class:`ChunkDataset` of each store end to end: index ``i`` of the union is sample
+    ``i - offsets[s]`` of store ``s`` (the layout :class:`~lit_imit.data.samplers.WeightedStoreSampler`
+    draws from). ``lowdim`` and ``paths`` are the stores' in the same order, so the normalisation statistics of
+    the union are one ``compute_stats`` call over all of them."""
+
+    def __init__(self, parts: Sequence[ChunkDataset]) -> None:
+        if not parts:
+            raise ValueError("a union of stores needs at least one store")
+        self.parts = list(parts)
+        self.sizes = [len(part) for part in self.parts]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.image_keys = self.parts[0].image_keys
+        self.state_keys = self.parts[0].state_keys
+
+    @property
+    def lowdim(self) -> list[dict[str, np.ndarray]]:
+        return [low for part in self.parts for low in part.lowdim]
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for part in self.parts for path in part.paths]
+
+    def __len__(self) -> int:
+        return int(sum(self.sizes))
+
+    def locate(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(store, index within that store) of union indices."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"index out of range for a union of {len(self)} samples")
+        stores = np.searchsorted(self.offsets, indices, side="right") - 1
+        return stores, indices - self.offsets[stores]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        (store,), (local,) = self.locate([index])
+        return self.parts[int(store)][int(local)]
+
+    def __getitems__(self, indices: Sequence[int]) -> "list[dict[str, Any]] | CollatedBatch":
+        """A batch in the order asked: each store gathers its share (at once when it can), then the rows are
+        put back in order."""
+        if self.image_keys:
+            return [self[i] for i in indices]
+        stores, local = self.locate(indices)
+        order, batches = [], []
+        for s in np.unique(stores):
+            rows = np.nonzero(stores == s)[0]
+            order.append(rows)
+            batches.append(self.parts[int(s)].__getitems__(local[rows].tolist()))
+        back = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+        return CollatedBatch({key: torch.cat([b[key] for b in batches])[back] for key in batches[0]})
+
+
+def check_same_layout(datasets: Sequence[ChunkDataset], names: Sequence[str]) -> None:
+    """Stores trained on together must give every key the same per-step shape: a mismatch is an
+    :class:`EpisodeError` naming the store and the key (else it surfaces mid-epoch as a collate error)."""
+    reference = datasets[0].layout()
+    for dataset, name in zip(datasets[1:], names[1:]):
+        for key, shape in dataset.layout().items():
+            if key in reference and shape != reference[key]:
+                raise EpisodeError(
+                    f"store {name}: key {key!r} has per-step shape {shape}, but {names[0]} has "
+                    f"{reference[key]}: stores trained together must agree on every key"
+                )
 
 
 class CollatedBatch(dict):
