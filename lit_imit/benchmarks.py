@@ -256,6 +256,43 @@ def act_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                    **{k: v for k, v in result.items() if k != "samples_per_s"}}
 
 
+#: the one-camera CPU config that ``act_cameras`` compares with its three-camera variant
+CPU_ACT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "act" / "transfer_cube_cpu.yaml"
+THREE_CAMERAS = ["top", "left_wrist", "right_wrist"]
+
+
+def _config_act_module(cameras: list[str], device: torch.device):
+    """ACTModule with the model ``init_args`` of ``CPU_ACT_CONFIG`` (random ResNet, as that config trains it)."""
+    import yaml
+
+    from lit_imit.modules.act import ACTModule
+
+    init_args = dict(yaml.safe_load(CPU_ACT_CONFIG.read_text())["model"]["init_args"])
+    init_args.update(cameras=cameras, pretrained_backbone=None)
+    return ACTModule(**init_args).to(device), int(init_args["chunk_size"])
+
+
+@row("act_cameras")
+def act_cameras(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ACT train s/step (transfer_cube_cpu.yaml's model, batch 8, 96x128) and env steps/s with 1 and 3 cameras."""
+    from lit_imit.benchmarking import act_batch, measure_train_throughput
+
+    device = device_of(args)
+    hw = (96, 128)
+    for cameras in (["top"], THREE_CAMERAS):
+        torch.manual_seed(0)
+        module, chunk = _config_act_module(cameras, device)
+        batch = act_batch(8, cameras, image_hw=hw, chunk_size=chunk, device=device)
+        result = measure_train_throughput(module, batch, steps=args.steps, warmup=1)
+        yield {"name": f"act_train_{len(cameras)}cam", "value": result["step_s"], "unit": "s/step",
+               "cameras": cameras, "batch_size": 8, "image_size": list(hw), "device": str(device),
+               "cpu_s_per_step": result["cpu_s_per_step"], "config": "configs/act/transfer_cube_cpu.yaml"}
+    for cameras in (["top"], THREE_CAMERAS):
+        yield {"name": f"env_steps_{len(cameras)}cam", "unit": "steps/s", "task": "transfer_cube",
+               "value": _env_rate("transfer_cube", 100, cameras=cameras, image_size=hw), "cameras": cameras,
+               "image_size": list(hw)}
+
+
 @row("act_select_action")
 def act_select_action(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """ACT select_action latency for one env at LeRobot's shape: a query (temporal ensembling) vs a queued step."""

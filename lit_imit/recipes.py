@@ -123,6 +123,15 @@ register(Recipe(
     expected_minutes=90, target=0.80, reference="ACT paper 0.90 (480x640, 50 demos)",
 ))
 register(Recipe(
+    name="act_transfer_cube_image_3cams", method="act", task="transfer_cube",
+    config="configs/act/transfer_cube_3cams_cpu.yaml",
+    obs="qpos + top, left_wrist, right_wrist cameras 96x128 (fast render)", demos=50,
+    expected_minutes=122, target=0.80, reference="ACT paper 0.90 (top camera, 480x640, 50 demos)",
+    notes="not run yet: act-plus-plus's three sim cameras through one shared ResNet-18, 2500 steps so that the "
+          "wall time equals act_transfer_cube_image's 122 min (a training step measured 2.4x that of one camera: "
+          "0.66-0.69 vs 0.28 s; env steps with rendering 2.4x slower); expected_minutes is that projection",
+))
+register(Recipe(
     name="act_transfer_cube_paper", method="act", task="transfer_cube",
     config="configs/act/transfer_cube.yaml", obs="qpos + top camera 480x640 (shadows)", demos=50,
     expected_minutes=10, target=0.80, preset="paper", reference="ACT paper 0.90",
