@@ -57,8 +57,6 @@ class CoStore:
     @classmethod
     def from_config(cls, entry: Any) -> "CoStore":
         """``{path: ..., weight: ...}`` (weight 1 when left out); anything else is an error saying so."""
-        if isinstance(entry, str):
-            entry = {"path": entry}
         if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight"}:
             raise ValueError(f"each of extra_stores is {{path: <store>, weight: <float>}}, got {entry!r}")
         weight = float(entry.get("weight", 1.0))
