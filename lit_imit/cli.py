@@ -56,6 +56,7 @@ OPTIONAL_COMPONENTS = (
     "lit_imit.modules.skill_prior",
     "lit_imit.modules.residual_ppo",
     "lit_imit.modules.skill_sac",
+    "lit_imit.modules.vinn",
     "lit_imit.data.cliport",
     "lit_imit.data.skills",
     "lit_imit.data.rollouts",
@@ -76,7 +77,7 @@ def import_components() -> None:
 
 #: what ``python -m lit_imit --help`` says first
 DESCRIPTION = ("lit_imit: robot imitation learning with PyTorch Lightning. fit trains a policy from a config "
-               "(configs/...yaml: ACT, Diffusion Policy, CLIPort, skill priors, residual RL, interactive "
+               "(configs/...yaml: ACT, Diffusion Policy, VINN, CLIPort, skill priors, residual RL, interactive "
                "DAgger/ASkDAgger), validate scores it, test rolls it out in simulation (a checkpoint or a policy "
                "directory).")
 

@@ -11,8 +11,9 @@ from lit_imit.modules.bc import BCModule
 from lit_imit.modules.cliport import CLIPortModule
 from lit_imit.modules.diffusion import DiffusionModule
 from lit_imit.modules.skill_prior import SkillPriorModule
+from lit_imit.modules.vinn import VINNModule
 
-MODULES = [ACTModule, BCModule, CLIPortModule, DiffusionModule, SkillPriorModule]
+MODULES = [ACTModule, BCModule, CLIPortModule, DiffusionModule, SkillPriorModule, VINNModule]
 
 
 @pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_imit.data.datasets import ChunkDataset, StoreUnion, check_same_layout, collate, compute_stats
-from lit_imit.data.episodes import EpisodeError, EpisodeStore
+from lit_imit.data.episodes import Episode, EpisodeError, EpisodeStore
 from lit_imit.data.recording import record_teacher_episodes
 from lit_imit.data.samplers import SeededSampler, WeightedStoreSampler
 from lit_imit.envs import task_spec
@@ -341,6 +341,24 @@ class EpisodeDataModule(pl.LightningDataModule):
         val = [part for part in [self.val_set, *(self._co_dataset(co, co.val_ids) for co in self.co_stores
                                                  if co.val_ids)] if part is not None]
         self.val_set = StoreUnion(val) if val else None
+
+    def read_episodes(self, split: str = "train", keys: Sequence[str] | None = None) -> Iterator[tuple[int, Episode]]:
+        """The episodes of a split (``"train"`` or ``"val"``), one at a time and read whole: ``(id, Episode)`` in
+        the split's order.
+
+        For methods that use every step of their data rather than sampled windows of it (VINN's memory of
+        neighbours is built from the training episodes, its k chosen on the validation ones). ``keys``: the
+        observation keys (``"qpos"``, ``"images/top"``) and ``"action"`` to read; None reads everything.
+        """
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if self.store is None:
+            raise RuntimeError("setup() has not run: there is no store to read episodes from")
+        for episode_id in list(self.train_ids if split == "train" else self.val_ids):
+            yield episode_id, self.store.read(episode_id, keys)
+        for co in self.co_stores:  # co-training stores follow (their ids are their own store's)
+            for episode_id in list(co.train_ids if split == "train" else co.val_ids):
+                yield episode_id, co.open().read(episode_id, keys)
 
     def compute_stats(self) -> dict[str, dict[str, list[float]]]:
         """Normalisation statistics of the training split (subclasses with other layouts override)."""
