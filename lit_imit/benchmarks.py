@@ -492,3 +492,26 @@ def diffusion_inference(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         seconds = timed(query, repeat=2 if scheduler == "ddim" else 1, warmup=1)
         yield {"name": "diffusion_inference", "value": seconds * 1000, "unit": "ms/chunk", "scheduler": scheduler,
                "denoising_steps": steps, "device": str(device)}
+
+
+@row("vinn_train")
+def vinn_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """VINN's BYOL step (2 views x batch 16 at 96x128: online fwd+bwd, target fwd, Adam; the target's moving
+    average, ~1 % of a step, is left out) and its memory's encoding cost per frame: configs/vinn/transfer_cube.yaml."""
+    from lit_imit.benchmarking import measure_train_throughput
+    from lit_imit.modules.vinn import VINNModule
+
+    device = device_of(args)
+    module = VINNModule(cameras=["top"], chunk_size=20, n_action_steps=1, temporal_ensemble_coeff=0.01,
+                        crop_scale=(0.5, 1.0)).to(device)
+    batch = {"images/top": torch.randint(0, 255, (16, 96, 128, 3), dtype=torch.uint8, device=device),
+             "qpos": torch.zeros(16, 14, device=device), "weight": torch.ones(16, device=device)}
+    result = measure_train_throughput(module, batch, steps=args.steps, warmup=1)
+    yield {"name": "vinn_byol_step", "value": result["step_s"], "unit": "s/step", "batch_size": 16,
+           "image_size": [96, 128], "device": str(device), "cpu_s_per_step": result["cpu_s_per_step"]}
+    module.eval()
+    frames = {"top": torch.randint(0, 255, (128, 96, 128, 3), dtype=torch.uint8)}
+    with torch.no_grad():
+        seconds = timed(lambda: module.encode_images(frames), repeat=1, warmup=1)
+    yield {"name": "vinn_encode_frame", "value": seconds / 128 * 1000, "unit": "ms/frame", "image_size": [96, 128],
+           "device": str(device)}

@@ -392,12 +392,13 @@ def test_datamodule_records_demos_with_its_env_kwargs(tmp_path, monkeypatch):
     assert len(calls) == 1 and calls[0]["env_kwargs"]["fast_render"] is False
 
 
-POLICY_CONFIGS = [p for p in SHIPPED_CONFIGS if p.parent.name in ("act", "diffusion") or p.name == "quickstart.yaml"]
+POLICY_CONFIGS = [p for p in SHIPPED_CONFIGS
+                  if p.parent.name in ("act", "diffusion", "vinn") or p.name == "quickstart.yaml"]
 
 
 @pytest.mark.parametrize("path", POLICY_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_shipped_policy_configs_agree_with_their_data(path):
-    """Model and DataModule of every shipped ACT/Diffusion config pass the check made when they meet
+    """Model and DataModule of every shipped ACT/Diffusion/VINN config pass the check made when they meet
     (cameras, state keys, chunk/horizon, history, action size). Network widths are shrunk: they do not matter."""
     import importlib
 

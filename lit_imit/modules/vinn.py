@@ -465,11 +465,12 @@ class VINNModule(PolicyModule):
     def on_train_epoch_end(self) -> None:
         """Rebuild the memory for this epoch's checkpoint (see the module docstring) and log the choice."""
         self.refresh_memory_if_stale()
-        self.log("vinn/memory_size", float(len(self.memory_features)))
-        self.log("vinn/k", float(self.chosen_k))
-        self.log("vinn/state_weight", float(self.chosen_state_weight))
+        logged = {"vinn/memory_size": float(len(self.memory_features)), "vinn/k": float(self.chosen_k),
+                  "vinn/state_weight": float(self.chosen_state_weight)}
         if self.last_selection is not None:
-            self.log("vinn/val_action_mse", self.last_selection["val_action_mse"])
+            logged["vinn/val_action_mse"] = self.last_selection["val_action_mse"]
+        for name, value in logged.items():  # every rank built the same memory: the mean over ranks is the value
+            self.log(name, value, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint written while the memory is stale gets a fresh one (its state dict was already taken)."""
