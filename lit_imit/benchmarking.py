@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -163,3 +164,127 @@ def measure_rate(call: Callable[[], Any], items: int, repeat: int = 3, device_ty
         call()
     _synchronize(device_type)
     return repeat * items / (time.perf_counter() - start)
+
+
+# ---- model FLOPs and the machine's peak ----------------------------------------------------------------
+def count_train_flops(module: Any, batch: Mapping[str, Any], autocast_dtype: torch.dtype | None = None,
+                      loss_fn: Callable[[], Tensor] | None = None) -> dict[str, float]:
+    """FLOPs of one training step's forward and backward (``torch.utils.flop_counter``: matmuls, convolutions,
+    attention; elementwise ops and the optimizer are not counted, as is usual for model FLOPs).
+
+    Returns ``total`` and ``conv`` (forward + backward convolutions), so a row can say how much of the step
+    the convolutions are. ``loss_fn`` replaces ``module.training_losses(batch)["loss"]`` for modules whose
+    benchmark uses another loss entry point.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module.train()
+    device_type = next(module.parameters()).device.type
+    counter = FlopCounterMode(display=False)
+    ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with counter:
+        with ctx:
+            loss = loss_fn() if loss_fn is not None else module.training_losses(batch)["loss"]
+        loss.backward()
+    module.zero_grad(set_to_none=True)
+    by_op = counter.get_flop_counts().get("Global", {})
+    conv = sum(v for op, v in by_op.items() if "convolution" in str(op))
+    return {"total": float(counter.get_total_flops()), "conv": float(conv)}
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return fields
+    for line in text.split("\n\n", 1)[0].splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _max_clock_ghz(cpuinfo: Mapping[str, str]) -> float:
+    """The highest clock the kernel reports (cpufreq's maximum), else /proc/cpuinfo's (a VM's nominal clock)."""
+    try:
+        return int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1e6
+    except (OSError, ValueError):
+        return float(cpuinfo.get("cpu MHz", "0") or 0) / 1000
+
+
+def _cores(cpuinfo: Mapping[str, str]) -> int:
+    """Physical cores this process may run on: its CPUs divided by the threads per core (SMT siblings share
+    one core's vector units)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    siblings, cores = int(cpuinfo.get("siblings", 0) or 0), int(cpuinfo.get("cpu cores", 0) or 0)
+    threads_per_core = siblings // cores if siblings and cores and siblings >= cores else 1
+    return max(1, cpus // max(1, threads_per_core))
+
+
+def cpu_peak_flops(precision: str = "32", cpuinfo: Mapping[str, str] | None = None,
+                   cores: int | None = None, clock_ghz: float | None = None) -> tuple[float, str]:
+    """(peak FLOP/s, how it was derived) of this CPU for fp32 (``"32"``) or bf16 (``"bf16-mixed"``).
+
+    peak = cores x clock x FP32 lanes per FMA x FMA pipes x 2 (an FMA is two FLOPs), with these rules:
+    AVX-512 gives 16 fp32 lanes, AVX2 8, SSE 4; two FMA pipes per core (Intel server cores since Skylake-SP
+    Gold, AMD since Zen 1); AMD's Zen 4 (family 25 with AVX-512) runs a 512-bit FMA as two halves on its two
+    256-bit pipes, so it counts as 8 lanes x 2 pipes. bf16: AMX tiles (amx_bf16) do 1024 bf16 FMAs per cycle
+    per core; AVX512_BF16's dot products do two bf16 multiply-adds per fp32 lane (twice the fp32 rate);
+    without either, bf16 math runs at the fp32 rate after conversion. A nominal clock (a VM's) understates
+    turbo, so the fraction of peak is an upper bound.
+    """
+    info = dict(_cpuinfo() if cpuinfo is None else cpuinfo)
+    flags = set(info.get("flags", "").split())
+    cores = _cores(info) if cores is None else cores
+    clock = _max_clock_ghz(info) if clock_ghz is None else clock_ghz
+    zen4 = info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25" and "avx512f" in flags
+    if "avx512f" in flags and not zen4:
+        lanes, isa = 16, "AVX-512"
+    elif "avx2" in flags or zen4:
+        lanes, isa = 8, "AVX-512 on 256-bit pipes (Zen 4)" if zen4 else "AVX2"
+    else:
+        lanes, isa = 4, "SSE"
+    pipes = 2 if "fma" in flags or "avx512f" in flags else 1
+    per_cycle, how = lanes * pipes * 2, f"{isa}: {lanes} fp32 lanes x {pipes} FMA pipes x 2"
+    if precision != "32":
+        if "amx_bf16" in flags:
+            per_cycle, how = 2048, "AMX bf16: 1024 FMAs x 2"
+        elif "avx512_bf16" in flags:
+            per_cycle, how = per_cycle * 2, f"AVX512_BF16 dot products: 2 x ({how})"
+        else:
+            how = f"no bf16 units, the fp32 rate: {how}"
+    peak = cores * clock * 1e9 * per_cycle
+    return peak, f"{cores} cores x {clock:.2f} GHz x {per_cycle} FLOP/cycle ({how}) = {peak / 1e9:.0f} GFLOP/s"
+
+
+#: dense peak TFLOP/s of the GPUs we are lent (NVIDIA's data sheets, SXM parts): fp32 (non-tensor), bf16 tensor
+GPU_PEAK_TFLOPS = {"H100": {"32": 66.9, "bf16-mixed": 989.4}, "H200": {"32": 66.9, "bf16-mixed": 989.4}}
+
+
+def peak_flops(device: torch.device, precision: str = "32") -> tuple[float | None, str]:
+    """(peak FLOP/s, derivation) of ``device`` (a CPU's over the cores torch's threads use); (None, why) for a
+    GPU this table does not know."""
+    if device.type != "cuda":  # the cores torch computes on: its intra-op threads, at most the physical cores
+        info = _cpuinfo()
+        return cpu_peak_flops(precision, info, cores=min(_cores(info), torch.get_num_threads()))
+    name = torch.cuda.get_device_name(device)
+    for key, table in GPU_PEAK_TFLOPS.items():
+        if key in name:
+            return table[precision] * 1e12, f"{name}: {table[precision]} TFLOP/s dense ({precision}, data sheet)"
+    return None, f"{name}: no peak on record"
+
+
+def flops_fields(flops: Mapping[str, float], step_s: float, device: torch.device, precision: str) -> dict[str, Any]:
+    """The FLOP/s columns of a training row: model FLOPs per step, achieved GFLOP/s, the peak and the fraction."""
+    peak, derivation = peak_flops(device, precision)
+    achieved = flops["total"] / step_s
+    return {
+        "model_gflop_per_step": round(flops["total"] / 1e9, 3),
+        "conv_share_of_flops": round(flops["conv"] / flops["total"], 3) if flops["total"] else 0.0,
+        "achieved_gflops": round(achieved / 1e9, 2),
+        "peak_gflops": round(peak / 1e9, 1) if peak else None,
+        "fraction_of_peak": round(achieved / peak, 3) if peak else None,
+        "peak_derivation": derivation,
+    }

@@ -239,8 +239,9 @@ def _act_module(shape: dict[str, Any], device: torch.device, **overrides: Any):
 
 @row("act_train")
 def act_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """ACT training samples/s (fwd+bwd+AdamW, batch in memory) at LeRobot's shape and the quickstart's."""
-    from lit_imit.benchmarking import act_batch, measure_train_throughput
+    """ACT training samples/s (fwd+bwd+AdamW, batch in memory) at LeRobot's shape and the quickstart's, with
+    the model's FLOP/s against the machine's peak."""
+    from lit_imit.benchmarking import act_batch, count_train_flops, flops_fields, measure_train_throughput
 
     device = device_of(args)
     for shape_name, shape in ACT_SHAPES.items():
@@ -248,12 +249,14 @@ def act_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             module = _act_module(shape, device)
             batch = act_batch(shape["batch"], image_hw=shape["image_hw"], chunk_size=shape["chunk"],
                               device=device)
-            result = measure_train_throughput(module, batch, steps=args.steps, warmup=1,
-                                              autocast_dtype=torch.bfloat16 if precision != "32" else None)
+            dtype = torch.bfloat16 if precision != "32" else None
+            result = measure_train_throughput(module, batch, steps=args.steps, warmup=1, autocast_dtype=dtype)
+            flops = count_train_flops(module, batch, autocast_dtype=dtype)
             yield {"name": f"act_train_{shape_name}_shape", "value": result["samples_per_s"], "unit": "samples/s",
                    "precision": precision, "batch_size": shape["batch"], "image_size": list(shape["image_hw"]),
                    "chunk_size": shape["chunk"], "device": str(device),
-                   **{k: v for k, v in result.items() if k != "samples_per_s"}}
+                   **{k: v for k, v in result.items() if k != "samples_per_s"},
+                   **flops_fields(flops, result["step_s"], device, precision)}
 
 
 #: the one-camera CPU config that ``act_cameras`` compares with its three-camera variant
@@ -350,8 +353,8 @@ def _cliport_presets(device: torch.device) -> dict[str, dict[str, Any]]:
 
 @row("cliport_train")
 def cliport_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """CLIPort training samples/s (pick + place fwd/bwd + Adam, batch in memory) at batch 1 and 8."""
-    from lit_imit.benchmarking import cliport_batch, measure_train_throughput
+    """CLIPort training samples/s (pick + place fwd/bwd + Adam, batch in memory) at batch 1 and 8, with FLOP/s."""
+    from lit_imit.benchmarking import cliport_batch, count_train_flops, flops_fields, measure_train_throughput
     from lit_imit.modules.cliport import CLIPortModule
 
     device = device_of(args)
@@ -361,9 +364,11 @@ def cliport_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             batch = cliport_batch(batch_size, device=device)
             steps = max(1, args.steps // batch_size)
             result = measure_train_throughput(module, batch, steps=steps, warmup=1)
+            flops = count_train_flops(module, batch)
             yield {"name": f"cliport_train_{preset}", "value": result["samples_per_s"], "unit": "samples/s",
                    "batch_size": batch_size, "heightmap": [320, 160], "augment": True, "device": str(device),
-                   "timed_steps": steps, **config, **{k: v for k, v in result.items() if k != "samples_per_s"}}
+                   "timed_steps": steps, **config, **{k: v for k, v in result.items() if k != "samples_per_s"},
+                   **flops_fields(flops, result["step_s"], device, "32")}
 
 
 @row("cliport_decisions")
@@ -452,8 +457,9 @@ def _diffusion_module(device: torch.device, **overrides: Any):
 
 @row("diffusion_train")
 def diffusion_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Diffusion training samples/s at LeRobot's Diffusion image shape (batch 8), fp32 and bf16 autocast."""
-    from lit_imit.benchmarking import diffusion_batch
+    """Diffusion training samples/s at LeRobot's Diffusion image shape (batch 8), fp32 and bf16 autocast, with
+    the model's FLOP/s against the machine's peak."""
+    from lit_imit.benchmarking import count_train_flops, diffusion_batch, flops_fields
 
     device = device_of(args)
     batch = {k: v.to(device) for k, v in diffusion_batch(8).items()}
@@ -471,10 +477,14 @@ def diffusion_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
         cpu0 = time.process_time()
         seconds = timed(step, repeat=max(1, args.steps // 2), warmup=1)
+        cpu_s = time.process_time() - cpu0
+        dtype = torch.bfloat16 if precision != "32" else None
+        flops = count_train_flops(module, batch, autocast_dtype=dtype,
+                                  loss_fn=lambda: module.per_sample_loss(batch).mean())
         yield {"name": "diffusion_train_lerobot_shape", "value": 8 / seconds, "unit": "samples/s",
                "precision": precision, "batch_size": 8, "image_size": [480, 640], "crop": [440, 560],
                "n_obs_steps": 2, "horizon": 16, "down_dims": [512, 1024, 2048], "device": str(device),
-               "step_s": seconds, "cpu_s_total": time.process_time() - cpu0}
+               "step_s": seconds, "cpu_s_total": cpu_s, **flops_fields(flops, seconds, device, precision)}
 
 
 @row("diffusion_inference")

@@ -30,3 +30,42 @@ def test_measure_rate_counts_items_per_second():
     calls = []
     rate = measure_rate(lambda: calls.append(1), items=4, repeat=3)
     assert len(calls) == 4 and rate > 0  # one untimed call, three timed
+
+
+class _LinearThenConv(torch.nn.Module):
+    """A linear layer and a 1x1 convolution whose FLOPs are known in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 32)
+        self.conv = torch.nn.Conv2d(3, 4, kernel_size=1)
+
+    def training_losses(self, batch):
+        return {"loss": self.linear(batch["x"]).sum() + self.conv(batch["image"]).sum()}
+
+
+def test_train_flops_are_forward_plus_the_weight_gradients():
+    from lit_imit.benchmarking import count_train_flops
+
+    module = _LinearThenConv()
+    batch = {"x": torch.randn(8, 64), "image": torch.randn(2, 3, 5, 5)}
+    flops = count_train_flops(module, batch)
+    linear = 2 * 8 * 64 * 32  # forward; the weight gradient costs as much (the input needs none)
+    conv = 2 * 2 * 25 * 3 * 4
+    assert flops["conv"] == 2 * conv
+    assert flops["total"] == 2 * linear + 2 * conv
+    assert all(p.grad is None for p in module.parameters())  # the count leaves no gradients behind
+
+
+def test_cpu_peak_follows_the_vector_units_and_says_how():
+    from lit_imit.benchmarking import cpu_peak_flops
+
+    zen4 = {"vendor_id": "AuthenticAMD", "cpu family": "25", "flags": "fma avx2 avx512f avx512_bf16"}
+    peak, how = cpu_peak_flops("32", zen4, cores=2, clock_ghz=2.5)
+    assert peak == 2 * 2.5e9 * 8 * 2 * 2 and "Zen 4" in how and "160 GFLOP/s" in how
+    assert cpu_peak_flops("bf16-mixed", zen4, cores=2, clock_ghz=2.5)[0] == 2 * peak
+    skylake = {"vendor_id": "GenuineIntel", "cpu family": "6", "flags": "fma avx2 avx512f"}
+    assert cpu_peak_flops("32", skylake, cores=1, clock_ghz=2.0)[0] == 2.0e9 * 16 * 2 * 2
+    assert cpu_peak_flops("bf16-mixed", skylake, cores=1, clock_ghz=2.0)[0] == 2.0e9 * 16 * 2 * 2  # no bf16 unit
+    avx2 = {"vendor_id": "AuthenticAMD", "cpu family": "23", "flags": "fma avx2"}
+    assert cpu_peak_flops("32", avx2, cores=2, clock_ghz=3.0)[0] == 2 * 3.0e9 * 8 * 2 * 2
