@@ -26,16 +26,30 @@ README_BEGIN = "<!-- results-table:begin (rendered by scripts/reproduce.py --ren
 README_END = "<!-- results-table:end -->"
 
 
+def vector_units(flags: set[str]) -> str:
+    """The CPU's widest vector and bf16/AMX units, from /proc/cpuinfo's flags: 'AVX-512, BF16', 'AVX2', ..."""
+    units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags]
+    units = units[:1] if units[:1] == ["AMX"] else [u for u in units if u != "AVX2" or "AVX-512" not in units]
+    if "avx512_bf16" in flags and "AMX" not in units:
+        units.append("BF16")
+    return ", ".join(units)
+
+
 def machine_description() -> str:
     """'<CPU model>, <n> cores[, <GPU>]': what a reader needs to compare wall times."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    isa = vector_units(flags)
+    if isa:  # two boxes both named "AMD EPYC" can differ by 2x in what a step costs
+        cpu = f"{cpu} ({isa})"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     text = f"{cpu}, {cores} cores"
     try:

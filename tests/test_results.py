@@ -231,3 +231,13 @@ def test_commit_is_dirty_for_code_changes_but_not_for_recorded_results(tmp_path)
     assert not git_commit(tmp_path).endswith("-dirty")
     (tmp_path / "code.py").write_text("changed\n")
     assert git_commit(tmp_path).endswith("-dirty")
+
+
+def test_the_machine_names_its_vector_units():
+    """Two 'AMD EPYC, 2 cores' boxes, one AVX2 and one AVX-512 with bf16, differ by up to 2x per step."""
+    from lit_imit.results import vector_units
+
+    assert vector_units({"fma", "avx2"}) == "AVX2"
+    assert vector_units({"fma", "avx2", "avx512f", "avx512_bf16"}) == "AVX-512, BF16"
+    assert vector_units({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}) == "AMX"
+    assert vector_units(set()) == ""
