@@ -33,6 +33,9 @@ so a run resumed from an end-of-epoch checkpoint makes exactly the updates of on
 checkpoint embeds the prior module (its spec and weights), so it runs without ``prior_ckpt``. One process
 only: DDP would need a buffer per rank and is refused.
 
+``lit_imit.modules.skild_rl.SkiLDRLModule`` extends this module to SkiLD's demonstration-guided RL (the same
+learner, with a posterior, a discriminator and a second temperature).
+
 Defaults are SPiRL's (clvrai/spirl: ``rl/agents/ac_agent.py``, ``rl/agents/prior_sac_agent.py``,
 ``rl/components/agent.py``, ``configs/hrl/maze/spirl_cl/conf.py``, ``configs/hrl/kitchen/spirl/conf.py``):
 Adam (0.9, 0.999) at lr 3e-4 for policy, critics and alpha; alpha starts at 1 (log alpha = 0); batch 256;
@@ -189,6 +192,11 @@ class SkillSACModule(PolicyModule):
             self.action_dim, self.scale = int(action_dim), 1.0
             self.policy = GaussianPolicy(self.state_dim, self.decision_dim, policy_hidden, policy_layers)
             self.penalty_target = -(float(target_entropy) if target_entropy is not None else -float(action_dim))
+        self._build_learner(critic_hidden, critic_layers, init_alpha, replay_capacity)
+
+    def _build_learner(self, critic_hidden: int, critic_layers: int, init_alpha: float, replay_capacity: int) -> None:
+        """What every variant learns and keeps once the policy and its sizes are set: the twin critics and their
+        targets, log alpha, the replay buffer, the counters and the acting state (``SkiLDRLModule`` shares it)."""
         self.critic = TwinQ(self.state_dim, self.decision_dim, critic_hidden, critic_layers)
         self.target_critic = frozen_copy(self.critic)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(init_alpha)))
@@ -321,8 +329,11 @@ class SkillSACModule(PolicyModule):
                 torch.optim.Adam(self.critic.parameters(), lr=hp.lr_critic, betas=(0.9, 0.999)),
                 torch.optim.Adam([self.log_alpha], lr=hp.lr_alpha, betas=(0.9, 0.999))]
 
+    #: the optimisers of :meth:`configure_optimizers`, in order, by the names ``lit_imit.rl`` steps them with
+    OPTIMIZER_NAMES: tuple[str, ...] = ("actor", "critic", "alpha")
+
     def _step_optimizer(self, name: str, loss: Tensor) -> None:
-        optimizer = self.optimizers()[{"actor": 0, "critic": 1, "alpha": 2}[name]]
+        optimizer = self.optimizers()[self.OPTIMIZER_NAMES.index(name)]
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
@@ -375,14 +386,19 @@ class SkillSACModule(PolicyModule):
         self.successes += sum(e.success for e in decision.episodes)
         start, terms = time.perf_counter(), []
         for _ in range(self._updates_due()):
-            sample = self.replay.sample(self.hparams.batch_size, epoch.replay_draws, self.device)
-            terms.append(sac_update(self, sample, self.settings, self._step_optimizer, epoch.policy_noise))
+            terms.append(self._update(epoch))
             self.updates += 1
         self._log_step(decision, terms, time.perf_counter() - start)
 
+    def _update(self, epoch: _Epoch) -> dict[str, float]:
+        """One gradient update on a batch from the replay buffer; returns its terms for logging."""
+        sample = self.replay.sample(self.hparams.batch_size, epoch.replay_draws, self.device)
+        return sac_update(self, sample, self.settings, self._step_optimizer, epoch.policy_noise)
+
     def _log_step(self, decision: Decision, terms: list[dict[str, float]], update_seconds: float) -> None:
         """The updates' mean terms and the collection's numbers per step; the ended episodes' means per epoch."""
-        metrics = {key: float(np.mean([t[key] for t in terms])) for key in terms[0]} if terms else {}
+        keys = dict.fromkeys(key for t in terms for key in t)  # some terms only come with some updates
+        metrics = {key: float(np.mean([t[key] for t in terms if key in t])) for key in keys}
         if "penalty" in metrics:
             metrics["kl" if self.skills is not None else "log_prob"] = metrics.pop("penalty")
         metrics.update({
