@@ -56,6 +56,7 @@ OPTIONAL_COMPONENTS = (
     "lit_imit.modules.skill_prior",
     "lit_imit.modules.residual_ppo",
     "lit_imit.modules.skill_sac",
+    "lit_imit.modules.skild_rl",
     "lit_imit.modules.vinn",
     "lit_imit.data.cliport",
     "lit_imit.data.skills",

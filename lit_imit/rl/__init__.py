@@ -7,5 +7,6 @@ LightningModule that trains a residual policy with them is ``lit_imit.modules.re
 Off-policy: ``lit_imit.rl.sac`` holds soft actor-critic with an entropy or a KL-to-prior penalty (SPiRL),
 ``lit_imit.rl.replay`` a replay buffer whose state is tensors (it travels in checkpoints) and
 ``lit_imit.rl.transitions`` the decisions of N envs (a skill of H steps, or one step); the LightningModule is
-``lit_imit.modules.skill_sac``.
+``lit_imit.modules.skill_sac``. ``lit_imit.rl.skild`` holds SkiLD's demonstration-guided variant (the
+discriminator-blended divergence and reward; ``lit_imit.modules.skild_rl``).
 """
