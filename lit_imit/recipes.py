@@ -61,13 +61,19 @@ class Recipe:
     test_workers: int = 2  # env worker processes for the held-out test (0 = in-process)
     extra: dict[str, Any] = field(default_factory=dict)
     #: residual RL: the recipe whose chosen checkpoint is the frozen base (``run_recipe(..., base_ckpt=...)``);
-    #: skill-space RL: the config that trains the skill prior
+    #: skill-space RL: the config(s) that train the skill stages
     base_recipe: str | None = None
-    #: the model argument that takes that checkpoint
-    base_arg: str = "base_ckpt"
+    #: the model argument that takes that checkpoint; a tuple when the recipe starts from several (SkiLD: the
+    #: prior's, the posterior's and the discriminator's), which take one checkpoint each, in this order
+    base_arg: str | tuple[str, ...] = "base_ckpt"
     #: interactive recipes: held-out episodes at each intermediate point of the curve (the last point gets
     #: ``episodes``)
     curve_episodes: int = 20
+
+    @property
+    def base_args(self) -> tuple[str, ...]:
+        """The model arguments of the base checkpoints, in the order ``--base-ckpt`` gives them."""
+        return (self.base_arg,) if isinstance(self.base_arg, str) else tuple(self.base_arg)
 
     @property
     def interactive(self) -> bool:
@@ -200,6 +206,40 @@ register(Recipe(
     expected_minutes=3700, preset="skills", reference="SPiRL's flat SAC baseline",
     notes="not run yet: 1.5e6 env steps (~17 CPU-hours) and as many updates at ~0.1 s: ~60 CPU-hours (a projection)",
 ))
+
+
+# SkiLD: demonstration-guided RL over the skills of three offline stages (prior, posterior, discriminator)
+SKILD_STAGE_ARGS = ("prior_ckpt", "posterior_ckpt", "discriminator_ckpt")
+register(Recipe(
+    name="skild_rl_pointmaze", method="skild_rl", task="pointmaze-medium-bottom",
+    config="configs/skills/maze_skild_rl.yaml", obs="ball position + velocity (state)", demos=10,
+    expected_minutes=60, preset="skills", base_arg=SKILD_STAGE_ARGS,
+    base_recipe="configs/skills/maze_spirl_prior.yaml -> maze_skild_posterior.yaml -> maze_skild_discriminator.yaml",
+    reference="Pertsch et al. 2021 (SkiLD): demonstration-guided skill RL solves its maze faster than SPiRL and "
+              "skill-space BC",
+    notes="not run yet: SAC over the skills of a frozen SPiRL prior, pulled towards the demonstration posterior where "
+          "the frozen discriminator says demo-like and towards the prior elsewhere (targets 10 / 1), reward 0.9 env + "
+          "0.1 discriminator; --base-ckpt takes the three stage checkpoints in order (the runner does not train them). "
+          "Projection from a measured 60-decision run at the config's sizes (random stage weights) while other jobs "
+          "held the 2 cores: ~25 ms per update (batch 128; SPiRL's batch-256 update measured 35 ms alongside), ~7 ms "
+          "of collection per decision of 4 envs, 0.105 s per training step: 25k steps ~ 45 min, + evaluation and "
+          "the held-out test",
+))
+register(Recipe(
+    name="skild_rl_kitchen", method="skild_rl", task="kitchen-mktl",
+    config="configs/skills/kitchen_skild_rl.yaml", obs="robot + object state (59)", demos=10,
+    expected_minutes=180, preset="skills", base_arg=SKILD_STAGE_ARGS,
+    base_recipe="configs/skills/kitchen_spirl_prior.yaml -> kitchen_skild_posterior.yaml -> "
+                "kitchen_skild_discriminator.yaml",
+    reference="Pertsch et al. 2021 (SkiLD): most of its kitchen sub-tasks from demonstrations where SPiRL stalls",
+    notes="not run yet: alpha = alpha_q = 0.1 fixed (SkiLD's kitchen code), reward 0.9 env + 0.1 discriminator; "
+          "--base-ckpt takes the three stage checkpoints in order. Projection from a measured 40-decision run at the "
+          "config's sizes (random stage weights, 2 shared cores): ~18 ms per update, ~340 env steps/s, 47 ms per "
+          "decision: 1.5e5 decisions ~ 2 h, + evaluation. kitchen_spirl_rl.yaml's header quotes ~40 ms per kitchen "
+          "step; if a trained policy's contacts make it that slow, ~18 h",
+))
+
+
 register(Recipe(
     name="residual_ppo_insertion_state", method="residual_ppo", task="insertion",
     config="configs/residual/insertion.yaml", obs="qpos + peg/socket poses (state)", demos=50,
@@ -346,7 +386,7 @@ def run_recipe(
     extra_overrides: Sequence[str] = (),
     command: str = "",
     python: str = sys.executable,
-    base_ckpt: str | Path | None = None,
+    base_ckpt: str | Path | Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Demos -> fit -> held-out test in ``work_dir/<recipe>/<timestamp>``; appends and returns the row.
 
@@ -365,7 +405,8 @@ def run_recipe(
     row["overrides"] = [*rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra_overrides]
     row["extra_overrides"] = list(extra_overrides)
     if base_overrides:
-        row["base_ckpt"] = base_overrides[-1]
+        paths = base_overrides[1::2]
+        row["base_ckpt"] = paths[0] if len(paths) == 1 else paths
 
     def work() -> None:
         fit_run(rec, run_dir, REPO_ROOT / rec.config, row, start, base_overrides, extra_overrides, python)
@@ -390,17 +431,22 @@ def fit_run(rec: Recipe, run_dir: Path, config: Path, row: dict[str, Any], start
         raise RuntimeError(f"fit exited with status {proc.returncode}; end of {run_dir / 'fit.log'}:\n{tail}")
 
 
-def _base_overrides(rec: Recipe, base_ckpt: str | Path | None) -> list[str]:
-    """``--model.init_args.<base_arg> PATH`` for a recipe that starts from a frozen checkpoint (residual RL's BC
-    base, skill-space RL's skill prior; an error without it); [] otherwise."""
+def _base_overrides(rec: Recipe, base_ckpt: str | Path | Sequence[str | Path] | None) -> list[str]:
+    """``--model.init_args.<base_arg> PATH`` for each frozen checkpoint a recipe starts from (residual RL's BC base,
+    skill-space RL's skill prior, SkiLD's three stages, in ``rec.base_args``' order; an error without them); []
+    otherwise. ``base_ckpt`` is one path or a sequence of them."""
+    paths = [] if base_ckpt is None else [base_ckpt] if isinstance(base_ckpt, (str, Path)) else list(base_ckpt)
     if rec.base_recipe is None:
-        if base_ckpt is not None:
+        if paths:
             raise ValueError(f"recipe {rec.name!r} starts from scratch: it takes no base checkpoint")
         return []
-    if base_ckpt is None or not Path(base_ckpt).is_file():
-        raise ValueError(f"recipe {rec.name!r} starts from a frozen checkpoint: give the one a {rec.base_recipe} "
-                         f"run chose (--base-ckpt PATH; got {base_ckpt})")
-    return [f"--model.init_args.{rec.base_arg}", str(Path(base_ckpt).resolve())]
+    args = rec.base_args
+    if len(paths) != len(args) or not all(Path(p).is_file() for p in paths):
+        wanted = (f"the one a {rec.base_recipe} run chose (--base-ckpt PATH" if len(args) == 1 else
+                  f"{len(args)} checkpoints, for {', '.join(args)} in that order, from {rec.base_recipe} (--base-ckpt "
+                  + " ".join(a.upper() for a in args))
+        raise ValueError(f"recipe {rec.name!r} starts from frozen checkpoints: give {wanted}; got {base_ckpt})")
+    return [item for arg, path in zip(args, paths) for item in (f"--model.init_args.{arg}", str(Path(path).resolve()))]
 
 
 def _new_row(rec: Recipe, run_dir: Path, episodes: int, test_seed: int, command: str) -> dict[str, Any]:

@@ -309,3 +309,27 @@ def test_shipped_skild_configs_parse(capsys):
         assert printed["lr_policy"] == printed["lr_critic"] == printed["lr_alpha"] == 3e-4
         assert (printed["discriminator_every"] > 0) == (kappa == 1.0), stem  # online D only when imitating
         assert all(printed[arg] for arg in ("prior_ckpt", "posterior_ckpt", "discriminator_ckpt")), stem
+
+
+def test_skild_recipes_take_the_three_stage_checkpoints_in_order(stages):
+    from lit_imit.recipes import RECIPES, _base_overrides
+
+    rec = RECIPES["skild_rl_pointmaze"]
+    assert rec.method == "skild_rl" and rec.config == "configs/skills/maze_skild_rl.yaml"
+    paths = [stages[arg] for arg in ("prior_ckpt", "posterior_ckpt", "discriminator_ckpt")]
+    overrides = _base_overrides(rec, paths)
+    assert overrides == [item for arg, path in zip(rec.base_arg, paths)
+                         for item in (f"--model.init_args.{arg}", str(Path(path).resolve()))]
+    assert rec.base_arg == ("prior_ckpt", "posterior_ckpt", "discriminator_ckpt")
+    with pytest.raises(ValueError, match="3 checkpoints"):
+        _base_overrides(rec, paths[:1])
+    with pytest.raises(ValueError, match="maze_skild_posterior"):
+        _base_overrides(rec, None)
+    assert RECIPES["skild_rl_kitchen"].base_arg == rec.base_arg
+    from lit_imit.tools.reproduce import parse_args
+
+    assert parse_args(["skild_rl_pointmaze", "--base-ckpt", *paths]).base_ckpt == paths
+    # one-checkpoint recipes take a path or a list of one (reproduce.py's --base-ckpt), as before
+    spirl = RECIPES["spirl_rl_pointmaze"]
+    assert _base_overrides(spirl, paths[0]) == _base_overrides(spirl, [paths[0]]) == [
+        "--model.init_args.prior_ckpt", str(Path(paths[0]).resolve())]

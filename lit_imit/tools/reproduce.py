@@ -10,6 +10,7 @@
     python scripts/reproduce.py askdagger_transfer_cube_state --mode askdagger --seed 0     # one interactive run
     python scripts/reproduce.py askdagger_transfer_cube_state --mode all --seed 0 1 2      # the grid, seed by seed
     python scripts/reproduce.py spirl_rl_pointmaze --base-ckpt checkpoints/skills/maze_spirl_prior/last.ckpt
+    python scripts/reproduce.py skild_rl_pointmaze --base-ckpt PRIOR.ckpt POSTERIOR.ckpt DISCRIMINATOR.ckpt
 
 Each recipe runs from nothing in ``runs/<recipe>/<timestamp>/`` (its own demos, logs and checkpoints; none of
 them are committed); failed runs get rows too, and so does a run stopped by Ctrl-C, ``kill`` (SIGTERM) or a
@@ -68,9 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --retest: the checkpoint chosen by validation rollouts, or the last one")
     parser.add_argument("--sampler", type=parse_sampler, default=None, metavar="KIND:STEPS",
                         help="with --retest: a Diffusion policy samples with this scheduler, e.g. ddpm:100 or ddim:10")
-    parser.add_argument("--base-ckpt", default=None, metavar="PATH",
+    parser.add_argument("--base-ckpt", nargs="+", default=None, metavar="PATH",
                         help="residual-RL recipes: the BC checkpoint to refine (the one a run of its base recipe "
-                             "chose); skill-space RL recipes: the skill prior's checkpoint")
+                             "chose); skill-space RL recipes: the skill prior's checkpoint; SkiLD: the prior's, the "
+                             "posterior's and the discriminator's, in that order")
     parser.add_argument("--mode", nargs="+", choices=[*MODE_ORDER, "all"], metavar="MODE",
                         help=f"interactive recipes: the modes to run ({', '.join(MODE_ORDER)}, or all)")
     parser.add_argument("--seed", nargs="+", type=parse_seed, metavar="N",
