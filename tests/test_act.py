@@ -390,7 +390,7 @@ def test_temporal_ensembling_equals_hand_computation(coeff):
         assert torch.allclose(action, expected, atol=1e-5), t
     assert script.calls == [n_envs] * steps
     module.reset()
-    assert module._ensembler.sums is None
+    assert module._execution.ensembler.sums is None
 
 
 def test_temporal_ensembler_per_env_reset():

@@ -60,7 +60,7 @@ def test_load_policy_round_trip_and_temporal_ensemble_override(ckpt):
     for key, value in original.state_dict().items():
         torch.testing.assert_close(module.state_dict()[key], value)
     te = deploy.load_policy(ckpt, overrides={"temporal_ensemble_coeff": 0.01, "n_action_steps": 1})
-    assert te.hparams.temporal_ensemble_coeff == 0.01 and te._ensembler is not None
+    assert te.hparams.temporal_ensemble_coeff == 0.01 and te._execution.ensembler is not None
     with pytest.raises(deploy.DeployError, match="no hyper-parameter 'nonsense'"):
         deploy.load_policy(ckpt, overrides={"nonsense": 1})
 

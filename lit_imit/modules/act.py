@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_imit.modules.base import PolicyModule, Prediction, state_sizes, weighted_mean
-from lit_imit.modules.chunking import chunk_execution, env_mask
+from lit_imit.modules.chunking import ChunkExecutor
 from lit_imit.modules.schedules import warmup_cosine
 from lit_imit.nets.act import ACT, ACTOutput
 
@@ -139,7 +139,7 @@ class ACTModule(PolicyModule):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if l1_reduction not in L1_REDUCTIONS:
             raise ValueError(f"l1_reduction must be one of {L1_REDUCTIONS}, got {l1_reduction!r}")
-        self._queue, self._ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
+        self._execution = ChunkExecutor(chunk_size, n_action_steps, temporal_ensemble_coeff)
         if n_uncertainty_samples < 2:
             raise ValueError("n_uncertainty_samples must be >= 2 to measure a spread")
         self.save_hyperparameters()
@@ -173,7 +173,6 @@ class ACTModule(PolicyModule):
         if compile:
             self.model.compile()
         self.register_policy_stats(state_keys, state_dims, action_dim)
-        self._chunk_uncertainty: Tensor | None = None  # (N,) uncertainty of the chunk each env executes
         self._warned_stats = False
 
     def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
@@ -266,15 +265,7 @@ class ACTModule(PolicyModule):
     # ---- the policy contract ----------------------------------------------------------------------------
     def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
         """Clear the action queues / ensembling buffers (of all envs, or only of ``env_ids``)."""
-        self._queue.reset(env_ids)
-        if self._ensembler is not None:
-            self._ensembler.reset(env_ids)
-        if env_ids is None or self._chunk_uncertainty is None:
-            self._chunk_uncertainty = None
-        else:
-            with torch.inference_mode():
-                mask = env_mask(env_ids, len(self._chunk_uncertainty), self._chunk_uncertainty.device)
-                self._chunk_uncertainty[mask] = float("nan")
+        self._execution.reset(env_ids)
 
     def _check_stats(self) -> None:
         if not bool(self.stats_initialized) and not self._warned_stats:
@@ -300,44 +291,25 @@ class ACTModule(PolicyModule):
     def _step(self, obs: Mapping[str, Any], with_uncertainty: bool) -> tuple[Tensor, Tensor | None]:
         """One control step for N envs: raw actions (N, A) and, if asked, the uncertainty per env (N,)."""
         self._check_stats()
-        batch = self.obs_to_tensors({k: obs[k] for k in self._input_keys(obs)})
+        batch = self.obs_to_tensors(self.policy_inputs(obs))
         n = batch[self.state_keys[0]].shape[0]
-        if self._ensembler is not None:
+
+        def query(rows: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            sub = batch if rows is None else {key: value[rows] for key, value in batch.items()}
             if with_uncertainty:
-                chunk, uncertainty = self._query_chunk_with_uncertainty(batch)
+                chunk, uncertainty = self._query_chunk_with_uncertainty(sub)
             else:
-                chunk, uncertainty = self._query_chunk(batch), None
-            action = self._ensembler.update(self.normalizer.un_mean_std("action", chunk))
+                chunk, uncertainty = self._query_chunk(sub), None
+            return self.normalizer.un_mean_std("action", chunk), uncertainty
+
+        action, uncertainty = self._execution.step(n, self.device, query)
+        if not with_uncertainty or self._execution.ensembler is not None:
             return action, uncertainty
-
-        need = self._queue.needs_query(n, self.device)
-        if self._chunk_uncertainty is None or len(self._chunk_uncertainty) != n:
-            self._chunk_uncertainty = torch.full((n,), float("nan"), device=self.device)
-        if bool(need.any()):
-            sub = {key: value[need] for key, value in batch.items()}
-            if with_uncertainty:
-                chunk, chunk_uncertainty = self._query_chunk_with_uncertainty(sub)
-                self._chunk_uncertainty[need] = chunk_uncertainty
-            else:
-                chunk = self._query_chunk(sub)
-                self._chunk_uncertainty[need] = float("nan")
-            self._queue.fill(need, self.normalizer.un_mean_std("action", chunk))
-        uncertainty = None
-        if with_uncertainty:
-            unknown = torch.isnan(self._chunk_uncertainty)
-            if bool(unknown.any()):  # chunks queried by select_action carry no estimate: score the current obs
-                sub = {key: value[unknown] for key, value in batch.items()}
-                self._chunk_uncertainty[unknown] = self._query_chunk_with_uncertainty(sub)[1]
-            uncertainty = self._chunk_uncertainty.clone()
-        return self._queue.pop(), uncertainty
-
-    def _input_keys(self, obs: Mapping[str, Any]) -> list[str]:
-        """The observation entries the policy reads (others, e.g. video-only cameras, never reach the device)."""
-        keys = [*self.state_keys, *(f"images/{c}" for c in self.cameras)]
-        missing = [k for k in keys if k not in obs]
-        if missing:
-            raise KeyError(f"observation lacks {missing} (has {sorted(obs)})")
-        return keys
+        unknown = torch.isnan(uncertainty)
+        if bool(unknown.any()):  # chunks queried by select_action carry no estimate: score the current obs
+            sub = {key: value[unknown] for key, value in batch.items()}
+            uncertainty[unknown] = self._query_chunk_with_uncertainty(sub)[1]
+        return action, uncertainty.clone()
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: raw actions (N, A)."""
@@ -360,7 +332,7 @@ class ACTModule(PolicyModule):
     def predict_chunk(self, obs: Mapping[str, Any]) -> Tensor:
         """Raw action chunk (N, k, A) with z = 0 for the current observation (no queues involved)."""
         with self.policy_mode():
-            batch = self.obs_to_tensors({k: obs[k] for k in self._input_keys(obs)})
+            batch = self.obs_to_tensors(self.policy_inputs(obs))
             return self.normalizer.un_mean_std("action", self._query_chunk(batch))
 
 

@@ -283,6 +283,16 @@ class PolicyModule(pl.LightningModule):
         finally:
             self.train(was_training)
 
+    def policy_inputs(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of an observation the policy reads: its state keys and ``images/<cam>`` of its cameras
+        (others, e.g. cameras rendered only for video, never reach the device); a missing one is a KeyError
+        naming it."""
+        keys = [*getattr(self, "state_keys", []), *(f"images/{c}" for c in getattr(self, "cameras", []))]
+        missing = [k for k in keys if k not in obs]
+        if missing:
+            raise KeyError(f"observation lacks {missing} (has {sorted(obs)})")
+        return {k: obs[k] for k in keys}
+
     def obs_to_tensors(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
         """Env observations (numpy, batched) to tensors on this module's device, same layout as a batch."""
         out: dict[str, Tensor] = {}

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from lit_imit.modules.base import PolicyModule, state_sizes, weighted_mean
-from lit_imit.modules.chunking import chunk_execution
+from lit_imit.modules.chunking import ChunkExecutor
 from lit_imit.nets.mlp import MLPPolicy
 
 BC_LOSSES = ("l2", "l1")
@@ -64,7 +64,7 @@ class BCModule(PolicyModule):
         state_dims = state_sizes(state_keys, state_dim)
         if loss not in BC_LOSSES:
             raise ValueError(f"loss must be one of {BC_LOSSES}, got {loss!r}")
-        self._queue, self._ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
+        self._execution = ChunkExecutor(chunk_size, n_action_steps, temporal_ensemble_coeff)
         self.save_hyperparameters()
         self.state_keys = state_keys
         self.cameras: list[str] = []  # a state policy: rollouts render no camera for it
@@ -127,9 +127,7 @@ class BCModule(PolicyModule):
     # ---- the policy contract ----------------------------------------------------------------------------
     def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
         """Clear the action queues / ensembling buffers (of all envs, or only of ``env_ids``)."""
-        self._queue.reset(env_ids)
-        if self._ensembler is not None:
-            self._ensembler.reset(env_ids)
+        self._execution.reset(env_ids)
 
     def plan_normalized(self, obs: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """The first ``n_action_steps`` of the predicted chunk, normalised: (N, n_action_steps, A) (deterministic;
@@ -144,15 +142,11 @@ class BCModule(PolicyModule):
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: raw actions (N, A)."""
-        missing = [k for k in self.state_keys if k not in obs]
-        if missing:
-            raise KeyError(f"observation lacks {missing} (has {sorted(obs)})")
+        obs = self.policy_inputs(obs)
+
+        def query(rows: Tensor | None) -> tuple[Tensor, None]:
+            sub = obs if rows is None else {k: value[rows.cpu().numpy()] for k, value in obs.items()}
+            return self.predict_chunk(sub), None
+
         with self.policy_mode():
-            if self._ensembler is not None:
-                return self._ensembler.update(self.predict_chunk(obs))
-            n = len(obs[self.state_keys[0]])
-            need = self._queue.needs_query(n, self.device)
-            if bool(need.any()):
-                rows = need.cpu().numpy()
-                self._queue.fill(need, self.predict_chunk({k: obs[k][rows] for k in self.state_keys}))
-            return self._queue.pop()
+            return self._execution.step(len(obs[self.state_keys[0]]), self.device, query)[0]

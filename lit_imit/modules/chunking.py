@@ -1,12 +1,13 @@
 """Executing action chunks: open-loop queues and ACT's temporal ensembling, one buffer row per env.
 
-Shared by every policy that predicts chunks of future actions (ACT, the MLP BC baseline). Both work on
-batches of N environments and can reset single rows (an env whose episode ended) without touching the others.
+Shared by every policy that predicts chunks of future actions (ACT, VINN, the MLP BC baseline) through
+:class:`ChunkExecutor`. All work on batches of N environments and can reset single rows (an env whose episode
+ended) without touching the others.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -37,6 +38,49 @@ def chunk_execution(
         raise ValueError("temporal ensembling queries the policy every step: set n_action_steps=1")
     ensembler = TemporalEnsembler(temporal_ensemble_coeff, chunk_size) if temporal_ensemble_coeff is not None else None
     return ChunkQueue(n_action_steps), ensembler
+
+
+#: ``query(rows)``: raw chunks (M, k, A) for the env rows of the boolean mask ``rows`` (None: all rows) and their
+#: uncertainty (M,), or None where the policy did not estimate it
+ChunkQuery = Callable[[Tensor | None], tuple[Tensor, Tensor | None]]
+
+
+class ChunkExecutor:
+    """How a chunking policy acts per env: an open-loop queue or ACT's temporal ensembling, and the uncertainty of
+    the chunk each env is executing (NaN where it was not estimated), reset row by row with the queues.
+
+    The policy supplies the query; the executor decides which rows need one this step.
+    """
+
+    def __init__(self, chunk_size: int, n_action_steps: int, temporal_ensemble_coeff: float | None) -> None:
+        self.queue, self.ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
+        self.uncertainty: Tensor | None = None  # (N,) of the chunk each env executes (queue mode)
+
+    def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
+        self.queue.reset(env_ids)
+        if self.ensembler is not None:
+            self.ensembler.reset(env_ids)
+        if env_ids is None or self.uncertainty is None:
+            self.uncertainty = None
+        else:
+            with torch.inference_mode():
+                self.uncertainty[env_mask(env_ids, len(self.uncertainty), self.uncertainty.device)] = float("nan")
+
+    def step(self, n_envs: int, device: torch.device, query: ChunkQuery) -> tuple[Tensor, Tensor | None]:
+        """The raw actions (N, A) of this step and the uncertainty per env: with ensembling the query's of this
+        step; with queues the buffer of each env's current chunk (the executor's own tensor: a caller may fill
+        its NaN rows, and clones it before handing it out)."""
+        if self.ensembler is not None:
+            chunk, uncertainty = query(None)
+            return self.ensembler.update(chunk), uncertainty
+        need = self.queue.needs_query(n_envs, device)
+        if self.uncertainty is None or len(self.uncertainty) != n_envs:
+            self.uncertainty = torch.full((n_envs,), float("nan"), device=device)
+        if bool(need.any()):
+            chunk, uncertainty = query(need)
+            self.queue.fill(need, chunk)
+            self.uncertainty[need] = uncertainty if uncertainty is not None else float("nan")
+        return self.queue.pop(), self.uncertainty
 
 
 class ChunkQueue:

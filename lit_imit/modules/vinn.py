@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from lit_imit.data.episodes import Episode
 from lit_imit.modules.base import PolicyModule, Prediction, state_sizes, weighted_mean
-from lit_imit.modules.chunking import chunk_execution, env_mask
+from lit_imit.modules.chunking import ChunkExecutor
 from lit_imit.nets.byol import BYOL, RESNET18_FEATURES, ResNet18Encoder, byol_view, cosine_tau, pixels_from_uint8
 from lit_imit.nets.knn import (
     gather_chunks,
@@ -148,7 +148,7 @@ class VINNModule(PolicyModule):
         state_dims = state_sizes(state_keys, state_dim)
         _check_settings(cameras, k, max_k, bank_stride, select_stride, bank_dtype, tau_schedule, temperature,
                         uncertainty_neighbours)
-        self._queue, self._ensembler = chunk_execution(chunk_size, n_action_steps, temporal_ensemble_coeff)
+        self._execution = ChunkExecutor(chunk_size, n_action_steps, temporal_ensemble_coeff)
         self.save_hyperparameters()
         self.cameras, self.state_keys = cameras, state_keys
         self.byol = nn.ModuleDict({
@@ -160,7 +160,6 @@ class VINNModule(PolicyModule):
         self._register_memory(RESNET18_FEATURES * len(cameras), sum(state_dims), action_dim, BANK_DTYPES[bank_dtype])
         self.register_buffer("chosen_k", torch.tensor(int(k), dtype=torch.long))
         self.register_buffer("chosen_state_weight", torch.tensor(float(state_weight)))
-        self._chunk_uncertainty: Tensor | None = None  # (N,) uncertainty of the chunk each env executes
         self._target_step: int | None = None  # the global step of the last target update
         self.last_selection: dict[str, Any] | None = None  # what the latest k sweep found
 
@@ -501,44 +500,21 @@ class VINNModule(PolicyModule):
         first = self.normalizer.mean_std("action", self.memory_actions[self.memory_start[index[:, :spread_n]]])
         return weighted_chunk(weights, chunks), neighbour_spread(first)
 
-    def _input_keys(self, obs: Mapping[str, Any]) -> list[str]:
-        """The observation entries the policy reads (others never reach the device)."""
-        keys = [*self.state_keys, *(f"images/{c}" for c in self.cameras)]
-        missing = [k for k in keys if k not in obs]
-        if missing:
-            raise KeyError(f"observation lacks {missing} (has {sorted(obs)})")
-        return keys
-
     def _step(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """One control step for N envs: raw actions (N, A) and the uncertainty of the chunk each executes (N,)."""
         self.refresh_memory_if_stale()
         self._require_memory()
         with self.policy_mode():
-            batch = self.obs_to_tensors({k: obs[k] for k in self._input_keys(obs)})
+            batch = self.obs_to_tensors(self.policy_inputs(obs))
             n = batch[self.state_keys[0]].shape[0]
-            if self._ensembler is not None:
-                chunk, uncertainty = self._query(batch)
-                return self._ensembler.update(chunk), uncertainty
-            need = self._queue.needs_query(n, self.device)
-            if self._chunk_uncertainty is None or len(self._chunk_uncertainty) != n:
-                self._chunk_uncertainty = torch.zeros(n, device=self.device)
-            if bool(need.any()):
-                chunk, uncertainty = self._query({key: value[need] for key, value in batch.items()})
-                self._queue.fill(need, chunk)
-                self._chunk_uncertainty[need] = uncertainty
-            return self._queue.pop(), self._chunk_uncertainty.clone()
+            action, uncertainty = self._execution.step(
+                n, self.device,
+                lambda rows: self._query(batch if rows is None else {key: value[rows] for key, value in batch.items()}))
+            return action, uncertainty.clone()
 
     def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
         """Clear the action queues / ensembling buffers (of all envs, or only of ``env_ids``)."""
-        self._queue.reset(env_ids)
-        if self._ensembler is not None:
-            self._ensembler.reset(env_ids)
-        if env_ids is None or self._chunk_uncertainty is None:
-            self._chunk_uncertainty = None
-        else:
-            with torch.inference_mode():
-                mask = env_mask(env_ids, len(self._chunk_uncertainty), self._chunk_uncertainty.device)
-                self._chunk_uncertainty[mask] = 0.0
+        self._execution.reset(env_ids)
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """One control step for a batch of envs: raw actions (N, A)."""
@@ -553,7 +529,7 @@ class VINNModule(PolicyModule):
         """Raw action chunk (N, C, A) for the current observation (no queues involved)."""
         self._require_memory()
         with self.policy_mode():
-            return self._query(self.obs_to_tensors({k: obs[k] for k in self._input_keys(obs)}))[0]
+            return self._query(self.obs_to_tensors(self.policy_inputs(obs)))[0]
 
     def plan_normalized(self, obs: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """The first ``n_action_steps`` of the neighbours' chunk, normalised: (N, n_action_steps, A) (deterministic;
