@@ -115,7 +115,7 @@ register(Recipe(
 register(Recipe(
     name="diffusion_insertion_state", method="diffusion", task="insertion",
     config="configs/diffusion/insertion_state.yaml", obs="qpos + peg/socket poses (state)", demos=50,
-    expected_minutes=65, target=0.80,
+    expected_minutes=40, target=0.80,
 ))
 register(Recipe(
     name="act_insertion_state", method="act", task="insertion",
