@@ -141,7 +141,20 @@ def tiny_act():
     return module
 
 
-BASES = {"diffusion": tiny_diffusion, "act": tiny_act}
+def tiny_act_ensembled():
+    """ACT as its recipes run it: a query every step, the chunks' predictions for a step averaged."""
+    from lit_imit.modules.act import ACTModule
+
+    torch.manual_seed(0)
+    module = ACTModule(cameras=[], state_keys=STATE_KEYS, state_dim=STATE_DIMS, action_dim=ACTION_DIM, chunk_size=6,
+                       n_action_steps=1, temporal_ensemble_coeff=0.01, dim_model=16, n_heads=2, dim_feedforward=32,
+                       n_encoder_layers=1, n_vae_encoder_layers=1, latent_dim=4)
+    module.load_stats({key: {"mean": np.full(d, 0.5), "std": np.full(d, 2.0), "min": -np.ones(d), "max": np.ones(d)}
+                       for key, d in zip([*STATE_KEYS, "action"], [*STATE_DIMS, ACTION_DIM])})
+    return module
+
+
+BASES = {"diffusion": tiny_diffusion, "act": tiny_act, "act_ensembled": tiny_act_ensembled}
 
 
 @pytest.fixture(params=sorted(BASES))

@@ -2,9 +2,10 @@
 Assembly", 2024, "ResiP"): PPO trains a small per-step Gaussian correction of a behaviour-cloned policy.
 
 * **The base** is any of our BC checkpoints that exposes its action chunks (``PolicyModule.plan_normalized``:
-  Diffusion, ACT, BC), loaded with ``lit_imit.policies.load_policy`` and frozen. Its chunks run open loop
-  as it was trained to run them (Diffusion: ``n_action_steps`` actions of each denoised window, from an
-  observation history of ``n_obs_steps``), one queue and history per env (:class:`FrozenBase`).
+  Diffusion, ACT, BC), loaded with ``lit_imit.policies.load_policy`` and frozen. Its chunks run as the base
+  itself runs them (Diffusion: ``n_action_steps`` actions of each denoised window open loop, from an
+  observation history of ``n_obs_steps``; an ACT or BC configured with temporal ensembling: a query every
+  step, averaged), one queue, ensembler and history per env (:class:`FrozenBase`).
 * **The residual** (``lit_imit.nets.residual``) sees [the base's normalised state keys || the base's
   normalised action for this step] and the executed action is ``base + action_scale * residual`` in the
   base's normalised action space, un-normalised for the env. Its mean starts at exactly 0, so the first
@@ -61,7 +62,7 @@ import torch
 from torch import Tensor
 
 from lit_imit.modules.base import PolicyModule
-from lit_imit.modules.chunking import ChunkQueue, ObservationHistory, env_mask
+from lit_imit.modules.chunking import ChunkExecutor, ObservationHistory, env_mask
 from lit_imit.modules.schedules import warmup_cosine
 from lit_imit.nets.residual import ResidualActorCritic, compose_action
 from lit_imit.policies import build_policy, load_policy, policy_cameras, policy_spec
@@ -96,33 +97,46 @@ def episode_seeds(seed: int, rank: int, iteration: int) -> Iterator[int]:
 
 
 class FrozenBase:
-    """A frozen policy's chunks executed open loop, per env: observation history, action queue, row resets.
+    """A frozen policy's chunks executed per env as the policy itself executes them: observation history, then
+    open-loop queues, or ACT's temporal ensembling where the base was configured with it (an ACT evaluated with
+    ensembling loses most of its success when its chunks' first actions run alone), with row resets.
 
     ``step`` returns the base's *normalised* action for this step of every env; rows flagged in ``starts``
-    begin an episode (fresh history, the queue emptied, so they query a new chunk). Only the rows whose queue
-    is empty query the policy, so envs that reset at different times each run their own chunks.
+    begin an episode (fresh history, queue and ensembling buffers, so they query a new chunk). With queues only
+    the rows whose queue is empty query the policy, so envs that reset at different times each run their own
+    chunks; with ensembling every row queries every step.
     """
 
     def __init__(self, policy: PolicyModule) -> None:
         self.policy = policy
         self.keys = [*policy.state_keys, *(f"images/{cam}" for cam in policy_cameras(policy))]
         self.history = ObservationHistory(int(policy.n_obs_steps))
-        self.queue = ChunkQueue(int(policy.hparams.n_action_steps))
+        hp = policy.hparams
+        self.ensemble_coeff = getattr(hp, "temporal_ensemble_coeff", None)
+        n_action_steps = int(hp.n_action_steps)
+        chunk_size = int(hp.chunk_size) if self.ensemble_coeff is not None else n_action_steps
+        self.execution = ChunkExecutor(chunk_size, n_action_steps, self.ensemble_coeff)
 
     def reset(self) -> None:
         self.history.reset()
-        self.queue.reset()
+        self.execution.reset()
+
+    def _plan(self, obs: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
+        """Normalised chunks: the whole chunk for ensembling, else the ``n_action_steps`` that run open loop."""
+        if self.ensemble_coeff is None:
+            return self.policy.plan_normalized(obs, generator).float()
+        return self.policy.normalizer.mean_std("action", self.policy.predict_chunk(obs)).float()
 
     def step(self, obs: Mapping[str, Tensor], starts: Tensor, generator: torch.Generator) -> Tensor:
         histories = self.history.push({key: obs[key] for key in self.keys}, starts)
-        n = starts.shape[0]
         if bool(starts.any()):
-            self.queue.reset(starts)
-        need = self.queue.needs_query(n, starts.device)
-        if bool(need.any()):
-            chunk = self.policy.plan_normalized({key: value[need] for key, value in histories.items()}, generator)
-            self.queue.fill(need, chunk.float())
-        return self.queue.pop().clone()
+            self.execution.reset(starts)
+
+        def query(rows: Tensor | None) -> tuple[Tensor, None]:
+            sub = histories if rows is None else {key: value[rows] for key, value in histories.items()}
+            return self._plan(sub, generator), None
+
+        return self.execution.step(starts.shape[0], starts.device, query)[0].clone()
 
 
 class ResidualPPOModule(PolicyModule):
