@@ -126,7 +126,17 @@ def _rate(row: Mapping[str, Any]) -> str:
     if row.get("success_rate") is None:
         return "failed: " + str(row.get("error", "no evaluation"))[:60]
     return (f"**{row['success_rate']:.2f}** ({row['successes']}/{row['episodes']}, "
-            f"CI {row['ci_low']:.2f}–{row['ci_high']:.2f})")
+            f"CI {row['ci_low']:.2f}–{row['ci_high']:.2f})" + _extra_rates(row))
+
+
+def _extra_rates(row: Mapping[str, Any]) -> str:
+    """The same policy's held-out success on the recipe's ``extra_tests`` tasks (e.g. an unseen-colours split),
+    one line each under the main figure (the target is judged on the main figure alone)."""
+    parts = []
+    for task, t in (row.get("extra_tests") or {}).items():
+        parts.append(f"<br>{task}: {t['success_rate']:.2f} ({t['successes']}/{t['episodes']}, "
+                     f"CI {t['ci_low']:.2f}–{t['ci_high']:.2f})")
+    return "".join(parts)
 
 
 def _target(row: Mapping[str, Any]) -> str:

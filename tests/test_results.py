@@ -41,6 +41,24 @@ def test_rows_append_and_render(tmp_path):
         append_row(path, {"recipe": "c"})
 
 
+def test_extra_splits_render_under_the_main_figure(tmp_path):
+    """A row's ``extra_tests`` (the same policy on another split, e.g. unseen colours) show in its success cell,
+    in RESULTS.md and the README table alike; the target is judged on the main figure alone."""
+    path = tmp_path / "results.jsonl"
+    unseen = {"successes": 9, "episodes": 50, "success_rate": 0.18, "ci_low": 0.0977, "ci_high": 0.3084,
+              "eval_seeds": "1000000-1000049"}
+    append_row(path, _row(recipe="clip", success_rate=0.62, successes=31, ci_low=0.48, ci_high=0.74, target=0.5,
+                          extra_tests={"put-block-in-bowl-unseen-colors": unseen}))
+    append_row(path, _row(recipe="plain"))
+    render_files(path, tmp_path / "RESULTS.md", None)
+    latest = (tmp_path / "RESULTS.md").read_text().split("### Every run")[0]
+    clip_line = next(line for line in latest.splitlines() if "`clip`" in line)
+    assert "**0.62** (31/50, CI 0.48–0.74)<br>put-block-in-bowl-unseen-colors: 0.18 (9/50, CI 0.10–0.31)" in clip_line
+    assert "≥ 0.50 ✓" in clip_line
+    plain_line = next(line for line in latest.splitlines() if "`plain`" in line)
+    assert "<br>" not in plain_line
+
+
 def test_render_files_replaces_only_the_readme_block(tmp_path):
     path = tmp_path / "results.jsonl"
     append_row(path, _row(recipe="only"))

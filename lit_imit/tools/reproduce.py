@@ -171,6 +171,8 @@ def summary_line(row: dict) -> str:
     line = (f"{row['successes']}/{row['episodes']} = {row['success_rate']:.3f} "
             f"(95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), {row['train_steps']} steps, "
             f"{row['wall_minutes']:.1f} min")
+    for task, t in (row.get("extra_tests") or {}).items():
+        line += f"; {task}: {t['successes']}/{t['episodes']} = {t['success_rate']:.3f}"
     if row.get("mode"):
         line += (f"; {row['interactive_episodes']} interactive episodes, {row['annotations']} annotations "
                  f"({row['annotated_steps']} steps), {row['validations']} validations, {row['relabels']} relabels")
