@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, Prediction, state_sizes, weighted_mean
+from lit_imit.modules.base import PolicyModule, Prediction, single_step, state_sizes, weighted_mean
 from lit_imit.modules.chunking import ChunkExecutor
 from lit_imit.modules.schedules import warmup_cosine
 from lit_imit.nets.act import ACT, ACTOutput
@@ -193,15 +193,6 @@ class ACTModule(PolicyModule):
             self.normalizer.stat(key, "std").clamp_(min=ACT_MIN_STD)
 
     # ---- batches -------------------------------------------------------------------------------------------
-    @staticmethod
-    def _single_step(x: Tensor, name: str, ndim: int) -> Tensor:
-        """Drop a length-1 observation-history axis; ACT looks at one observation."""
-        if x.ndim == ndim + 1 and x.shape[1] == 1:
-            return x[:, 0]
-        if x.ndim != ndim:
-            raise ValueError(f"{name} should have {ndim} dims (batch first), got shape {tuple(x.shape)}")
-        return x
-
     def _observation(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Normalised qpos (B, S), uint8 images [(B, H, W, 3)] in camera order, the other normalised states."""
         missing = [k for k in self.state_keys if k not in batch]
@@ -209,9 +200,9 @@ class ACTModule(PolicyModule):
         if missing:
             raise KeyError(f"batch has no {missing} (keys: {sorted(batch)})")
         states = [
-            self.normalizer.mean_std(key, self._single_step(batch[key], key, 2).float()) for key in self.state_keys
+            self.normalizer.mean_std(key, single_step(batch[key], key, 2).float()) for key in self.state_keys
         ]
-        images = [self._single_step(batch[f"images/{c}"], f"images/{c}", 4) for c in self.cameras]
+        images = [single_step(batch[f"images/{c}"], f"images/{c}", 4) for c in self.cameras]
         return states[0], images, states[1:]
 
     def _targets(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -64,6 +64,16 @@ def require_all_rows(module: Any, env_ids: Sequence[int] | Tensor | None, batch_
         )
 
 
+def single_step(x: Tensor, name: str, ndim: int) -> Tensor:
+    """``x`` without a length-1 observation-history axis (B, 1, ...) -> (B, ...), for policies that look at one
+    observation (ACT, VINN); any other shape than ``ndim`` dims is an error naming ``name``."""
+    if x.ndim == ndim + 1 and x.shape[1] == 1:
+        return x[:, 0]
+    if x.ndim != ndim:
+        raise ValueError(f"{name} should have {ndim} dims (batch first), got shape {tuple(x.shape)}")
+    return x
+
+
 def weighted_mean(per_sample: Tensor, weight: Tensor | None) -> Tensor:
     """The batch mean of each sample's loss times its importance weight: mean_i(w_i * l_i).
 

@@ -53,7 +53,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from lit_imit.data.episodes import Episode
-from lit_imit.modules.base import PolicyModule, Prediction, state_sizes, weighted_mean
+from lit_imit.modules.base import PolicyModule, Prediction, single_step, state_sizes, weighted_mean
 from lit_imit.modules.chunking import ChunkExecutor
 from lit_imit.nets.byol import BYOL, RESNET18_FEATURES, ResNet18Encoder, byol_view, cosine_tau, pixels_from_uint8
 from lit_imit.nets.knn import (
@@ -197,27 +197,18 @@ class VINNModule(PolicyModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- batches -------------------------------------------------------------------------------------
-    @staticmethod
-    def _single_step(x: Tensor, name: str, ndim: int) -> Tensor:
-        """Drop a length-1 observation-history axis; VINN looks at one observation."""
-        if x.ndim == ndim + 1 and x.shape[1] == 1:
-            return x[:, 0]
-        if x.ndim != ndim:
-            raise ValueError(f"{name} should have {ndim} dims (batch first), got shape {tuple(x.shape)}")
-        return x
-
     def _images(self, batch: Mapping[str, Tensor], camera: str) -> Tensor:
         key = f"images/{camera}"
         if key not in batch:
             raise KeyError(f"batch has no {key!r} (keys: {sorted(batch)})")
-        return self._single_step(batch[key], key, 4)
+        return single_step(batch[key], key, 4)
 
     def _normalized_state(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The state keys, each normalised, side by side: (B, sum D)."""
         missing = [k for k in self.state_keys if k not in batch]
         if missing:
             raise KeyError(f"batch has no {missing} (keys: {sorted(batch)})")
-        parts = [self.normalizer.mean_std(key, self._single_step(batch[key], key, 2).float())
+        parts = [self.normalizer.mean_std(key, single_step(batch[key], key, 2).float())
                  for key in self.state_keys]
         return torch.cat(parts, dim=-1)
 
