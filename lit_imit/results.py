@@ -130,9 +130,13 @@ def _rate(row: Mapping[str, Any]) -> str:
 
 
 def _extra_rates(row: Mapping[str, Any]) -> str:
-    """The same policy's held-out success on the recipe's ``extra_tests`` tasks (e.g. an unseen-colours split),
-    one line each under the main figure (the target is judged on the main figure alone)."""
+    """Lines under the main figure: a residual policy's base alone on the same seeds, and the same policy's
+    held-out success on the recipe's ``extra_tests`` tasks (e.g. an unseen-colours split); the target is judged
+    on the main figure alone."""
     parts = []
+    if row.get("base_success_rate") is not None:  # residual RL: its frozen base alone, on the same seeds
+        parts.append(f"<br>base alone: {row['base_success_rate']:.2f} ({row['base_successes']}/{row['episodes']}, "
+                     f"CI {row['base_ci_low']:.2f}–{row['base_ci_high']:.2f})")
     for task, t in (row.get("extra_tests") or {}).items():
         parts.append(f"<br>{task}: {t['success_rate']:.2f} ({t['successes']}/{t['episodes']}, "
                      f"CI {t['ci_low']:.2f}–{t['ci_high']:.2f})")

@@ -59,6 +59,13 @@ def test_extra_splits_render_under_the_main_figure(tmp_path):
     assert "<br>" not in plain_line
 
 
+def test_a_residual_row_shows_its_base_alone_on_the_same_seeds():
+    row = _row(recipe="res", success_rate=0.72, successes=36, ci_low=0.583, ci_high=0.825, target=None,
+               base_success_rate=0.62, base_successes=31, base_ci_low=0.4815, base_ci_high=0.7414)
+    line = next(line for line in render_table([row]).splitlines() if "`res`" in line)
+    assert "**0.72** (36/50, CI 0.58–0.82)<br>base alone: 0.62 (31/50, CI 0.48–0.74)" in line
+
+
 def test_render_files_replaces_only_the_readme_block(tmp_path):
     path = tmp_path / "results.jsonl"
     append_row(path, _row(recipe="only"))
