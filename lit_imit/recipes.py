@@ -128,7 +128,7 @@ register(Recipe(
 register(Recipe(
     name="act_insertion_state", method="act", task="insertion",
     config="configs/act/insertion_state.yaml", obs="qpos + peg/socket poses (state)", demos=50,
-    expected_minutes=20, target=0.80, reference="no target in the plan: the Diffusion insertion state row's 0.80",
+    expected_minutes=5, target=0.80, reference="no target in the plan: the Diffusion insertion state row's 0.80",
     notes="act_transfer_cube_state's settings on insertion (only the task and the state sizes change)",
 ))
 register(Recipe(
