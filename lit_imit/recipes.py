@@ -33,7 +33,7 @@ from lit_imit.data.episodes import EpisodeStore
 from lit_imit.envs.vector import close_envs, open_envs, worker_count
 from lit_imit.evaluation import evaluate_module, policy_env_kwargs, summarize
 from lit_imit.policies import load_policy
-from lit_imit.results import append_row, git_commit, machine_description
+from lit_imit.results import BusyWatch, append_row, git_commit, machine_description
 
 log = logging.getLogger(__name__)
 
@@ -487,16 +487,25 @@ def _new_row(rec: Recipe, run_dir: Path, episodes: int, test_seed: int, command:
 def _recorded(row: dict[str, Any], work: Any, start: float, results_path: str | Path | None) -> dict[str, Any]:
     """Run ``work`` (which fills ``row``), then append the row with its wall time, also when ``work`` fails
     or is interrupted (with the error), and re-raise."""
+    watch = BusyWatch()
     try:
-        work()
+        with watch:
+            work()
     except BaseException as err:
         row["error"] = f"{type(err).__name__}: {err}"[:4000]
-        row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
+        _timed(row, start, watch)
         if results_path is not None:
             append_row(results_path, row)
         raise
-    row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
+    _timed(row, start, watch)
     return append_row(results_path, row) if results_path is not None else row
+
+
+def _timed(row: dict[str, Any], start: float, watch: BusyWatch) -> None:
+    """The row's wall time, and the other runs that shared the machine meanwhile (``shared_with``, empty on a
+    quiet box)."""
+    row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
+    row["shared_with"] = sorted(watch.seen)
 
 
 def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episodes: int, test_seed: int,

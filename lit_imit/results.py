@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -60,6 +61,82 @@ def machine_description() -> str:
     except ImportError:
         pass
     return text
+
+
+#: command-line fragments of the runs that compete for the cores: another recipe, a fit, a test suite
+BUSY_MARKERS = ("-m lit_imit", "reproduce.py", "lit-imit-reproduce", "pytest")
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every readable process (Linux /proc; empty elsewhere)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # the process ended while we looked
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the command name may contain spaces and ')'
+        table[int(entry.name)] = (parent, cmdline)
+    return table
+
+
+def other_busy_runs(own_pid: int | None = None) -> set[str]:
+    """Command lines of training / test runs on this machine outside ``own_pid``'s process tree (and not its
+    ancestors): what shared the cores with a run, so its wall time is read for what it is."""
+    own_pid = os.getpid() if own_pid is None else own_pid
+    table = _process_table()
+
+    def lineage(pid: int) -> list[int]:
+        chain = []
+        while pid in table and pid not in chain:
+            chain.append(pid)
+            pid = table[pid][0]
+        return chain
+
+    ancestors = set(lineage(own_pid))
+
+    def busy(pid: int) -> bool:
+        return pid not in ancestors and any(marker in table[pid][1] for marker in BUSY_MARKERS)
+
+    others = set()
+    for pid in table:
+        chain = lineage(pid)
+        if own_pid in chain or not busy(pid) or any(busy(up) for up in chain[1:]):
+            continue  # ours, idle, or a child of a run already counted (one entry per top-level run)
+        others.add(table[pid][1][:200])
+    return others
+
+
+class BusyWatch:
+    """Samples :func:`other_busy_runs` every ``period`` seconds in a daemon thread while a run lasts.
+
+    A results row carries what it saw (``shared_with``): a wall time measured next to another training run
+    on a 2-core box is not the recipe's wall time on a quiet one, and the table says so.
+    """
+
+    def __init__(self, period: float = 60.0) -> None:
+        self.period = period
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="busy-watch", daemon=True)
+
+    def _watch(self) -> None:
+        while True:
+            self.seen |= other_busy_runs()
+            if self._stop.wait(self.period):
+                return
+
+    def __enter__(self) -> "BusyWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.seen |= other_busy_runs()
 
 
 def git_commit(repo: str | Path | None = None) -> str:
@@ -166,6 +243,12 @@ def _overrides(row: Mapping[str, Any]) -> str:
     return " ".join(parts) if parts else "—"
 
 
+def _wall(row: Mapping[str, Any]) -> str:
+    """Minutes, marked when another training or test run shared the machine (``shared_with``)."""
+    text = f"{row['wall_minutes']:.0f} min"
+    return text + (f" (box shared with {len(row['shared_with'])} other run(s))" if row.get("shared_with") else "")
+
+
 def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         "| recipe | method | task | observations | demos | steps (chosen ckpt) | held-out success (95% CI) | target | wall | "
@@ -175,7 +258,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     for r in rows:
         lines.append(
             f"| `{r['recipe']}` | {r['method']} | {r['task']} | {r['obs']} | {r['demos']} | {r['train_steps']} | "
-            f"{_rate(r)} | {_target(r)} | {r['wall_minutes']:.0f} min | {r['device']} | `{r['commit']}` | "
+            f"{_rate(r)} | {_target(r)} | {_wall(r)} | {r['device']} | `{r['commit']}` | "
             f"{_overrides(r)} |"
         )
     return lines

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from lit_imit.recipes import RECIPES, SELECTION_SEED, TEST_SEED, Recipe, list_recipes, rollout_settings, run_recipe
-from lit_imit.results import README_BEGIN, README_END, append_row, read_rows, render_files, render_table
+from lit_imit.results import (
+    README_BEGIN, README_END, BusyWatch, append_row, other_busy_runs, read_rows, render_files, render_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +66,34 @@ def test_a_residual_row_shows_its_base_alone_on_the_same_seeds():
                base_success_rate=0.62, base_successes=31, base_ci_low=0.4815, base_ci_high=0.7414)
     line = next(line for line in render_table([row]).splitlines() if "`res`" in line)
     assert "**0.72** (36/50, CI 0.58–0.82)<br>base alone: 0.62 (31/50, CI 0.48–0.74)" in line
+
+
+def _orphan(*marker: str) -> int:
+    """A sleeping python process with ``marker`` in its command line, re-parented away from this test (its
+    parent exits at once), as another user's run would be; returns its pid."""
+    code = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+            f"*{list(marker)!r}], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            "print(p.pid)")
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def test_runs_sharing_the_machine_are_seen_but_a_runs_own_children_are_not():
+    other = _orphan("-m lit_imit", "fit", "--config", "someone-else.yaml")
+    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m lit_imit", "own-child.yaml"])
+    try:
+        with BusyWatch(period=0.05) as watch:
+            seen = other_busy_runs()
+        assert any("someone-else.yaml" in cmd for cmd in seen)
+        assert not any("own-child.yaml" in cmd for cmd in seen)
+        assert any("someone-else.yaml" in cmd for cmd in watch.seen)
+    finally:
+        own.kill()
+        subprocess.run(["kill", str(other)], check=False)
+    row = _row(recipe="shared", shared_with=sorted(seen))
+    line = next(line for line in render_table([row]).splitlines() if "`shared`" in line)
+    assert f"2 min (box shared with {len(seen)} other run(s))" in line
+    quiet = next(line for line in render_table([_row(recipe="q", shared_with=[])]).splitlines() if "`q`" in line)
+    assert "2 min |" in quiet and "shared" not in quiet
 
 
 def test_render_files_replaces_only_the_readme_block(tmp_path):
