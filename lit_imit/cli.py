@@ -32,7 +32,7 @@ from callbacks.rng import RestoreRNG
 from callbacks.rollout import RolloutEvaluation
 from lit_imit.modules.base import PolicyModule
 from lit_imit.policies import load_policy
-from lit_imit.tensorboard import flatten_config, write_hparams
+from lit_imit.tensorboard import flatten_config, settings_that_matter, write_hparams
 
 #: loggers of this project whose INFO lines (rollout results, recording progress) the CLI shows
 PACKAGE_LOGGERS = ("lit_imit", "callbacks")
@@ -206,9 +206,9 @@ def show_package_logs() -> None:
 
 
 class SaveConfigToTensorBoard(SaveConfigCallback):
-    """Lightning's ``config.yaml`` in the log directory, and the same configuration (model, data, trainer,
-    checkpoint) in TensorBoard's HPARAMS tab, next to the success rate and losses: runs can be compared by any
-    setting, not only by the module's arguments."""
+    """Lightning's ``config.yaml`` in the log directory, and the settings that shape learning (model, data,
+    trainer, checkpoint selection; ``settings_that_matter``) in TensorBoard's HPARAMS tab, next to the success
+    rate and losses: runs can be compared by any of them, not only by the module's arguments."""
 
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
         experiment = getattr(trainer.logger, "experiment", None)
@@ -216,13 +216,13 @@ class SaveConfigToTensorBoard(SaveConfigCallback):
             return
         config = self.config.as_dict()
         config.pop("config", None)  # the paths of the YAML files read, not settings
-        write_hparams(experiment, flatten_config(config))
+        write_hparams(experiment, settings_that_matter(flatten_config(config)))
 
 
 def trainer_defaults() -> dict[str, Any]:
     return {
         "logger": {
-            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "class_path": "lit_imit.tensorboard.RunLogger",  # TensorBoardLogger without the epoch scalar
             "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
         },
         "callbacks": [RestoreRNG()],

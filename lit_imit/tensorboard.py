@@ -19,6 +19,22 @@ import numpy as np
 HPARAM_METRICS = ("rollout/success_rate", "test/success_rate", "val/loss", "train/loss")
 
 
+def _lightning_tensorboard_logger() -> type:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger
+
+
+class RunLogger(_lightning_tensorboard_logger()):
+    """Lightning's TensorBoard logger without the ``epoch`` scalar that Lightning adds to every logged batch
+    of metrics: TensorBoard sorts cards by name, so its staircase was the first chart a run opened on (seen in
+    a headless-browser screenshot), above the rollout success. Epochs stay in the checkpoints and their names.
+    """
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
     """``{"model": {"init_args": {"lr": 1e-3}}}`` -> ``{"model.lr": 1e-3}``: nested keys joined by dots
     (``init_args`` levels dropped: they only say "arguments of the class above"), lists and other values as
@@ -35,6 +51,32 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, boo
         else:
             flat[name] = json.dumps(value, default=str, sort_keys=True)
     return flat
+
+
+#: settings that say how a run was plumbed, not what it learned: left out of the HPARAMS table, where
+#: TensorBoard sorts columns by name and ~130 of them buried the model's and data's settings behind
+#: ``checkpoint.auto_insert_metric_name`` (seen in a headless-browser screenshot). ``config.yaml`` beside the
+#: events file keeps everything.
+PLUMBING = (
+    "checkpoint.", "trainer.logger", "trainer.profiler", "trainer.plugins", "trainer.enable_",
+    "trainer.default_root_dir", "trainer.model_registry", "trainer.barebones", "trainer.fast_dev_run",
+    "trainer.detect_anomaly", "trainer.inference_mode", "trainer.use_distributed_sampler",
+    "trainer.reload_dataloaders_every_n_epochs", "trainer.num_sanity_val_steps", "ckpt_path", "weights_only",
+)
+#: plumbing exceptions: how the checkpoint that a run's results come from was chosen
+SELECTION = ("checkpoint.monitor", "checkpoint.mode", "checkpoint.save_top_k")
+
+
+def settings_that_matter(flat: Mapping[str, bool | int | float | str]) -> dict[str, bool | int | float | str]:
+    """The HPARAMS columns: every model and data setting (None included: "no pretrained weights" is a
+    setting), the trainer's and the run's other set values, how the checkpoint was chosen; no plumbing."""
+    kept = {}
+    for name, value in flat.items():
+        if name in SELECTION or name.startswith(("model.", "data.")):
+            kept[name] = value
+        elif value != "None" and not name.startswith(PLUMBING):
+            kept[name] = value
+    return kept
 
 
 def write_hparams(experiment: Any, params: Mapping[str, bool | int | float | str],

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lit_imit.cli import main
-from lit_imit.tensorboard import encode_gif, flatten_config
+from lit_imit.tensorboard import encode_gif, flatten_config, settings_that_matter
 from lit_imit.video import caption, captioned, watchable
 from tests.test_cli import _state_only_cfg, synthetic_store
 
@@ -47,6 +47,15 @@ def test_flatten_config_joins_keys_and_drops_init_args_levels():
                     "trainer.max_steps": 5, "trainer.logger": "None"}
 
 
+def test_the_hparams_table_keeps_model_and_data_settings_and_drops_plumbing():
+    flat = {"checkpoint.dirpath": "None", "checkpoint.monitor": "rollout/success_rate", "model.pretrained_backbone":
+            "None", "model.lr": 1e-3, "data.env_kwargs": "None", "trainer.max_steps": 5, "trainer.min_steps": "None",
+            "trainer.logger.flush_secs": 120, "seed_everything": 1}
+    assert settings_that_matter(flat) == {"checkpoint.monitor": "rollout/success_rate", "model.pretrained_backbone":
+                                          "None", "model.lr": 1e-3, "data.env_kwargs": "None",
+                                          "trainer.max_steps": 5, "seed_everything": 1}
+
+
 def _hparams(accumulator: EventAccumulator) -> tuple[set[str], set[str]]:
     content = accumulator.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
@@ -67,10 +76,15 @@ def test_fit_logs_the_configuration_a_captioned_video_and_no_hp_metric(tmp_path,
     main({"fit": cfg})
     run = tmp_path / "lightning_logs" / "version_0"
     accumulator = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
-    assert "hp_metric" not in accumulator.Tags()["scalars"]
+    assert "hp_metric" not in accumulator.Tags()["scalars"] and "epoch" not in accumulator.Tags()["scalars"]
+    assert "train/loss" in accumulator.Tags()["scalars"]
     names, metrics = _hparams(accumulator)
     assert {"model.class_path", "model.lr", "data.batch_size", "data.data_dir", "trainer.max_epochs",
             "checkpoint.monitor", "seed_everything"} <= names
+    # no plumbing columns before the settings that matter (TensorBoard sorts them by name)
+    assert not {"checkpoint.dirpath", "checkpoint.auto_insert_metric_name", "trainer.logger.flush_secs",
+                "trainer.profiler", "ckpt_path"} & names
+    assert sorted(names)[0] == "checkpoint.mode" and sorted(names)[3].startswith("data.")
     assert {"rollout/success_rate", "val/loss", "train/loss"} <= metrics
     (video,) = accumulator.Images("rollout/video")
     gif = Image.open(io.BytesIO(video.encoded_image_string))
