@@ -92,10 +92,27 @@ def test_export_then_import_round_trips_values_and_tasks(tmp_path):
     attrs = [dst.info(i)["attrs"] for i in ids]
     # the instruction is the task text when there is one, else the task name
     assert [a["instruction"] for a in attrs] == ["pick up the cube", "transfer_cube", "pick up the cube"]
-    assert [a["task"] for a in attrs] == [a["instruction"] for a in attrs]
+    # the episodes' own attrs came along (an extra meta/episodes column): task, source and seed as recorded
+    assert [(a["task"], a["source"], a["seed"]) for a in attrs] == [("transfer_cube", "teacher", i) for i in range(3)]
     assert all(a["fps"] == 50 for a in attrs) and [a["lerobot_episode_index"] for a in attrs] == [0, 1, 2]
     assert attrs[1]["imported_from"] == f"{out.resolve()}:episode_1"
     assert read_tasks(out) == {0: "pick up the cube", 1: "transfer_cube"}
+
+
+def test_carried_attrs_give_way_to_an_explicit_task_and_a_bad_column_is_named(tmp_path):
+    store = make_store(tmp_path / "store", lengths=(6, 7))
+    out = export_lerobot(store, tmp_path / "lerobot", "lit-imit/t", fps=50, **LOSSLESS)
+    dst = EpisodeStore(tmp_path / "dst")
+    ids = import_lerobot(out, dst, task="insertion", attrs={"operator": "me"})
+    assert [(dst.info(i)["attrs"]["task"], dst.info(i)["attrs"]["seed"], dst.info(i)["attrs"]["operator"])
+            for i in ids] == [("insertion", 0, "me"), ("insertion", 1, "me")]
+    meta = next((out / "meta" / "episodes").glob("*/*.parquet"))
+    table = pq.read_table(meta)
+    column = table.schema.get_field_index("lit_imit/attrs")
+    pq.write_table(table.set_column(column, "lit_imit/attrs", pa.array(["{}", "{not json"])), meta)
+    with pytest.raises(LeRobotFormatError, match="episode 1: column 'lit_imit/attrs' is not JSON"):
+        import_lerobot(out, EpisodeStore(tmp_path / "dst2"))
+    assert EpisodeStore(tmp_path / "dst2").ids() == []  # checked before the first episode is added
 
 
 def test_lerobots_default_av1_video_stays_within_codec_tolerance(tmp_path):

@@ -56,6 +56,9 @@ CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
 DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
 VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 EPISODES_PATH = "meta/episodes/" + CHUNK_FILE + ".parquet"
+#: an extra meta/episodes column: an episode's own attrs (seed, success, teacher, source...) as JSON, so that an
+#: export imported back keeps them; LeRobot reads the column along with the others and does not use it
+ATTRS_COLUMN = "lit_imit/attrs"
 INFO_PATH, STATS_PATH, TASKS_PATH = "meta/info.json", "meta/stats.json", "meta/tasks.parquet"
 # LeRobot adds these to every dataset's features (DEFAULT_FEATURES in lerobot/datasets/utils.py)
 INDEX_FEATURES = {
@@ -465,7 +468,7 @@ class _Exporter:
         self.stats: list[dict[str, dict[str, np.ndarray]]] = []
         self.frames = 0
 
-    def add(self, arrays: Mapping[str, np.ndarray], tasks: list[str]) -> None:
+    def add(self, arrays: Mapping[str, np.ndarray], tasks: list[str], attrs: Mapping[str, Any] | None = None) -> None:
         length = len(tasks)
         episode_index = len(self.episodes)
         task_index = np.array([self.tasks.setdefault(t, len(self.tasks)) for t in tasks], np.int64)
@@ -480,6 +483,7 @@ class _Exporter:
         for key, files in self.videos.items():
             row.update(files.add(arrays[self.layout.paths[key]], episode_index))
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
+        row[ATTRS_COLUMN] = json.dumps(dict(attrs or {}), sort_keys=True, default=_json_scalar)
         stats = {key: vector_stats(values) for key, values in columns.items()}
         stats.update({key: image_stats(arrays[self.layout.paths[key]]) for key in self.layout.videos})
         self.episodes.append(row)
@@ -606,7 +610,7 @@ def export_lerobot(store: EpisodeStore | str | os.PathLike, root: str | os.PathL
                                      video_files_size_in_mb)
             else:
                 _check_same_layout(exporter.layout, episode.arrays, str(path))
-            exporter.add(episode.arrays, _frame_tasks(episode.arrays, episode.attrs, len(episode), task))
+            exporter.add(episode.arrays, _frame_tasks(episode.arrays, episode.attrs, len(episode), task), episode.attrs)
         exporter.close()
         exporter.write_meta(robot_type)
         (tmp / "README.md").write_text(
@@ -828,13 +832,39 @@ def _video_location(info: LeRobotInfo, row: Mapping[str, Any], key: str) -> tupl
     return path, int(round(start))
 
 
+def _json_scalar(value: Any) -> Any:
+    """numpy scalars as Python numbers in the attrs column; anything else JSON cannot hold as its text."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def _carried_attrs(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The attrs an export of ours carried in ``ATTRS_COLUMN`` ({} for datasets written by others)."""
+    text = row.get(ATTRS_COLUMN)
+    if not text:
+        return {}
+    try:
+        carried = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LeRobotFormatError(f"{row['_file']}: episode {row['episode_index']}: column {ATTRS_COLUMN!r} is not "
+                                 f"JSON ({err})") from err
+    if not isinstance(carried, dict):
+        raise LeRobotFormatError(f"{row['_file']}: episode {row['episode_index']}: column {ATTRS_COLUMN!r} is not "
+                                 "a JSON object")
+    return carried
+
+
 def _episode_attrs(info: LeRobotInfo, row: Mapping[str, Any], tasks: Sequence[str], task: str | None,
                    attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """LeRobot's facts (instruction, fps), then the attrs our own export carried (seed, success, task...), then
+    where this copy came from; an explicit ``task`` and ``attrs`` win over all of them."""
     distinct = sorted(set(tasks), key=tasks.index)
     text = distinct[0] if len(distinct) == 1 else None
-    return {"task": task or text, "instruction": text, "fps": info.fps,
-            "imported_from": f"{info.root.resolve()}:episode_{row['episode_index']}",
-            "lerobot_episode_index": int(row["episode_index"]), **(attrs or {})}
+    out = {"task": text, "instruction": text, "fps": info.fps, **_carried_attrs(row),
+           "imported_from": f"{info.root.resolve()}:episode_{row['episode_index']}",
+           "lerobot_episode_index": int(row["episode_index"])}
+    if task:
+        out["task"] = task
+    return {**out, **(attrs or {})}
 
 
 def import_lerobot(root: str | os.PathLike, store: EpisodeStore, task: str | None = None,
@@ -843,7 +873,8 @@ def import_lerobot(root: str | os.PathLike, store: EpisodeStore, task: str | Non
 
     Frames are read from the data parquet files, camera frames decoded from the videos (ffmpeg) or from PNG
     bytes (``image`` features). Each episode records ``imported_from``, ``lerobot_episode_index``, ``fps`` and
-    its task text as ``instruction`` (and as ``task`` unless ``task`` is given); an episode with several tasks
+    its task text as ``instruction`` (and as ``task`` unless ``task`` is given), and the attrs an export of ours
+    carried (``ATTRS_COLUMN``: seed, source, success, task...); an episode with several tasks
     keeps them per step in ``observations/instruction``. All metadata and frame rows are checked before the
     first episode is added; ``root`` is only read.
     """
@@ -858,6 +889,7 @@ def import_lerobot(root: str | os.PathLike, store: EpisodeStore, task: str | Non
     data = _DataFiles(info, tasks)
     for row in episodes:  # everything but the video frames, before anything is written
         data.episode(row)
+        _carried_attrs(row)
         for key in cameras:
             if info.features[key]["dtype"] == "video":
                 path, _ = _video_location(info, row, key)
