@@ -94,6 +94,8 @@ def test_export_then_import_round_trips_values_and_tasks(tmp_path):
     assert [a["instruction"] for a in attrs] == ["pick up the cube", "transfer_cube", "pick up the cube"]
     # the episodes' own attrs came along (an extra meta/episodes column): task, source and seed as recorded
     assert [(a["task"], a["source"], a["seed"]) for a in attrs] == [("transfer_cube", "teacher", i) for i in range(3)]
+    carried = json.loads(pq.read_table(next((out / "meta" / "episodes").glob("*/*.parquet")))["lit_imit/attrs"][0].as_py())
+    assert carried == {"instruction": "pick up the cube", "seed": 0, "source": "teacher", "task": "transfer_cube"}
     assert all(a["fps"] == 50 for a in attrs) and [a["lerobot_episode_index"] for a in attrs] == [0, 1, 2]
     assert attrs[1]["imported_from"] == f"{out.resolve()}:episode_1"
     assert read_tasks(out) == {0: "pick up the cube", 1: "transfer_cube"}

@@ -30,6 +30,11 @@ def test_round_trip_keeps_arrays_attrs_and_layout(tmp_path):
         assert f["observations/images/top"].compression is not None
 
 
+def test_attrs_copied_from_another_file_do_not_override_the_writers_schema_version(tmp_path):
+    write_episode(tmp_path / "e.hdf5", make_episode_arrays(5), {"task": "transfer_cube", "schema_version": -7})
+    assert read_episode(tmp_path / "e.hdf5").attrs["schema_version"] == episodes.SCHEMA_VERSION
+
+
 def test_mismatched_lengths_are_rejected_naming_keys(tmp_path):
     arrays = make_episode_arrays(10)
     arrays["action"] = arrays["action"][:-1]

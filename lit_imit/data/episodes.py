@@ -232,10 +232,10 @@ def write_episode(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], att
                     f.create_dataset(key, data=arr, chunks=(1, *arr.shape[1:]), compression="lzf")
                 else:
                     f.create_dataset(key, data=arr)
-            f.attrs["schema_version"] = SCHEMA_VERSION
             for key, value in attrs.items():
                 if value is not None:
                     f.attrs[key] = _jsonable_attr(value)
+            f.attrs["schema_version"] = SCHEMA_VERSION  # the writer's layout, whatever attrs copied from elsewhere say
             f.flush()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

@@ -483,7 +483,8 @@ class _Exporter:
         for key, files in self.videos.items():
             row.update(files.add(arrays[self.layout.paths[key]], episode_index))
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
-        row[ATTRS_COLUMN] = json.dumps(dict(attrs or {}), sort_keys=True, default=_json_scalar)
+        own = {k: v for k, v in (attrs or {}).items() if k != "schema_version"}  # the file's layout, not the episode's
+        row[ATTRS_COLUMN] = json.dumps(own, sort_keys=True, default=_json_scalar)
         stats = {key: vector_stats(values) for key, values in columns.items()}
         stats.update({key: image_stats(arrays[self.layout.paths[key]]) for key in self.layout.videos})
         self.episodes.append(row)
