@@ -27,6 +27,13 @@ PIER metadata and priorities are the DataModule's. The CLI writes ``last.ckpt`` 
 this callback's round, so resuming from it collects nothing twice. Only a run killed during a round, or
 one resumed from an older checkpoint, leaves episodes on disk unused; it collects them again under new ids.
 
+Domain shifts (``domain_shifts``, :class:`~lit_imit.interactive.DomainSchedule`): after the given numbers of
+interactive episodes the rounds' env is rebuilt with other settings (e.g. the ALOHA cube's ``spawn_offset``),
+as ASkDAgger's domain-shift experiment does, to show how each mode recovers. A switch falls between rounds;
+the domain is logged (``interactive/domain``), written into each collected demo's attributes and kept in the
+checkpoint, which an interactive recipe's curve reads to test each checkpoint in the domain it faced. The
+initial teacher demos and any ``RolloutEvaluation`` during fit stay in the base env.
+
 A fresh start (no ``--ckpt_path``) on a store that already holds interactively collected episodes is
 refused: it would silently train on another run's rounds. Resume that run, use a new data directory, or set
 ``data.init_args.reuse_interactive_store: true``.
@@ -48,12 +55,13 @@ from callbacks.rollout import RolloutEvaluation
 from lit_imit.data.episodes import read_episode, write_episode
 from lit_imit.distributed import all_gather_objects, broadcast_object
 from lit_imit.evaluation import policy_env_kwargs
-from lit_imit.envs import make_judge, task_spec
+from lit_imit.envs import make_env, make_judge, task_spec
 from lit_imit.envs.vector import worker_count
 from lit_imit.interactive import (
     MODES,
     PIER,
     SAG,
+    DomainSchedule,
     EpisodeOutcome,
     InteractiveConfig,
     Label,
@@ -127,6 +135,10 @@ class InteractiveAggregation(pl.Callback):
             process; N > 0 in min(N, episodes) env worker processes at once (each rebuilds the novice from its
             current weights on the CPU, once per round); ``"auto"``: the CPUs this process may use, shared
             among the ranks of this node. Same outcomes either way (on the CPU).
+        domain_shifts: switches of the rounds' env, each ``{after_episodes: N, env_kwargs: {...}}``: from N
+            interactive episodes on (seed episodes included; N must fall between rounds), the env is built with
+            these arguments over ``env_kwargs`` (each shift over the base, not over the previous shift). What the
+            policy observes (cameras, image_size, env_state) cannot shift.
     """
 
     def __init__(
@@ -157,6 +169,7 @@ class InteractiveAggregation(pl.Callback):
         metrics_window: int = 50,
         store_failed_teacher: bool = False,
         num_workers: int | str = 0,
+        domain_shifts: list[dict[str, Any]] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
@@ -189,6 +202,8 @@ class InteractiveAggregation(pl.Callback):
         self._reset_progress()
         worker_count(num_workers, 1)  # an invalid value fails here, at config time
         self.num_workers = num_workers
+        self.domains = DomainSchedule(domain_shifts)
+        self.domains.check_round_boundaries(self.seed_episodes, self.episodes_per_round)
         self._runner: RoundRunner | None = None
         self._config: InteractiveConfig | None = None
 
@@ -232,6 +247,16 @@ class InteractiveAggregation(pl.Callback):
         self._config = InteractiveConfig(mode=self.mode, decision_steps=self._decision_steps(pl_module),
                                          max_steps=self.max_steps, dagger_beta=self.dagger_beta,
                                          store_failed_teacher=self.store_failed_teacher)
+        self._check_domains()
+
+    def _check_domains(self) -> None:
+        """Each shifted env built once now: a misspelt argument fails at set-up, not hours later at the switch."""
+        for domain in range(1, len(self.domains) + 1):
+            try:
+                make_env(self.task, **self.domains.env_kwargs(self.env_kwargs, domain)).close()
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"domain_shifts[{domain - 1}].env_kwargs {self.domains.overrides(domain)} do not "
+                                 f"build a {self.task} env: {err}") from err
 
     def _decision_steps(self, pl_module: pl.LightningModule) -> int:
         """One executed chunk for chunking modules, else one step (see the class docstring)."""
@@ -282,16 +307,18 @@ class InteractiveAggregation(pl.Callback):
     # ---- one round --------------------------------------------------------------------------------
     def _round(self, trainer: pl.Trainer, pl_module: pl.LightningModule, version: int, n_episodes: int) -> None:
         start = time.perf_counter()
-        outcomes = self._rollouts(trainer, pl_module, version, n_episodes)
+        domain = self.domains.domain(self.episodes_done)
+        outcomes = self._rollouts(trainer, pl_module, version, n_episodes, domain)
         seconds = max(all_gather_objects(time.perf_counter() - start))
         outcomes, arrays = self._exchange(trainer, outcomes)
         dm = trainer.datamodule
         demos = [demo for outcome in outcomes for demo in outcome.demos]
-        self._add_demos(trainer, outcomes, arrays)
+        self._add_demos(trainer, outcomes, arrays, domain)
         self._absorb(outcomes, version)
         if self.spec.pier:
             self._prioritize(dm)
-        self.last_round = {**round_summary(outcomes), "seconds": float(seconds), "version": float(version)}
+        self.last_round = {**round_summary(outcomes), "seconds": float(seconds), "version": float(version),
+                           "domain": float(domain)}
         self.episodes_done += n_episodes
         self.rounds_done += 1
         if trainer.is_global_zero:
@@ -312,9 +339,9 @@ class InteractiveAggregation(pl.Callback):
             pl_module.reset()
 
     def _rollouts(self, trainer: pl.Trainer, pl_module: pl.LightningModule, version: int,
-                  n_episodes: int) -> list[EpisodeOutcome]:
+                  n_episodes: int, domain: int) -> list[EpisodeOutcome]:
         """This rank's episodes of the round (``i % world_size == rank``), each gating with its own fork of the
-        shared gate."""
+        shared gate, in the env of ``domain``."""
         assert self._config is not None, "setup() did not run"
         rank, world = trainer.global_rank, trainer.world_size
         indices = [self.episodes_done + i for i in range(rank, n_episodes, world)]
@@ -322,14 +349,22 @@ class InteractiveAggregation(pl.Callback):
                 for index in indices]
         setting = RoundSetting(self.task, self.judge, self._config, self.relabel, self.seed)
         with self._policy_context(trainer, pl_module):
-            return self._round_runner(trainer, len(jobs)).run(pl_module, jobs, setting)
+            return self._round_runner(trainer, len(jobs), domain).run(pl_module, jobs, setting)
 
-    def _round_runner(self, trainer: pl.Trainer, jobs: int) -> RoundRunner:
-        """Built in each process on first use (DDP relaunches the CLI per rank); workers live until teardown."""
+    def _round_runner(self, trainer: pl.Trainer, jobs: int, domain: int) -> RoundRunner:
+        """Built in each process on first use (DDP relaunches the CLI per rank); workers live until teardown, or
+        until a domain shift asks for an env with other settings (then the runner is built again)."""
+        env_kwargs = self.domains.env_kwargs(self.env_kwargs, domain)
+        if self._runner is not None and self._runner.env_kwargs != env_kwargs:
+            self._runner.close()
+            self._runner = None
         if self._runner is None:
+            if domain and trainer.is_global_zero:
+                log.info("interactive rounds in domain %d from %d episodes on: env %s", domain, self.episodes_done,
+                         self.domains.overrides(domain))
             local_world = RolloutEvaluation._local_world_size(trainer)
             workers = worker_count(self.num_workers, max(jobs, 1), local_world)
-            self._runner = RoundRunner(self.task, self.env_kwargs, workers)
+            self._runner = RoundRunner(self.task, env_kwargs, workers)
         return self._runner
 
     @staticmethod
@@ -353,8 +388,9 @@ class InteractiveAggregation(pl.Callback):
         return sorted(gathered, key=lambda o: o.index), arrays
 
     def _add_demos(self, trainer: pl.Trainer, outcomes: list[EpisodeOutcome],
-                   arrays: dict[tuple[int, int], dict]) -> None:
-        """Rank 0 writes the demos to the store in episode order; every rank appends the same ids."""
+                   arrays: dict[tuple[int, int], dict], domain: int) -> None:
+        """Rank 0 writes the demos to the store in episode order; every rank appends the same ids. With domain
+        shifts each file's attributes say the domain it was collected in."""
         dm = trainer.datamodule
         demos = [(outcome, k, demo) for outcome in outcomes for k, demo in enumerate(outcome.demos)]
         meta = [demo.meta() for _, _, demo in demos]
@@ -367,7 +403,10 @@ class InteractiveAggregation(pl.Callback):
                 if data is None:
                     staged.append(dm.staging_path(self._staged_name(outcome.index, k)))
                     data = read_episode(staged[-1]).arrays
-                pairs.append((data, demo.attrs(self.task, self.sim_id, outcome.seed)))
+                attrs = demo.attrs(self.task, self.sim_id, outcome.seed)
+                if len(self.domains):
+                    attrs["domain"] = domain
+                pairs.append((data, attrs))
             ids = dm.add_demos(pairs, meta)
             for path in staged:
                 os.unlink(path)  # a hand-over file, not an episode
@@ -416,10 +455,12 @@ class InteractiveAggregation(pl.Callback):
         round's decisions used (NaN while SAG still queries everything); the rates are decision-level over
         the last ``metrics_window`` decisions (``novice_success``: plans judged valid; ``system_success``:
         valid or caught by a query); ``episode_success`` is the task success of the round's episodes with
-        the teacher's help."""
+        the teacher's help. With domain shifts, ``domain`` is the domain the round ran in."""
         rates = gating_metrics(self.decision_log["failed"], self.decision_log["queried"], self.metrics_window)
         last = self.last_round
+        shifted = {"domain": last.get("domain", math.nan)} if len(self.domains) else {}
         return {
+            **shifted,
             "threshold": last.get("threshold", math.nan),
             "target": float(self.sag_kwargs["target"]),
             f"target_{self.sag_kwargs['mode']}": float(self.sag_kwargs["target"]),  # the rate SAG aims at
@@ -457,6 +498,7 @@ class InteractiveAggregation(pl.Callback):
             "counts": {k: int(v) for k, v in self.counts.items()},
             "decision_log": {k: [bool(x) for x in v] for k, v in self.decision_log.items()},
             "last_round": {k: float(v) for k, v in self.last_round.items()},
+            "domain": self.domains.state(self.episodes_done),  # the domain of the next round (the curve's test env)
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -468,6 +510,7 @@ class InteractiveAggregation(pl.Callback):
         self.gate.load_state_dict(state_dict["gate"])
         self.seeded = bool(state_dict["seeded"])
         self.episodes_done = int(state_dict["episodes_done"])
+        self.domains.check_state(state_dict.get("domain"), self.episodes_done)
         self.rounds_done = int(state_dict["rounds_done"])
         self.n_interactive = int(state_dict["n_interactive"])
         self.counts = {**fresh_counts(), **{k: int(v) for k, v in state_dict["counts"].items()}}

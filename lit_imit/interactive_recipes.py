@@ -15,6 +15,10 @@ whose ``InteractiveAggregation`` callback runs the interactive rounds, and whose
    annotated steps) and its success on held-out seeds: the first ``curve_episodes`` test seeds for the
    intermediate points, ``episodes`` (>= 50 for a quoted rate) for the last one, which is also the row's
    success. The test seeds (1000000+) are never used for demos, interactive episodes or selection.
+   A run with domain shifts (the callback's ``domain_shifts``) tests each checkpoint in the domain its
+   checkpoint records: the env the next interactive episode would have run in. So the point at the switch
+   shows the policy trained in the old domain facing the new one, and the later points its recovery; each
+   point's ``domain`` says which, and the row's ``domain_shifts`` lists the switches.
 
 One row per run goes to ``results/results.jsonl`` (``mode``, ``seed``, counters, success with its Wilson
 interval, ``curve``), also for a failed or stopped run (with the error and the counters ``last.ckpt`` holds);
@@ -34,7 +38,7 @@ import logging
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -126,6 +130,8 @@ class CurvePoint:
     episodes: int  # interactive episodes done (the seed episodes of a from-scratch start included)
     train_steps: int
     counts: dict[str, int]
+    domain: int = 0  # the domain (of the callback's domain_shifts) the next interactive episode runs in
+    domain_env_kwargs: dict[str, Any] = field(default_factory=dict)  # its env arguments over the base ones
 
     @classmethod
     def read(cls, path: Path) -> "CurvePoint":
@@ -133,8 +139,9 @@ class CurvePoint:
         state = (ckpt.get("callbacks") or {}).get(CALLBACK)
         if state is None:
             raise ValueError(f"{path} holds no {CALLBACK} state: not a checkpoint of an interactive run")
+        domain = state.get("domain") or {"domain": 0, "env_kwargs": {}}  # older checkpoints: one domain
         return cls(path, int(state["episodes_done"]), int(ckpt.get("global_step", 0)),
-                   {k: int(v) for k, v in state["counts"].items()})
+                   {k: int(v) for k, v in state["counts"].items()}, int(domain["domain"]), dict(domain["env_kwargs"]))
 
 
 def curve_points(version_dir: Path) -> list[CurvePoint]:
@@ -157,7 +164,8 @@ def _counters(point: CurvePoint) -> dict[str, int]:
 def evaluate_curve(rec: Recipe, run_dir: Path, row: dict[str, Any], episodes: int, curve_episodes: int,
                    test_seed: int) -> None:
     """Held-out success at every point of the run (the last on ``episodes`` seeds, the others on the first
-    ``curve_episodes``); fills ``row`` with the curve, the last point's counters and success."""
+    ``curve_episodes``), each in its checkpoint's domain; fills ``row`` with the curve, the last point's
+    counters and success."""
     config_path = find_run_config(run_dir)
     config = yaml.safe_load(config_path.read_text())
     points = curve_points(config_path.parent)
@@ -165,22 +173,30 @@ def evaluate_curve(rec: Recipe, run_dir: Path, row: dict[str, Any], episodes: in
     task = settings.get("task") or ((config.get("data") or {}).get("init_args") or {}).get("task")
     row.update(_obs_from_config(config))
     row.update({"curve_episodes": curve_episodes, "curve": [], "checkpoint": str(points[-1].path)})
+    shifts = _callback(config).get("init_args", {}).get("domain_shifts")
+    if shifts:
+        row["domain_shifts"] = shifts
     env_kwargs = None
     start = time.perf_counter()
-    with ExitStack() as stack:  # the envs open once, for every point
+    with ExitStack() as stack:  # the envs open once per domain (points come in episode order, domains too)
         envs = None
         for k, point in enumerate(points):
             module = load_policy_from_run(config, point.path)
-            if envs is None:
-                env_kwargs = policy_env_kwargs(module, settings.get("env_kwargs"))
+            wanted = {**policy_env_kwargs(module, settings.get("env_kwargs")), **point.domain_env_kwargs}
+            if wanted != env_kwargs:
+                stack.close()
+                env_kwargs = wanted
                 n_envs = min(rec.test_n_envs, max(episodes, curve_episodes))
                 envs = stack.enter_context(heldout_envs(task, env_kwargs, n_envs, rec.test_workers))
             n = episodes if k == len(points) - 1 else min(curve_episodes, episodes)
             summary = heldout_on(module, envs, n, test_seed, settings.get("max_steps"))
             entry = {**_counters(point), "train_steps": point.train_steps, **_success(summary, n)}
+            if shifts:
+                entry.update(domain=point.domain, domain_env_kwargs=point.domain_env_kwargs)
             row["curve"].append(entry)
-            log.info("[%s %s seed %s] %d interactive episodes, %d annotations: %d/%d", rec.name, row.get("mode"),
-                     row.get("seed"), point.episodes, entry["annotations"], entry["successes"], n)
+            log.info("[%s %s seed %s] %d interactive episodes, %d annotations: %d/%d%s", rec.name, row.get("mode"),
+                     row.get("seed"), point.episodes, entry["annotations"], entry["successes"], n,
+                     f" (domain {point.domain})" if shifts else "")
     last = points[-1]
     row.update({**_counters(last), "train_steps": last.train_steps, **_success_row(row["curve"][-1]),
                 "env_kwargs": env_kwargs, "test_minutes": round((time.perf_counter() - start) / 60, 2)})

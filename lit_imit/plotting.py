@@ -185,7 +185,8 @@ def mode_curves(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, np.nda
 def plot_mode_comparison(runs: Sequence[Mapping[str, Any]], out: Path, name: str, level: float | None = None) -> Path:
     """``<out>/interactive_<name>.png``: held-out success against annotations (one line per mode through the
     seed means at each evaluation point, success min-max over seeds shaded, annotation min-max as bars), success
-    against interactive episodes, and annotations against interactive episodes."""
+    against interactive episodes, and annotations against interactive episodes. Runs with domain shifts get a
+    dotted line at each switch on the episode axes (from the point there on, success is in the new domain)."""
     import matplotlib.pyplot as plt
 
     curves = mode_curves(runs)
@@ -207,11 +208,16 @@ def plot_mode_comparison(runs: Sequence[Mapping[str, Any]], out: Path, name: str
         ax.set_ylim(-0.02, 1.02)
         if level is not None:
             ax.axhline(level, color="grey", ls="--", lw=1, label=f"level {level:.2f}")
+    for after in sorted({s["after_episodes"] for r in runs for s in r.get("domain_shifts") or []}):
+        for ax in (ax_e, ax_n):
+            ax.axvline(after, color="black", ls=":", lw=1, label=f"domain shift at {after}" if ax is ax_e else None)
     ax_a.set_xlabel("teacher annotations")
     ax_e.set_xlabel("interactive episodes")
     ax_n.set_xlabel("interactive episodes")
     ax_n.set_ylabel("teacher annotations (cumulative)")
     ax_a.legend(fontsize=7)
+    if any(r.get("domain_shifts") for r in runs):
+        ax_e.legend(fontsize=7)
     fig.suptitle(f"{name}: mean over seeds, shaded min-max", fontsize=10)
     return _save(fig, out / f"interactive_{name}.png")
 

@@ -282,6 +282,16 @@ register(Recipe(
           "wall time is projected from measured CPU time per round (see the config's header)",
 ))
 
+register(Recipe(
+    name="askdagger_transfer_cube_state_shift", method="act", task="transfer_cube",
+    config="configs/act/askdagger_transfer_cube_state_shift.yaml", obs="qpos + cube pose (state)", demos=10,
+    expected_minutes=35, preset="interactive", curve_episodes=20,
+    reference="ASkDAgger's domain-shift experiment (train_interactive_domain_shift.py): how each mode recovers",
+    notes="askdagger_transfer_cube_state with a domain shift after 50 of the 100 interactive episodes: the cube "
+          "spawns 18 cm further back (spawn_offset [0, 0.18]); curve points from 50 episodes on are tested in the "
+          "shifted region (each point's domain is in the row); the wall time is the unshifted recipe's projection",
+))
+
 
 def recipe(name: str) -> Recipe:
     if name not in RECIPES:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton before mujoco/dm_control)
 
@@ -127,13 +127,13 @@ def insertion_reward(contacts: ContactSet) -> int:
     return 0
 
 
-def sample_cube(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"box": _upright_pose(rng, x=(0.0, 0.2), y=(0.4, 0.6))}
-
-
-def sample_peg_and_socket(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"peg": _upright_pose(rng, x=(0.1, 0.2), y=(0.4, 0.6)),
-            "socket": _upright_pose(rng, x=(-0.2, -0.1), y=(0.4, 0.6))}
+#: (x range, y range) of each object's uniform spawn box, in draw order: the original ACT sim's
+#: ``sample_box_pose`` and ``sample_insertion_pose``
+Box2D = tuple[tuple[float, float], tuple[float, float]]
+CUBE_SPAWN: dict[str, Box2D] = {"box": ((0.0, 0.2), (0.4, 0.6))}
+PEG_AND_SOCKET_SPAWN: dict[str, Box2D] = {"peg": ((0.1, 0.2), (0.4, 0.6)), "socket": ((-0.2, -0.1), (0.4, 0.6))}
+#: where a shifted spawn box may lie: the tabletop mesh (x -0.61..0.61, y 0.22..0.98) less 5 cm at each edge
+TABLE_XY: Box2D = ((-0.56, 0.56), (0.27, 0.93))
 
 
 def _upright_pose(rng: np.random.Generator, x: tuple[float, float], y: tuple[float, float]) -> np.ndarray:
@@ -145,16 +145,39 @@ def _upright_pose(rng: np.random.Generator, x: tuple[float, float], y: tuple[flo
 class AlohaTask:
     xml: str
     objects: dict[str, str]  # object name -> its free joint
-    sample: Callable[[np.random.Generator], dict[str, np.ndarray]]
+    spawn: dict[str, Box2D]  # object name -> its spawn box, in draw order
     reward: Callable[[ContactSet], int]
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Each object's start pose, drawn from ``rng`` in ``spawn`` order (x, then y, per object)."""
+        return {name: _upright_pose(rng, x, y) for name, (x, y) in self.spawn.items()}
+
+    def check_spawn_offset(self, offset: Sequence[float] | None) -> tuple[float, float]:
+        """``spawn_offset`` as two finite floats (metres; None: no shift). Every shifted spawn box must stay on
+        the table (``TABLE_XY``), so a typo (centimetres for metres) fails here, not as objects falling off."""
+        if offset is None:
+            return (0.0, 0.0)
+        if isinstance(offset, (str, bytes, Mapping)) or not hasattr(offset, "__len__") or len(offset) != 2:
+            raise ValueError(f"spawn_offset must be two numbers (dx, dy) in metres, got {offset!r}")
+        dx, dy = (float(v) for v in offset)
+        if not (np.isfinite(dx) and np.isfinite(dy)):
+            raise ValueError(f"spawn_offset must be finite, got {offset!r}")
+        (tx0, tx1), (ty0, ty1) = TABLE_XY
+        for name, ((x0, x1), (y0, y1)) in self.spawn.items():
+            if x0 + dx < tx0 or x1 + dx > tx1 or y0 + dy < ty0 or y1 + dy > ty1:
+                raise ValueError(
+                    f"spawn_offset {offset!r} moves the {name}'s spawn box x {x0}..{x1}, y {y0}..{y1} to "
+                    f"x {x0 + dx:.3f}..{x1 + dx:.3f}, y {y0 + dy:.3f}..{y1 + dy:.3f}: off the usable table "
+                    f"x {tx0}..{tx1}, y {ty0}..{ty1}")
+        return (dx, dy)
 
 
 ALOHA_TASKS = {
     "transfer_cube": AlohaTask("bimanual_viperx_transfer_cube.xml", {"box": "red_box_joint"},
-                               sample_cube, transfer_cube_reward),
+                               CUBE_SPAWN, transfer_cube_reward),
     "insertion": AlohaTask("bimanual_viperx_insertion.xml",
                            {"peg": "red_peg_joint", "socket": "blue_socket_joint"},
-                           sample_peg_and_socket, insertion_reward),
+                           PEG_AND_SOCKET_SPAWN, insertion_reward),
 }
 
 
@@ -178,6 +201,12 @@ class AlohaEnv(MujocoEnv):
     The reward is read from the contacts of the state *after* the control step, as gym-aloha and the
     original ACT (dm_control's legacy step ends with the position stage of the next step) compute it.
 
+    ``spawn_offset=(dx, dy)`` (metres) moves every object's spawn box (ACT's ``sample_box_pose`` /
+    ``sample_insertion_pose`` ranges) by that much on the table: a domain shift for interactive learning
+    (``InteractiveAggregation(domain_shifts=...)``). The placement draws the same random numbers and adds the
+    offset after them, so seed ``s`` puts the object at the same spot shifted; None (the default) adds nothing
+    and keeps the original placement bit for bit.
+
     ``fast_render`` (the default) drops the MJCF's shadows (4096-pixel shadow map) and 4x multisampling:
     about 9x faster frames on a CPU's software OpenGL (~30 ms instead of ~290 ms at 480x640), same scene
     (mean pixel difference < 5). ``fast_render=False`` renders the MJCF's full look.
@@ -187,11 +216,13 @@ class AlohaEnv(MujocoEnv):
 
     def __init__(self, task: str = "transfer_cube", cameras: Sequence[str] = ("top",),
                  image_size: tuple[int, int] = (480, 640), render_mode: str | None = "rgb_array",
-                 terminate_on_success: bool = False, fast_render: bool = True, env_state: bool = False):
+                 terminate_on_success: bool = False, fast_render: bool = True, env_state: bool = False,
+                 spawn_offset: Sequence[float] | None = None):
         if task not in ALOHA_TASKS:
             raise ValueError(f"unknown ALOHA task {task!r}; choose one of {sorted(ALOHA_TASKS)}")
         self.task_name = task
         self.task = ALOHA_TASKS[task]
+        self.spawn_offset = self.task.check_spawn_offset(spawn_offset)
         self.render_mode = self._check_render_mode(render_mode)
         self.terminate_on_success = bool(terminate_on_success)
         self.fast_render = bool(fast_render)
@@ -249,11 +280,19 @@ class AlohaEnv(MujocoEnv):
         physics.data.qpos[: len(START_ARM_POSE)] = START_ARM_POSE
         physics.data.ctrl[:] = START_ARM_POSE
         for name, pose in self.task.sample(self.np_random).items():
-            physics.data.qpos[self._object_qpos[name]] = pose
+            physics.data.qpos[self._object_qpos[name]] = self._shifted(pose)
         physics.forward()
         self._steps = 0
         self._max_reward = 0
         return self._observation(), self._info(0)
+
+    def _shifted(self, pose: np.ndarray) -> np.ndarray:
+        """``pose`` moved by ``spawn_offset`` on the table; untouched without one (bit-identical default)."""
+        if self.spawn_offset == (0.0, 0.0):
+            return pose
+        moved = pose.copy()
+        moved[:2] += self.spawn_offset
+        return moved
 
     def step(self, action):
         physics = self.physics

@@ -5,6 +5,7 @@
 - :mod:`.pier`     Prioritized Interactive Experience Replay: what to replay (``PIER``)
 - :mod:`.segments` what one actor did during one decision (``Segment``, ``run_segment``)
 - :mod:`.judges`   the teacher's verdict on a segment (``ActionAgreementJudge``, ``StepRewardJudge``)
+- :mod:`.domains`  domain shifts: the env's settings switch after N interactive episodes (``DomainSchedule``)
 - :mod:`.loop`     one interactive episode: the modes (DAgger, ActiveDAgger, ASkDAgger and its ablations)
 
 The interactive round (``callbacks.interactive.InteractiveAggregation``) runs exactly these objects.
@@ -12,6 +13,7 @@ The method is ASkDAgger (Luijkx et al., TMLR 2025); "the reference" in these mod
 implementation, the askdagger_cliport repository.
 """
 
+from .domains import OBSERVATION_KEYS, DomainSchedule, DomainShift
 from .fier import FIER, Demo, Feedback, FIERStep, Simulator, feedback
 from .judges import ActionAgreementJudge, SegmentJudge, StepRewardJudge, info_relabel
 from .loop import (
@@ -64,4 +66,7 @@ __all__ = [
     "pier_inputs",
     "annotated_steps",
     "round_summary",
+    "DomainSchedule",
+    "DomainShift",
+    "OBSERVATION_KEYS",
 ]
