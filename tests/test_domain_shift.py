@@ -275,3 +275,13 @@ def test_shipped_shift_recipe_switches_halfway():
     assert config == base
     assert rec.interactive and (REPO_ROOT / rec.config).is_file()
     InteractiveAggregation(**callback, domain_shifts=shifts)  # builds: the switch falls between rounds
+
+
+def test_plot_of_shifted_runs_renders(tmp_path):
+    from lit_imit.plotting import plot_mode_comparison
+    from tests.test_interactive_recipes import fake_row
+
+    shifts = [{"after_episodes": 20, "env_kwargs": {"spawn_offset": SHIFT}}]
+    rows = [{**fake_row(mode, 0, 10, [0.2, 0.6, 0.3, 0.7]), "domain_shifts": shifts} for mode in ("dagger", "askdagger")]
+    png = plot_mode_comparison(rows, tmp_path, "shift")  # draws the dotted line at 20 episodes
+    assert png.stat().st_size > 20_000
