@@ -53,7 +53,8 @@ def test_schedule_switches_at_the_given_episode_counts():
 
 @pytest.mark.parametrize("shifts, message", [
     ({"after_episodes": 3}, "must be a list"),
-    ([{"after_episodes": 3, "env_kwarg": {"spawn_offset": [0, 0.1]}}], r"domain_shifts\[0\]: unknown keys \['env_kwarg'\]"),
+    ([{"after_episodes": 3, "env_kwarg": {"spawn_offset": [0, 0.1]}}],
+     r"domain_shifts\[0\]: unknown keys \['env_kwarg'\]"),
     ([{"after_episodes": 0, "env_kwargs": {"spawn_offset": [0, 0.1]}}], r"domain_shifts\[0\].after_episodes must be"),
     ([{"after_episodes": 2, "env_kwargs": {}}], r"domain_shifts\[0\].env_kwargs must be a non-empty"),
     ([{"after_episodes": 2, "env_kwargs": {"cameras": ["top"]}}], r"sets \['cameras'\]: what the policy observes"),
@@ -263,7 +264,8 @@ def test_shipped_shift_recipe_switches_halfway():
     config = run_config(rec, "askdagger", 0)
     by_class = {cb["class_path"]: cb for cb in config["trainer"]["callbacks"]}
     callback = by_class["callbacks.interactive.InteractiveAggregation"]["init_args"]
-    assert config["trainer"]["callbacks"][-1]["init_args"] is callback  # last: --override=--trainer.callbacks... reach it
+    # last in the list: --override=--trainer.callbacks.init_args.X=... reaches it (the smoke run in the header)
+    assert config["trainer"]["callbacks"][-1]["init_args"] is callback
     episodes = config["trainer"]["max_epochs"] - callback["warmup_epochs"]
     shifts = callback.pop("domain_shifts")
     assert shifts == [{"after_episodes": episodes // 2, "env_kwargs": {"spawn_offset": SHIFT}}]
@@ -282,6 +284,7 @@ def test_plot_of_shifted_runs_renders(tmp_path):
     from tests.test_interactive_recipes import fake_row
 
     shifts = [{"after_episodes": 20, "env_kwargs": {"spawn_offset": SHIFT}}]
-    rows = [{**fake_row(mode, 0, 10, [0.2, 0.6, 0.3, 0.7]), "domain_shifts": shifts} for mode in ("dagger", "askdagger")]
+    rows = [{**fake_row(mode, 0, 10, [0.2, 0.6, 0.3, 0.7]), "domain_shifts": shifts}
+            for mode in ("dagger", "askdagger")]
     png = plot_mode_comparison(rows, tmp_path, "shift")  # draws the dotted line at 20 episodes
     assert png.stat().st_size > 20_000
