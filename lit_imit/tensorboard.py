@@ -13,19 +13,14 @@ import json
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
 
 #: the metrics the HPARAMS tab lists next to each run's settings (TensorBoard reads their latest values from
 #: the scalars of the same tags; a run that never logs one leaves its cell empty)
 HPARAM_METRICS = ("rollout/success_rate", "test/success_rate", "val/loss", "train/loss")
 
 
-def _lightning_tensorboard_logger() -> type:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return TensorBoardLogger
-
-
-class RunLogger(_lightning_tensorboard_logger()):
+class RunLogger(TensorBoardLogger):
     """Lightning's TensorBoard logger without the ``epoch`` scalar that Lightning adds to every logged batch
     of metrics: TensorBoard sorts cards by name, so its staircase was the first chart a run opened on (seen in
     a headless-browser screenshot), above the rollout success. Epochs stay in the checkpoints and their names.
