@@ -524,6 +524,38 @@ def test_frozen_batchnorm_stays_frozen_during_training():
     assert not torch.equal(before["0.conv1.weight"], after["0.conv1.weight"])  # the convolutions do train
 
 
+def test_group_norm_backbone_normalises_trains_and_refuses_pretrained_weights(tmp_path):
+    """backbone_norm='group': every norm is a trainable GroupNorm (zero mean, unit variance per group of 16
+    channels), its affine parameters get gradients and move, and it refuses to start from batch-norm weights."""
+    torch.manual_seed(0)
+    module = with_stats(tiny(lr=1e-3, lr_backbone=1e-3, backbone_norm="group"))
+    norms = [m for m in module.model.backbones.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 20 and not any(isinstance(m, FrozenBatchNorm2d) for m in module.model.modules())
+    assert norms[0].num_groups == 64 // 16
+
+    images = torch.rand(2, 3, 64, 64) * 4 - 2
+    stem = module.model.backbones[0]
+    grouped = stem.bn1(stem.conv1(images))
+    per_group = grouped.reshape(2, norms[0].num_groups, -1)
+    assert torch.allclose(per_group.mean(-1), torch.zeros(2, norms[0].num_groups), atol=1e-5)
+    assert torch.allclose(per_group.var(-1, unbiased=False), torch.ones(2, norms[0].num_groups), atol=1e-3)
+
+    before = norms[-1].weight.detach().clone()
+    optimizer = module.configure_optimizers()
+    module.train()
+    module.compute_loss(batch_for())["loss"].backward()
+    assert norms[-1].weight.grad is not None and norms[-1].weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(before, norms[-1].weight)
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(ResNet18Features().state_dict(), path)
+    with pytest.raises(ValueError, match="from scratch"):
+        ResNet18Features(str(path), norm="group")
+    with pytest.raises(ValueError, match="backbone norm must be one of"):
+        ResNet18Features(norm="batch")
+
+
 def test_state_dict_round_trip(tmp_path):
     torch.manual_seed(0)
     module = with_stats(tiny(("top", "wrist")))

@@ -94,6 +94,7 @@ class ACTModule(PolicyModule):
         shared_backbone: bool = True,
         pretrained_backbone: str | None = None,
         allow_random_init: bool = False,
+        backbone_norm: str = "frozen_batch",
         lr: float = 1e-5,
         lr_backbone: float = 1e-5,
         weight_decay: float = 1e-4,
@@ -122,6 +123,10 @@ class ACTModule(PolicyModule):
             allow_random_init: with asked-for weights missing, warn loudly and start from random init instead
                 of stopping (CPU smoke runs; never the paper's setting). A missing file named by path is
                 always an error.
+            backbone_norm: ``frozen_batch`` (the original ACT: DETR's frozen batch norm, meant for ImageNet
+                weights) or ``group``: trainable GroupNorm, Diffusion Policy's choice for a ResNet trained from
+                scratch. A named departure for runs without pretrained weights, where frozen "statistics" are
+                the identity and the ResNet trains unnormalised (configs/act/transfer_cube_cpu.yaml measures it).
             lr_backbone: learning rate of the ResNets; <= 0 freezes them (no backward through the images).
             lr_schedule: ``constant`` (the original ACT and LeRobot) or ``cosine``: a linear warm-up over
                 ``warmup_steps``, then half a cosine to 0 at ``max_steps`` (None: the trainer's step count).
@@ -164,6 +169,7 @@ class ACTModule(PolicyModule):
             pretrained_backbone=pretrained_backbone,
             allow_random_init=allow_random_init,
             fuse_frozen_bn=fuse_frozen_bn,
+            backbone_norm=backbone_norm,
         )
         if channels_last:
             self.model.use_channels_last(True)

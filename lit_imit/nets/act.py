@@ -174,6 +174,7 @@ class ACT(nn.Module):
         fuse_frozen_bn: bool = True,
         extra_state_dims: Sequence[int] = (),
         allow_random_init: bool = False,
+        backbone_norm: str = "frozen_batch",
     ) -> None:
         super().__init__()
         if n_cameras < 0:
@@ -194,7 +195,8 @@ class ACT(nn.Module):
 
         n_backbones = 0 if n_cameras == 0 else 1 if shared_backbone else n_cameras
         self.backbones = nn.ModuleList(
-            ResNet18Features(pretrained_backbone, fuse_frozen_bn=fuse_frozen_bn, allow_random_init=allow_random_init)
+            ResNet18Features(pretrained_backbone, fuse_frozen_bn=fuse_frozen_bn, allow_random_init=allow_random_init,
+                             norm=backbone_norm)
             for _ in range(n_backbones)
         )
         if n_cameras:

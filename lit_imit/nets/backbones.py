@@ -11,6 +11,11 @@ torchvision's key names (ImageNet files load unchanged).
 Weights never come from the network: ``pretrained`` is a path to a state dict, or ``"imagenet"`` for the
 file torchvision keeps in its hub cache (read only when it is already there), or None for random init.
 Asked-for weights that are not there stop the run (``nets.pretrained``) unless ``allow_random_init``.
+
+Training from scratch is where frozen batch norm stops making sense: random-init "statistics" are the
+identity, so the ResNet trains with no normalisation at all. ``norm="group"`` swaps every batch norm for a
+trainable GroupNorm (16 channels per group), as Diffusion Policy (Chi et al. 2023) does for its from-scratch
+vision encoders; it needs no batch statistics, so it works at ACT's batch 8.
 """
 
 from __future__ import annotations
@@ -33,6 +38,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET18_FEATURE_CHANNELS = 512
 RESNET18_STRIDE = 32
+#: normalisation layers of the ResNet: ACT's/DETR's frozen batch norm, or Chi et al.'s trainable GroupNorm
+BACKBONE_NORMS = ("frozen_batch", "group")
+GROUP_NORM_CHANNELS_PER_GROUP = 16
+
+
+def group_norm(num_channels: int, channels_per_group: int = GROUP_NORM_CHANNELS_PER_GROUP) -> nn.GroupNorm:
+    """GroupNorm with ``num_channels // channels_per_group`` groups (at least one), affine and trainable."""
+    return nn.GroupNorm(max(1, num_channels // channels_per_group), num_channels)
+
+
+def replace_batchnorm_with_groupnorm(module: nn.Module,
+                                     channels_per_group: int = GROUP_NORM_CHANNELS_PER_GROUP) -> nn.Module:
+    """Swap every BatchNorm2d for ``group_norm(C)``, in place; returns the module."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, group_norm(child.num_features, channels_per_group))
+        else:
+            replace_batchnorm_with_groupnorm(child, channels_per_group)
+    return module
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -124,14 +148,25 @@ class ResNet18Features(nn.Module):
     """ResNet-18 up to layer4: (B, 3, H, W) ImageNet-normalised images -> (B, 512, ceil(H/32), ceil(W/32)).
 
     Module and state-dict names match torchvision's ``resnet18`` without ``fc``, so ImageNet files load as is.
+    ``norm``: ``frozen_batch`` (ACT) or ``group`` (trainable GroupNorm, from random init only: ImageNet
+    weights were trained with batch statistics a GroupNorm cannot reproduce).
     """
 
     def __init__(
-        self, pretrained: str | None = None, fuse_frozen_bn: bool = True, allow_random_init: bool = False
+        self, pretrained: str | None = None, fuse_frozen_bn: bool = True, allow_random_init: bool = False,
+        norm: str = "frozen_batch",
     ) -> None:
         super().__init__()
+        if norm not in BACKBONE_NORMS:
+            raise ValueError(f"backbone norm must be one of {BACKBONE_NORMS}, got {norm!r}")
+        if norm == "group" and pretrained is not None and pretrained.strip().lower() not in ("", "none", "random"):
+            raise ValueError(f"backbone norm 'group' trains the ResNet from scratch; it cannot start from "
+                             f"pretrained weights ({pretrained!r}), whose batch-norm statistics it would drop. "
+                             f"Use norm 'frozen_batch' with pretrained weights, or unset them.")
         self.allow_random_init = allow_random_init
-        net = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+        self.norm = norm
+        norm_layer = FrozenBatchNorm2d if norm == "frozen_batch" else group_norm
+        net = torchvision.models.resnet18(weights=None, norm_layer=norm_layer)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.fuse_frozen_bn = fuse_frozen_bn

@@ -29,18 +29,8 @@ import torchvision
 from torch import Tensor, nn
 
 from lit_imit.nets.augment import AUGMENTATIONS, augment_images, crop_images, crop_size  # noqa: F401 - re-exported
+from lit_imit.nets.backbones import replace_batchnorm_with_groupnorm
 from lit_imit.nets.spatial_softmax import SpatialSoftmax
-
-
-def replace_batchnorm_with_groupnorm(module: nn.Module, channels_per_group: int = 16) -> nn.Module:
-    """Swap every BatchNorm2d for GroupNorm(C // channels_per_group, C), in place; returns the module."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            groups = max(1, child.num_features // channels_per_group)
-            setattr(module, name, nn.GroupNorm(groups, child.num_features))
-        else:
-            replace_batchnorm_with_groupnorm(child, channels_per_group)
-    return module
 
 
 def resnet18_groupnorm_trunk() -> nn.Sequential:
