@@ -8,6 +8,7 @@ batch without recording episodes. Kept out of the module files: measuring is not
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -206,8 +207,15 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+#: set to the CPU's all-core boost clock (GHz) where the machine hides it (VMs report the nominal clock)
+CLOCK_ENV = "LIT_IMIT_CPU_CLOCK_GHZ"
+
+
 def _max_clock_ghz(cpuinfo: Mapping[str, str]) -> float:
-    """The highest clock the kernel reports (cpufreq's maximum), else /proc/cpuinfo's (a VM's nominal clock)."""
+    """$LIT_IMIT_CPU_CLOCK_GHZ when set; else the highest clock the kernel reports (cpufreq's maximum); else
+    /proc/cpuinfo's, which in a VM is the nominal clock, below the boost the cores actually run at."""
+    if os.environ.get(CLOCK_ENV):
+        return float(os.environ[CLOCK_ENV])
     try:
         return int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1e6
     except (OSError, ValueError):
@@ -233,7 +241,8 @@ def cpu_peak_flops(precision: str = "32", cpuinfo: Mapping[str, str] | None = No
     256-bit pipes, so it counts as 8 lanes x 2 pipes. bf16: AMX tiles (amx_bf16) do 1024 bf16 FMAs per cycle
     per core; AVX512_BF16's dot products do two bf16 multiply-adds per fp32 lane (twice the fp32 rate);
     without either, bf16 math runs at the fp32 rate after conversion. A nominal clock (a VM's) understates
-    turbo, so the fraction of peak is an upper bound.
+    turbo, so the fraction of peak is an upper bound; ``measure_gemm_flops`` gives the measured ceiling that
+    rows also report.
     """
     info = dict(_cpuinfo() if cpuinfo is None else cpuinfo)
     flags = set(info.get("flags", "").split())
@@ -256,7 +265,33 @@ def cpu_peak_flops(precision: str = "32", cpuinfo: Mapping[str, str] | None = No
         else:
             how = f"no bf16 units, the fp32 rate: {how}"
     peak = cores * clock * 1e9 * per_cycle
-    return peak, f"{cores} cores x {clock:.2f} GHz x {per_cycle} FLOP/cycle ({how}) = {peak / 1e9:.0f} GFLOP/s"
+    clock_from = (f"${CLOCK_ENV}" if os.environ.get(CLOCK_ENV) and clock_ghz is None
+                  else "given" if clock_ghz is not None else "reported")
+    return peak, (f"{cores} cores x {clock:.2f} GHz ({clock_from}) x {per_cycle} FLOP/cycle ({how}) = "
+                  f"{peak / 1e9:.0f} GFLOP/s")
+
+
+@functools.lru_cache(maxsize=None)
+def measure_gemm_flops(device_type: str = "cpu", precision: str = "32", n: int = 2048, repeat: int = 5) -> float:
+    """Measured FLOP/s of a square n x n matrix product (2 n^3 FLOPs) in fp32, or in bf16 for ``bf16-mixed``:
+    the rate the best-tuned kernel (MKL / oneDNN / cuBLAS) reaches on this machine with torch's threads.
+
+    A VM's nominal clock makes the data-sheet peak a guess; this ceiling is measured, so a model's
+    ``fraction_of_gemm`` says how far its step is from what this machine does on its easiest workload.
+    Cached per process: rows of one run share one measurement. Measure on a quiet machine.
+    """
+    device = torch.device("cuda" if device_type == "cuda" else "cpu")
+    dtype = torch.float32 if precision == "32" else torch.bfloat16
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(device, dtype)
+    b = torch.randn(n, n, generator=generator).to(device, dtype)
+    torch.mm(a, b)  # kernel selection, page faults
+    _synchronize(device.type)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        torch.mm(a, b)
+    _synchronize(device.type)
+    return 2.0 * n ** 3 * repeat / (time.perf_counter() - start)
 
 
 #: dense peak TFLOP/s of the GPUs we are lent (NVIDIA's data sheets, SXM parts): fp32 (non-tensor), bf16 tensor
@@ -277,8 +312,10 @@ def peak_flops(device: torch.device, precision: str = "32") -> tuple[float | Non
 
 
 def flops_fields(flops: Mapping[str, float], step_s: float, device: torch.device, precision: str) -> dict[str, Any]:
-    """The FLOP/s columns of a training row: model FLOPs per step, achieved GFLOP/s, the peak and the fraction."""
+    """The FLOP/s columns of a training row: model FLOPs per step, achieved GFLOP/s, the data-sheet peak, the
+    measured matrix-product ceiling (``measure_gemm_flops``) and the fraction of each."""
     peak, derivation = peak_flops(device, precision)
+    gemm = measure_gemm_flops(device.type, precision)
     achieved = flops["total"] / step_s
     return {
         "model_gflop_per_step": round(flops["total"] / 1e9, 3),
@@ -287,4 +324,6 @@ def flops_fields(flops: Mapping[str, float], step_s: float, device: torch.device
         "peak_gflops": round(peak / 1e9, 1) if peak else None,
         "fraction_of_peak": round(achieved / peak, 3) if peak else None,
         "peak_derivation": derivation,
+        "gemm_gflops": round(gemm / 1e9, 1),
+        "fraction_of_gemm": round(achieved / gemm, 3),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lit_imit.benchmarking import act_batch, measure_rate, measure_train_throughput
@@ -69,3 +70,27 @@ def test_cpu_peak_follows_the_vector_units_and_says_how():
     assert cpu_peak_flops("bf16-mixed", skylake, cores=1, clock_ghz=2.0)[0] == 2.0e9 * 16 * 2 * 2  # no bf16 unit
     avx2 = {"vendor_id": "AuthenticAMD", "cpu family": "23", "flags": "fma avx2"}
     assert cpu_peak_flops("32", avx2, cores=2, clock_ghz=3.0)[0] == 2 * 3.0e9 * 8 * 2 * 2
+
+
+def test_cpu_clock_from_the_environment_overrides_the_reported_one(monkeypatch):
+    """A VM reports its nominal clock; $LIT_IMIT_CPU_CLOCK_GHZ sets the boost clock and the derivation says so."""
+    from lit_imit.benchmarking import CLOCK_ENV, cpu_peak_flops
+
+    zen4 = {"vendor_id": "AuthenticAMD", "cpu family": "25", "flags": "fma avx2 avx512f", "cpu MHz": "2600.0"}
+    reported, how = cpu_peak_flops("32", zen4, cores=2)
+    assert reported == 2 * 2.6e9 * 32 and "(reported)" in how
+    monkeypatch.setenv(CLOCK_ENV, "3.7")
+    boosted, how = cpu_peak_flops("32", zen4, cores=2)
+    assert boosted == pytest.approx(2 * 3.7e9 * 32) and f"${CLOCK_ENV}" in how
+
+
+def test_gemm_ceiling_counts_two_n_cubed_flops_per_product(monkeypatch):
+    """measure_gemm_flops = 2 n^3 x repeat / the timed seconds (a fake clock pins the seconds)."""
+    from lit_imit import benchmarking
+
+    ticks = iter([10.0, 12.5])
+    monkeypatch.setattr(benchmarking.time, "perf_counter", lambda: next(ticks))
+    rate = benchmarking.measure_gemm_flops.__wrapped__("cpu", "32", n=64, repeat=5)
+    assert rate == pytest.approx(2 * 64 ** 3 * 5 / 2.5)
+    monkeypatch.undo()
+    assert benchmarking.measure_gemm_flops.__wrapped__("cpu", "bf16-mixed", n=64, repeat=2) > 0
