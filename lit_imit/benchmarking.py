@@ -156,6 +156,43 @@ def measure_train_throughput(
     }
 
 
+def read_step_times(path: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """The stamps ``callbacks.step_timer.StepTimer`` wrote: ``{"steps": {step: perf_counter s}, "unix": {...}}``.
+
+    A missing or unreadable file, or one without the ``steps`` object, is an error naming the file: the fit it
+    came from did not reach its first stamped step (its log says why) or something else wrote the file.
+    """
+    import json
+
+    try:
+        record = json.loads(open(path).read())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: no step times (the fit ended before its first stamped step?)") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file of step times: {err}") from err
+    if not isinstance(record, dict) or not isinstance(record.get("steps"), dict):
+        raise ValueError(f"{path}: no 'steps' object (not written by callbacks.step_timer.StepTimer)")
+    return {key: {int(step): float(t) for step, t in record.get(key, {}).items()} for key in ("steps", "unix")}
+
+
+def steady_rate(stamps: Mapping[int, float], first: int, last: int, batch_size: int) -> dict[str, float]:
+    """Steady-state rate between two stamped steps: ``(last - first)`` updates over the seconds between the end
+    of step ``first`` and the end of step ``last``, so the start-up before ``first`` (imports, statistics,
+    workers starting, kernel selection) is left out and everything a run does between them (loading, logging,
+    checkpoints) is in. A missing stamp is an error naming the steps that were stamped."""
+    missing = [s for s in (first, last) if s not in stamps]
+    if missing:
+        raise ValueError(f"steps {missing} were not stamped (stamped: {sorted(stamps)}); did the run stop early?")
+    if last <= first:
+        raise ValueError(f"the last timed step ({last}) must come after the first ({first})")
+    seconds = stamps[last] - stamps[first]
+    if seconds <= 0:
+        raise ValueError(f"step {last} is stamped {seconds:.3g} s after step {first}: not a monotonic clock")
+    steps_per_s = (last - first) / seconds
+    return {"steps_per_s": steps_per_s, "samples_per_s": steps_per_s * batch_size, "step_s": 1 / steps_per_s,
+            "timed_steps": last - first, "timed_s": seconds}
+
+
 def measure_rate(call: Callable[[], Any], items: int, repeat: int = 3, device_type: str = "cpu") -> float:
     """Items/s of ``call`` (run once untimed first), e.g. CLIPort decisions/s of ``predict`` on a batch."""
     call()
