@@ -1,7 +1,8 @@
 """The rows of ``scripts/benchmark.py``: each a generator of throughput figures, one dict per setting.
 
-A row is a function of the command line's options (``steps``, ``device``) registered in :data:`ROWS` by
-name; each figure is ``{"name", "value", "unit", ...the settings that produced it}``. The synthetic batches
+A row is a function of the command line's options (``steps``, ``device``, ``threads``; ``act_fit`` also reads
+the ``fit_*`` ones) registered in :data:`ROWS` by name; each figure is ``{"name", "value", "unit", ...the settings
+that produced it}``. The synthetic batches
 and timers the rows share are in :mod:`lit_imit.benchmarking`.
 """
 
@@ -336,6 +337,218 @@ def act_rollout(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     rate = n_envs * steps / (time.perf_counter() - start)
     yield {"name": "act_rollout", "value": rate, "unit": "env-steps/s", "num_envs": n_envs, "image_size": [120, 160],
            "policy": "quickstart ACT, chunk 50", "device": str(device)}
+
+
+# ---- ACT end to end: `python -m lit_imit fit` on recorded episodes -------------------------------------
+#: ALOHA's control rate (``lit_imit.envs.aloha.DT`` = 0.02 s): the fps of the LeRobot export of the episodes
+ALOHA_FPS = 50
+#: LeRobot's side of ``act_fit`` (run with the python of LeRobot's own venv; it imports nothing of ours)
+BENCHMARK_LEROBOT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_lerobot.py"
+#: the package root, put first on the fit's PYTHONPATH so that it runs this checkout's lit_imit and callbacks
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _image_hw(text: str) -> tuple[int, int]:
+    """``480x640`` -> (480, 640); anything else is an error naming the option."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--fit-image-size {text!r}: expected HEIGHTxWIDTH, e.g. 480x640") from None
+    return height, width
+
+
+def _fit_store(path: Path, episodes: int, image_hw: tuple[int, int]) -> dict[str, Any]:
+    """The store at ``path``: recorded there (``episodes`` teacher episodes of transfer cube, one ``top`` camera
+    at ``image_hw``) when it holds none, else reused as it is after checking its camera's frame size (a store
+    recorded at another size would time another shape). Returns its episode and frame counts."""
+    import h5py
+
+    from lit_imit.data.episodes import EpisodeStore
+
+    store = EpisodeStore(path)
+    if not store.ids():
+        _recorded_store(path, episodes, image_hw)
+        store = EpisodeStore(path)
+    first = store.path(store.ids()[0])
+    with h5py.File(first, "r") as f:
+        if "observations/images/top" not in f:
+            raise ValueError(f"{first}: no observations/images/top (act_fit trains ACT on the top camera)")
+        shape = f["observations/images/top"].shape
+    if tuple(shape[1:3]) != tuple(image_hw):
+        raise ValueError(f"{first}: observations/images/top is {shape[1]}x{shape[2]}, --fit-image-size asks for "
+                         f"{image_hw[0]}x{image_hw[1]}; use another --fit-store (or the same size)")
+    return {"episodes": len(store.ids()), "frames": sum(store.length(i) for i in store.ids())}
+
+
+def _fit_overrides(text: str | None) -> dict[str, Any]:
+    """``--fit-model``'s JSON object of ACTModule arguments (tests pass a tiny ACT); ``{}`` when not given."""
+    import json
+
+    try:
+        overrides = json.loads(text) if text else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--fit-model: not a JSON object of ACTModule arguments: {err}") from err
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--fit-model: expected a JSON object of ACTModule arguments, got {text!r}")
+    return overrides
+
+
+def _act_fit_model(overrides: dict[str, Any]) -> dict[str, Any]:
+    """ACTModule's init args: LeRobot's shape (``ACT_SHAPES["lerobot"]``: the module's defaults, chunk 100) under
+    ``overrides``."""
+    chunk = ACT_SHAPES["lerobot"]["chunk"]
+    return {"cameras": ["top"], "chunk_size": chunk, "n_action_steps": chunk, **ACT_SHAPES["lerobot"]["model"],
+            **overrides}
+
+
+def _fit_config(run: Path, store: Path, model: dict[str, Any], args: argparse.Namespace, precision: str,
+                device: torch.device) -> Path:
+    """The config of the timed fit, written to ``run/config.yaml``: the real DataModule (workers, no validation
+    split: LeRobot validates nothing either), the CLI's TensorBoard logging, a checkpoint every
+    ``--fit-checkpoint-every`` steps (besides ``last.ckpt`` at each epoch end), no rollouts, and a StepTimer
+    stamping the first and the last timed step."""
+    import yaml
+
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_steps": args.fit_steps, "max_epochs": -1, "precision": precision,
+            "accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": 1,
+            "callbacks": [{"class_path": "callbacks.step_timer.StepTimer",
+                           "init_args": {"path": str(run / "step_times.json"),
+                                         "steps": [args.fit_skip, args.fit_steps]}}],
+        },
+        "checkpoint": {"every_n_train_steps": args.fit_checkpoint_every},
+        "model": {"class_path": "lit_imit.modules.act.ACTModule", "init_args": model},
+        "data": {"class_path": "lit_imit.data.EpisodeDataModule",
+                 "init_args": {"data_dir": str(store), "batch_size": ACT_SHAPES["lerobot"]["batch"],
+                               "num_workers": args.fit_workers, "val_episodes": 0}},
+    }
+    path = run / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _run_fit(run: Path, config: Path, threads: int | None) -> float:
+    """``python -m lit_imit fit --config config`` in ``run`` (logs and checkpoints land there, its output in
+    ``run/fit.log``); returns the Unix time it was launched. A failed fit is an error with the log's tail."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the fit, as --threads sets them here
+    launched = time.time()
+    with open(run / "fit.log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "lit_imit", "fit", "--config", str(config)], cwd=run,
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        tail = (run / "fit.log").read_text()[-3000:]
+        raise RuntimeError(f"python -m lit_imit fit --config {config} failed (exit {done.returncode}):\n{tail}")
+    return launched
+
+
+def _in_memory_rate(model: dict[str, Any], image_hw: tuple[int, int], precision: str, device: torch.device,
+                    steps: int) -> dict[str, float]:
+    """The same ACT's training rate on one synthetic batch in memory (``measure_train_throughput``): the step
+    alone, without loading, logging or checkpoints."""
+    from lit_imit.benchmarking import act_batch, measure_train_throughput
+    from lit_imit.modules.act import ACTModule
+
+    torch.manual_seed(0)
+    module = ACTModule(**model).to(device)
+    batch = act_batch(ACT_SHAPES["lerobot"]["batch"], ["top"], image_hw, chunk_size=model["chunk_size"],
+                      device=device)
+    dtype = torch.bfloat16 if precision != "32" else None
+    return measure_train_throughput(module, batch, steps=steps, warmup=1, autocast_dtype=dtype)
+
+
+def _lerobot_dataset(store: Path, dest: Path) -> Path:
+    """The store exported to LeRobot's format at ``dest`` with our exporter (LeRobot's own video defaults: AV1,
+    crf 30, a keyframe every 2 frames), or ``dest`` as it is when an export is already there."""
+    from lit_imit.data.lerobot_format import INFO_PATH, export_lerobot
+
+    if (dest / INFO_PATH).exists():
+        return dest
+    return export_lerobot(store, dest, "lit-imit/act_fit", fps=ALOHA_FPS)
+
+
+def _lerobot_fit(python: str, dataset: Path, model_overrides: dict[str, Any], args: argparse.Namespace,
+                 precision: str, device: torch.device) -> dict[str, Any]:
+    """``scripts/benchmark_lerobot.py --fit`` under LeRobot's python (it runs ``lerobot-train`` at the same
+    steps, checkpoint interval, workers and precision); its JSON line."""
+    import json
+    import subprocess
+
+    cmd = [python, str(BENCHMARK_LEROBOT), "--fit", str(dataset), "--fit-steps", str(args.fit_steps),
+           "--fit-skip", str(args.fit_skip), "--checkpoint-every", str(args.fit_checkpoint_every),
+           "--workers", str(args.fit_workers), "--precision", precision, "--device", device.type]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    cmd += [f"--train-arg=--policy.{key}={json.dumps(value)}" for key, value in model_overrides.items()]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stdout[-2000:]}"
+                           f"\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _timed_fit(run: Path, store: Path, model: dict[str, Any], args: argparse.Namespace, precision: str,
+               device: torch.device) -> dict[str, Any]:
+    """One timed fit in the new directory ``run`` (removed afterwards: full-size checkpoints are large): its
+    steady-state rate between the stamped steps, the time from launch to the first of them, the checkpoints."""
+    import shutil
+
+    from lit_imit.benchmarking import read_step_times, steady_rate
+
+    run.mkdir()
+    launched = _run_fit(run, _fit_config(run, store, model, args, precision, device), args.threads)
+    stamps = read_step_times(run / "step_times.json")
+    rate = steady_rate(stamps["steps"], args.fit_skip, args.fit_steps, ACT_SHAPES["lerobot"]["batch"])
+    checkpoints = sorted(p.name for p in run.rglob("*.ckpt"))
+    shutil.rmtree(run)
+    return {"samples_per_s": rate["samples_per_s"], "fit_steps_per_s": rate["steps_per_s"],
+            "to_first_timed_step_s": round(stamps["unix"][args.fit_skip] - launched, 2), "checkpoints": checkpoints}
+
+
+@row("act_fit")
+def act_fit(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """ACT `python -m lit_imit fit` samples/s on recorded episodes (HDF5 store, loader workers, logging, a
+    checkpoint every N steps) against the in-memory step rate; with --fit-lerobot-python, lerobot-train too."""
+    from lit_imit.cli import trainer_defaults
+
+    if not 1 <= args.fit_skip < args.fit_steps:
+        raise ValueError(f"--fit-skip ({args.fit_skip}) must be >= 1 and below --fit-steps ({args.fit_steps})")
+    device, image_hw = device_of(args), _image_hw(args.fit_image_size)
+    overrides = _fit_overrides(args.fit_model)
+    model = _act_fit_model(overrides)
+    with tempfile.TemporaryDirectory(prefix="act_fit_") as tmp:
+        store = Path(args.fit_store) if args.fit_store else Path(tmp) / "store"
+        counts = _fit_store(store, args.fit_episodes, image_hw)
+        dataset = None
+        if args.fit_lerobot_python:
+            dataset = _lerobot_dataset(store, store.with_name(store.name + "_lerobot"))
+        for precision in [p.strip() for p in args.fit_precision.split(",") if p.strip()]:
+            fit = _timed_fit(Path(tmp) / f"run_{precision}", store, model, args, precision, device)
+            memory = _in_memory_rate(model, image_hw, precision, device, args.steps)
+            result = {
+                "name": "act_fit", "value": fit.pop("samples_per_s"), "unit": "samples/s", "precision": precision,
+                "batch_size": ACT_SHAPES["lerobot"]["batch"], "image_size": list(image_hw),
+                "chunk_size": model["chunk_size"], "model": overrides or "ACT_SHAPES['lerobot']",
+                "device": str(device), **counts, "store": str(store), "num_workers": args.fit_workers,
+                "fit_steps": args.fit_steps, "timed_steps": [args.fit_skip, args.fit_steps],
+                "checkpoint_every": args.fit_checkpoint_every,
+                "log_every_n_steps": trainer_defaults()["log_every_n_steps"], **fit,
+                "in_memory_samples_per_s": memory["samples_per_s"],
+            }
+            result["fit_vs_in_memory"] = round(result["value"] / memory["samples_per_s"], 4)
+            if dataset is not None:
+                lerobot = _lerobot_fit(args.fit_lerobot_python, dataset, overrides, args, precision, device)
+                result.update({"lerobot_samples_per_s": lerobot["value"], "lerobot_dataset": str(dataset),
+                               "fit_vs_lerobot": round(result["value"] / lerobot["value"], 4)})
+            yield result
 
 
 # ---- CLIPort (Ravens pick-and-place) -------------------------------------------------------------------
