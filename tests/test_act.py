@@ -556,6 +556,45 @@ def test_group_norm_backbone_normalises_trains_and_refuses_pretrained_weights(tm
         ResNet18Features(norm="batch")
 
 
+def test_random_shift_moves_each_image_by_at_most_pad_with_edge_pixels():
+    """Every output image is its input shifted by one (dy, dx) in [-pad, pad]^2 with the edge rows/columns
+    repeated (DrQ's replicate pad + crop); the shifts differ between images; pad 0 is the identity."""
+    from lit_imit.nets.augment import random_shift
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 12, 10, 3), dtype=torch.uint8)
+    assert random_shift(images, 0) is images
+    shifted = random_shift(images, 2)
+    assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+    rows, cols = torch.arange(12), torch.arange(10)
+    found = []
+    for i in range(16):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(shifted[i], images[i][(rows + dy).clamp(0, 11)][:, (cols + dx).clamp(0, 9)])]
+        assert len(matches) == 1, (i, matches)
+        found.append(matches[0])
+    assert len(set(found)) > 3
+    with pytest.raises(ValueError, match="pad"):
+        random_shift(images, -1)
+
+
+def test_image_shift_augments_training_batches_only():
+    """image_shift > 0: two training-mode losses on one batch differ (fresh shifts), eval-mode losses are equal
+    and equal to those of a module without the option."""
+    torch.manual_seed(0)
+    plain = with_stats(tiny(use_vae=False))
+    shifted = with_stats(tiny(use_vae=False, image_shift=4))
+    shifted.load_state_dict(plain.state_dict())
+    batch = batch_for(batch_size=4)
+    shifted.train(), plain.train()
+    assert torch.equal(plain.compute_loss(batch)["loss"], plain.compute_loss(batch)["loss"])  # nothing else random
+    assert not torch.equal(shifted.compute_loss(batch)["loss"], shifted.compute_loss(batch)["loss"])
+    shifted.eval(), plain.eval()
+    assert torch.equal(shifted.compute_loss(batch)["loss"], plain.compute_loss(batch)["loss"])
+    with pytest.raises(ValueError, match="image_shift"):
+        tiny(image_shift=-1)
+
+
 def test_state_dict_round_trip(tmp_path):
     torch.manual_seed(0)
     module = with_stats(tiny(("top", "wrist")))

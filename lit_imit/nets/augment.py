@@ -2,6 +2,8 @@
 
 * ``crop_images`` / ``crop_size``: the random crop (training) / centre crop (evaluation) of Chi et al. and
   LeRobot's ``DiffusionRgbEncoder`` — the only augmentation they use.
+* ``random_shift``: DrQ's augmentation (Kostrikov et al. 2020; pad 4 with edge pixels, random crop back), used
+  by ACT's ``image_shift`` option for image policies trained from scratch on few demos.
 * ``act_plus_plus_augment``: the image augmentation of the act-plus-plus repository's Diffusion Policy
   (``utils.EpisodicDataset``: ``RandomCrop(95 %)`` -> ``Resize(original, antialias=True)`` ->
   ``RandomRotation(±5°)`` -> ``ColorJitter(brightness=0.3, contrast=0.4, saturation=0.5)`` in training;
@@ -58,6 +60,25 @@ def crop_images(images: Tensor, size: tuple[int, int], random: bool) -> Tensor:
     cols = (left[:, None] + torch.arange(cw, device=images.device))[:, None, :]  # (N, 1, cw)
     index = torch.arange(n, device=images.device)[:, None, None]
     return images[index, rows, cols]  # advanced indexing gathers one window per image: (N, ch, cw, C)
+
+
+def random_shift(images: Tensor, pad: int) -> Tensor:
+    """Shift each (N, H, W, C) image by its own random (dy, dx) in [-pad, pad]^2, repeating the edge pixels:
+    DrQ's "pad by ``pad`` (replicate) and crop a random H x W window", done as one gather with clamped indices.
+
+    Drawn from torch's global generator (seeded by Lightning's ``seed_everything``); ``pad`` 0 returns the images.
+    """
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    if pad == 0:
+        return images
+    n, h, w = images.shape[:3]
+    device = images.device
+    dy = torch.randint(-pad, pad + 1, (n,), device=device)
+    dx = torch.randint(-pad, pad + 1, (n,), device=device)
+    rows = (dy[:, None] + torch.arange(h, device=device)).clamp_(0, h - 1)[:, :, None]  # (N, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=device)).clamp_(0, w - 1)[:, None, :]  # (N, 1, W)
+    return images[torch.arange(n, device=device)[:, None, None], rows, cols]
 
 
 def rotate_images(images: Tensor, degrees: Tensor) -> Tensor:
