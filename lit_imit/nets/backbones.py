@@ -115,6 +115,11 @@ def imagenet_weights_help(path: Path) -> str:
             f"resnet18 state_dict (fc.* entries are ignored)")
 
 
+def asks_for_weights(pretrained: str | None) -> bool:
+    """Whether ``pretrained`` names weights (a path or ``"imagenet"``) rather than random init."""
+    return pretrained is not None and pretrained.strip().lower() not in ("", "none", "random")
+
+
 def load_pretrained_state(
     pretrained: str | None, allow_random_init: bool = False
 ) -> tuple[dict[str, Tensor] | None, str]:
@@ -125,7 +130,7 @@ def load_pretrained_state(
     The file is checked and read here because ``resnet18(weights=...)`` would try to download a missing one.
     Anything else is a path that must exist, whatever ``allow_random_init`` says (a typo is not a choice).
     """
-    if pretrained is None or pretrained.strip().lower() in ("", "none", "random"):
+    if not asks_for_weights(pretrained):
         return None, "random init"
     if pretrained.strip().lower() == "imagenet":
         path = imagenet_weights_cache_path()
@@ -159,7 +164,7 @@ class ResNet18Features(nn.Module):
         super().__init__()
         if norm not in BACKBONE_NORMS:
             raise ValueError(f"backbone norm must be one of {BACKBONE_NORMS}, got {norm!r}")
-        if norm == "group" and pretrained is not None and pretrained.strip().lower() not in ("", "none", "random"):
+        if norm == "group" and asks_for_weights(pretrained):
             raise ValueError(f"backbone norm 'group' trains the ResNet from scratch; it cannot start from "
                              f"pretrained weights ({pretrained!r}), whose batch-norm statistics it would drop. "
                              f"Use norm 'frozen_batch' with pretrained weights, or unset them.")
