@@ -556,6 +556,45 @@ def test_group_norm_backbone_normalises_trains_and_refuses_pretrained_weights(tm
         ResNet18Features(norm="batch")
 
 
+def test_stride_16_backbone_stops_at_layer3_and_loads_full_resnet_files(tmp_path):
+    """stride=16: the layer3 map (256 channels, H/16 x W/16) with the very numbers the full ResNet computes
+    there, no layer4 parameters, and a whole-ResNet file loads with its layer4 entries left out. ACT then
+    gets 4x as many image tokens and its loss trains through them."""
+    torch.manual_seed(0)
+    full = ResNet18Features()
+    path = tmp_path / "resnet18.pth"
+    torch.save(full.state_dict(), path)
+    half = ResNet18Features(str(path), stride=16)
+    assert not any(k.startswith("layer4.") for k in half.state_dict())
+    assert half.num_channels == 256
+    images = torch.rand(2, 3, 96, 128)
+    feats = half(images)
+    assert feats.shape == (2, 256, 6, 8)
+    x = full.maxpool(torch.relu(full._conv_bn(images, full.conv1, full.bn1)))
+    for layer in (full.layer1, full.layer2, full.layer3):
+        for block in layer:
+            x = full._block(x, block)
+    assert torch.allclose(feats, x, atol=1e-5)
+    assert full(images).shape == (2, 512, 3, 4)
+    with pytest.raises(ValueError, match="stride must be one of"):
+        ResNet18Features(stride=8)
+
+    coarse, fine = with_stats(tiny(use_vae=False)), with_stats(tiny(use_vae=False, backbone_stride=16))
+    qpos, images_in = torch.zeros(1, STATE), [torch.zeros(1, 64, 64, 3, dtype=torch.uint8)]
+    n_coarse = coarse.model.observation_tokens(qpos, images_in)[0].shape[1]
+    n_fine = fine.model.observation_tokens(qpos, images_in)[0].shape[1]
+    assert (n_coarse, n_fine) == (1 + 2 * 2, 1 + 4 * 4)
+    optimizer = fine.configure_optimizers()
+    fine.train()
+    batch = batch_for()
+    first = fine.compute_loss(batch)["loss"]
+    for _ in range(5):
+        optimizer.zero_grad()
+        fine.compute_loss(batch)["loss"].backward()
+        optimizer.step()
+    assert fine.compute_loss(batch)["loss"] < first
+
+
 def test_random_shift_moves_each_image_by_at_most_pad_with_edge_pixels():
     """Every output image is its input shifted by one (dy, dx) in [-pad, pad]^2 with the edge rows/columns
     repeated (DrQ's replicate pad + crop); the shifts differ between images; pad 0 is the identity."""

@@ -96,6 +96,7 @@ class ACTModule(PolicyModule):
         pretrained_backbone: str | None = None,
         allow_random_init: bool = False,
         backbone_norm: str = "frozen_batch",
+        backbone_stride: int = 32,
         image_shift: int = 0,
         lr: float = 1e-5,
         lr_backbone: float = 1e-5,
@@ -129,6 +130,9 @@ class ACTModule(PolicyModule):
                 weights) or ``group``: trainable GroupNorm, Diffusion Policy's choice for a ResNet trained from
                 scratch. A named departure for runs without pretrained weights, where frozen "statistics" are
                 the identity and the ResNet trains unnormalised (configs/act/transfer_cube_cpu.yaml measures it).
+            backbone_stride: 32 (the original ACT: the whole ResNet-18, 512 channels) or 16: features from layer3
+                (256 channels, twice as many cells per side). A named departure for small images: at 96x128 the
+                stride-32 map is 3x4 cells for a cube three pixels wide.
             image_shift: training images shifted by up to this many pixels (``nets.augment.random_shift``, DrQ's
                 pad-and-crop); 0, the original ACT's setting, trains on the images as recorded. A named departure
                 for small images and ResNets from scratch, where 50 demos show the cube at only 50 places.
@@ -177,6 +181,7 @@ class ACTModule(PolicyModule):
             allow_random_init=allow_random_init,
             fuse_frozen_bn=fuse_frozen_bn,
             backbone_norm=backbone_norm,
+            backbone_stride=backbone_stride,
         )
         if channels_last:
             self.model.use_channels_last(True)

@@ -175,6 +175,7 @@ class ACT(nn.Module):
         extra_state_dims: Sequence[int] = (),
         allow_random_init: bool = False,
         backbone_norm: str = "frozen_batch",
+        backbone_stride: int = 32,
     ) -> None:
         super().__init__()
         if n_cameras < 0:
@@ -196,7 +197,7 @@ class ACT(nn.Module):
         n_backbones = 0 if n_cameras == 0 else 1 if shared_backbone else n_cameras
         self.backbones = nn.ModuleList(
             ResNet18Features(pretrained_backbone, fuse_frozen_bn=fuse_frozen_bn, allow_random_init=allow_random_init,
-                             norm=backbone_norm)
+                             norm=backbone_norm, stride=backbone_stride)
             for _ in range(n_backbones)
         )
         if n_cameras:
@@ -262,7 +263,7 @@ class ACT(nn.Module):
 
     # ---- policy ----------------------------------------------------------------------------------------
     def _camera_features(self, images: Sequence[Tensor]) -> list[Tensor]:
-        """Backbone features (B, 512, h, w) per camera; a shared backbone sees all cameras in one batch."""
+        """Backbone features (B, C, h, w) per camera; a shared backbone sees all cameras in one batch."""
         if not images:
             return []
         inputs = [images_to_input(img, channels_last=self.channels_last) for img in images]

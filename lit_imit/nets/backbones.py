@@ -16,6 +16,11 @@ Training from scratch is where frozen batch norm stops making sense: random-init
 identity, so the ResNet trains with no normalisation at all. ``norm="group"`` swaps every batch norm for a
 trainable GroupNorm (16 channels per group), as Diffusion Policy (Chi et al. 2023) does for its from-scratch
 vision encoders; it needs no batch statistics, so it works at ACT's batch 8.
+
+Small images give coarse features: at 96x128 the stride-32 map is 3x4 cells, each 32x32 pixels wide, for a
+cube three pixels across. ``stride=16`` stops after layer3 (256 channels, a 6x8 map at 96x128), which also
+drops layer4, three quarters of the parameters. DETR's answer to the same problem is a dilated layer4 (DC5),
+which keeps the parameters and costs the most compute; stopping at layer3 is the CPU-budget choice.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET18_FEATURE_CHANNELS = 512
 RESNET18_STRIDE = 32
+#: feature stride -> channels: 32 is the whole ResNet-18 (ACT), 16 stops after layer3
+RESNET18_CHANNELS_AT_STRIDE = {32: RESNET18_FEATURE_CHANNELS, 16: 256}
 #: normalisation layers of the ResNet: ACT's/DETR's frozen batch norm, or Chi et al.'s trainable GroupNorm
 BACKBONE_NORMS = ("frozen_batch", "group")
 GROUP_NORM_CHANNELS_PER_GROUP = 16
@@ -155,13 +162,17 @@ class ResNet18Features(nn.Module):
     Module and state-dict names match torchvision's ``resnet18`` without ``fc``, so ImageNet files load as is.
     ``norm``: ``frozen_batch`` (ACT) or ``group`` (trainable GroupNorm, from random init only: ImageNet
     weights were trained with batch statistics a GroupNorm cannot reproduce).
+    ``stride``: 32 (ACT) or 16: up to layer3 only, (B, 256, ceil(H/16), ceil(W/16)); an ImageNet file's
+    layer4 entries are then left out.
     """
 
     def __init__(
         self, pretrained: str | None = None, fuse_frozen_bn: bool = True, allow_random_init: bool = False,
-        norm: str = "frozen_batch",
+        norm: str = "frozen_batch", stride: int = RESNET18_STRIDE,
     ) -> None:
         super().__init__()
+        if stride not in RESNET18_CHANNELS_AT_STRIDE:
+            raise ValueError(f"backbone stride must be one of {sorted(RESNET18_CHANNELS_AT_STRIDE)}, got {stride!r}")
         if norm not in BACKBONE_NORMS:
             raise ValueError(f"backbone norm must be one of {BACKBONE_NORMS}, got {norm!r}")
         if norm == "group" and asks_for_weights(pretrained):
@@ -173,11 +184,16 @@ class ResNet18Features(nn.Module):
         norm_layer = FrozenBatchNorm2d if norm == "frozen_batch" else group_norm
         net = torchvision.models.resnet18(weights=None, norm_layer=norm_layer)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
+        if stride == RESNET18_STRIDE:
+            self.layer4 = net.layer4
+        self.stride = stride
         self.fuse_frozen_bn = fuse_frozen_bn
-        self.num_channels = RESNET18_FEATURE_CHANNELS
+        self.num_channels = RESNET18_CHANNELS_AT_STRIDE[stride]
         state, self.weights_source = load_pretrained_state(pretrained, allow_random_init)
         if state is not None:
+            if stride != RESNET18_STRIDE:
+                state = {k: v for k, v in state.items() if not k.startswith("layer4.")}
             self.load_state_dict(state, strict=True)
         log.info("ResNet-18 backbone: %s", self.weights_source)
 
@@ -192,9 +208,14 @@ class ResNet18Features(nn.Module):
         identity = x if block.downsample is None else self._conv_bn(x, block.downsample[0], block.downsample[1])
         return F.relu(out + identity, inplace=True)
 
+    def stages(self) -> list[nn.Sequential]:
+        """The residual stages this backbone runs: layer1..layer4, or layer1..layer3 at stride 16."""
+        layers = [self.layer1, self.layer2, self.layer3]
+        return layers + [self.layer4] if self.stride == RESNET18_STRIDE else layers
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(F.relu(self._conv_bn(x, self.conv1, self.bn1), inplace=True))
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for layer in self.stages():
             for block in layer:
                 x = self._block(x, block)
         return x
