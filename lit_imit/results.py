@@ -231,7 +231,7 @@ def _target(row: Mapping[str, Any]) -> str:
 
 def _overrides(row: Mapping[str, Any]) -> str:
     """The command-line changes a run made to its recipe (empty for the recipe as shipped); a re-test of an
-    earlier run says so, with its sampler when it swapped one."""
+    earlier run says so, with its sampler and actions per query when it changed them."""
     extra = row.get("extra_overrides")
     if extra is None:  # rows written before extra_overrides existed: everything is in overrides
         extra = row.get("overrides") or []
@@ -239,7 +239,8 @@ def _overrides(row: Mapping[str, Any]) -> str:
     if row.get("retest_of"):
         parts.append(f"re-test of `{Path(str(row['retest_of'])).name}`"
                      + (", last checkpoint" if row.get("checkpoint_choice") == "last" else "")
-                     + (f", sampler {row['sampler']}" if row.get("sampler") else ""))
+                     + (f", sampler {row['sampler']}" if row.get("sampler") else "")
+                     + (f", {row['action_steps']} actions per query" if row.get("action_steps") else ""))
     return " ".join(parts) if parts else "—"
 
 

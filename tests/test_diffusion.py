@@ -433,6 +433,29 @@ def test_sampling_is_seeded():
     assert not torch.equal(other, first[0])
 
 
+def test_use_action_steps_changes_how_often_a_trained_policy_replans():
+    """use_action_steps(Ta) on a built module: windows are then sliced [To-1, To-1+Ta) with the new Ta and the
+    policy queries every Ta steps; a Ta past the horizon is refused and leaves the old one in place."""
+    module = state_only(n_obs_steps=2, horizon=8, n_action_steps=4)
+    calls = []
+
+    def fake_sample(obs, num_samples=1):
+        calls.append(len(calls))
+        n = obs["qpos"].shape[0]
+        return (torch.arange(8.0).view(1, 1, 8, 1).expand(n, num_samples, 8, 2) + 100 * calls[-1]).clone()
+
+    module.sample_actions = fake_sample
+    module.reset()
+    obs = {"qpos": np.zeros((1, 4), dtype=np.float32)}
+    module.select_action(obs)  # a 4-action window is queued ...
+    module.use_action_steps(2)  # ... and dropped: the next step plans with Ta 2
+    got = [module.select_action(obs)[0, 0].item() for _ in range(5)]
+    assert got == [101, 102, 201, 202, 301] and module.n_action_steps == 2
+    with pytest.raises(ValueError, match="do not fit in the horizon"):
+        module.use_action_steps(8)
+    assert module.n_action_steps == 2
+
+
 def test_reset_of_some_rows_is_refused_because_the_queues_hold_all_rows():
     module = state_only(num_inference_steps=2)
     module.select_action({"qpos": torch.rand(3, 4)})

@@ -61,6 +61,13 @@ def test_extra_splits_render_under_the_main_figure(tmp_path):
     assert "<br>" not in plain_line
 
 
+def test_a_retest_row_names_its_sampler_and_actions_per_query():
+    row = _row(recipe="diff", retest_of="/runs/diffusion_insertion_state/20261205-233546", sampler="ddim-10",
+               action_steps=4)
+    cell = next(line for line in render_table([row]).splitlines() if "`diff`" in line)
+    assert "re-test of `20261205-233546`, sampler ddim-10, 4 actions per query" in cell
+
+
 def test_a_residual_row_shows_its_base_alone_on_the_same_seeds():
     row = _row(recipe="res", success_rate=0.72, successes=36, ci_low=0.583, ci_high=0.825, target=None,
                base_success_rate=0.62, base_successes=31, base_ci_low=0.4815, base_ci_high=0.7414)
@@ -165,6 +172,9 @@ def test_tiny_recipe_end_to_end_writes_a_row(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no inference sampler"):  # ACT has no sampler: a row with the error
         retest_run(row["run_dir"], results, episodes=2, sampler=("ddpm", 100))
     assert "no inference sampler" in read_rows(results)[-1]["error"]
+    with pytest.raises(ValueError, match="--action-steps is for Diffusion"):
+        retest_run(row["run_dir"], results, episodes=2, action_steps=4)
+    assert "executes no fixed number" in read_rows(results)[-1]["error"]
 
 
 def test_reproduce_script_lists_and_renders(tmp_path):

@@ -277,6 +277,17 @@ class DiffusionModule(PolicyModule):
         )
         self.num_inference_steps = int(num_inference_steps or hp.num_train_timesteps)
 
+    def use_action_steps(self, n_action_steps: int) -> None:
+        """Execute ``n_action_steps`` (Ta) of each denoised window from now on, on the same trained model.
+
+        Ta is a control setting, not a training one (the denoiser always predicts the whole horizon), so a
+        finished run can be tested at another Ta: Chi et al. find Ta 8 best on their tasks; a smaller Ta
+        re-plans more often (closer to closed loop) at more queries per episode. Queued actions are dropped.
+        """
+        _check_horizons(self.n_obs_steps, self.horizon, n_action_steps)
+        self.n_action_steps = int(n_action_steps)
+        self._action_queue.clear()
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "DiffusionModule":
         """A module with preset ``name``'s arguments (``PRESETS``), ``overrides`` applied on top.

@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --retest: the checkpoint chosen by validation rollouts, or the last one")
     parser.add_argument("--sampler", type=parse_sampler, default=None, metavar="KIND:STEPS",
                         help="with --retest: a Diffusion policy samples with this scheduler, e.g. ddpm:100 or ddim:10")
+    parser.add_argument("--action-steps", type=int, default=None, metavar="N",
+                        help="with --retest: a Diffusion policy executes N actions of each denoised window (Ta)")
     parser.add_argument("--base-ckpt", nargs="+", default=None, metavar="PATH",
                         help="residual-RL recipes: the BC checkpoint to refine (the one a run of its base recipe "
                              "chose); skill-space RL recipes: the skill prior's checkpoint; SkiLD: the prior's, the "
@@ -97,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if not names and not args.render and not args.retest:
         print("name recipes to run, --preset, --retest, --render or --list", file=sys.stderr)
         return 2
-    if args.sampler and not args.retest:
-        print("--sampler goes with --retest", file=sys.stderr)
+    if (args.sampler or args.action_steps is not None) and not args.retest:
+        print("--sampler and --action-steps go with --retest", file=sys.stderr)
         return 2
     problem = check_interactive_args(args, names)
     if problem:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         with stop_signals_as_interrupt():
             row = retest_run(args.retest, args.results, episodes=args.episodes, test_seed=args.test_seed,
                              sampler=args.sampler, command=command, checkpoint=args.checkpoint,
-                             curve_episodes=args.curve_episodes)
+                             curve_episodes=args.curve_episodes, action_steps=args.action_steps)
         print(f"{row['recipe']} (retest): {summary_line(row)}")
         render_files(args.results, args.markdown, args.readme or None)
         return 0
