@@ -137,6 +137,13 @@ register(Recipe(
     expected_minutes=90, target=0.80, reference="ACT paper 0.90 (480x640, 50 demos)",
 ))
 register(Recipe(
+    name="act_insertion_image", method="act", task="insertion",
+    config="configs/act/insertion_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
+    expected_minutes=60, target=0.40, reference="ACT paper 0.50 (480x640, 50 demos)",
+    notes="not run yet: act_transfer_cube_image's settings on insertion with the stride-16 ResNet features; the "
+          "wall time is act_transfer_cube_image's stride-16 run's",
+))
+register(Recipe(
     name="act_transfer_cube_image_3cams", method="act", task="transfer_cube",
     config="configs/act/transfer_cube_3cams_cpu.yaml",
     obs="qpos + top, left_wrist, right_wrist cameras 96x128 (fast render)", demos=50,
