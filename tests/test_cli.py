@@ -234,6 +234,29 @@ def test_best_checkpoint_skips_epochs_without_the_monitored_metric(tmp_path):
     assert select_checkpoint(version_dir).name == "epoch0001.ckpt"
 
 
+@pytest.mark.parametrize("ties, chosen", [("latest", "epoch0003.ckpt"), ("earliest", "epoch0001.ckpt")])
+def test_equal_rollout_scores_choose_the_later_checkpoint_unless_told_otherwise(tmp_path, ties, chosen):
+    """Rollouts at epochs 1 and 3 score the same: by default the later checkpoint is the best (it trained longer),
+    ``ties: earliest`` keeps Lightning's rule; a strictly worse later score never replaces the best."""
+    from lit_imit.recipes import select_checkpoint
+
+    data_dir = synthetic_store(tmp_path / "data", episodes=3, hw=(8, 8))
+    rollout = {"class_path": "tests.test_cli.FakeRollout", "init_args": {"rates": {1: 0.0, 3: 0.0, 4: -0.1}}}
+    checkpoint = {"monitor": "rollout/success_rate", "mode": "max", "save_top_k": 1, "every_n_epochs": 1,
+                  "ties": ties}
+    main({"fit": _state_only_cfg(tmp_path, data_dir, checkpoint, callbacks=[rollout], max_epochs=5)})
+    version_dir = tmp_path / "logs" / "version_0"
+    assert select_checkpoint(version_dir).name == chosen
+    assert set(_saved_epochs(version_dir / "checkpoints")) == {chosen, "last.ckpt"}
+
+
+def test_unknown_tie_rule_is_refused():
+    from callbacks.checkpoint import EpochEndCheckpoint
+
+    with pytest.raises(ValueError, match="ties must be one of"):
+        EpochEndCheckpoint(ties="random")
+
+
 @pytest.mark.parametrize("bad", [{"save_last": False}, {"save_last": "link"}, {"filename": "last_{epoch}"}])
 def test_checkpoint_settings_that_would_lose_the_resume_point_are_refused(tmp_path, bad):
     cfg = _state_only_cfg(tmp_path, str(tmp_path / "data"), bad)
