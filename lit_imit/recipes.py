@@ -139,9 +139,10 @@ register(Recipe(
 register(Recipe(
     name="act_insertion_image", method="act", task="insertion",
     config="configs/act/insertion_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
-    expected_minutes=60, target=0.40, reference="ACT paper 0.50 (480x640, 50 demos)",
+    expected_minutes=45, target=0.40, reference="ACT paper 0.50 (480x640, 50 demos)",
     notes="not run yet: act_transfer_cube_image's settings on insertion with the stride-16 ResNet features; the "
-          "wall time is act_transfer_cube_image's stride-16 run's",
+          "wall time is a projection: the stride-16 transfer-cube run took 35 min on recorded demos (one core, "
+          "another run on the other), plus ~5 min to record the demos",
 ))
 register(Recipe(
     name="act_transfer_cube_image_3cams", method="act", task="transfer_cube",
@@ -533,7 +534,8 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
     """The held-out test of a finished fit: the checkpoint it chose, rolled out on ``episodes`` seeds from
     ``test_seed`` with the run's own rollout settings; fills ``row`` (checkpoint, steps, seeds, success).
     ``sampler`` (kind, steps) swaps a Diffusion policy's inference sampler for this test only, and
-    ``action_steps`` the number of actions it executes from each denoised window (Ta); ``checkpoint="last"`` tests the end of training instead of the chosen checkpoint (neither saw the test seeds)."""
+    ``action_steps`` the number of actions it executes from each denoised window (Ta); ``checkpoint="last"``
+    tests the end of training instead of the chosen checkpoint (neither saw the test seeds)."""
     if checkpoint not in ("chosen", "last"):
         raise ValueError(f"checkpoint must be 'chosen' or 'last', got {checkpoint!r}")
     config_path = find_run_config(run_dir)
@@ -604,8 +606,7 @@ def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: i
 
     Fresh ``test_seed``s re-check a figure; ``sampler`` compares inference samplers on one Diffusion checkpoint
     (e.g. DDPM-100 against the DDIM-10 the run was tested with), ``action_steps`` its executed actions per
-    query. The row's ``retest_of`` names the run and its
-    ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
+    query. The row's ``retest_of`` names the run and its ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
     The run of an interactive recipe gets its whole curve evaluated again
     (:func:`lit_imit.interactive_recipes.retest_interactive`, ``curve_episodes`` per intermediate point).
     """
@@ -621,9 +622,10 @@ def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: i
     start = time.perf_counter()
     row = _new_row(rec, run_dir, episodes, test_seed, command or f"python scripts/reproduce.py --retest {run_dir}")
     row["retest_of"] = str(run_dir)
-    return _recorded(row, lambda: heldout_test_of_run(rec, run_dir, row, episodes, test_seed, sampler, checkpoint,
-                                                          action_steps),
-                     start, results_path)
+    def test() -> None:
+        heldout_test_of_run(rec, run_dir, row, episodes, test_seed, sampler, checkpoint, action_steps)
+
+    return _recorded(row, test, start, results_path)
 
 
 def run_child(cmd: list[str], cwd: Path, stdout: Any, grace_seconds: float = 60.0) -> subprocess.CompletedProcess:
