@@ -135,7 +135,8 @@ class ACTModule(PolicyModule):
                 stride-32 map is 3x4 cells for a cube three pixels wide.
             image_shift: training images shifted by up to this many pixels (``nets.augment.random_shift``, DrQ's
                 pad-and-crop); 0, the original ACT's setting, trains on the images as recorded. A named departure
-                for small images and ResNets from scratch, where 50 demos show the cube at only 50 places.
+                for ResNets from scratch: robustness to small camera offsets. It moves the whole scene, so it adds
+                no new object positions relative to the arms (configs/act/transfer_cube_cpu.yaml measures it).
             lr_backbone: learning rate of the ResNets; <= 0 freezes them (no backward through the images).
             lr_schedule: ``constant`` (the original ACT and LeRobot) or ``cosine``: a linear warm-up over
                 ``warmup_steps``, then half a cosine to 0 at ``max_steps`` (None: the trainer's step count).
