@@ -109,6 +109,10 @@ class ACTModule(PolicyModule):
         fuse_frozen_bn: bool = True,
         compile: bool = False,
         state_keys: Sequence[str] = ("qpos",),
+        image_pos_in_tokens: bool = False,
+        aux_state_keys: Sequence[str] = (),
+        aux_state_dim: int | list[int] = 7,
+        aux_weight: float = 1.0,
     ) -> None:
         """
         Args:
@@ -143,6 +147,19 @@ class ACTModule(PolicyModule):
                 A named departure for short budgets: the rate ends small, so the last checkpoint does not
                 swing between good and bad policies as it does at a constant rate.
             n_uncertainty_samples: latent samples decoded by ``predict`` to measure the spread (>= 2).
+            image_pos_in_tokens: False (the original ACT, DETR): the 2-D position encoding of the image cells is
+                added to the attention queries and keys only, so a token's content says what a cell shows but
+                not where the cell is. True adds it to the image tokens themselves as well (as ViT does), so
+                what attention reads back carries the position. A named departure for ResNets from scratch,
+                whose features cannot lean on ImageNet's to tell where an object is.
+            aux_state_keys: low-dimensional keys (e.g. ``env_state``, the object poses) that the images must
+                predict: a linear head on the mean of the encoder's image tokens regresses their normalised
+                values, and ``aux_weight`` times its mean squared error joins the loss. They are training
+                targets only; the policy never reads them, so it runs on the env's usual observation. ``()``
+                (the original ACT) has no such head. A named departure for ResNets from scratch: it tells the
+                backbone what in the image matters (configs/act/transfer_cube_cpu.yaml measures it).
+            aux_state_dim: one size per ``aux_state_keys`` entry (an int for one key).
+            aux_weight: weight of the auxiliary term in the loss.
             channels_last / fuse_frozen_bn / compile: speed switches that do not change the maths
                 (compile = ``torch.compile`` of the network).
         """
@@ -159,9 +176,14 @@ class ACTModule(PolicyModule):
             raise ValueError("n_uncertainty_samples must be >= 2 to measure a spread")
         if image_shift < 0:
             raise ValueError(f"image_shift must be >= 0 pixels, got {image_shift}")
+        aux_state_keys = list(aux_state_keys)
+        aux_dims = state_sizes(aux_state_keys, aux_state_dim) if aux_state_keys else []
+        if set(aux_state_keys) & set(state_keys):
+            raise ValueError(f"aux_state_keys {aux_state_keys} must not be inputs too (state_keys {state_keys})")
         self.save_hyperparameters()
         self.cameras = cameras
         self.state_keys = state_keys
+        self.aux_state_keys = aux_state_keys
         self.model = ACT(
             state_dim=state_dims[0],
             extra_state_dims=state_dims[1:],
@@ -183,6 +205,8 @@ class ACTModule(PolicyModule):
             fuse_frozen_bn=fuse_frozen_bn,
             backbone_norm=backbone_norm,
             backbone_stride=backbone_stride,
+            aux_dim=sum(aux_dims),
+            image_pos_in_tokens=image_pos_in_tokens,
         )
         if channels_last:
             self.model.use_channels_last(True)
@@ -191,7 +215,7 @@ class ACTModule(PolicyModule):
                 p.requires_grad_(False)
         if compile:
             self.model.compile()
-        self.register_policy_stats(state_keys, state_dims, action_dim)
+        self.register_policy_stats([*state_keys, *aux_state_keys], [*state_dims, *aux_dims], action_dim)
         self._warned_stats = False
 
     def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
@@ -199,7 +223,7 @@ class ACTModule(PolicyModule):
         hp = self.hparams
         return {
             "cameras": ("cameras", list(self.cameras), "=="),
-            "state_keys": ("state_keys", list(self.state_keys), "=="),
+            "state_keys": ("state_keys", [*self.state_keys, *self.aux_state_keys], "=="),
             "chunk_size": ("chunk_size", int(hp.chunk_size), ">="),
             "action_dim": ("action_dim", int(hp.action_dim), "=="),
         }
@@ -247,8 +271,17 @@ class ACTModule(PolicyModule):
             return images
         return [random_shift(x, self.hparams.image_shift) for x in images]
 
+    def _aux_targets(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Normalised auxiliary targets (B, sum of aux_state_dim), the keys concatenated in order."""
+        missing = [k for k in self.aux_state_keys if k not in batch]
+        if missing:
+            raise KeyError(f"batch has no auxiliary target {missing} (keys: {sorted(batch)})")
+        return torch.cat([self.normalizer.mean_std(key, single_step(batch[key], key, 2).float())
+                          for key in self.aux_state_keys], dim=-1)
+
     def compute_loss(self, batch: Mapping[str, Tensor], weighted: bool = True) -> dict[str, Tensor]:
-        """{"loss", "l1", "kl"}: batch means of the per-sample terms, importance-weighted when asked."""
+        """{"loss", "l1", "kl"} (and "aux" with ``aux_state_keys``): batch means of the per-sample terms,
+        importance-weighted when asked."""
         qpos, images, extra = self._observation(batch)
         images = self._augment(images)
         actions, is_pad = self._targets(batch)
@@ -260,11 +293,12 @@ class ACTModule(PolicyModule):
         else:
             kl = torch.zeros_like(l1)
         per_sample = l1 + self.hparams.kl_weight * kl
-        return {
-            "loss": weighted_mean(per_sample, weight),
-            "l1": weighted_mean(l1, weight),
-            "kl": weighted_mean(kl, weight),
-        }
+        terms = {"l1": weighted_mean(l1, weight), "kl": weighted_mean(kl, weight)}
+        if self.aux_state_keys:
+            aux = (out.aux.float() - self._aux_targets(batch)).pow(2).mean(dim=-1)
+            per_sample = per_sample + self.hparams.aux_weight * aux
+            terms["aux"] = weighted_mean(aux, weight)
+        return {"loss": weighted_mean(per_sample, weight), **terms}
 
     def configure_optimizers(self) -> Any:
         """AdamW with the backbone in its own param group (its own lr), fused kernels where available."""

@@ -144,11 +144,13 @@ class TransformerDecoder(nn.Module):
 
 @dataclass
 class ACTOutput:
-    """Predicted (normalised) action chunk and, when the CVAE encoder ran, the posterior parameters."""
+    """Predicted (normalised) action chunk, the posterior parameters when the CVAE encoder ran, and the
+    auxiliary state prediction when the network has an ``aux_dim`` head."""
 
     actions: Tensor  # (B, chunk_size, action_dim)
     mu: Tensor | None = None  # (B, latent_dim)
     logvar: Tensor | None = None  # (B, latent_dim)
+    aux: Tensor | None = None  # (B, aux_dim)
 
 
 class ACT(nn.Module):
@@ -176,6 +178,8 @@ class ACT(nn.Module):
         allow_random_init: bool = False,
         backbone_norm: str = "frozen_batch",
         backbone_stride: int = 32,
+        aux_dim: int = 0,
+        image_pos_in_tokens: bool = False,
     ) -> None:
         super().__init__()
         if n_cameras < 0:
@@ -184,6 +188,7 @@ class ACT(nn.Module):
         self.extra_state_dims = [int(d) for d in extra_state_dims]
         self.chunk_size, self.dim_model, self.latent_dim = chunk_size, dim_model, latent_dim
         self.use_vae, self.shared_backbone = use_vae, shared_backbone
+        self.image_pos_in_tokens = bool(image_pos_in_tokens)
         self.channels_last = False
 
         if use_vae:  # CVAE encoder q(z | qpos, a_1..a_k)
@@ -212,6 +217,11 @@ class ACT(nn.Module):
         self.decoder = TransformerDecoder(n_decoder_layers, dim_model, n_heads, dim_feedforward, dropout)
         self.query_embed = nn.Embedding(chunk_size, dim_model)
         self.action_head = nn.Linear(dim_model, action_dim)
+        if aux_dim and not n_cameras:
+            raise ValueError("aux_dim needs cameras: the auxiliary head reads the encoder's image tokens")
+        # Auxiliary state head: regresses a low-dimensional target (e.g. the object poses) from the mean of the
+        # encoder's image tokens, so that the images must carry it (ACTModule's aux_state_keys).
+        self.aux_head = nn.Linear(dim_model, aux_dim) if aux_dim else None
         self._reset_transformer_parameters()
 
     def _reset_transformer_parameters(self) -> None:
@@ -292,20 +302,40 @@ class ACT(nn.Module):
             positions.append(self.extra_pos_embed.weight[2 + i : 3 + i].unsqueeze(0))
         for feat in self._camera_features(images):
             proj = self.image_proj(feat)
+            pos = self.image_pos(proj).to(proj.dtype)
+            if self.image_pos_in_tokens:
+                proj = proj + pos
             tokens.append(proj.flatten(2).transpose(1, 2))
-            positions.append(self.image_pos(proj).to(proj.dtype).flatten(2).transpose(1, 2))
+            positions.append(pos.flatten(2).transpose(1, 2))
         return torch.cat(tokens, dim=1), torch.cat(positions, dim=1)
 
-    def decode(self, obs_tokens: Tensor, obs_pos: Tensor, z: Tensor) -> Tensor:
-        """Normalised action chunk (B, k, A) from observation tokens and latents z (B, latent_dim)."""
-        b = obs_tokens.shape[0]
+    def encode(self, obs_tokens: Tensor, obs_pos: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder memory (B, 1 + L, d) over [latent, observation tokens] and its positions (1, 1 + L, d)."""
         latent_token = self.latent_proj(z).unsqueeze(1).to(obs_tokens.dtype)
         tokens = torch.cat([latent_token, obs_tokens], dim=1)
         pos = torch.cat([self.extra_pos_embed.weight[0:1].unsqueeze(0).to(obs_pos.dtype), obs_pos], dim=1)
-        memory = self.encoder(tokens, pos)
+        return self.encoder(tokens, pos), pos
+
+    def decode_memory(self, memory: Tensor, pos: Tensor) -> Tensor:
+        """Normalised action chunk (B, k, A) from the encoder memory."""
         query_pos = self.query_embed.weight.unsqueeze(0).to(memory.dtype)
-        tgt = torch.zeros(b, self.chunk_size, self.dim_model, dtype=memory.dtype, device=memory.device)
+        tgt = torch.zeros(memory.shape[0], self.chunk_size, self.dim_model, dtype=memory.dtype, device=memory.device)
         return self.action_head(self.decoder(tgt, memory, pos, query_pos))
+
+    def decode(self, obs_tokens: Tensor, obs_pos: Tensor, z: Tensor) -> Tensor:
+        """Normalised action chunk (B, k, A) from observation tokens and latents z (B, latent_dim)."""
+        return self.decode_memory(*self.encode(obs_tokens, obs_pos, z))
+
+    def predict_aux(self, memory: Tensor) -> Tensor:
+        """The auxiliary head's prediction (B, aux_dim) from the mean of the image tokens of ``memory``.
+
+        Only image tokens are pooled: the latent token carries the posterior's view of the target actions and
+        the state tokens carry the low-dimensional inputs, and neither may answer for the images.
+        """
+        if self.aux_head is None:
+            raise RuntimeError("this ACT was built with aux_dim=0: it has no auxiliary head")
+        first_image_token = 2 + len(self.extra_state_dims)  # latent, qpos, extra states
+        return self.aux_head(memory[:, first_image_token:].mean(dim=1))
 
     def forward(
         self,
@@ -325,7 +355,9 @@ class ACT(nn.Module):
             else:
                 z = qpos.new_zeros(qpos.shape[0], self.latent_dim)
         obs_tokens, obs_pos = self.observation_tokens(qpos, images, extra_states)
-        return ACTOutput(self.decode(obs_tokens, obs_pos, z), mu, logvar)
+        memory, pos = self.encode(obs_tokens, obs_pos, z)
+        aux = self.predict_aux(memory) if self.aux_head is not None else None
+        return ACTOutput(self.decode_memory(memory, pos), mu, logvar, aux)
 
     def decode_latents(
         self, qpos: Tensor, images: Sequence[Tensor], z: Tensor, extra_states: Sequence[Tensor] = ()
