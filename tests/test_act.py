@@ -679,3 +679,84 @@ def test_trains_under_bf16_autocast():
     losses["loss"].backward()
     grads = [p.grad for p in module.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_image_pos_in_tokens_adds_the_cell_encoding_to_the_image_tokens_only():
+    """Same weights: the image tokens differ by exactly their 2-D encoding; qpos token and positions do not."""
+    torch.manual_seed(0)
+    plain = tiny(channels_last=False)
+    with_pos = tiny(channels_last=False, image_pos_in_tokens=True)
+    with_pos.load_state_dict(plain.state_dict())
+    batch = batch_for()
+    qpos, images, extra = plain._observation(batch)
+    tokens, pos = plain.model.observation_tokens(qpos, images, extra)
+    tokens_pos, pos_pos = with_pos.model.observation_tokens(qpos, images, extra)
+    torch.testing.assert_close(pos_pos, pos)
+    torch.testing.assert_close(tokens_pos[:, :1], tokens[:, :1])  # the qpos token
+    torch.testing.assert_close(tokens_pos[:, 1:] - tokens[:, 1:], pos[:, 1:].expand_as(tokens[:, 1:]))
+    assert pos[:, 1:].abs().sum() > 0
+
+
+def _aux_module(**overrides) -> ACTModule:
+    module = tiny(channels_last=False, use_vae=False, aux_state_keys=["env_state"], aux_state_dim=7, **overrides)
+    g = torch.Generator().manual_seed(1)
+    module.load_stats({key: {"mean": torch.randn(d, generator=g), "std": torch.rand(d, generator=g) + 0.5,
+                             "min": -torch.ones(d), "max": torch.ones(d)}
+                       for key, d in (("qpos", STATE), ("env_state", 7), ("action", ACTION))})
+    return module
+
+
+def test_aux_state_head_regresses_the_normalised_target_from_the_images():
+    """The aux term is the MSE of the head against the mean/std-normalised env_state, weighted into the loss;
+    its gradient reaches the backbone; the data must carry env_state, the policy never reads it."""
+    torch.manual_seed(0)
+    module = _aux_module(aux_weight=0.5)
+    batch = batch_for()
+    batch["env_state"] = torch.randn(2, 7, generator=torch.Generator().manual_seed(3))
+    losses = module.compute_loss(batch)
+    qpos, images, extra = module._observation(batch)
+    out = module.model(qpos, images, extra_states=extra)
+    stats = module.normalizer
+    target = (batch["env_state"] - stats.stat("env_state", "mean")) / stats.stat("env_state", "std")
+    torch.testing.assert_close(losses["aux"], (out.aux - target).pow(2).mean())
+    torch.testing.assert_close(losses["loss"], losses["l1"] + 0.5 * losses["aux"])
+    losses["aux"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.model.action_head.parameters())
+    assert sum(p.grad.abs().sum() for p in module.model.backbone_parameters() if p.grad is not None) > 0
+    assert module.data_requirements()["state_keys"][1] == ["qpos", "env_state"]
+    assert module.predict_chunk(env_obs()).shape == (2, K, ACTION)  # no env_state in the observation
+    del batch["env_state"]
+    with pytest.raises(KeyError, match="auxiliary target.*env_state"):
+        module.compute_loss(batch)
+
+
+def test_aux_state_keys_are_refused_as_inputs_or_without_cameras():
+    with pytest.raises(ValueError, match="must not be inputs"):
+        tiny(cameras=(), state_keys=["qpos", "env_state"], state_dim=[STATE, 7], aux_state_keys=["env_state"])
+    with pytest.raises(ValueError, match="aux_dim needs cameras"):
+        tiny(cameras=(), aux_state_keys=["env_state"])
+
+
+def test_aux_state_loss_falls_when_the_target_is_in_the_image():
+    """A bright square's position (the target) must become readable from the image tokens within 150 steps."""
+    torch.manual_seed(0)
+    module = _aux_module(lr=3e-3, lr_backbone=1e-3, image_pos_in_tokens=True, backbone_stride=16)
+    g = torch.Generator().manual_seed(4)
+    batch = act_batch(8, ("top",), (64, 64), STATE, ACTION, K, seed=2)
+    corners = torch.randint(0, 56, (8, 2), generator=g)
+    images = torch.zeros(8, 64, 64, 3, dtype=torch.uint8)
+    for i, (r, c) in enumerate(corners.tolist()):
+        images[i, r:r + 8, c:c + 8] = 255
+    batch["images/top"] = images
+    mean, std = module.normalizer.stat("env_state", "mean"), module.normalizer.stat("env_state", "std")
+    batch["env_state"] = mean + std * torch.cat([corners.float() / 28 - 1, torch.zeros(8, 5)], dim=1)
+    optimizer = module.configure_optimizers()
+    module.train()
+    history = []
+    for _ in range(150):
+        losses = module.compute_loss(batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append(losses["aux"].item())
+    assert history[-1] < 0.1 * history[0], history[::15]
