@@ -760,3 +760,21 @@ def test_aux_state_loss_falls_when_the_target_is_in_the_image():
         optimizer.step()
         history.append(losses["aux"].item())
     assert history[-1] < 0.1 * history[0], history[::15]
+
+
+def test_state_noise_perturbs_training_inputs_only():
+    """Training batches get N(0, std^2) on the normalised qpos (and extra states); eval mode reads them as given."""
+    torch.manual_seed(0)
+    module = with_stats(tiny(state_noise_std=0.5, use_vae=False))  # no posterior sampling: noise is the only draw
+    clean = [torch.zeros(20000, STATE), torch.ones(20000, 7)]
+    module.train()
+    noisy = module._noisy_states(clean)
+    assert abs(noisy[0].std().item() - 0.5) < 0.01 and abs(noisy[0].mean().item()) < 0.01
+    assert abs((noisy[1] - 1).std().item() - 0.5) < 0.01
+    batch = batch_for()
+    assert module.compute_loss(batch)["loss"] != module.compute_loss(batch)["loss"]  # fresh noise per batch
+    module.eval()
+    assert module._noisy_states(clean) is clean
+    assert module.compute_loss(batch)["loss"] == module.compute_loss(batch)["loss"]
+    with pytest.raises(ValueError, match="state_noise_std"):
+        tiny(state_noise_std=-0.1)

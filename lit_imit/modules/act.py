@@ -98,6 +98,7 @@ class ACTModule(PolicyModule):
         backbone_norm: str = "frozen_batch",
         backbone_stride: int = 32,
         image_shift: int = 0,
+        state_noise_std: float = 0.0,
         lr: float = 1e-5,
         lr_backbone: float = 1e-5,
         weight_decay: float = 1e-4,
@@ -141,6 +142,12 @@ class ACTModule(PolicyModule):
                 pad-and-crop); 0, the original ACT's setting, trains on the images as recorded. A named departure
                 for ResNets from scratch: robustness to small camera offsets. It moves the whole scene, so it adds
                 no new object positions relative to the arms (configs/act/transfer_cube_cpu.yaml measures it).
+            state_noise_std: Gaussian noise of this standard deviation (in normalised units, i.e. dataset
+                stds) added to the low-dimensional inputs of training batches; 0, the original ACT's setting,
+                trains on them as recorded. A named departure against the copycat shortcut: along a teacher's
+                path the arm's own joints already say where it is heading, so a policy can fit the demos from
+                qpos alone and ignore the cube in the image, then drift in closed loop. Noise makes qpos a weak
+                cue for where the target is (configs/act/transfer_cube_cpu.yaml measures it).
             lr_backbone: learning rate of the ResNets; <= 0 freezes them (no backward through the images).
             lr_schedule: ``constant`` (the original ACT and LeRobot) or ``cosine``: a linear warm-up over
                 ``warmup_steps``, then half a cosine to 0 at ``max_steps`` (None: the trainer's step count).
@@ -176,6 +183,8 @@ class ACTModule(PolicyModule):
             raise ValueError("n_uncertainty_samples must be >= 2 to measure a spread")
         if image_shift < 0:
             raise ValueError(f"image_shift must be >= 0 pixels, got {image_shift}")
+        if not state_noise_std >= 0:
+            raise ValueError(f"state_noise_std must be >= 0, got {state_noise_std}")
         aux_state_keys = list(aux_state_keys)
         aux_dims = state_sizes(aux_state_keys, aux_state_dim) if aux_state_keys else []
         if set(aux_state_keys) & set(state_keys):
@@ -271,6 +280,13 @@ class ACTModule(PolicyModule):
             return images
         return [random_shift(x, self.hparams.image_shift) for x in images]
 
+    def _noisy_states(self, states: list[Tensor]) -> list[Tensor]:
+        """Training inputs plus N(0, state_noise_std^2) per entry (normalised units); eval mode: unchanged."""
+        std = self.hparams.state_noise_std
+        if not self.training or not std:
+            return states
+        return [x + std * torch.randn_like(x) for x in states]
+
     def _aux_targets(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Normalised auxiliary targets (B, sum of aux_state_dim), the keys concatenated in order."""
         missing = [k for k in self.aux_state_keys if k not in batch]
@@ -284,6 +300,7 @@ class ACTModule(PolicyModule):
         importance-weighted when asked."""
         qpos, images, extra = self._observation(batch)
         images = self._augment(images)
+        qpos, *extra = self._noisy_states([qpos, *extra])
         actions, is_pad = self._targets(batch)
         out = self.model(qpos, images, actions, is_pad, extra_states=extra)
         weight = batch.get("weight") if weighted else None
