@@ -112,3 +112,30 @@ def test_parallel_recording_writes_the_same_seeds_under_the_same_ids(tmp_path):
                 np.testing.assert_array_equal(a[key][()], b[key][()])
     with pytest.raises(ValueError, match="workers must be >= 1"):
         record_teacher_episodes("transfer_cube", 1, stores[1], workers=0)
+
+
+def test_dart_recording_executes_noisy_actions_and_records_the_teachers_clean_ones(tmp_path):
+    """Replay a DART episode: at every recorded state the teacher gives the recorded action, and stepping with it
+    plus the episode's own noise stream reaches the next recorded state exactly; a clean recording differs."""
+    from lit_imit.data.episodes import EpisodeStore
+    from lit_imit.data.recording import dart_noise, record_teacher_episodes
+    from lit_imit.envs import make_env, make_teacher
+
+    noisy_store = EpisodeStore(tmp_path / "dart", create=True)
+    record_teacher_episodes("transfer_cube", 1, noisy_store, cameras=[], action_noise=0.05)
+    clean_store = EpisodeStore(tmp_path / "clean", create=True)
+    record_teacher_episodes("transfer_cube", 1, clean_store, cameras=[])
+    with h5py.File(noisy_store.path(0)) as f, h5py.File(clean_store.path(0)) as g:
+        assert f.attrs["action_noise"] == 0.05 and g.attrs["action_noise"] == 0.0
+        actions, qpos, seed = f["action"][()], f["observations/qpos"][()], int(f.attrs["seed"])
+        assert np.abs(qpos - g["observations/qpos"][()]).max() > 0.01
+    env = make_env("transfer_cube", cameras=[])
+    teacher = make_teacher("transfer_cube", env)
+    perturb = dart_noise(env, 0.05, seed)
+    obs, _ = env.reset(seed=seed)
+    for t in range(len(actions)):
+        np.testing.assert_array_equal(obs["qpos"], qpos[t])
+        np.testing.assert_array_equal(teacher.act(obs), actions[t])
+        obs, *_ = env.step(perturb(actions[t]))
+    with pytest.raises(ValueError, match="action_noise"):
+        record_teacher_episodes("transfer_cube", 1, clean_store, action_noise=-1.0)

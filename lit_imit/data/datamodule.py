@@ -108,6 +108,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         generate_if_missing: record this many teacher episodes when the store is empty.
         record_workers: processes that simulate those episodes at once (``"auto"``: the CPUs this process may
             use); the store gets the same seeds under the same ids whatever the count.
+        record_action_noise: DART noise of those demos (``record_teacher_episodes``' ``action_noise``; 0: plain
+            teacher demos).
         image_size: (H, W) of recorded images when generating.
         allow_empty: start from an empty store (interactive learning from scratch fills it; statistics are
             computed from the first episodes added).
@@ -158,6 +160,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         env_kwargs: dict[str, Any] | None = None,
         reuse_interactive_store: bool = False,
         record_workers: int | str = 1,
+        record_action_noise: float = 0.0,
         test_loss: bool = False,
         extra_stores: list[dict[str, Any]] | None = None,
         data_weight: float = 1.0,
@@ -190,6 +193,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         if record_workers != "auto" and (not isinstance(record_workers, int) or record_workers < 1):
             raise ValueError(f"record_workers must be a count >= 1 or 'auto', got {record_workers!r}")
         self.record_workers = record_workers
+        self.record_action_noise = float(record_action_noise)
         self.image_size = image_size
         self.pin_memory = pin_memory
         self.allow_empty = allow_empty
@@ -261,6 +265,7 @@ class EpisodeDataModule(pl.LightningDataModule):
                 self.task, missing, store, cameras=self.cameras,
                 image_size=tuple(self.image_size) if self.image_size else None, seed=self.seed, progress=True,
                 env_kwargs=self.recording_env_kwargs(), workers=self._recording_workers(missing),
+                action_noise=self.record_action_noise,
             )
 
     def _recording_workers(self, episodes: int) -> int:

@@ -56,9 +56,14 @@ class EpisodeBuffer:
 
 
 def run_episode(
-    env: Any, policy: Callable[[Mapping[str, Any]], Any], seed: int, reset_policy: Callable[[], None] | None = None
+    env: Any, policy: Callable[[Mapping[str, Any]], Any], seed: int, reset_policy: Callable[[], None] | None = None,
+    perturb: Callable[[Any], Any] | None = None,
 ) -> tuple[EpisodeBuffer, dict[str, Any]]:
-    """Roll one episode out; returns the recorded (obs_t, action_t) pairs and the final info."""
+    """Roll one episode out; returns the recorded (obs_t, action_t) pairs and the final info.
+
+    ``perturb`` (DART): the env executes ``perturb(action)`` while the buffer records the policy's own action,
+    so the demos visit states off the policy's path and label them with what the policy does there.
+    """
     obs, info = env.reset(seed=seed)
     if reset_policy is not None:
         reset_policy()
@@ -67,7 +72,7 @@ def run_episode(
     while True:
         action = policy(obs)
         buffer.add(obs, action)
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action if perturb is None else perturb(action))
         total_reward += float(reward)
         if terminated or truncated:
             break
@@ -88,6 +93,7 @@ def record_teacher_episodes(
     progress: bool = False,
     env_kwargs: Mapping[str, Any] | None = None,
     workers: int = 1,
+    action_noise: float = 0.0,
 ) -> RecordingReport:
     """Record ``episodes`` teacher episodes of ``task`` into ``store`` (only successful ones by default).
 
@@ -100,6 +106,14 @@ def record_teacher_episodes(
     and teacher); this process reserves their seeds in order and writes the finished episodes in seed order,
     so a store recorded with workers holds the same seeds under the same ids as one recorded without (as long
     as no other recorder shares the store). An interrupted run keeps every episode already written.
+
+    ``action_noise`` > 0 records DART demos (Laskey et al., CoRL 2017): the env executes the teacher's action
+    plus Gaussian noise of that standard deviation (action units: radians for joints), drawn from the episode's
+    seed, and the file keeps the teacher's clean action for each state it reached. The teachers are closed
+    loop, so every label is the correction from where the noise pushed the arm; the episode's attrs say the
+    noise, and success is judged on the noisy execution. Noise is drawn afresh every step, so keep it small:
+    the transfer-cube teacher kept 7 of 8 episodes at 0.01 and lost the hand-over in all 8 at 0.02 (the jitter
+    shakes the cube loose).
     """
 
     spec = task_spec(task)
@@ -110,6 +124,8 @@ def record_teacher_episodes(
         env_kwargs["image_size"] = tuple(image_size)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if not action_noise >= 0:
+        raise ValueError(f"action_noise must be >= 0, got {action_noise}")
     report = RecordingReport()
     max_attempts = max_attempts if max_attempts is not None else 3 * episodes + 10
     bar = None
@@ -126,7 +142,7 @@ def record_teacher_episodes(
             attrs = {
                 "sim": spec.env_id, "task": task, "success": success, "source": "teacher", "round": 0,
                 "seed": episode_seed, "return": info["return"], "max_reward": info.get("max_reward"),
-                "instruction": info.get("instruction"),
+                "instruction": info.get("instruction"), "action_noise": float(action_noise),
             }
             report.ids.append(store.add(arrays, attrs))
             if bar is not None:
@@ -139,7 +155,7 @@ def record_teacher_episodes(
 
     try:
         if workers == 1:
-            episode_fn = _TeacherEpisodes(task, env_kwargs)
+            episode_fn = _TeacherEpisodes(task, env_kwargs, action_noise)
             try:
                 while wanted() > 0:
                     # from the store, under its lock: seeds continue after the largest one recorded (re-runs
@@ -155,7 +171,7 @@ def record_teacher_episodes(
             # breaks the executor, which raises here (a multiprocessing.Pool would respawn it for ever).
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker_episodes,
-                                     initargs=(task, env_kwargs)) as pool:
+                                     initargs=(task, env_kwargs, action_noise)) as pool:
                 while wanted() > 0:
                     seeds = [store.reserve_seed(seed) for _ in range(min(workers, wanted()))]
                     for result in pool.map(_worker_episode, seeds):
@@ -174,12 +190,14 @@ def record_teacher_episodes(
 class _TeacherEpisodes:
     """One env and its teacher; called with a seed, runs one episode and returns (seed, arrays, info)."""
 
-    def __init__(self, task: str, env_kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, task: str, env_kwargs: Mapping[str, Any], action_noise: float = 0.0) -> None:
         self.env = make_env(task, **env_kwargs)
         self.teacher = make_teacher(task, self.env)
+        self.action_noise = float(action_noise)
 
     def __call__(self, episode_seed: int) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
-        buffer, info = run_episode(self.env, self.teacher.act, episode_seed, self.teacher.reset)
+        perturb = dart_noise(self.env, self.action_noise, episode_seed) if self.action_noise else None
+        buffer, info = run_episode(self.env, self.teacher.act, episode_seed, self.teacher.reset, perturb)
         keys = ("is_success", "return", "max_reward", "instruction")
         return episode_seed, buffer.arrays(), {k: info.get(k) for k in keys}
 
@@ -187,12 +205,25 @@ class _TeacherEpisodes:
         self.env.close()
 
 
+def dart_noise(env: Any, std: float, episode_seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``action -> action + N(0, std^2)``, clipped to the env's action space, from a generator seeded by the
+    episode's seed (its own stream: the env's placement draws stay those of a clean recording)."""
+    rng = np.random.default_rng([int(episode_seed), 0xDA27])
+    space = env.action_space
+
+    def perturb(action: np.ndarray) -> np.ndarray:
+        noisy = np.asarray(action, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(action))
+        return np.clip(noisy, space.low, space.high).astype(np.float32)
+
+    return perturb
+
+
 _worker_episodes: _TeacherEpisodes | None = None  # the env and teacher of a recording worker process
 
 
-def _init_worker_episodes(task: str, env_kwargs: Mapping[str, Any]) -> None:
+def _init_worker_episodes(task: str, env_kwargs: Mapping[str, Any], action_noise: float = 0.0) -> None:
     global _worker_episodes
-    _worker_episodes = _TeacherEpisodes(task, env_kwargs)
+    _worker_episodes = _TeacherEpisodes(task, env_kwargs, action_noise)
 
 
 def _worker_episode(episode_seed: int) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-failures", action="store_true", help="also keep unsuccessful episodes")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes simulating episodes at once (same seeds and ids as one process)")
+    parser.add_argument("--action-noise", type=float, default=0.0,
+                        help="DART: execute the teacher's action plus Gaussian noise of this std (action units) "
+                             "and record the clean action (default 0: plain demos)")
     parser.add_argument("--env-state", action="store_true",
                         help="also record the object poses (/observations/env_state) for state-based policies")
     parser.add_argument("--fast-render", action=argparse.BooleanOptionalAction, default=None,
@@ -138,7 +141,7 @@ def _main(argv: list[str] | None) -> int:
         report = record_teacher_episodes(
             args.task, args.episodes, store, cameras=args.cameras, image_size=args.image_size, seed=args.seed,
             keep_failures=args.keep_failures, progress=True, env_kwargs=recording_env_kwargs(args),
-            workers=args.workers,
+            workers=args.workers, action_noise=args.action_noise,
         )
     except KeyboardInterrupt:
         print(f"interrupted: {len(store)} complete episodes are in {args.out}", file=sys.stderr)
