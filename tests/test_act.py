@@ -715,7 +715,9 @@ def test_aux_state_head_regresses_the_normalised_target_from_the_images():
     batch["env_state"] = torch.randn(2, 7, generator=torch.Generator().manual_seed(3))
     losses = module.compute_loss(batch)
     qpos, images, extra = module._observation(batch)
-    out = module.model(qpos, images, extra_states=extra)
+    actions, is_pad = module._targets(batch)
+    out = module.model(qpos, images, actions, is_pad, extra_states=extra)
+    assert module.model(qpos, images, extra_states=extra).aux is None  # acting computes no aux
     stats = module.normalizer
     target = (batch["env_state"] - stats.stat("env_state", "mean")) / stats.stat("env_state", "std")
     torch.testing.assert_close(losses["aux"], (out.aux - target).pow(2).mean())
@@ -724,6 +726,8 @@ def test_aux_state_head_regresses_the_normalised_target_from_the_images():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.model.action_head.parameters())
     assert sum(p.grad.abs().sum() for p in module.model.backbone_parameters() if p.grad is not None) > 0
     assert module.data_requirements()["state_keys"][1] == ["qpos", "env_state"]
+    with pytest.raises(ValueError, match=r"state_keys \+ aux_state_keys=\['qpos', 'env_state'\] needs data"):
+        module.check_data_compatibility(type("Data", (), {"state_keys": ["qpos"]})())
     assert module.predict_chunk(env_obs()).shape == (2, K, ACTION)  # no env_state in the observation
     del batch["env_state"]
     with pytest.raises(KeyError, match="auxiliary target.*env_state"):

@@ -232,7 +232,8 @@ class ACTModule(PolicyModule):
         hp = self.hparams
         return {
             "cameras": ("cameras", list(self.cameras), "=="),
-            "state_keys": ("state_keys", [*self.state_keys, *self.aux_state_keys], "=="),
+            "state_keys": ("state_keys + aux_state_keys" if self.aux_state_keys else "state_keys",
+                           [*self.state_keys, *self.aux_state_keys], "=="),
             "chunk_size": ("chunk_size", int(hp.chunk_size), ">="),
             "action_dim": ("action_dim", int(hp.action_dim), "=="),
         }

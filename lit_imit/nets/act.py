@@ -346,7 +346,8 @@ class ACT(nn.Module):
         z: Tensor | None = None,
         extra_states: Sequence[Tensor] = (),
     ) -> ACTOutput:
-        """Training (actions given, use_vae): z from the posterior. Otherwise z = ``z`` or 0 (prior mean)."""
+        """Training (actions given, use_vae): z from the posterior. Otherwise z = ``z`` or 0 (prior mean).
+        ``aux`` is predicted only when actions are given (the policy never needs it)."""
         mu = logvar = None
         if z is None:
             if self.use_vae and actions is not None:
@@ -356,7 +357,8 @@ class ACT(nn.Module):
                 z = qpos.new_zeros(qpos.shape[0], self.latent_dim)
         obs_tokens, obs_pos = self.observation_tokens(qpos, images, extra_states)
         memory, pos = self.encode(obs_tokens, obs_pos, z)
-        aux = self.predict_aux(memory) if self.aux_head is not None else None
+        # the auxiliary target is a training signal only: computed when actions are given (training, validation)
+        aux = self.predict_aux(memory) if self.aux_head is not None and actions is not None else None
         return ACTOutput(self.decode_memory(memory, pos), mu, logvar, aux)
 
     def decode_latents(
