@@ -117,6 +117,8 @@ def test_parallel_recording_writes_the_same_seeds_under_the_same_ids(tmp_path):
 def test_dart_recording_executes_noisy_actions_and_records_the_teachers_clean_ones(tmp_path):
     """Replay a DART episode: at every recorded state the teacher gives the recorded action, and stepping with it
     plus the episode's own noise stream reaches the next recorded state exactly; a clean recording differs."""
+    import gymnasium as gym
+
     from lit_imit.data.episodes import EpisodeStore
     from lit_imit.data.recording import dart_noise, record_teacher_episodes
     from lit_imit.envs import make_env, make_teacher
@@ -139,3 +141,6 @@ def test_dart_recording_executes_noisy_actions_and_records_the_teachers_clean_on
         obs, *_ = env.step(perturb(actions[t]))
     with pytest.raises(ValueError, match="action_noise"):
         record_teacher_episodes("transfer_cube", 1, clean_store, action_noise=-1.0)
+    dict_actions = type("PickPlaceLike", (), {"action_space": gym.spaces.Dict({"pose": gym.spaces.Box(0, 1, (3,))})})
+    with pytest.raises(ValueError, match="continuous"):
+        dart_noise(dict_actions(), 0.01, 0)

@@ -208,8 +208,10 @@ class _TeacherEpisodes:
 def dart_noise(env: Any, std: float, episode_seed: int) -> Callable[[np.ndarray], np.ndarray]:
     """``action -> action + N(0, std^2)``, clipped to the env's action space, from a generator seeded by the
     episode's seed (its own stream: the env's placement draws stay those of a clean recording)."""
-    rng = np.random.default_rng([int(episode_seed), 0xDA27])
     space = env.action_space
+    if not hasattr(space, "low") or not hasattr(space, "high"):
+        raise ValueError(f"action_noise needs a continuous (Box) action space; this env's is {space}")
+    rng = np.random.default_rng([int(episode_seed), 0xDA27])
 
     def perturb(action: np.ndarray) -> np.ndarray:
         noisy = np.asarray(action, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(action))
