@@ -456,6 +456,20 @@ def test_predict_reports_the_executed_chunks_uncertainty():
 
 
 # ---- optimisation, checkpoints, frozen statistics --------------------------------------------------------------------
+def train_on(module: ACTModule, batch: dict, steps: int) -> list[dict[str, float]]:
+    """``steps`` real AdamW steps (the module's own optimiser) on one batch; the loss terms of each step."""
+    optimizer = module.configure_optimizers()
+    module.train()
+    history = []
+    for _ in range(steps):
+        losses = module.compute_loss(batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append({name: value.item() for name, value in losses.items()})
+    return history
+
+
 def test_loss_falls_when_overfitting_a_tiny_batch():
     """100 real AdamW steps on one batch of 4 smooth chunks (a_t = qpos + t * v): L1 and loss must collapse."""
     torch.manual_seed(0)
@@ -463,15 +477,7 @@ def test_loss_falls_when_overfitting_a_tiny_batch():
     batch = act_batch(4, ("top",), (32, 32), STATE, ACTION, K, seed=2)
     velocity = torch.randn(4, 1, ACTION, generator=torch.Generator().manual_seed(5)) * 0.3
     batch["action"] = batch["qpos"][:, None, :] + velocity * torch.arange(1, K + 1)[None, :, None]
-    optimizer = module.configure_optimizers()
-    module.train()
-    history = []
-    for _ in range(100):
-        losses = module.compute_loss(batch)
-        optimizer.zero_grad()
-        losses["loss"].backward()
-        optimizer.step()
-        history.append((losses["loss"].item(), losses["l1"].item()))
+    history = [(losses["loss"], losses["l1"]) for losses in train_on(module, batch, 100)]
     (loss0, l10), (loss_end, l1_end) = history[0], history[-1]
     assert loss_end < 0.3 * loss0, history[::10]
     assert l1_end < 0.3 * l10, history[::10]
@@ -754,15 +760,7 @@ def test_aux_state_loss_falls_when_the_target_is_in_the_image():
     batch["images/top"] = images
     mean, std = module.normalizer.stat("env_state", "mean"), module.normalizer.stat("env_state", "std")
     batch["env_state"] = mean + std * torch.cat([corners.float() / 28 - 1, torch.zeros(8, 5)], dim=1)
-    optimizer = module.configure_optimizers()
-    module.train()
-    history = []
-    for _ in range(150):
-        losses = module.compute_loss(batch)
-        optimizer.zero_grad()
-        losses["loss"].backward()
-        optimizer.step()
-        history.append(losses["aux"].item())
+    history = [losses["aux"] for losses in train_on(module, batch, 150)]
     assert history[-1] < 0.1 * history[0], history[::15]
 
 

@@ -252,11 +252,13 @@ class ACTModule(PolicyModule):
         missing += [f"images/{c}" for c in self.cameras if f"images/{c}" not in batch]
         if missing:
             raise KeyError(f"batch has no {missing} (keys: {sorted(batch)})")
-        states = [
-            self.normalizer.mean_std(key, single_step(batch[key], key, 2).float()) for key in self.state_keys
-        ]
+        states = [self._normalized_state(batch, key) for key in self.state_keys]
         images = [single_step(batch[f"images/{c}"], f"images/{c}", 4) for c in self.cameras]
         return states[0], images, states[1:]
+
+    def _normalized_state(self, batch: Mapping[str, Tensor], key: str) -> Tensor:
+        """``batch[key]`` at the current step (B, D), mean/std normalised with the dataset statistics."""
+        return self.normalizer.mean_std(key, single_step(batch[key], key, 2).float())
 
     def _targets(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Normalised action chunk (B, k, A) and its padding mask (B, k), cut to chunk_size."""
@@ -293,8 +295,7 @@ class ACTModule(PolicyModule):
         missing = [k for k in self.aux_state_keys if k not in batch]
         if missing:
             raise KeyError(f"batch has no auxiliary target {missing} (keys: {sorted(batch)})")
-        return torch.cat([self.normalizer.mean_std(key, single_step(batch[key], key, 2).float())
-                          for key in self.aux_state_keys], dim=-1)
+        return torch.cat([self._normalized_state(batch, key) for key in self.aux_state_keys], dim=-1)
 
     def compute_loss(self, batch: Mapping[str, Tensor], weighted: bool = True) -> dict[str, Tensor]:
         """{"loss", "l1", "kl"} (and "aux" with ``aux_state_keys``): batch means of the per-sample terms,
