@@ -208,7 +208,8 @@ def test_paper_preset_runs_on_cpu_with_a_tiny_step_count(tmp_path):
     ))
     row = run_recipe(tiny, tmp_path / "runs", tmp_path / "r.jsonl", episodes=1)
     assert row["train_steps"] == 2 and row["preset"] == "paper" and row["episodes"] == 1
-    assert "--model.init_args.allow_random_init" in row["overrides"]
+    assert row["overrides"][row["overrides"].index("--model.init_args.pretrained_backbone") + 1] == "null"
+    assert row["overrides"][row["overrides"].index("--model.init_args.backbone_norm") + 1] == "group"
 
 
 def test_a_recipe_stopped_by_sigterm_gets_its_row_and_stops_its_fit(tmp_path):
