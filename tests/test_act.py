@@ -780,3 +780,55 @@ def test_state_noise_perturbs_training_inputs_only():
     assert module.compute_loss(batch)["loss"] == module.compute_loss(batch)["loss"]
     with pytest.raises(ValueError, match="state_noise_std"):
         tiny(state_noise_std=-0.1)
+
+
+def test_aux_state_token_feeds_the_detached_estimate_to_the_encoder():
+    """aux_state_token: one more encoder token, the projection of the keypoint head's estimate; the action loss
+    does not train the head (detached), the aux term does and reaches the backbone; acting uses the estimate."""
+    torch.manual_seed(0)
+    plain = _aux_module()
+    module = _aux_module(aux_state_token=True)
+    batch = batch_for()
+    batch["env_state"] = torch.randn(2, 7, generator=torch.Generator().manual_seed(3))
+    qpos, images, extra = module._observation(batch)
+    tokens, pos, estimate = module.model.observation_tokens_and_estimate(qpos, images, extra)
+    n_plain = plain.model.observation_tokens(qpos, images, extra)[0].shape[1]
+    assert tokens.shape[1] == pos.shape[1] == n_plain + 1 and estimate.shape == (2, 7)
+    torch.testing.assert_close(tokens[:, 1], module.model.aux_token_proj(estimate))  # after qpos, before the images
+    torch.testing.assert_close(pos[0, 1], module.model.extra_pos_embed.weight[-1])
+    losses = module.compute_loss(batch)
+    (losses["l1"]).backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.model.aux_head.parameters())
+    assert module.model.aux_token_proj.weight.grad.abs().sum() > 0
+    module.zero_grad()
+    losses["aux"].backward()
+    assert all(p.grad.abs().sum() > 0 for p in module.model.aux_head.parameters())
+    assert sum(p.grad.abs().sum() for p in module.model.backbone_parameters() if p.grad is not None) > 0
+    stats = module.normalizer
+    target = (batch["env_state"] - stats.stat("env_state", "mean")) / stats.stat("env_state", "std")
+    with torch.no_grad():
+        torch.testing.assert_close(losses["aux"], (estimate - target).pow(2).mean())
+    obs = env_obs()
+    before = module.predict_chunk(obs)
+    with torch.no_grad():
+        module.model.aux_token_proj.bias.add_(1.0)  # only the token's content changes
+    assert not torch.allclose(module.predict_chunk(obs), before)
+    with pytest.raises(ValueError, match="aux_state_token needs aux_state_keys"):
+        tiny(aux_state_token=True)
+
+
+def test_aux_state_token_estimate_learns_where_the_square_is():
+    """The keypoint head must read a bright square's position (the target) within 150 steps."""
+    torch.manual_seed(0)
+    module = _aux_module(lr=3e-3, lr_backbone=1e-3, aux_state_token=True, backbone_stride=16)
+    g = torch.Generator().manual_seed(4)
+    batch = act_batch(8, ("top",), (64, 64), STATE, ACTION, K, seed=2)
+    corners = torch.randint(0, 56, (8, 2), generator=g)
+    images = torch.zeros(8, 64, 64, 3, dtype=torch.uint8)
+    for i, (r, c) in enumerate(corners.tolist()):
+        images[i, r:r + 8, c:c + 8] = 255
+    batch["images/top"] = images
+    mean, std = module.normalizer.stat("env_state", "mean"), module.normalizer.stat("env_state", "std")
+    batch["env_state"] = mean + std * torch.cat([corners.float() / 28 - 1, torch.zeros(8, 5)], dim=1)
+    history = [losses["aux"] for losses in train_on(module, batch, 150)]
+    assert history[-1] < 0.1 * history[0], history[::15]

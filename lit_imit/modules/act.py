@@ -114,6 +114,7 @@ class ACTModule(PolicyModule):
         aux_state_keys: Sequence[str] = (),
         aux_state_dim: int | list[int] = 7,
         aux_weight: float = 1.0,
+        aux_state_token: bool = False,
     ) -> None:
         """
         Args:
@@ -167,6 +168,12 @@ class ACTModule(PolicyModule):
                 backbone what in the image matters (configs/act/transfer_cube_cpu.yaml measures it).
             aux_state_dim: one size per ``aux_state_keys`` entry (an int for one key).
             aux_weight: weight of the auxiliary term in the loss.
+            aux_state_token: False: the auxiliary head reads the encoder's image tokens (above). True: it reads
+                spatial-softmax keypoints of the backbone features instead, and its estimate of the
+                ``aux_state_keys`` enters the encoder as one more token, detached (the action loss does not
+                train it), so the policy reads the images' answer the way a state policy reads the true object
+                pose. At test time the estimate comes from the images alone. A named departure against the
+                copycat shortcut, for ResNets from scratch (configs/act/transfer_cube_cpu.yaml measures it).
             channels_last / fuse_frozen_bn / compile: speed switches that do not change the maths
                 (compile = ``torch.compile`` of the network).
         """
@@ -189,6 +196,8 @@ class ACTModule(PolicyModule):
         aux_dims = state_sizes(aux_state_keys, aux_state_dim) if aux_state_keys else []
         if set(aux_state_keys) & set(state_keys):
             raise ValueError(f"aux_state_keys {aux_state_keys} must not be inputs too (state_keys {state_keys})")
+        if aux_state_token and not aux_state_keys:
+            raise ValueError("aux_state_token needs aux_state_keys: the token carries their estimate")
         self.save_hyperparameters()
         self.cameras = cameras
         self.state_keys = state_keys
@@ -216,6 +225,7 @@ class ACTModule(PolicyModule):
             backbone_stride=backbone_stride,
             aux_dim=sum(aux_dims),
             image_pos_in_tokens=image_pos_in_tokens,
+            aux_token=aux_state_token,
         )
         if channels_last:
             self.model.use_channels_last(True)

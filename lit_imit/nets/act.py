@@ -24,6 +24,13 @@ uses; with n > 1 this module really uses all n layers (the final output, as a fi
 
 The original also has an ``is_pad_head`` that no loss uses; it is left out.
 
+Auxiliary state (not in the original; ``aux_dim``): a head regresses a low-dimensional target, e.g. the object
+poses, that the images must carry. By default it reads the mean of the encoder's image tokens. With
+``aux_token`` it reads spatial-softmax keypoints of each camera's backbone features instead, before the
+encoder, and its estimate (detached: the action loss cannot bend it) enters the encoder as one more token, as
+the true object pose does in a state policy. The policy then gets the image's answer to "where is the object" in
+the form it is quickest to use, instead of having to find it in the image tokens by itself.
+
 Shapes are batch-first everywhere: tokens are (B, L, dim_model).
 """
 
@@ -38,6 +45,10 @@ from torch import Tensor, nn
 
 from lit_imit.nets.backbones import ResNet18Features, images_to_input
 from lit_imit.nets.positional import SinePositionEncoding2d, sinusoid_table
+from lit_imit.nets.spatial_softmax import SpatialSoftmax
+
+#: keypoints per camera of the auxiliary estimate (``aux_token``), as robomimic's and Diffusion Policy's pooling
+AUX_KEYPOINTS = 32
 
 
 class Attention(nn.Module):
@@ -180,6 +191,7 @@ class ACT(nn.Module):
         backbone_stride: int = 32,
         aux_dim: int = 0,
         image_pos_in_tokens: bool = False,
+        aux_token: bool = False,
     ) -> None:
         super().__init__()
         if n_cameras < 0:
@@ -189,6 +201,7 @@ class ACT(nn.Module):
         self.chunk_size, self.dim_model, self.latent_dim = chunk_size, dim_model, latent_dim
         self.use_vae, self.shared_backbone = use_vae, shared_backbone
         self.image_pos_in_tokens = bool(image_pos_in_tokens)
+        self.aux_token = bool(aux_token)
         self.channels_last = False
 
         if use_vae:  # CVAE encoder q(z | qpos, a_1..a_k)
@@ -211,17 +224,27 @@ class ACT(nn.Module):
         self.state_proj = nn.Linear(state_dim, dim_model)
         self.extra_state_projs = nn.ModuleList(nn.Linear(d, dim_model) for d in self.extra_state_dims)
         self.latent_proj = nn.Linear(latent_dim, dim_model)
-        # positions of the [latent, qpos, extra states...] tokens
-        self.extra_pos_embed = nn.Embedding(2 + len(self.extra_state_dims), dim_model)
+        if aux_dim and not n_cameras:
+            raise ValueError("aux_dim needs cameras: the auxiliary head reads the image features")
+        if aux_token and not aux_dim:
+            raise ValueError("aux_token needs aux_dim > 0: the token carries the auxiliary estimate")
+        # positions of the [latent, qpos, extra states..., auxiliary estimate] tokens
+        self.extra_pos_embed = nn.Embedding(2 + len(self.extra_state_dims) + int(self.aux_token), dim_model)
         self.encoder = TransformerEncoder(n_encoder_layers, dim_model, n_heads, dim_feedforward, dropout)
         self.decoder = TransformerDecoder(n_decoder_layers, dim_model, n_heads, dim_feedforward, dropout)
         self.query_embed = nn.Embedding(chunk_size, dim_model)
         self.action_head = nn.Linear(dim_model, action_dim)
-        if aux_dim and not n_cameras:
-            raise ValueError("aux_dim needs cameras: the auxiliary head reads the encoder's image tokens")
-        # Auxiliary state head: regresses a low-dimensional target (e.g. the object poses) from the mean of the
-        # encoder's image tokens, so that the images must carry it (ACTModule's aux_state_keys).
-        self.aux_head = nn.Linear(dim_model, aux_dim) if aux_dim else None
+        # Auxiliary state head (ACTModule's aux_state_keys): from the mean of the encoder's image tokens, or
+        # (aux_token) from backbone keypoints, its estimate then an input token
+        self.aux_head: nn.Module | None = None
+        if aux_dim and not self.aux_token:
+            self.aux_head = nn.Linear(dim_model, aux_dim)
+        elif self.aux_token:
+            channels = self.backbones[0].num_channels
+            self.aux_keypoints = nn.ModuleList(SpatialSoftmax(channels, AUX_KEYPOINTS) for _ in range(n_cameras))
+            self.aux_head = nn.Sequential(nn.Linear(2 * AUX_KEYPOINTS * n_cameras, dim_model), nn.ReLU(),
+                                          nn.Linear(dim_model, aux_dim))
+            self.aux_token_proj = nn.Linear(aux_dim, dim_model)
         self._reset_transformer_parameters()
 
     def _reset_transformer_parameters(self) -> None:
@@ -286,7 +309,15 @@ class ACT(nn.Module):
     def observation_tokens(
         self, qpos: Tensor, images: Sequence[Tensor], extra_states: Sequence[Tensor] = ()
     ) -> tuple[Tensor, Tensor]:
-        """Tokens (B, L, d) for [qpos, extra states, image cells of every camera] and their positions (1, L, d).
+        """Tokens (B, L, d) for [qpos, extra states, (auxiliary estimate,) image cells of every camera] and their
+        positions (1, L, d); see :meth:`observation_tokens_and_estimate`."""
+        tokens, positions, _ = self.observation_tokens_and_estimate(qpos, images, extra_states)
+        return tokens, positions
+
+    def observation_tokens_and_estimate(
+        self, qpos: Tensor, images: Sequence[Tensor], extra_states: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`observation_tokens` plus, with ``aux_token``, the auxiliary estimate (B, aux_dim) they carry.
 
         Cameras are concatenated camera after camera; the original concatenates feature maps along the
         width instead, which is the same set of (token, position) pairs in another order, and attention
@@ -300,14 +331,24 @@ class ACT(nn.Module):
         for i, (proj, state) in enumerate(zip(self.extra_state_projs, extra_states)):
             tokens.append(proj(state).unsqueeze(1))
             positions.append(self.extra_pos_embed.weight[2 + i : 3 + i].unsqueeze(0))
-        for feat in self._camera_features(images):
+        features = self._camera_features(images)
+        estimate = self.estimate_aux(features) if self.aux_token else None
+        if estimate is not None:
+            tokens.append(self.aux_token_proj(estimate.detach()).unsqueeze(1))
+            positions.append(self.extra_pos_embed.weight[-1:].unsqueeze(0))
+        for feat in features:
             proj = self.image_proj(feat)
             pos = self.image_pos(proj).to(proj.dtype)
             if self.image_pos_in_tokens:
                 proj = proj + pos
             tokens.append(proj.flatten(2).transpose(1, 2))
             positions.append(pos.flatten(2).transpose(1, 2))
-        return torch.cat(tokens, dim=1), torch.cat(positions, dim=1)
+        return torch.cat(tokens, dim=1), torch.cat(positions, dim=1), estimate
+
+    def estimate_aux(self, features: Sequence[Tensor]) -> Tensor:
+        """``aux_token``'s estimate (B, aux_dim) from each camera's backbone features (B, C, h, w)."""
+        keypoints = [kp(feat).flatten(1) for kp, feat in zip(self.aux_keypoints, features)]
+        return self.aux_head(torch.cat(keypoints, dim=-1).to(features[0].dtype))
 
     def encode(self, obs_tokens: Tensor, obs_pos: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder memory (B, 1 + L, d) over [latent, observation tokens] and its positions (1, 1 + L, d)."""
@@ -332,8 +373,8 @@ class ACT(nn.Module):
         Only image tokens are pooled: the latent token carries the posterior's view of the target actions and
         the state tokens carry the low-dimensional inputs, and neither may answer for the images.
         """
-        if self.aux_head is None:
-            raise RuntimeError("this ACT was built with aux_dim=0: it has no auxiliary head")
+        if self.aux_head is None or self.aux_token:
+            raise RuntimeError("this ACT has no auxiliary head on the encoder memory (aux_dim=0 or aux_token)")
         first_image_token = 2 + len(self.extra_state_dims)  # latent, qpos, extra states
         return self.aux_head(memory[:, first_image_token:].mean(dim=1))
 
@@ -355,10 +396,13 @@ class ACT(nn.Module):
                 z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             else:
                 z = qpos.new_zeros(qpos.shape[0], self.latent_dim)
-        obs_tokens, obs_pos = self.observation_tokens(qpos, images, extra_states)
+        obs_tokens, obs_pos, estimate = self.observation_tokens_and_estimate(qpos, images, extra_states)
         memory, pos = self.encode(obs_tokens, obs_pos, z)
-        # the auxiliary target is a training signal only: computed when actions are given (training, validation)
-        aux = self.predict_aux(memory) if self.aux_head is not None and actions is not None else None
+        # the auxiliary target is a training signal only: computed when actions are given (training, validation);
+        # with aux_token the estimate is an input, made in any case
+        aux = estimate
+        if aux is None and self.aux_head is not None and actions is not None:
+            aux = self.predict_aux(memory)
         return ACTOutput(self.decode_memory(memory, pos), mu, logvar, aux)
 
     def decode_latents(
