@@ -137,6 +137,13 @@ register(Recipe(
     expected_minutes=90, target=0.80, reference="ACT paper 0.90 (480x640, 50 demos)",
 ))
 register(Recipe(
+    name="diffusion_transfer_cube_image", method="diffusion", task="transfer_cube",
+    config="configs/diffusion/transfer_cube_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
+    expected_minutes=75, target=0.60,
+    notes="the state recipe's Diffusion with a narrow ResNet-18 per camera (vision_width 16), To 1, batch 32, "
+          "12000 steps; the wall time is a projection from a 0.29 s step measured on a shared box",
+))
+register(Recipe(
     name="act_insertion_image", method="act", task="insertion",
     config="configs/act/insertion_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
     expected_minutes=45, target=0.40, reference="ACT paper 0.50 (480x640, 50 demos)",

@@ -318,6 +318,35 @@ def test_gradients_reach_the_camera_encoder():
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
 
 
+def test_vision_width_narrows_every_stage_of_the_camera_resnet():
+    """vision_width 64 is torchvision's ResNet-18 (same names and shapes); 16 has stages of 16..128 channels,
+    the same layers, and still trains end to end (gradients reach the stem)."""
+    import torchvision
+
+    from lit_imit.nets.diffusion_obs import narrow_resnet18_trunk
+
+    reference = torch.nn.Sequential(*list(torchvision.models.resnet18(weights=None).children())[:-2])
+    assert {k: v.shape for k, v in narrow_resnet18_trunk(64).state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
+    torch.manual_seed(0)
+    kw = dict(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4, crop_shape=[40, 40],
+              num_keypoints=4, image_feature_dim=4, **TINY)
+    standard, narrow = DiffusionModule(**kw), DiffusionModule(**kw, vision_width=16)
+    trunk = narrow.obs_encoder.encoders["top"].trunk
+    assert [trunk[i][0].conv1.out_channels for i in range(4, 8)] == [16, 32, 64, 128]
+    assert narrow.obs_encoder.encoders["top"].keypoints.keypoint_conv.in_channels == 128
+    assert [k for k in narrow.state_dict()] == [k for k in standard.state_dict()]
+    count = lambda m: sum(p.numel() for p in m.obs_encoder.parameters())  # noqa: E731
+    assert count(narrow) < count(standard) / 10
+    samples = synthetic_windows(n_episodes=1, length=4)
+    narrow.load_stats(stats_of(samples))
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    narrow.per_sample_loss(batch).mean().backward()
+    assert trunk[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        narrow_resnet18_trunk(0)
+
+
 def test_camera_features_pass_a_relu_after_the_keypoint_projection():
     """LeRobot's DiffusionRgbEncoder returns ``relu(out(keypoints))``: the per-camera features are >= 0."""
     torch.manual_seed(0)

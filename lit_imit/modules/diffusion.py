@@ -161,6 +161,9 @@ class DiffusionModule(PolicyModule):
         crop_shape: (h, w) random crop in training / centre crop in eval; ``crop_ratio`` is used when it is
             None (fraction of each side); both None disables cropping.
         num_keypoints, image_feature_dim: spatial-softmax keypoints per camera and the feature size after them.
+        vision_width: channels of each camera ResNet-18's first stage; 64 (the reference) is the standard
+            ResNet-18, whose stages double it to 512. A named departure for CPU budgets: 32 keeps every layer and
+            costs a quarter of the multiply-adds (configs/diffusion/transfer_cube_cpu.yaml).
         noise_scheduler: training scheduler ('ddpm'); its configuration (num_train_timesteps, beta_*,
             prediction_type, clip_sample) is shared with the ``inference_scheduler`` ('ddpm' | 'ddim').
         num_inference_steps: denoising steps; None = all ``num_train_timesteps`` (LeRobot), e.g. 10 for DDIM.
@@ -222,6 +225,7 @@ class DiffusionModule(PolicyModule):
         augmentation: str = "crop",
         keypoint_relu: bool = True,
         state_min_range: float | None = None,
+        vision_width: int = 64,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -241,7 +245,7 @@ class DiffusionModule(PolicyModule):
         self.obs_encoder = DiffusionObsEncoder(
             self.cameras, sum(state_dims), crop_shape=crop_shape, crop_ratio=crop_ratio, num_keypoints=num_keypoints,
             feature_dim=image_feature_dim, channels_last=channels_last, augmentation=augmentation,
-            keypoint_relu=keypoint_relu,
+            keypoint_relu=keypoint_relu, vision_width=vision_width,
         )
         self.unet = ConditionalUnet1d(
             action_dim, self.obs_encoder.global_cond_dim(n_obs_steps), down_dims=down_dims,

@@ -33,11 +33,51 @@ from lit_imit.nets.backbones import replace_batchnorm_with_groupnorm
 from lit_imit.nets.spatial_softmax import SpatialSoftmax
 
 
-def resnet18_groupnorm_trunk() -> nn.Sequential:
-    """torchvision ResNet-18 up to layer4 (stride 32, 512 channels), randomly initialised, GroupNorm."""
-    net = torchvision.models.resnet18(weights=None)
-    trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc: keep the spatial map
+#: the stage widths of ResNet-18 at ``width`` 64 (torchvision's)
+RESNET18_WIDTH = 64
+
+
+def resnet18_groupnorm_trunk(width: int = RESNET18_WIDTH) -> nn.Sequential:
+    """ResNet-18 up to layer4 (stride 32, ``8 * width`` channels), randomly initialised, GroupNorm.
+
+    ``width`` 64 is torchvision's ResNet-18. A narrower one (e.g. 32: stages of 32/64/128/256 channels, a
+    quarter of the multiply-adds) has the same layers, names and initialisation, for CPU budgets.
+    """
+    if width == RESNET18_WIDTH:
+        net = torchvision.models.resnet18(weights=None)
+        trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc: keep the spatial map
+    else:
+        trunk = narrow_resnet18_trunk(width)
     return replace_batchnorm_with_groupnorm(trunk)
+
+
+def narrow_resnet18_trunk(width: int) -> nn.Sequential:
+    """torchvision's ResNet-18 trunk (stem, max-pool, four stages of two basic blocks) with stages of
+    ``width * 2**i`` channels; the same module indices and torchvision's initialisation (Kaiming-normal
+    convolutions, batch norm at 1 and 0)."""
+    from torchvision.models.resnet import BasicBlock, conv1x1
+
+    if width < 1:
+        raise ValueError(f"the ResNet width must be >= 1, got {width}")
+    layers: list[nn.Module] = [nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False),
+                               nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                               nn.MaxPool2d(kernel_size=3, stride=2, padding=1)]
+    inplanes = width
+    for stage in range(4):
+        planes, stride = width * 2 ** stage, 1 if stage == 0 else 2
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+        layers.append(nn.Sequential(BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes)))
+        inplanes = planes
+    trunk = nn.Sequential(*layers)
+    for m in trunk.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return trunk
 
 
 def uint8_hwc_to_float_chw(images: Tensor, channels_last: bool) -> Tensor:
@@ -54,10 +94,11 @@ class CameraKeypointEncoder(nn.Module):
     (act-plus-plus, and this project's encoder before the ReLU was added).
     """
 
-    def __init__(self, num_keypoints: int = 32, feature_dim: int = 64, relu: bool = True) -> None:
+    def __init__(self, num_keypoints: int = 32, feature_dim: int = 64, relu: bool = True,
+                 width: int = RESNET18_WIDTH) -> None:
         super().__init__()
-        self.trunk = resnet18_groupnorm_trunk()
-        self.keypoints = SpatialSoftmax(512, num_keypoints)
+        self.trunk = resnet18_groupnorm_trunk(width)
+        self.keypoints = SpatialSoftmax(8 * width, num_keypoints)
         self.project = nn.Linear(2 * num_keypoints, feature_dim)
         self.feature_dim = feature_dim
         self.relu = bool(relu)
@@ -78,6 +119,7 @@ class DiffusionObsEncoder(nn.Module):
         crop_ratio: crop to this fraction of each image side when ``crop_shape`` is None; None = no crop.
         num_keypoints: spatial-softmax keypoints per camera.
         feature_dim: per-camera feature size after the keypoint projection.
+        vision_width: channels of the ResNet-18's first stage (64: the standard ResNet-18; the stages double it).
         channels_last: run the ResNets in channels-last layout (faster convolutions on CPU and GPU).
         augmentation: ``crop`` (random crop in training, centre crop in eval: Chi et al., LeRobot),
             ``act_plus_plus`` (crop resized back to the input size + ±5° rotation + colour jitter in training,
@@ -97,6 +139,7 @@ class DiffusionObsEncoder(nn.Module):
         channels_last: bool = False,
         augmentation: str = "crop",
         keypoint_relu: bool = True,
+        vision_width: int = RESNET18_WIDTH,
     ) -> None:
         super().__init__()
         if augmentation not in AUGMENTATIONS:
@@ -111,7 +154,8 @@ class DiffusionObsEncoder(nn.Module):
         self.channels_last = channels_last
         # ModuleDict keys may not contain '.', camera names could
         self.encoders = nn.ModuleDict(
-            {_module_key(c): CameraKeypointEncoder(num_keypoints, feature_dim, keypoint_relu) for c in self.cameras}
+            {_module_key(c): CameraKeypointEncoder(num_keypoints, feature_dim, keypoint_relu, vision_width)
+             for c in self.cameras}
         )
         if channels_last:
             self.encoders.to(memory_format=torch.channels_last)
