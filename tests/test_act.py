@@ -747,10 +747,8 @@ def test_aux_state_keys_are_refused_as_inputs_or_without_cameras():
         tiny(cameras=(), aux_state_keys=["env_state"])
 
 
-def test_aux_state_loss_falls_when_the_target_is_in_the_image():
-    """A bright square's position (the target) must become readable from the image tokens within 150 steps."""
-    torch.manual_seed(0)
-    module = _aux_module(lr=3e-3, lr_backbone=1e-3, image_pos_in_tokens=True, backbone_stride=16)
+def square_batch(module: ACTModule) -> dict:
+    """8 images of a bright 8x8 square on black; env_state's first two entries (normalised) are its corner."""
     g = torch.Generator().manual_seed(4)
     batch = act_batch(8, ("top",), (64, 64), STATE, ACTION, K, seed=2)
     corners = torch.randint(0, 56, (8, 2), generator=g)
@@ -760,7 +758,14 @@ def test_aux_state_loss_falls_when_the_target_is_in_the_image():
     batch["images/top"] = images
     mean, std = module.normalizer.stat("env_state", "mean"), module.normalizer.stat("env_state", "std")
     batch["env_state"] = mean + std * torch.cat([corners.float() / 28 - 1, torch.zeros(8, 5)], dim=1)
-    history = [losses["aux"] for losses in train_on(module, batch, 150)]
+    return batch
+
+
+def test_aux_state_loss_falls_when_the_target_is_in_the_image():
+    """A bright square's position (the target) must become readable from the image tokens within 150 steps."""
+    torch.manual_seed(0)
+    module = _aux_module(lr=3e-3, lr_backbone=1e-3, image_pos_in_tokens=True, backbone_stride=16)
+    history = [losses["aux"] for losses in train_on(module, square_batch(module), 150)]
     assert history[-1] < 0.1 * history[0], history[::15]
 
 
@@ -821,14 +826,5 @@ def test_aux_state_token_estimate_learns_where_the_square_is():
     """The keypoint head must read a bright square's position (the target) within 150 steps."""
     torch.manual_seed(0)
     module = _aux_module(lr=3e-3, lr_backbone=1e-3, aux_state_token=True, backbone_stride=16)
-    g = torch.Generator().manual_seed(4)
-    batch = act_batch(8, ("top",), (64, 64), STATE, ACTION, K, seed=2)
-    corners = torch.randint(0, 56, (8, 2), generator=g)
-    images = torch.zeros(8, 64, 64, 3, dtype=torch.uint8)
-    for i, (r, c) in enumerate(corners.tolist()):
-        images[i, r:r + 8, c:c + 8] = 255
-    batch["images/top"] = images
-    mean, std = module.normalizer.stat("env_state", "mean"), module.normalizer.stat("env_state", "std")
-    batch["env_state"] = mean + std * torch.cat([corners.float() / 28 - 1, torch.zeros(8, 5)], dim=1)
-    history = [losses["aux"] for losses in train_on(module, batch, 150)]
+    history = [losses["aux"] for losses in train_on(module, square_batch(module), 150)]
     assert history[-1] < 0.1 * history[0], history[::15]
