@@ -828,3 +828,31 @@ def test_aux_state_token_estimate_learns_where_the_square_is():
     module = _aux_module(lr=3e-3, lr_backbone=1e-3, aux_state_token=True, backbone_stride=16)
     history = [losses["aux"] for losses in train_on(module, square_batch(module), 150)]
     assert history[-1] < 0.1 * history[0], history[::15]
+
+
+def test_aux_token_target_noise_teacher_forces_the_token_in_training_only():
+    """In training the token carries the true normalised target (sigma 0: exactly it); validation and acting the
+    estimate; the aux loss still trains the estimate."""
+    torch.manual_seed(0)
+    module = _aux_module(aux_state_token=True, aux_token_target_noise=0.0)
+    batch = batch_for()
+    batch["env_state"] = torch.randn(2, 7, generator=torch.Generator().manual_seed(3))
+    target = module._aux_targets(batch)
+    captured = []
+    proj = module.model.aux_token_proj
+    handle = proj.register_forward_hook(lambda mod, args, out: captured.append(args[0].detach().clone()))
+    module.train()
+    module.compute_loss(batch)["aux"].backward()
+    torch.testing.assert_close(captured[-1], target)
+    assert all(p.grad.abs().sum() > 0 for p in module.model.aux_head.parameters())
+    module.eval()
+    module.compute_loss(batch)
+    qpos, images, extra = module._observation(batch)
+    estimate = module.model.observation_tokens_and_estimate(qpos, images, extra)[2]
+    torch.testing.assert_close(captured[-1], estimate.detach())
+    handle.remove()
+    noisy = _aux_module(aux_state_token=True, aux_token_target_noise=0.5)
+    assert not torch.equal(noisy._teacher_forced_token(target), target)
+    assert noisy.eval()._teacher_forced_token(target) is None
+    with pytest.raises(ValueError, match="aux_token_target_noise needs aux_state_token"):
+        _aux_module(aux_token_target_noise=0.1)

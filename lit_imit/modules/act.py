@@ -115,6 +115,7 @@ class ACTModule(PolicyModule):
         aux_state_dim: int | list[int] = 7,
         aux_weight: float = 1.0,
         aux_state_token: bool = False,
+        aux_token_target_noise: float | None = None,
     ) -> None:
         """
         Args:
@@ -174,6 +175,10 @@ class ACTModule(PolicyModule):
                 train it), so the policy reads the images' answer the way a state policy reads the true object
                 pose. At test time the estimate comes from the images alone. A named departure against the
                 copycat shortcut, for ResNets from scratch (configs/act/transfer_cube_cpu.yaml measures it).
+            aux_token_target_noise: None: in training the token carries the estimate, as when acting. A float
+                sigma: in training it carries the true normalised target plus N(0, sigma^2) noise (teacher
+                forcing: the policy learns from exact object poses, like a state policy, and the noise prepares it
+                for the estimate's error); validation and acting use the estimate. Needs ``aux_state_token``.
             channels_last / fuse_frozen_bn / compile: speed switches that do not change the maths
                 (compile = ``torch.compile`` of the network).
         """
@@ -198,6 +203,9 @@ class ACTModule(PolicyModule):
             raise ValueError(f"aux_state_keys {aux_state_keys} must not be inputs too (state_keys {state_keys})")
         if aux_state_token and not aux_state_keys:
             raise ValueError("aux_state_token needs aux_state_keys: the token carries their estimate")
+        if aux_token_target_noise is not None and not (aux_state_token and aux_token_target_noise >= 0):
+            raise ValueError("aux_token_target_noise needs aux_state_token and a sigma >= 0, got "
+                             f"{aux_token_target_noise} (aux_state_token={aux_state_token})")
         self.save_hyperparameters()
         self.cameras = cameras
         self.state_keys = state_keys
@@ -300,6 +308,14 @@ class ACTModule(PolicyModule):
             return states
         return [x + std * torch.randn_like(x) for x in states]
 
+    def _teacher_forced_token(self, aux_targets: Tensor | None) -> Tensor | None:
+        """``aux_token_target_noise``: the noisy true target for the token in training; None (the estimate)
+        otherwise."""
+        sigma = self.hparams.aux_token_target_noise
+        if sigma is None or not self.training or aux_targets is None:
+            return None
+        return aux_targets + sigma * torch.randn_like(aux_targets)
+
     def _aux_targets(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Normalised auxiliary targets (B, sum of aux_state_dim), the keys concatenated in order."""
         missing = [k for k in self.aux_state_keys if k not in batch]
@@ -314,7 +330,9 @@ class ACTModule(PolicyModule):
         images = self._augment(images)
         qpos, *extra = self._noisy_states([qpos, *extra])
         actions, is_pad = self._targets(batch)
-        out = self.model(qpos, images, actions, is_pad, extra_states=extra)
+        aux_targets = self._aux_targets(batch) if self.aux_state_keys else None
+        out = self.model(qpos, images, actions, is_pad, extra_states=extra,
+                         aux_token_value=self._teacher_forced_token(aux_targets))
         weight = batch.get("weight") if weighted else None
         l1 = masked_l1_per_sample(out.actions.float(), actions, is_pad, self.hparams.l1_reduction)
         if out.mu is not None and out.logvar is not None:
@@ -324,7 +342,7 @@ class ACTModule(PolicyModule):
         per_sample = l1 + self.hparams.kl_weight * kl
         terms = {"l1": weighted_mean(l1, weight), "kl": weighted_mean(kl, weight)}
         if self.aux_state_keys:
-            aux = (out.aux.float() - self._aux_targets(batch)).pow(2).mean(dim=-1)
+            aux = (out.aux.float() - aux_targets).pow(2).mean(dim=-1)
             per_sample = per_sample + self.hparams.aux_weight * aux
             terms["aux"] = weighted_mean(aux, weight)
         return {"loss": weighted_mean(per_sample, weight), **terms}

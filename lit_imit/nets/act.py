@@ -315,9 +315,11 @@ class ACT(nn.Module):
         return tokens, positions
 
     def observation_tokens_and_estimate(
-        self, qpos: Tensor, images: Sequence[Tensor], extra_states: Sequence[Tensor] = ()
+        self, qpos: Tensor, images: Sequence[Tensor], extra_states: Sequence[Tensor] = (),
+        aux_token_value: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """:meth:`observation_tokens` plus, with ``aux_token``, the auxiliary estimate (B, aux_dim) they carry.
+        """:meth:`observation_tokens` plus, with ``aux_token``, the auxiliary estimate (B, aux_dim). The token
+        carries the (detached) estimate, or ``aux_token_value`` when given (teacher forcing in training).
 
         Cameras are concatenated camera after camera; the original concatenates feature maps along the
         width instead, which is the same set of (token, position) pairs in another order, and attention
@@ -334,7 +336,8 @@ class ACT(nn.Module):
         features = self._camera_features(images)
         estimate = self.estimate_aux(features) if self.aux_token else None
         if estimate is not None:
-            tokens.append(self.aux_token_proj(estimate.detach()).unsqueeze(1))
+            value = estimate.detach() if aux_token_value is None else aux_token_value.to(estimate.dtype)
+            tokens.append(self.aux_token_proj(value).unsqueeze(1))
             positions.append(self.extra_pos_embed.weight[-1:].unsqueeze(0))
         for feat in features:
             proj = self.image_proj(feat)
@@ -386,6 +389,7 @@ class ACT(nn.Module):
         action_is_pad: Tensor | None = None,
         z: Tensor | None = None,
         extra_states: Sequence[Tensor] = (),
+        aux_token_value: Tensor | None = None,
     ) -> ACTOutput:
         """Training (actions given, use_vae): z from the posterior. Otherwise z = ``z`` or 0 (prior mean).
         ``aux`` is predicted only when actions are given (the policy never needs it)."""
@@ -396,7 +400,8 @@ class ACT(nn.Module):
                 z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             else:
                 z = qpos.new_zeros(qpos.shape[0], self.latent_dim)
-        obs_tokens, obs_pos, estimate = self.observation_tokens_and_estimate(qpos, images, extra_states)
+        obs_tokens, obs_pos, estimate = self.observation_tokens_and_estimate(qpos, images, extra_states,
+                                                                             aux_token_value)
         memory, pos = self.encode(obs_tokens, obs_pos, z)
         # the auxiliary target is a training signal only: computed when actions are given (training, validation);
         # with aux_token the estimate is an input, made in any case
