@@ -141,7 +141,7 @@ register(Recipe(
     config="configs/diffusion/transfer_cube_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
     expected_minutes=75, target=0.60,
     notes="the state recipe's Diffusion with a narrow ResNet-18 per camera (vision_width 16), To 1, batch 32, "
-          "12000 steps; the wall time is a projection from a 0.29 s step measured on a shared box",
+          "12000 steps; first run 2/50 in 85 min on a box shared with three other runs (config header)",
 ))
 register(Recipe(
     name="act_insertion_image", method="act", task="insertion",
@@ -165,11 +165,11 @@ register(Recipe(
     config="configs/vinn/transfer_cube.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
     expected_minutes=55, reference="VINN (Pari et al. 2021) as act-plus-plus runs it; the same demos as "
                                    "act_transfer_cube_image",
-    notes="not run yet; the wall time is a projection from measured parts: BYOL ResNet-18 from random init, batch "
-          "16, 1500 steps at 1.43 CPU-s each on one thread (~36 min on a quiet box; 1.45-3.0 s wall per step were "
-          "measured while other jobs held the cores), the memory of every 2nd training frame (~9000 frames at 13 "
-          "ms) rebuilt at both epoch ends (~2 min each), k in 1..400 and the state weight chosen on 5 validation "
-          "episodes, 20 validation rollouts (~3 min), 50 held-out (~6 min) and recording the 50 demos (~3-5 min)",
+    notes="first run 5/50 (0.10) in 106 min on a box shared with three other runs (BYOL's 1500 steps took ~85 of "
+          "the fit's 89 min, the test 16); the expected wall time is the projection for a box shared with at most "
+          "one run: BYOL ResNet-18 from random init, batch 16, 1500 steps at 1.43 CPU-s each on one thread, the "
+          "memory of every 2nd training frame rebuilt at both epoch ends (~2 min each), k in 1..400 and the state "
+          "weight chosen on 5 validation episodes, 20 validation rollouts, 50 held-out and recording the 50 demos",
 ))
 register(Recipe(
     name="act_transfer_cube_paper", method="act", task="transfer_cube",
