@@ -392,7 +392,9 @@ class ACT(nn.Module):
         aux_token_value: Tensor | None = None,
     ) -> ACTOutput:
         """Training (actions given, use_vae): z from the posterior. Otherwise z = ``z`` or 0 (prior mean).
-        ``aux`` is predicted only when actions are given (the policy never needs it)."""
+        ``aux`` is the head on the encoder memory, predicted only when actions are given (the policy never needs
+        it), or with ``aux_token`` the estimate, which is an input and so always made; ``aux_token_value``
+        replaces the estimate in the token (teacher forcing)."""
         mu = logvar = None
         if z is None:
             if self.use_vae and actions is not None:

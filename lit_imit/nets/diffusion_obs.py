@@ -33,7 +33,7 @@ from lit_imit.nets.backbones import replace_batchnorm_with_groupnorm
 from lit_imit.nets.spatial_softmax import SpatialSoftmax
 
 
-#: the stage widths of ResNet-18 at ``width`` 64 (torchvision's)
+#: the first stage's channels in torchvision's ResNet-18 (its later stages double it: 128, 256, 512)
 RESNET18_WIDTH = 64
 
 
