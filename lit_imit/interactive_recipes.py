@@ -65,7 +65,7 @@ from lit_imit.recipes import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODE_ORDER", "CurvePoint", "check_mode", "check_seed", "grid", "run_config", "curve_points",
+__all__ = ["MODE_ORDER", "CurvePoint", "check_mode", "check_seed", "grid", "run_config", "split_overrides", "curve_points",
            "run_interactive", "retest_interactive"]
 
 #: the modes in the order runs, tables and plots use (``MODES``' own: the baselines first)
@@ -73,6 +73,7 @@ MODE_ORDER = tuple(MODES)
 MAX_SEED = 89  # callback seeds 10000 + 1000 s stay below the selection seeds (100000+)
 CALLBACK = "InteractiveAggregation"
 RUN_FILE = "interactive.json"  # recipe, mode and seed of a run directory (what --retest reads)
+CALLBACK_OVERRIDE = "--interactive."  # an --override of the callback's init args (split_overrides)
 COUNTERS = ("annotations", "validations", "relabels", "annotated_steps", "demos", "decisions", "queries")
 
 
@@ -109,13 +110,34 @@ def _callback(config: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"the config has no {CALLBACK} callback: it is not an interactive setting")
 
 
-def run_config(rec: Recipe, mode: str, seed: int) -> dict[str, Any]:
-    """The recipe's config for one run: its callback's ``mode`` and the seeds of ``seed`` filled in."""
+def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``--interactive.KEY=VALUE`` overrides (the callback's init args, VALUE read as YAML) apart from the
+    fit's own command-line arguments. The callback sits in a list of callbacks, where the command line cannot
+    name it, so a variant of a setting (e.g. ``--interactive.pier_beta0=0``) goes into the run's config."""
+    callback_args: dict[str, Any] = {}
+    cli: list[str] = []
+    for arg in overrides:
+        if not arg.startswith(CALLBACK_OVERRIDE):
+            cli.append(arg)
+            continue
+        key, sep, value = arg[len(CALLBACK_OVERRIDE):].partition("=")
+        if not sep or not key:
+            raise ValueError(f"{arg!r}: write a callback override as {CALLBACK_OVERRIDE}KEY=VALUE")
+        if key in ("mode", "seed"):
+            raise ValueError(f"{arg!r}: the callback's {key} comes from --{key}, not from an override")
+        callback_args[key] = yaml.safe_load(value)
+    return callback_args, cli
+
+
+def run_config(rec: Recipe, mode: str, seed: int, callback_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe's config for one run: its callback's ``mode``, the seeds of ``seed`` and any
+    ``callback_args`` (a variant of the setting; :func:`split_overrides`) filled in."""
     config = yaml.safe_load((REPO_ROOT / rec.config).read_text())
     seeds = seeds_of(seed)
     config["seed_everything"] = seeds["seed_everything"]
     config["data"].setdefault("init_args", {})["seed"] = seeds["data_seed"]
     callback = _callback(config).setdefault("init_args", {})
+    callback.update(callback_args or {})
     callback["mode"] = check_mode(mode)
     callback["seed"] = seeds["episode_seed"]
     return config
@@ -248,6 +270,7 @@ def run_interactive(
     if not rec.interactive:
         raise ValueError(f"recipe {rec.name!r} is not an interactive experiment (no mode or seed to run)")
     mode, seed = check_mode(mode), check_seed(seed)
+    callback_args, cli_overrides = split_overrides(extra_overrides)
     curve_episodes = rec.curve_episodes if curve_episodes is None else int(curve_episodes)
     if episodes < 1 or curve_episodes < 1:
         raise ValueError(f"need episodes >= 1 and curve_episodes >= 1, got {episodes} and {curve_episodes}")
@@ -258,13 +281,14 @@ def run_interactive(
     row = _interactive_row(rec, mode, seed, run_dir, episodes, test_seed, command)
     row["overrides"] = [*rec.overrides, *extra_overrides]
     row["extra_overrides"] = list(extra_overrides)
-    (run_dir / RUN_FILE).write_text(json.dumps({"recipe": rec.name, "mode": mode, "seed": seed}) + "\n")
+    (run_dir / RUN_FILE).write_text(json.dumps({"recipe": rec.name, "mode": mode, "seed": seed,
+                                                "extra_overrides": list(extra_overrides)}) + "\n")
     config = run_dir / "run_config.yaml"
-    config.write_text(yaml.safe_dump(run_config(rec, mode, seed), sort_keys=False))
+    config.write_text(yaml.safe_dump(run_config(rec, mode, seed, callback_args), sort_keys=False))
 
     def work() -> None:
         try:
-            fit_run(rec, run_dir, config, row, start, extra=extra_overrides, python=python)
+            fit_run(rec, run_dir, config, row, start, extra=cli_overrides, python=python)
         except BaseException:
             _counters_so_far(run_dir, row)
             raise
@@ -288,5 +312,7 @@ def retest_interactive(run_dir: str | Path, results_path: str | Path | None, epi
     row = _interactive_row(rec, about["mode"], int(about["seed"]), run_dir, episodes, test_seed,
                            command or f"python scripts/reproduce.py --retest {run_dir}")
     row["retest_of"] = str(run_dir)
+    row["extra_overrides"] = list(about.get("extra_overrides", []))  # the run's variant, which the retest keeps
+    row["overrides"] = [*rec.overrides, *row["extra_overrides"]]
     return _recorded(row, lambda: evaluate_curve(rec, run_dir, row, episodes, curve_episodes, test_seed), start,
                      results_path)

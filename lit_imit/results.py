@@ -302,21 +302,36 @@ INTERACTIVE_BASELINE = "active_dagger"  # the success level ASkDAgger must reach
 
 
 def latest_interactive_runs(rows: Iterable[Mapping[str, Any]], recipe: str | None = None) -> list[Mapping[str, Any]]:
-    """The latest finished row per (recipe, mode, seed): a re-test or a rerun replaces the earlier row; failed
-    and stopped runs (no success) are left out."""
+    """The latest finished row per (recipe, mode, seed, variant): a re-test or a rerun replaces the earlier row;
+    failed and stopped runs (no success) are left out. A variant (a run with ``--override``s) is a mode of its
+    own, ``"MODE [OVERRIDES]"`` (:func:`variant_mode`), so it neither replaces nor averages with the setting as
+    shipped."""
     latest: dict[tuple, Mapping[str, Any]] = {}
     for r in rows:
         if r.get("mode") and r.get("success_rate") is not None and r.get("curve") and recipe in (None, r["recipe"]):
-            latest[(r["recipe"], r["mode"], r["seed"])] = r
-    return sorted(latest.values(), key=lambda r: (r["recipe"], mode_rank(r["mode"]), r["seed"]))
+            mode = variant_mode(r)
+            latest[(r["recipe"], mode, r["seed"])] = {**r, "mode": mode} if mode != r["mode"] else r
+    return sorted(latest.values(), key=lambda r: (r["recipe"], mode_rank(r["mode"]), r["mode"], r["seed"]))
+
+
+def variant_mode(row: Mapping[str, Any]) -> str:
+    """The row's mode, with the overrides of a variant run in brackets (``--interactive.`` and ``--`` dropped):
+    ``askdagger [pier_beta0=0]``."""
+    extra = row.get("extra_overrides") or []
+    if not extra:
+        return row["mode"]
+    short = [a.removeprefix("--override=").removeprefix("--interactive.").removeprefix("--") for a in extra]
+    return f"{row['mode']} [{', '.join(short)}]"
 
 
 def mode_rank(mode: str) -> int:
-    """Tables and plots list the modes as ``MODES`` does: the baselines first."""
+    """Tables and plots list the modes as ``MODES`` does, the baselines first, each mode's variants
+    (:func:`variant_mode`) right after it."""
     from lit_imit.interactive import MODES
 
     order = list(MODES)
-    return order.index(mode) if mode in order else len(order)
+    base, _, variant = mode.partition(" [")
+    return 2 * (order.index(base) if base in order else len(order)) + int(bool(variant))
 
 
 def annotations_to_reach(curve: Sequence[Mapping[str, Any]], level: float) -> int | None:

@@ -13,7 +13,16 @@ import yaml
 
 from lit_imit.data.episodes import EpisodeStore
 from lit_imit.interactive import MODES
-from lit_imit.interactive_recipes import MAX_SEED, check_mode, check_seed, grid, run_config, run_interactive, seeds_of
+from lit_imit.interactive_recipes import (
+    MAX_SEED,
+    check_mode,
+    check_seed,
+    grid,
+    run_config,
+    run_interactive,
+    seeds_of,
+    split_overrides,
+)
 from lit_imit.recipes import RECIPES, SELECTION_SEED, TEST_SEED, Recipe, recipe, retest_run, run_recipe
 from lit_imit.results import (
     annotations_to_reach,
@@ -90,18 +99,20 @@ def test_a_tiny_interactive_run_writes_a_row_with_its_curve(tmp_path, monkeypatc
     data_dir = state_store(tmp_path / "data")
     rec = tiny_recipe(tmp_path, data_dir)
     results = tmp_path / "results.jsonl"
-    row = run_interactive(rec, "askdagger", 3, tmp_path / "runs", results, episodes=2)
-    assert read_rows(results)[-1]["run_dir"] == row["run_dir"]
+    variant = ["--interactive.p_rand=0.5"]  # a variant: the callback's random-query rate
+    row = run_interactive(rec, "askdagger", 3, tmp_path / "runs", results, episodes=2, extra_overrides=variant)
+    assert read_rows(results)[-1]["run_dir"] == row["run_dir"] and row["extra_overrides"] == variant
     for field in ROW_FIELDS:
         assert row[field] is not None, field
     assert row["mode"] == "askdagger" and row["seed"] == 3 and row["method"] == "act"
     assert row["episodes"] == 2 and row["eval_seeds"] == f"{TEST_SEED}-{TEST_SEED + 1}"
     assert 0.0 <= row["ci_low"] <= row["success_rate"] <= row["ci_high"] <= 1.0
-    # the run's config: the mode and the seeds of seed 3, nothing else changed
+    # the run's config: the mode and the seeds of seed 3 and the variant's p_rand
     run_dir = Path(row["run_dir"])
     written = yaml.safe_load((run_dir / "run_config.yaml").read_text())
     assert written["seed_everything"] == 1003 and written["data"]["init_args"]["seed"] == 3
     assert written["trainer"]["callbacks"][0]["init_args"]["seed"] == 13_000
+    assert written["trainer"]["callbacks"][0]["init_args"]["p_rand"] == 0.5
 
     curve = row["curve"]
     assert [p["interactive_episodes"] for p in curve] == [0, 1, 2, 3] == list(range(row["interactive_episodes"] + 1))
@@ -126,8 +137,11 @@ def test_a_tiny_interactive_run_writes_a_row_with_its_curve(tmp_path, monkeypatc
     monkeypatch.setitem(RECIPES, rec.name, rec)
     again = retest_run(run_dir, results, episodes=2, test_seed=2_000_000)
     assert again["retest_of"] == str(run_dir) and again["mode"] == "askdagger" and again["seed"] == 3
+    assert again["extra_overrides"] == variant  # the re-test is of the variant, not of the setting as shipped
     assert [p["annotations"] for p in again["curve"]] == [p["annotations"] for p in curve]
-    assert latest_interactive_runs(read_rows(results)) == [read_rows(results)[-1]]
+    latest = latest_interactive_runs(read_rows(results))
+    assert len(latest) == 1 and latest[0]["mode"] == "askdagger [p_rand=0.5]"
+    assert latest[0]["run_dir"] == again["run_dir"] and latest[0]["retest_of"] == str(run_dir)
 
 
 def test_a_failed_interactive_run_gets_a_row_with_the_error(tmp_path, monkeypatch):
@@ -169,6 +183,35 @@ def test_shipped_setting_gives_every_mode_the_same_start():
     assert configs["dagger"]["checkpoint"]["monitor"] is None and configs["dagger"]["checkpoint"]["save_top_k"] == -1
     rollout = configs["dagger"]["trainer"]["callbacks"][1]
     assert rollout["class_path"].endswith("RolloutEvaluation") and rollout["init_args"]["every_n_epochs"] == 0
+
+
+def test_a_callback_override_makes_a_variant_of_the_setting():
+    """``--interactive.KEY=VALUE`` reaches the callback in the run's config (the command line cannot name one
+    callback of a list); the fit's own overrides pass through; mode and seed stay the recipe's."""
+    callback_args, cli = split_overrides(["--interactive.pier_beta0=0.0", "--trainer.max_epochs=40",
+                                          "--interactive.sag_mode=success"])
+    assert callback_args == {"pier_beta0": 0.0, "sag_mode": "success"} and cli == ["--trainer.max_epochs=40"]
+    rec = recipe("askdagger_transfer_cube_state")
+    shipped, variant = run_config(rec, "askdagger", 2), run_config(rec, "askdagger", 2, callback_args)
+    init = variant["trainer"]["callbacks"][0]["init_args"]
+    assert init["pier_beta0"] == 0.0 and init["sag_mode"] == "success"
+    assert init["mode"] == "askdagger" and init["seed"] == shipped["trainer"]["callbacks"][0]["init_args"]["seed"]
+    init.update({k: shipped["trainer"]["callbacks"][0]["init_args"][k] for k in callback_args})
+    assert variant == shipped  # nothing else changed
+    for bad, message in [("--interactive.mode=dagger", "comes from --mode"), ("--interactive.seed=3", "from --seed"),
+                         ("--interactive.pier_beta0", "KEY=VALUE")]:
+        with pytest.raises(ValueError, match=message):
+            split_overrides([bad])
+
+
+def test_a_variant_run_is_its_own_line_not_a_replacement_of_the_mode():
+    shipped = fake_row("askdagger", 0, 6, [0.2, 0.3])
+    variant = {**fake_row("askdagger", 0, 6, [0.2, 0.7]), "extra_overrides": ["--interactive.pier_beta0=0.0"]}
+    runs = latest_interactive_runs([shipped, variant, fake_row("active_dagger", 0, 20, [0.2, 0.5])])
+    assert [(r["mode"], r["success_rate"]) for r in runs] == [
+        ("active_dagger", 0.5), ("askdagger", 0.3), ("askdagger [pier_beta0=0.0]", 0.7)]
+    level, summary = interactive_summary(runs)
+    assert level == pytest.approx(0.5) and [m["mode"] for m in summary][-1] == "askdagger [pier_beta0=0.0]"
 
 
 def test_the_warm_up_does_not_depend_on_the_mode(tmp_path):
