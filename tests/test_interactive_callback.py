@@ -517,6 +517,15 @@ def _tags(log_dir: Path) -> set[str]:
     return tags
 
 
+def test_the_callback_hands_pier_its_bias_compensation_flag():
+    from types import SimpleNamespace
+
+    dm = SimpleNamespace(priority_alpha=1.5)
+    assert InteractiveAggregation(mode="askdagger").pier(dm).beta(50) == 1.0  # the reference: compensated
+    pier = InteractiveAggregation(mode="askdagger", pier_bias_compensation=False).pier(dm)
+    assert pier.alpha == 1.5 and not pier.bias_compensation and pier.beta(50) == 0.0
+
+
 def test_askdagger_fit_collects_feedback_into_the_store_and_datamodule(tmp_path):
     data_dir = teacher_store(tmp_path / "data")
     cli = main({"fit": interactive_cfg(tmp_path, data_dir, max_epochs=2)})

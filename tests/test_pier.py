@@ -129,8 +129,17 @@ def test_beta_annealing_endpoints():
     assert all(a <= b for a, b in zip(betas, betas[1:]))
 
 
+def test_without_bias_compensation_the_draws_stay_prioritized_and_every_weight_is_one():
+    args = ([0.1, 0.9, np.nan, 0.5], [S, F, OFF, S], [3, 1, 0, 2])
+    with_, without = PIER().compute(*args, n_interactive=7), PIER(bias_compensation=False).compute(*args, n_interactive=7)
+    assert without.beta == 0.0 and with_.beta == 1.0
+    assert without.probs.tolist() == with_.probs.tolist() and len(set(with_.probs.round(9))) > 1
+    drawable = with_.probs > 0
+    assert np.all(without.weights[drawable] == 1.0) and with_.weights[drawable].min() < 0.5
+
+
 def test_state_dict_roundtrip_weights_only():
-    pier = PIER(lam=0.3, base=100.0, alpha=1.0, beta0=0.5, beta_steps=20)
+    pier = PIER(lam=0.3, base=100.0, alpha=1.0, beta0=0.5, beta_steps=20, bias_compensation=False)
     buf = io.BytesIO()
     torch.save(pier.state_dict(), buf)
     buf.seek(0)
@@ -139,6 +148,9 @@ def test_state_dict_roundtrip_weights_only():
     assert other.state_dict() == pier.state_dict()
     args = ([0.3, 0.9], [S, F], [1, 2])
     assert other.priorities(*args).tolist() == pier.priorities(*args).tolist()
+    assert other.beta(10) == 0.0 and not other.bias_compensation
+    other.load_state_dict({k: v for k, v in PIER(beta0=0.5, beta_steps=20).state_dict().items()
+                           if k != "bias_compensation"})  # a state from before the flag: compensated
     assert other.beta(10) == pytest.approx(0.75)
 
 

@@ -92,11 +92,13 @@ class PIER:
     """PIER hyperparameters and the three steps priorities -> probabilities -> importance weights.
 
     Defaults are the reference training config: lam 0.5, base b 10, alpha 1.5, beta0 1.0 (so beta is
-    always 1), annealed over 100 interactive episodes.
+    always 1), annealed over 100 interactive episodes, with bias compensation. ``bias_compensation=False``
+    (the reference's ``bias_compensation`` flag) keeps the prioritized draws and drops the correction:
+    beta is 0, every weight 1, so the loss is the plain batch mean of the prioritized samples.
     """
 
     def __init__(self, lam: float = 0.5, base: float = 10.0, alpha: float = 1.5, beta0: float = 1.0,
-                 beta_steps: int = 100) -> None:
+                 beta_steps: int = 100, bias_compensation: bool = True) -> None:
         if not 0.0 <= lam <= 1.0:
             raise ValueError("lam must lie in [0, 1]")
         if base <= 0 or base == 1:
@@ -108,6 +110,7 @@ class PIER:
         self.alpha = float(alpha)
         self.beta0 = float(beta0)
         self.beta_steps = int(beta_steps)
+        self.bias_compensation = bool(bias_compensation)
 
     def priorities(self, uncertainty: Sequence[float], label: Sequence[int], version: Sequence[int],
                    current_version: int | None = None) -> np.ndarray:
@@ -149,7 +152,10 @@ class PIER:
         return w
 
     def beta(self, n_interactive: int) -> float:
-        """beta = min(beta0 + n (1 - beta0) / beta_steps, 1), n = interactive episodes collected so far."""
+        """beta = min(beta0 + n (1 - beta0) / beta_steps, 1), n = interactive episodes collected so far;
+        0 without bias compensation."""
+        if not self.bias_compensation:
+            return 0.0
         return float(min(self.beta0 + max(int(n_interactive), 0) * (1.0 - self.beta0) / self.beta_steps, 1.0))
 
     def compute(self, uncertainty: Sequence[float], label: Sequence[int], version: Sequence[int],
@@ -173,7 +179,8 @@ class PIER:
     def state_dict(self) -> dict[str, Any]:
         """Hyperparameters (PIER holds no other state), plain Python types."""
         return {"lam": self.lam, "base": self.base, "alpha": self.alpha, "beta0": self.beta0,
-                "beta_steps": self.beta_steps}
+                "beta_steps": self.beta_steps, "bias_compensation": self.bias_compensation}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.__init__(**{key: state[key] for key in ("lam", "base", "alpha", "beta0", "beta_steps")})
+        self.__init__(**{key: state[key] for key in ("lam", "base", "alpha", "beta0", "beta_steps")},
+                      bias_compensation=state.get("bias_compensation", True))  # older states: the default
