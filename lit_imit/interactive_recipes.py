@@ -65,14 +65,14 @@ from lit_imit.recipes import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODE_ORDER", "CurvePoint", "check_mode", "check_seed", "grid", "run_config", "split_overrides", "curve_points",
-           "run_interactive", "retest_interactive"]
+__all__ = ["MODE_ORDER", "CurvePoint", "check_mode", "check_seed", "grid", "run_config", "split_overrides",
+           "curve_points", "run_interactive", "retest_interactive"]
 
 #: the modes in the order runs, tables and plots use (``MODES``' own: the baselines first)
 MODE_ORDER = tuple(MODES)
 MAX_SEED = 89  # callback seeds 10000 + 1000 s stay below the selection seeds (100000+)
 CALLBACK = "InteractiveAggregation"
-RUN_FILE = "interactive.json"  # recipe, mode and seed of a run directory (what --retest reads)
+RUN_FILE = "interactive.json"  # recipe, mode, seed and overrides of a run directory (what --retest reads)
 CALLBACK_OVERRIDE = "--interactive."  # an --override of the callback's init args (split_overrides)
 COUNTERS = ("annotations", "validations", "relabels", "annotated_steps", "demos", "decisions", "queries")
 

@@ -320,7 +320,7 @@ def variant_mode(row: Mapping[str, Any]) -> str:
     extra = row.get("extra_overrides") or []
     if not extra:
         return row["mode"]
-    short = [a.removeprefix("--override=").removeprefix("--interactive.").removeprefix("--") for a in extra]
+    short = [a.removeprefix("--interactive.").removeprefix("--") for a in extra]
     return f"{row['mode']} [{', '.join(short)}]"
 
 

@@ -131,7 +131,8 @@ def test_beta_annealing_endpoints():
 
 def test_without_bias_compensation_the_draws_stay_prioritized_and_every_weight_is_one():
     args = ([0.1, 0.9, np.nan, 0.5], [S, F, OFF, S], [3, 1, 0, 2])
-    with_, without = PIER().compute(*args, n_interactive=7), PIER(bias_compensation=False).compute(*args, n_interactive=7)
+    with_ = PIER().compute(*args, n_interactive=7)
+    without = PIER(bias_compensation=False).compute(*args, n_interactive=7)
     assert without.beta == 0.0 and with_.beta == 1.0
     assert without.probs.tolist() == with_.probs.tolist() and len(set(with_.probs.round(9))) > 1
     drawable = with_.probs > 0
