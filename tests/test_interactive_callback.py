@@ -581,7 +581,7 @@ def test_shipped_config_builds_with_the_reference_settings(tmp_path):
     assert cb.sag_kwargs == {"mode": "sensitivity", "target": 0.9, "p_rand": 0.2, "n_min": 15, "n_rep": 10,
                              "u_normalization": True, "impute": True}
     assert cb.pier(cli.datamodule).state_dict() == {"lam": 0.5, "base": 10.0, "alpha": 1.5, "beta0": 1.0,
-                                                    "beta_steps": 100}
+                                                    "beta_steps": 100, "bias_compensation": True}
     assert isinstance(cb.judge, ActionAgreementJudge) and cb.judge.tolerance == 0.5
     assert cb.task is None  # the config says the task once, in the data; setup() adopts it as here
     cb._adopt_task(cli.datamodule.task)
@@ -839,7 +839,7 @@ def test_shipped_cliport_askdagger_configs_hold_the_reference_settings(name, tmp
     assert cb.sag_kwargs == {"mode": "sensitivity", "target": 0.9, "p_rand": 0.2, "n_min": 15, "n_rep": 10,
                              "u_normalization": True, "impute": True}
     assert cb.pier(cli.datamodule).state_dict() == {"lam": 0.5, "base": 10.0, "alpha": 1.5, "beta0": 1.0,
-                                                    "beta_steps": 100}
+                                                    "beta_steps": 100, "bias_compensation": True}
     cb._adopt_task(cli.datamodule.task)  # as setup() does: the config names the task once, in the data
     assert isinstance(cb.judge, StepRewardJudge) and cb._decision_steps(cli.model) == 1
     hp, dm = cli.model.hparams, cli.datamodule
