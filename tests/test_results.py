@@ -188,6 +188,26 @@ def test_reproduce_script_lists_and_renders(tmp_path):
     assert "`x`" in (tmp_path / "R.md").read_text()
 
 
+
+def test_a_results_file_elsewhere_renders_beside_itself_and_leaves_the_shipped_tables_alone(tmp_path):
+    """``--results /tmp/r.jsonl`` (a trial run) must not rewrite results/RESULTS.md or the README's table."""
+    from lit_imit.recipes import REPO_ROOT
+    from lit_imit.tools.reproduce import parse_args
+
+    shipped = REPO_ROOT / "results" / "RESULTS.md", REPO_ROOT / "README.md"
+    before = [p.read_bytes() for p in shipped]
+    results = tmp_path / "r.jsonl"
+    append_row(results, _row(recipe="trial"))
+    args = parse_args(["--render", "--results", str(results)])
+    assert (args.markdown, args.readme) == (str(tmp_path / "RESULTS.md"), "")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "--render", "--results", str(results)],
+                   check=True, capture_output=True)
+    assert "`trial`" in (tmp_path / "RESULTS.md").read_text()
+    assert [p.read_bytes() for p in shipped] == before
+    default = parse_args(["--render"])
+    assert (default.markdown, default.readme) == (str(REPO_ROOT / "results" / "RESULTS.md"),
+                                                  str(REPO_ROOT / "README.md"))
+
 @pytest.mark.slow
 def test_paper_preset_runs_on_cpu_with_a_tiny_step_count(tmp_path):
     """The GPU recipe's command path (full-size ACT, shadows, its overrides) on a CPU: 2 steps, 1 demo."""

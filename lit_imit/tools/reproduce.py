@@ -36,6 +36,8 @@ from lit_imit.recipes import RECIPES, REPO_ROOT, TEST_SEED, list_recipes, recipe
 from lit_imit.results import render_files
 from lit_imit.signals import StopSignal, stop_signals_as_interrupt
 
+DEFAULT_RESULTS = REPO_ROOT / "results" / "results.jsonl"
+
 
 def parse_sampler(text: str) -> tuple[str, int]:
     kind, _, steps = text.partition(":")
@@ -59,10 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=50, help="held-out test episodes (>= 50 for a quoted rate)")
     parser.add_argument("--test-seed", type=int, default=TEST_SEED, help="first held-out seed")
     parser.add_argument("--work-dir", default="runs", help="where run directories go")
-    parser.add_argument("--results", default=str(REPO_ROOT / "results" / "results.jsonl"))
-    parser.add_argument("--markdown", default=str(REPO_ROOT / "results" / "RESULTS.md"))
-    parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"),
-                        help="README whose results block is re-rendered ('' to leave it alone)")
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS))
+    parser.add_argument("--markdown", default=None,
+                        help="the rendered table (default: RESULTS.md beside the results file)")
+    parser.add_argument("--readme", default=None,
+                        help="README whose results block is re-rendered ('' to leave it alone; default: the "
+                             "repository's README with the repository's results file, none with another one)")
     parser.add_argument("--render", action="store_true", help="only re-render the table from the results file")
     parser.add_argument("--retest", metavar="RUN_DIR", help="test a finished run's chosen checkpoint again (no training)")
     parser.add_argument("--checkpoint", choices=["chosen", "last"], default="chosen",
@@ -84,7 +88,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: the recipe's; the last point gets --episodes)")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra fit argument, e.g. --override=--trainer.max_steps=20 (repeatable)")
-    return parser.parse_args(argv)
+    return with_render_targets(parser.parse_args(argv))
+
+
+def with_render_targets(args: argparse.Namespace) -> argparse.Namespace:
+    """Where the table is rendered: beside the results file, and into the README only from the repository's own
+    results file, so that a run written elsewhere (``--results /tmp/r.jsonl``) never rewrites the shipped table."""
+    results = Path(args.results).resolve()
+    if args.markdown is None:
+        args.markdown = str(results.parent / "RESULTS.md")
+    if args.readme is None:
+        args.readme = str(REPO_ROOT / "README.md") if results == DEFAULT_RESULTS.resolve() else ""
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
