@@ -125,11 +125,14 @@ class InteractiveAggregation(pl.Callback):
         seed: episode ``i`` (counted over the whole run) uses env seed ``seed + i``.
         sag_mode, target, p_rand, n_min, n_rep, u_normalization, impute: SAG (Luijkx et al., TMLR 2025); the
             defaults are askdagger_cliport's training config (sensitivity 0.9, n_min 15, p_rand 0.2).
-        pier_lambda, pier_base, pier_beta0, pier_beta_steps, pier_bias_compensation: PIER (same paper); the
-            exponent alpha is the DataModule's ``priority_alpha`` (it does the sampling).
+        pier_lambda, pier_base, pier_beta0, pier_beta_steps, pier_bias_compensation, pier_weight_normalization:
+            PIER (same paper); the exponent alpha is the DataModule's ``priority_alpha`` (it does the sampling).
             ``pier_bias_compensation=False`` (the reference's ``bias_compensation`` flag) keeps the prioritized
             draws without importance weights: on ACT transfer cube from state the weights (w from 1 down to
             ~1/200 at alpha 1.5) cost more than the correction gave (the README's interactive section).
+            ``pier_weight_normalization="mean"`` keeps the correction and scales the weights to mean 1 over the
+            draws instead of max 1 (the reference's), which Adam otherwise meets as a ~100x drop of the
+            gradients after the first round (:class:`~lit_imit.interactive.PIER`).
         dagger_beta: DAgger mode: probability that the teacher drives a decision instead of the novice.
         judge: the teacher's verdict on a segment (default: :func:`default_judge` of the task).
         metrics_window: decisions (failures / successes) the logged gating rates look back over.
@@ -168,6 +171,7 @@ class InteractiveAggregation(pl.Callback):
         pier_beta0: float = 1.0,
         pier_beta_steps: int = 100,
         pier_bias_compensation: bool = True,
+        pier_weight_normalization: str = "max",
         dagger_beta: float = 0.0,
         judge: SegmentJudge | None = None,
         metrics_window: int = 50,
@@ -194,7 +198,8 @@ class InteractiveAggregation(pl.Callback):
                                u_normalization=u_normalization, impute=impute)
         self.gate = SAG(**self.sag_kwargs, seed=self.seed)
         self.pier_kwargs = dict(lam=pier_lambda, base=pier_base, beta0=pier_beta0, beta_steps=pier_beta_steps,
-                                bias_compensation=pier_bias_compensation)
+                                bias_compensation=pier_bias_compensation,
+                                weight_normalization=pier_weight_normalization)
         PIER(**self.pier_kwargs)  # validate now, not after the first round
         self.dagger_beta = float(dagger_beta)
         self.judge = judge
@@ -452,7 +457,8 @@ class InteractiveAggregation(pl.Callback):
             return
         u, r, k = pier_inputs([dm.episode_meta.get(i) for i in ids])
         pier = self.pier(dm)
-        dm.set_priorities({i: float(p) for i, p in zip(ids, pier.priorities(u, r, k))}, pier.beta(self.n_interactive))
+        dm.set_priorities({i: float(p) for i, p in zip(ids, pier.priorities(u, r, k))}, pier.beta(self.n_interactive),
+                          pier.weight_normalization)
 
     # ---- metrics ----------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:

@@ -141,6 +141,29 @@ def test_prioritized_sampling_puts_importance_weights_in_batches(episode_store):
     assert weights.max() <= 1.0 + 1e-6
 
 
+
+def test_mean_normalized_weights_reach_the_batches_and_the_datamodule_state(episode_store):
+    """The callback's ``weight_normalization`` scales the batches' weights to mean 1 over the draws (same
+    ratios as the reference's max 1) and travels in the DataModule's checkpoint state."""
+    priorities = {0: 10.0, 1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}
+    ref = _dm(episode_store, val_episodes=0, sampling="prioritized", priority_alpha=1.0)
+    ref.set_priorities(priorities, beta=1.0)
+    dm = _dm(episode_store, val_episodes=0, sampling="prioritized", priority_alpha=1.0)
+    dm.set_priorities(priorities, beta=1.0, weight_normalization="mean")
+    (p_ref, w_ref), (p, w) = ref.sampling_distribution(), dm.sampling_distribution()
+    np.testing.assert_array_equal(p, p_ref)
+    np.testing.assert_allclose(w / w_ref, (w / w_ref)[0], rtol=1e-6)
+    assert float(np.sum(p * w)) == pytest.approx(1.0, rel=1e-5) and w_ref.max() == pytest.approx(1.0)
+    fresh = _dm(episode_store, val_episodes=0, sampling="prioritized", priority_alpha=1.0)
+    fresh.load_state_dict(dm.state_dict())
+    assert fresh.weight_normalization == "mean"
+    np.testing.assert_array_equal(fresh.sampling_distribution()[1], w)
+    older = {k: v for k, v in dm.state_dict().items() if k != "weight_normalization"}
+    fresh.load_state_dict(older)
+    assert fresh.weight_normalization == "max"
+    with pytest.raises(ValueError, match="weight_normalization must be one of"):
+        dm.set_priorities(priorities, beta=1.0, weight_normalization="batch")
+
 def test_prioritized_sampling_is_pier_with_the_episodes_step_counts(episode_store):
     """Every step carries its episode's priority: P = p^alpha / sum_j n_j p_j^alpha, w = (N P)^-beta / max w;
     an episode of priority 0 is never drawn and weighs 0."""

@@ -526,6 +526,20 @@ def test_the_callback_hands_pier_its_bias_compensation_flag():
     assert pier.alpha == 1.5 and not pier.bias_compensation and pier.beta(50) == 0.0
 
 
+def test_the_callback_hands_the_weight_normalization_to_pier_and_the_datamodule():
+    from types import SimpleNamespace
+
+    dm = SimpleNamespace(priority_alpha=1.5, train_ids=[0, 1], episode_meta={}, calls=[])
+    dm.set_priorities = lambda priorities, beta, normalization: dm.calls.append((beta, normalization))
+    assert InteractiveAggregation(mode="askdagger").pier(dm).weight_normalization == "max"  # the reference
+    cb = InteractiveAggregation(mode="askdagger", pier_weight_normalization="mean")
+    assert cb.pier(dm).weight_normalization == "mean"
+    cb._prioritize(dm)
+    assert dm.calls == [(1.0, "mean")]
+    with pytest.raises(ValueError, match="weight_normalization must be one of"):
+        InteractiveAggregation(mode="askdagger", pier_weight_normalization="median")
+
+
 def test_askdagger_fit_collects_feedback_into_the_store_and_datamodule(tmp_path):
     data_dir = teacher_store(tmp_path / "data")
     cli = main({"fit": interactive_cfg(tmp_path, data_dir, max_epochs=2)})
@@ -581,7 +595,8 @@ def test_shipped_config_builds_with_the_reference_settings(tmp_path):
     assert cb.sag_kwargs == {"mode": "sensitivity", "target": 0.9, "p_rand": 0.2, "n_min": 15, "n_rep": 10,
                              "u_normalization": True, "impute": True}
     assert cb.pier(cli.datamodule).state_dict() == {"lam": 0.5, "base": 10.0, "alpha": 1.5, "beta0": 1.0,
-                                                    "beta_steps": 100, "bias_compensation": True}
+                                                    "beta_steps": 100, "bias_compensation": True,
+                                                    "weight_normalization": "max"}
     assert isinstance(cb.judge, ActionAgreementJudge) and cb.judge.tolerance == 0.5
     assert cb.task is None  # the config says the task once, in the data; setup() adopts it as here
     cb._adopt_task(cli.datamodule.task)
@@ -839,7 +854,8 @@ def test_shipped_cliport_askdagger_configs_hold_the_reference_settings(name, tmp
     assert cb.sag_kwargs == {"mode": "sensitivity", "target": 0.9, "p_rand": 0.2, "n_min": 15, "n_rep": 10,
                              "u_normalization": True, "impute": True}
     assert cb.pier(cli.datamodule).state_dict() == {"lam": 0.5, "base": 10.0, "alpha": 1.5, "beta0": 1.0,
-                                                    "beta_steps": 100, "bias_compensation": True}
+                                                    "beta_steps": 100, "bias_compensation": True,
+                                                    "weight_normalization": "max"}
     cb._adopt_task(cli.datamodule.task)  # as setup() does: the config names the task once, in the data
     assert isinstance(cb.judge, StepRewardJudge) and cb._decision_steps(cli.model) == 1
     hp, dm = cli.model.hparams, cli.datamodule

@@ -155,6 +155,37 @@ def test_state_dict_roundtrip_weights_only():
     assert other.beta(10) == pytest.approx(0.75)
 
 
+
+def test_mean_normalized_weights_keep_the_ratios_and_weigh_one_per_draw_on_average():
+    """Same draws and same weight ratios as the reference's max normalisation; only the scale differs: the
+    mean weight of a draw is 1 (at beta 1 the weights are (N P_i)^-1 themselves)."""
+    args = ([0.1, 0.9, np.nan, 0.5, 0.2], [S, F, OFF, S, F], [3, 1, 0, 2, 3])
+    counts = [10, 20, 30, 40, 50]
+    ref = PIER().compute(*args, n_interactive=3, counts=counts)
+    mean = PIER(weight_normalization="mean").compute(*args, n_interactive=3, counts=counts)
+    assert mean.probs.tolist() == ref.probs.tolist()
+    drawable = ref.probs > 0
+    assert ref.weights[drawable].max() == pytest.approx(1.0)
+    ratio = mean.weights[drawable] / ref.weights[drawable]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)  # one scale factor for every entry
+    n = np.asarray(counts, dtype=float)
+    assert float(np.sum(n * mean.probs * mean.weights)) == pytest.approx(1.0)  # E_P[w] = 1
+    np.testing.assert_allclose(mean.weights[drawable], 1.0 / (n.sum() * mean.probs[drawable]), rtol=1e-12)
+    assert np.all(mean.weights[~drawable] == 0.0)
+    half = PIER(beta0=0.5, weight_normalization="mean").compute(*args, n_interactive=0, counts=counts)
+    assert float(np.sum(n * half.probs * half.weights)) == pytest.approx(1.0)  # at any beta
+    with pytest.raises(ValueError, match="weight_normalization must be one of"):
+        PIER(weight_normalization="sum")
+
+
+def test_weight_normalization_survives_a_state_round_trip_and_older_states_get_the_reference():
+    pier = PIER(weight_normalization="mean")
+    other = PIER()
+    other.load_state_dict(pier.state_dict())
+    assert other.weight_normalization == "mean" and other.state_dict() == pier.state_dict()
+    other.load_state_dict({k: v for k, v in pier.state_dict().items() if k != "weight_normalization"})
+    assert other.weight_normalization == "max"
+
 # ---- the importance correction in the loss (modules/base.weighted_mean) ---------------------------------
 def test_weighted_loss_under_pier_sampling_estimates_the_uniform_loss():
     """With beta = 1, E_P[w l] = mean(l) / w_max: the weighted loss of prioritized draws is the uniform loss

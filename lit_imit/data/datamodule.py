@@ -207,6 +207,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.episode_meta: dict[int, dict[str, Any]] = {}
         self.episode_priority: dict[int, float] = {}
         self.importance_beta = 1.0
+        self.weight_normalization = "max"  # PIER's, as the callback sets it with the priorities
         self.train_set: ChunkDataset | None = None
         self.val_set: ChunkDataset | None = None
         # Recording (``generate_if_missing``) runs once per job, on global rank 0, not once per node: every
@@ -416,22 +417,25 @@ class EpisodeDataModule(pl.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def set_priorities(self, priorities: dict[int, float], beta: float) -> None:
-        """Per-episode priorities (from PIER) and the importance-sampling exponent of this round."""
+    def set_priorities(self, priorities: dict[int, float], beta: float, weight_normalization: str = "max") -> None:
+        """Per-episode priorities (from PIER), the importance-sampling exponent of this round and how the
+        weights are scaled (:class:`PIER`'s ``weight_normalization``)."""
+        PIER(weight_normalization=weight_normalization)  # the error names the choices
         self.episode_priority = {int(k): float(v) for k, v in priorities.items()}
         self.importance_beta = float(beta)
+        self.weight_normalization = weight_normalization
 
     def sampling_distribution(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(P(i), w_i) per training sample under prioritized sampling, None under uniform.
 
         PIER's own ``probabilities`` and ``importance_weights`` with the step counts of the episodes: every
         step of an episode carries its episode's priority (1 until a round has set them), P ∝ p^alpha, and
-        w_i = (N·P(i))^-beta / max w.
+        w_i = (N·P(i))^-beta / max w (or / its mean under the draws: ``weight_normalization``).
         """
         if self.sampling != "prioritized" or self.train_set is None:
             return None
         counts = self.episode_step_counts()
-        replay = PIER(alpha=self.priority_alpha)
+        replay = PIER(alpha=self.priority_alpha, weight_normalization=self.weight_normalization)
         priorities = [self.episode_priority.get(i, 1.0) for i in self.train_ids]
         probs = replay.probabilities(priorities, counts)
         weights = replay.importance_weights(probs, self.importance_beta, counts)
@@ -501,6 +505,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             "episode_meta": {str(k): v for k, v in self.episode_meta.items()},
             "episode_priority": {str(k): v for k, v in self.episode_priority.items()},
             "importance_beta": self.importance_beta,
+            "weight_normalization": self.weight_normalization,
             "co_stores": [co.state() for co in self.co_stores],
         }
 
@@ -517,6 +522,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.episode_meta = {int(k): v for k, v in state.get("episode_meta", {}).items()}
         self.episode_priority = {int(k): float(v) for k, v in state.get("episode_priority", {}).items()}
         self.importance_beta = float(state.get("importance_beta", 1.0))
+        self.weight_normalization = state.get("weight_normalization", "max")  # older states: the reference's
         self._load_co_stores(state.get("co_stores", []))
         self._build()
 

@@ -84,8 +84,12 @@ class PIERResult:
 
     priorities: np.ndarray
     probs: np.ndarray  # probability of drawing one sample of each entry (sums to 1 over all samples)
-    weights: np.ndarray  # importance weight of a sample of each entry, max 1
+    weights: np.ndarray  # importance weight of a sample of each entry (max 1, or mean 1 over the draws)
     beta: float
+
+
+#: how PIER scales its importance weights (see :class:`PIER`); "max" is the reference's
+WEIGHT_NORMALIZATIONS = ("max", "mean")
 
 
 class PIER:
@@ -95,22 +99,33 @@ class PIER:
     always 1), annealed over 100 interactive episodes, with bias compensation. ``bias_compensation=False``
     (the reference's ``bias_compensation`` flag) keeps the prioritized draws and drops the correction:
     beta is 0, every weight 1, so the loss is the plain batch mean of the prioritized samples.
+
+    ``weight_normalization`` sets the weights' scale, never their ratios: ``"max"`` (the reference and
+    prioritized experience replay) divides by the largest weight, so every weight is <= 1; ``"mean"`` divides by
+    the weights' mean under the draws, sum_i P_i w_i, so a drawn sample weighs 1 on average (at beta 1 the
+    weights are then (N P_i)^-1 themselves). The scale matters with Adam although Adam ignores a constant one:
+    under ``"max"`` the scale is set by the rarest sample and moves with every round's priorities, and it falls
+    from 1 (before the first priorities) to ~1/100 in one round, after which Adam's second-moment estimate,
+    still sized by the larger gradients, shrinks every update for thousands of steps.
     """
 
     def __init__(self, lam: float = 0.5, base: float = 10.0, alpha: float = 1.5, beta0: float = 1.0,
-                 beta_steps: int = 100, bias_compensation: bool = True) -> None:
+                 beta_steps: int = 100, bias_compensation: bool = True, weight_normalization: str = "max") -> None:
         if not 0.0 <= lam <= 1.0:
             raise ValueError("lam must lie in [0, 1]")
         if base <= 0 or base == 1:
             raise ValueError("base must be positive and != 1")
         if alpha < 0 or not 0.0 <= beta0 <= 1.0 or beta_steps < 1:
             raise ValueError("need alpha >= 0, 0 <= beta0 <= 1 and beta_steps >= 1")
+        if weight_normalization not in WEIGHT_NORMALIZATIONS:
+            raise ValueError(f"weight_normalization must be one of {WEIGHT_NORMALIZATIONS}, got {weight_normalization!r}")
         self.lam = float(lam)
         self.base = float(base)
         self.alpha = float(alpha)
         self.beta0 = float(beta0)
         self.beta_steps = int(beta_steps)
         self.bias_compensation = bool(bias_compensation)
+        self.weight_normalization = weight_normalization
 
     def priorities(self, uncertainty: Sequence[float], label: Sequence[int], version: Sequence[int],
                    current_version: int | None = None) -> np.ndarray:
@@ -136,9 +151,11 @@ class PIER:
     def importance_weights(self, probs: Sequence[float], beta: float,
                            counts: Sequence[int] | None = None) -> np.ndarray:
         """w_i = (N P_i)^-beta / max_j w_j with N the number of drawable samples; 0 where P_i = 0.
+        With ``weight_normalization="mean"`` the divisor is sum_j n_j P_j (N P_j)^-beta instead: the mean
+        weight of a draw (``probs`` are per sample, ``counts`` samples per entry).
 
         Entries that can never be drawn get weight 0 (they never reach the loss) and do not define
-        the maximum.
+        the divisor.
         """
         P = np.asarray(probs, dtype=float)
         n = self._counts(counts, P.shape[0])
@@ -147,8 +164,11 @@ class PIER:
         w = np.zeros_like(P)
         if not drawable.any():
             return w
-        w_max = (N * float(P[drawable].min())) ** (-beta)
-        w[drawable] = (N * P[drawable]) ** (-beta) / w_max
+        raw = (N * P[drawable]) ** (-beta)
+        if self.weight_normalization == "max":
+            w[drawable] = raw / (N * float(P[drawable].min())) ** (-beta)
+        else:
+            w[drawable] = raw / float(np.sum(n[drawable] * P[drawable] * raw))
         return w
 
     def beta(self, n_interactive: int) -> float:
@@ -179,8 +199,10 @@ class PIER:
     def state_dict(self) -> dict[str, Any]:
         """Hyperparameters (PIER holds no other state), plain Python types."""
         return {"lam": self.lam, "base": self.base, "alpha": self.alpha, "beta0": self.beta0,
-                "beta_steps": self.beta_steps, "bias_compensation": self.bias_compensation}
+                "beta_steps": self.beta_steps, "bias_compensation": self.bias_compensation,
+                "weight_normalization": self.weight_normalization}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.__init__(**{key: state[key] for key in ("lam", "base", "alpha", "beta0", "beta_steps")},
-                      bias_compensation=state.get("bias_compensation", True))  # older states: the default
+                      bias_compensation=state.get("bias_compensation", True),  # older states: the defaults
+                      weight_normalization=state.get("weight_normalization", "max"))
