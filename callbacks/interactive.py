@@ -131,8 +131,8 @@ class InteractiveAggregation(pl.Callback):
             draws without importance weights: on ACT transfer cube from state the weights (w from 1 down to
             ~1/200 at alpha 1.5) cost more than the correction gave (the README's interactive section).
             ``pier_weight_normalization="mean"`` keeps the correction and scales the weights to mean 1 over the
-            draws instead of max 1 (the reference's), which Adam otherwise meets as a ~100x drop of the
-            gradients after the first round (:class:`~lit_imit.interactive.PIER`).
+            draws instead of max 1 (the reference's), which Adam otherwise meets as a 30-500x drop of the
+            gradients within the first rounds (:class:`~lit_imit.interactive.PIER`).
         dagger_beta: DAgger mode: probability that the teacher drives a decision instead of the novice.
         judge: the teacher's verdict on a segment (default: :func:`default_judge` of the task).
         metrics_window: decisions (failures / successes) the logged gating rates look back over.

@@ -104,9 +104,10 @@ class PIER:
     prioritized experience replay) divides by the largest weight, so every weight is <= 1; ``"mean"`` divides by
     the weights' mean under the draws, sum_i P_i w_i, so a drawn sample weighs 1 on average (at beta 1 the
     weights are then (N P_i)^-1 themselves). The scale matters with Adam although Adam ignores a constant one:
-    under ``"max"`` the scale is set by the rarest sample and moves with every round's priorities, and it falls
-    from 1 (before the first priorities) to ~1/100 in one round, after which Adam's second-moment estimate,
-    still sized by the larger gradients, shrinks every update for thousands of steps.
+    under ``"max"`` the scale is set by the rarest sample and moves with every round's priorities; on ACT
+    transfer cube (alpha 1.5) it falls from 1 (before the first priorities) to 0.002-0.03 within ten rounds,
+    after which Adam's second-moment estimate, still sized by the larger gradients, shrinks every update for
+    thousands of steps.
     """
 
     def __init__(self, lam: float = 0.5, base: float = 10.0, alpha: float = 1.5, beta0: float = 1.0,
