@@ -119,7 +119,8 @@ class PIER:
         if alpha < 0 or not 0.0 <= beta0 <= 1.0 or beta_steps < 1:
             raise ValueError("need alpha >= 0, 0 <= beta0 <= 1 and beta_steps >= 1")
         if weight_normalization not in WEIGHT_NORMALIZATIONS:
-            raise ValueError(f"weight_normalization must be one of {WEIGHT_NORMALIZATIONS}, got {weight_normalization!r}")
+            raise ValueError(f"weight_normalization must be one of {WEIGHT_NORMALIZATIONS}, "
+                             f"got {weight_normalization!r}")
         self.lam = float(lam)
         self.base = float(base)
         self.alpha = float(alpha)
