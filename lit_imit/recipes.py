@@ -323,11 +323,11 @@ register(Recipe(
 register(Recipe(
     name="askdagger_insertion_state", method="act", task="insertion",
     config="configs/act/askdagger_insertion_state.yaml", obs="qpos + peg/socket poses (state)", demos=10,
-    expected_minutes=15, preset="interactive", curve_episodes=20,
+    expected_minutes=21, preset="interactive", curve_episodes=20,
     reference="ASkDAgger (Luijkx et al., TMLR 2025): the active-DAgger success level with 3-5x fewer annotations",
     notes="askdagger_transfer_cube_state on insertion (the second task of the comparison): 10 teacher demos, 1500 "
           "BC steps, then 100 interactive episodes of 50-step ACT chunks; held-out success every 10 episodes on 20 "
-          "seeds, at the end on 50; the wall time is the transfer-cube runs' (two at once on the 2-core box)",
+          "seeds, at the end on 50; measured 17-26 min a run with three at once on the 2-core box",
 ))
 
 
