@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import yaml
+
 #: fields every learning-recipe row carries (interactive / RL rows add their own)
 REQUIRED_FIELDS = (
     "recipe", "method", "task", "obs", "demos", "train_steps", "wall_minutes", "device", "successes",
@@ -229,13 +231,14 @@ def _target(row: Mapping[str, Any]) -> str:
     return f"≥ {target:.2f} " + ("✓" if row["ci_low"] >= target or row["success_rate"] >= target else "✗")
 
 
-def _overrides(row: Mapping[str, Any]) -> str:
-    """The command-line changes a run made to its recipe (empty for the recipe as shipped); a re-test of an
-    earlier run says so, with its sampler and actions per query when it changed them."""
+def _overrides(row: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
+    """The command-line changes a run made to its recipe (empty for the recipe as shipped), those its
+    ``config`` has since adopted marked so; a re-test of an earlier run says so, with its sampler and actions
+    per query when it changed them."""
     extra = row.get("extra_overrides")
     if extra is None:  # rows written before extra_overrides existed: everything is in overrides
         extra = row.get("overrides") or []
-    parts = [f"`{a}`" for a in extra]
+    parts = [f"`{a}`" + (" (now the config's)" if _already_in_config(str(a), config) else "") for a in extra]
     if row.get("retest_of"):
         parts.append(f"re-test of `{Path(str(row['retest_of'])).name}`"
                      + (", last checkpoint" if row.get("checkpoint_choice") == "last" else "")
@@ -250,17 +253,18 @@ def _wall(row: Mapping[str, Any]) -> str:
     return text + (f" (box shared with {len(row['shared_with'])} other run(s))" if row.get("shared_with") else "")
 
 
-def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _table(rows: Sequence[Mapping[str, Any]], config_root: str | Path | None = None) -> list[str]:
     lines = [
         "| recipe | method | task | observations | demos | steps (chosen ckpt) | held-out success (95% CI) | target | wall | "
         "device | commit | overrides |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    configs: dict[str, Any] = {}
     for r in rows:
         lines.append(
             f"| `{r['recipe']}` | {r['method']} | {r['task']} | {r['obs']} | {r['demos']} | {r['train_steps']} | "
             f"{_rate(r)} | {_target(r)} | {_wall(r)} | {r['device']} | `{r['commit']}` | "
-            f"{_overrides(r)} |"
+            f"{_overrides(r, _load_config(r, Path(config_root), configs) if config_root else None)} |"
         )
     return lines
 
@@ -270,28 +274,112 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(_table(rows)) + "\n"
 
 
-def render_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    """Markdown: the latest row of every learning recipe, then every row (the history, failed runs too); then,
-    when there are any, the interactive runs (:func:`render_interactive`)."""
+def _was_stopped(row: Mapping[str, Any]) -> bool:
+    """A run stopped on purpose (SIGTERM / Ctrl-C) measured nothing; a crash is a result and stays."""
+    return str(row.get("error") or "").startswith(("StopSignal", "KeyboardInterrupt"))
+
+
+#: where the recipes' configs live (``row["config"]`` is relative to the repository root)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_MISSING = object()
+
+
+def _config_value(config: Mapping[str, Any], dotted: str) -> Any:
+    """The value at ``a.b.c`` in a parsed config, or a sentinel when the path does not lead to one (a path
+    through a list, such as ``trainer.callbacks.init_args.x``, is ambiguous and never matches)."""
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+
+def _already_in_config(override: str, config: Mapping[str, Any] | None) -> bool:
+    """Whether a ``--key=value`` override sets what the config now holds (a run made before its setting
+    became the recipe's is a run of the recipe as shipped today)."""
+    if config is None or not override.startswith("--") or "=" not in override:
+        return False
+    key, _, text = override[2:].partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return _config_value(config, key) == value
+
+
+def _load_config(row: Mapping[str, Any], root: Path, cache: dict[str, Any]) -> Mapping[str, Any] | None:
+    name = str(row.get("config") or "")
+    if name not in cache:
+        path = root / name
+        try:
+            cache[name] = yaml.safe_load(path.read_text(encoding="utf-8")) if name and path.is_file() else None
+        except (OSError, yaml.YAMLError):
+            cache[name] = None
+    return cache[name]
+
+
+def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping[str, Any]],
+                        config: Mapping[str, Any] | None = None) -> list[str]:
+    """What this row's policy and test changed from the recipe as its ``config`` (parsed) now stands: its
+    command-line overrides that the config does not hold, and for a re-test the re-tested run's changes plus a
+    swapped sampler, actions per query or checkpoint. Empty for the recipe as shipped (a plain re-test on
+    fresh seeds included)."""
+    extra = row.get("extra_overrides")
+    given = list(row.get("overrides") or [] if extra is None else extra)
+    changes = [o for o in given if not _already_in_config(str(o), config)]
+    if row.get("retest_of"):
+        tested = by_run_dir.get(str(row["retest_of"]))
+        changes += (changes_from_recipe(tested, by_run_dir, config) if tested is not None
+                    else ["re-test of an unknown run"])
+        changes += [f"{key} {row[key]}" for key in ("sampler", "action_steps") if row.get(key)]
+        if row.get("checkpoint_choice") == "last":
+            changes.append("last checkpoint")
+    return changes
+
+
+def headline_rows(rows: Sequence[Mapping[str, Any]], config_root: str | Path = REPO_ROOT) -> list[Mapping[str, Any]]:
+    """One row per learning recipe, in order of first appearance: its latest run of the recipe as shipped (no
+    overrides but those its config has since adopted, no swapped sampler); a recipe without one shows its
+    latest run that was not stopped on purpose (the overrides column says what it changed), else its latest
+    row. Side runs and ablations stay in the full history and do not replace a recipe's own figure."""
+    by_run_dir = {str(r["run_dir"]): r for r in rows if r.get("run_dir") and not r.get("retest_of")}
+    configs: dict[str, Any] = {}
+    chosen: dict[str, tuple[int, Mapping[str, Any]]] = {}
+    for r in rows:
+        if _was_stopped(r):
+            rank = 0
+        else:
+            rank = 1 if changes_from_recipe(r, by_run_dir, _load_config(r, Path(config_root), configs)) else 2
+        if rank >= chosen.get(r["recipe"], (0, None))[0]:
+            chosen[r["recipe"]] = (rank, r)
+    return [row for _, row in chosen.values()]
+
+
+def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = REPO_ROOT) -> str:
+    """Markdown: each learning recipe's own latest figure (:func:`headline_rows`), then every row (the history,
+    failed and stopped runs too); then, when there are any, the interactive runs (:func:`render_interactive`)."""
     rows = list(rows)
     interactive = [r for r in rows if r.get("mode")]
     rows = [r for r in rows if not r.get("mode")]
-    latest: dict[str, Mapping[str, Any]] = {}
-    for r in rows:
-        latest[r["recipe"]] = r
     lines = [
         "Held-out success: ≥ 50 episodes on seeds never used for training demos (seeds 0+) or checkpoint",
         "selection (rollouts on seeds 100000+ during fit); test seeds in `eval_seeds`. Wall time covers recording",
         "the demos, training and the held-out test (a re-test's covers its test alone). Regenerate with",
         "`python scripts/reproduce.py RECIPE`; re-test a finished run with `--retest RUN_DIR`.",
         "",
-        "### Latest run of each recipe",
+        "### Each recipe as shipped",
         "",
-        *_table(list(latest.values())),
+        "The latest run of each recipe with its config's own settings (an override the config has since adopted",
+        "counts as the config's). A recipe without one shows its latest run not stopped on purpose, with its",
+        "overrides. Ablations, other bases and longer schedules are in the full history below.",
+        "",
+        *_table(headline_rows(rows, config_root), config_root),
         "",
         "### Every run",
         "",
-        *_table(rows),
+        *_table(rows, config_root),
     ]
     text = "\n".join(lines) + "\n"
     return text + ("\n" + render_interactive(interactive) if interactive else "")

@@ -11,7 +11,8 @@ import pytest
 
 from lit_imit.recipes import RECIPES, SELECTION_SEED, TEST_SEED, Recipe, list_recipes, rollout_settings, run_recipe
 from lit_imit.results import (
-    README_BEGIN, README_END, BusyWatch, append_row, other_busy_runs, read_rows, render_files, render_table,
+    README_BEGIN, README_END, BusyWatch, append_row, headline_rows, other_busy_runs, read_rows, render_files,
+    render_table,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,37 @@ def test_rows_append_and_render(tmp_path):
     assert "≥ 0.80 ✓" in latest
     with pytest.raises(ValueError, match="lacks"):
         append_row(path, {"recipe": "c"})
+
+
+def test_the_headline_shows_each_recipe_as_shipped_not_its_latest_side_run(tmp_path):
+    """A later ablation (an override the config does not hold), a re-test with another sampler and a run stopped
+    on purpose do not replace a recipe's own figure; a run whose override the config has since adopted does."""
+    (tmp_path / "cfg.yaml").write_text("trainer:\n  max_steps: 24000\nmodel:\n  init_args: {lr: 0.001}\n")
+    rate = lambda k: dict(success_rate=k / 50, successes=k, ci_low=0.0, ci_high=1.0)  # noqa: E731
+    rows = [
+        _row(recipe="a", config="cfg.yaml", run_dir="/runs/a/1", extra_overrides=[], **rate(10)),
+        _row(recipe="a", config="cfg.yaml", run_dir="/runs/a/2", extra_overrides=["--trainer.max_steps=24000"],
+             **rate(30)),  # the config's setting now: the recipe as shipped
+        _row(recipe="a", config="cfg.yaml", run_dir="/runs/a/3", extra_overrides=["--model.init_args.lr=0.01"],
+             **rate(40)),  # an ablation
+        _row(recipe="a", config="cfg.yaml", run_dir="/runs/a/4", retest_of="/runs/a/2", sampler="ddpm-100",
+             **rate(20)),  # the shipped policy with another sampler
+        _row(recipe="a", config="cfg.yaml", run_dir="/runs/a/5", extra_overrides=[],
+             **dict(rate(0), success_rate=None, error="StopSignal: stopped by SIGTERM")),
+        _row(recipe="b", config="cfg.yaml", run_dir="/runs/b/1", extra_overrides=["--model.init_args.lr=0.5"],
+             **rate(5)),
+        _row(recipe="b", config="cfg.yaml", run_dir="/runs/b/2", extra_overrides=[],
+             **dict(rate(0), success_rate=None, error="StopSignal: stopped by SIGTERM")),
+        _row(recipe="b", config="cfg.yaml", run_dir="/runs/b/3", retest_of="/runs/b/1", **rate(7)),
+    ]
+    chosen = {r["recipe"]: r for r in headline_rows(rows, tmp_path)}
+    assert chosen["a"]["run_dir"] == "/runs/a/2"
+    assert chosen["b"]["run_dir"] == "/runs/b/3"  # no shipped run: the latest one not stopped, a re-test of b/1
+    rows.append(_row(recipe="a", config="cfg.yaml", run_dir="/runs/a/6", retest_of="/runs/a/2", **rate(25)))
+    assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/runs/a/6"  # a plain re-test on fresh seeds counts
+    headline = render_table(rows, tmp_path).split("### Every run")[0]
+    assert "**0.50** (25/50" in headline and "**0.80**" not in headline
+    assert "`--trainer.max_steps=24000` (now the config's)" in render_table(rows, tmp_path)
 
 
 def test_extra_splits_render_under_the_main_figure(tmp_path):
