@@ -74,6 +74,26 @@ def test_play_stage_losses_fall(stores, stage):
     assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:15]), (stage, losses[:3], losses[-3:])
 
 
+def test_validation_reports_how_much_the_decoder_reads_z(stores):
+    """recon_mean_z is the decoded posterior mean's error (by hand), and a trained skill VAE reconstructs
+    clearly better from it than from z = 0; stages without a VAE do not report them."""
+    torch.manual_seed(0)
+    module = SkillPriorModule(stage="skill_prior", optimizer="adam", lr=3e-3, **TINY)
+    dm = datamodule(stores[0])
+    train(module, dm, 200)
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        losses = module.evaluation_losses(batch)
+        states, actions = module._states(batch), module._actions(batch)
+        mean, _ = module._encode(states, actions)
+        by_hand = 0.5 * (module._decode_sequence(states, mean) - actions).pow(2).mean()
+    assert torch.allclose(losses["recon_mean_z"], by_hand)
+    assert losses["recon_mean_z"] < 0.8 * losses["recon_zero_z"], losses
+    contrastive = SkillPriorModule(stage="contrastive", **TINY)
+    contrastive.load_stats(dm.stats)
+    assert "recon_zero_z" not in contrastive.evaluation_losses(batch)  # no VAE trains in that stage
+
+
 def test_open_loop_decoder_variant_trains(stores):
     torch.manual_seed(0)
     module = SkillPriorModule(stage="skill_prior", decoder="open_loop", optimizer="adam", lr=3e-3, **TINY)

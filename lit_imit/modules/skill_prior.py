@@ -321,12 +321,30 @@ class SkillPriorModule(PolicyModule):
             return self.decoder(states[:, : self.hparams.horizon], z.unsqueeze(1))
         return self.decoder(z)
 
+    def _reconstruction_error(self, states: Tensor, actions: Tensor, z: Tensor) -> Tensor:
+        """Per sample: half the mean squared error of the decoded skill (SPiRL's unit-variance Gaussian NLL
+        up to its constant, a mean over steps and action dimensions as SPiRL's losses take it)."""
+        return 0.5 * (self._decode_sequence(states, z) - actions).pow(2).mean(dim=(1, 2))
+
+    def evaluation_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The stage's losses, and for the stages that train the skill VAE how much the decoder reads z: the
+        reconstruction error with the posterior's mean (``recon_mean_z``) and with z = 0 (``recon_zero_z``).
+        Close values mean a collapsed posterior: the decoder ignores the skill and plays the state's average
+        action, and no prior or high-level policy can steer it."""
+        losses = self.compute_loss(batch, weighted=False)
+        if self.stage in ("skill_prior", "goal_conditioned"):
+            states, actions = self._states(batch), self._actions(batch)
+            mean, _ = self._encode(states, actions)
+            losses["recon_mean_z"] = self._reconstruction_error(states, actions, mean).mean()
+            losses["recon_zero_z"] = self._reconstruction_error(states, actions, torch.zeros_like(mean)).mean()
+        return losses
+
     def vae_losses(self, states: Tensor, actions: Tensor, prior_input: Tensor,
                    prior_net: torch.nn.Module) -> dict[str, Tensor]:
         """Per-sample reconstruction, KL to N(0, I) and prior NLL of the detached posterior sample."""
         mean, log_std = self._encode(states, actions)
         z = mean + log_std.exp() * torch.randn_like(mean)
-        recon = 0.5 * (self._decode_sequence(states, z) - actions).pow(2).mean(dim=(1, 2))
+        recon = self._reconstruction_error(states, actions, z)
         kl = standard_normal_kl(mean, log_std).mean(dim=-1)
         p_mean, p_log_std = prior_net(prior_input)
         prior_nll = gaussian_nll(z.detach(), p_mean, p_log_std).mean(dim=-1)
