@@ -36,7 +36,9 @@ from lit_imit.modules.base import PolicyModule, policy_class_path
 KNOWN_POLICIES = ("lit_imit.modules.act:ACTModule", "lit_imit.modules.diffusion:DiffusionModule")
 
 #: constructor arguments that would fetch pretrained weights; a checkpoint already holds the trained ones
-_PRETRAINED_KEYS = ("pretrained_backbone", "clip_pretrained")
+#: hyper-parameters that name weight files read at construction (pretrained weights, an earlier training
+#: stage's checkpoint): a module rebuilt from its own checkpoint has those weights already
+_WEIGHT_FILE_KEYS = ("pretrained_backbone", "clip_pretrained", "init_from")
 
 #: the files of a policy directory
 POLICY_CONFIG, POLICY_WEIGHTS, POLICY_CARD = "config.json", "model.safetensors", "README.md"
@@ -129,7 +131,7 @@ def _build(cls: type, hparams: Mapping[str, Any], overrides: Mapping[str, Any] |
         if key not in params:
             raise PolicyLoadError(f"{cls.__name__} has no hyper-parameter {key!r} to override")
         kwargs[key] = value
-    for key in _PRETRAINED_KEYS:
+    for key in _WEIGHT_FILE_KEYS:
         if key in params:
             kwargs[key] = None  # the checkpoint holds the trained weights; read (and ask for) no other file
     try:

@@ -136,3 +136,40 @@ def test_ddp_two_cpu_processes_train_a_skill_prior(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_a_staged_recipe_fits_its_stages_in_order_then_tests_the_last(tmp_path):
+    """scripts/reproduce.py's path for FIST (recipe fist_kitchen): the stage configs fit first in the run
+    directory, each to its own log and its checkpoints under a relative path; the recipe's config loads them
+    from there, fits, and its checkpoint is rolled out on the held-out seeds."""
+    from lit_imit.recipes import TEST_SEED, Recipe, run_recipe
+
+    play = make_store(tmp_path / "play", episodes=3, length=40)
+    demos = make_store(tmp_path / "demos", episodes=2, length=40, seed=5)
+    stage_cfgs = []
+    for name, model in (("gc", {"stage": "goal_conditioned"}), ("con", {"stage": "contrastive", "optimizer": "adam"})):
+        cfg = config(tmp_path, model, {"data_dir": str(play.root)}, max_epochs=1)
+        del cfg["trainer"]["logger"], cfg["trainer"]["default_root_dir"]  # the run directory's lightning_logs
+        cfg["checkpoint"] = {"dirpath": f"checkpoints/{name}"}  # relative to the run directory, as shipped
+        stage_cfgs.append(_write(tmp_path / f"{name}.yaml", cfg))
+    rollout = {"class_path": "callbacks.rollout.RolloutEvaluation",
+               "init_args": {"task": "pointmaze-medium-bottom", "n_episodes": 1, "n_envs": 1, "every_n_epochs": 1,
+                             "max_steps": 20, "video": False, "env_kwargs": {"render_mode": None}}}
+    model = {"stage": "goal_conditioned", "replan_every": 2, "lookup_dir": str(demos.root),
+             "init_from": [{"ckpt": "checkpoints/gc/last.ckpt", "parts": ["skill_encoder", "decoder", "goal_prior"],
+                            "freeze": False},
+                           {"ckpt": "checkpoints/con/last.ckpt", "parts": ["distance"], "stats": False}]}
+    final = config(tmp_path, model, {"data_dir": str(demos.root)}, callbacks=[rollout], max_epochs=1)
+    del final["trainer"]["logger"], final["trainer"]["default_root_dir"]
+    final["checkpoint"] = {"monitor": "rollout/success_rate", "mode": "max", "every_n_epochs": 1}
+    staged = Recipe(name="tiny_fist", method="fist", task="pointmaze-medium-bottom",
+                    config=_write(tmp_path / "final.yaml", final), obs="state", demos=2, expected_minutes=1,
+                    stages=tuple(stage_cfgs), test_n_envs=1, test_workers=0)
+    row = run_recipe(staged, tmp_path / "runs", tmp_path / "r.jsonl", episodes=2)
+    run_dir = Path(row["run_dir"])
+    assert (run_dir / "stage_gc.log").is_file() and (run_dir / "stage_con.log").is_file()
+    assert (run_dir / "checkpoints" / "gc" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "con").is_dir()
+    assert "lightning_logs/version_2" in row["checkpoint"]  # the last fit's own checkpoint was tested
+    assert row["eval_seeds"] == f"{TEST_SEED}-{TEST_SEED + 1}" and 0.0 <= row["success_rate"] <= 1.0
+    assert "subtasks_completed" not in row  # a maze row; kitchen target tasks carry the mean count out of 4

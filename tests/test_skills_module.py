@@ -142,8 +142,8 @@ def test_stage_chaining_loads_and_freezes_parts(stores, tmp_path):
 
 
 def test_posterior_stage_requires_a_frozen_embedding_and_bad_parts_are_named(tmp_path):
-    with pytest.raises(ValueError, match="trained skill embedding"):
-        SkillPriorModule(stage="posterior", **TINY)
+    with pytest.raises(ValueError, match="trained skill embedding"):  # when training would start
+        SkillPriorModule(stage="posterior", **TINY).configure_optimizers()
     with pytest.raises(ValueError, match="unknown parts"):
         SkillPriorModule(init_from=[{"ckpt": "x.ckpt", "parts": ["wheels"]}], **TINY)
     with pytest.raises(FileNotFoundError, match="does not exist"):

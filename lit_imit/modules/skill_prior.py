@@ -205,9 +205,6 @@ class SkillPriorModule(PolicyModule):
         self.frozen_parts: set[str] = set()
         for entry in init_entries:
             self._init_parts(entry)
-        if stage == "posterior" and "skill_encoder" not in self.frozen_parts:
-            raise ValueError("the posterior stage fits q(z|s) to a trained skill embedding: load it frozen, e.g. "
-                             "init_from: [{ckpt: prior.ckpt, parts: [skill_encoder, decoder, prior], freeze: true}]")
         for part in PARTS:  # only the stage's parts that were not frozen train
             trainable = part in STAGE_PARTS[stage] and part not in self.frozen_parts
             getattr(self, part).requires_grad_(trainable)
@@ -388,6 +385,11 @@ class SkillPriorModule(PolicyModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """RAdam (SPiRL, lr 1e-3) or Adam (FIST's contrastive model) over the trainable parts only."""
+        if self.stage == "posterior" and "skill_encoder" not in self.frozen_parts:
+            # checked when training starts, not at construction: a trained posterior rebuilt from its
+            # checkpoint (lit_imit.policies.load_policy) needs no earlier stage's file
+            raise ValueError("the posterior stage fits q(z|s) to a trained skill embedding: load it frozen, e.g. "
+                             "init_from: [{ckpt: prior.ckpt, parts: [skill_encoder, decoder, prior], freeze: true}]")
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"stage {self.stage!r} has nothing to train: its parts {STAGE_PARTS[self.stage]} are all "
