@@ -9,6 +9,7 @@ never edited by hand.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import os
@@ -320,18 +321,81 @@ def _load_config(row: Mapping[str, Any], root: Path, cache: dict[str, Any]) -> M
     return cache[name]
 
 
+#: where the data lives is not a setting of the recipe (the row's ``demos`` says how many episodes it had)
+_NOT_SETTINGS = ("data.init_args.data_dir",)
+
+
+def _config_at_commit(row: Mapping[str, Any], root: Path, cache: dict[tuple[str, str], Any]) -> Any:
+    """The row's config as committed at the row's commit (``git show``), parsed; None where git, the commit or
+    the file is not there (another clone, a test's files)."""
+    commit = str(row.get("commit") or "").removesuffix("-dirty")
+    name = str(row.get("config") or "")
+    if not commit or not name or commit == "unknown":
+        return None
+    if (commit, name) not in cache:
+        try:
+            text = subprocess.run(["git", "-C", str(root), "show", f"{commit}:{name}"], capture_output=True,
+                                  text=True, timeout=30, check=True).stdout
+            cache[commit, name] = yaml.safe_load(text)
+        except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+            cache[commit, name] = None
+    return cache[commit, name]
+
+
+def _with_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of ``config`` with each ``--a.b=value`` set, and the overrides that could not be placed (another
+    form, or a path through a list such as the callbacks')."""
+    result: dict[str, Any] = copy.deepcopy(dict(config))
+    unplaced = []
+    for override in overrides:
+        text = str(override)
+        if not text.startswith("--") or "=" not in text:
+            unplaced.append(text)
+            continue
+        key, _, raw = text[2:].partition("=")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            unplaced.append(text)
+            continue
+        node: Any = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node, dict):
+                break
+            node = node.setdefault(part, {})
+        if isinstance(node, dict):
+            node[leaf] = value
+        else:
+            unplaced.append(text)
+    return result, unplaced
+
+
+def _without_data_location(config: Mapping[str, Any]) -> dict[str, Any]:
+    clean, _ = _with_overrides(config, [f"--{key}=null" for key in _NOT_SETTINGS])
+    return clean
+
+
 def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping[str, Any]],
-                        config: Mapping[str, Any] | None = None) -> list[str]:
-    """What this row's policy and test changed from the recipe as its ``config`` (parsed) now stands: its
-    command-line overrides that the config does not hold, and for a re-test the re-tested run's changes plus a
-    swapped sampler, actions per query or checkpoint. Empty for the recipe as shipped (a plain re-test on
-    fresh seeds included)."""
+                        config: Mapping[str, Any] | None = None,
+                        config_then: Mapping[str, Any] | None = None) -> list[str]:
+    """What this row's policy and test changed from the recipe as its ``config`` (parsed) now stands, empty for
+    the recipe as shipped today (a plain re-test on fresh seeds included). With ``config_then`` (the config at
+    the row's commit) that is any setting the run's config plus its command-line overrides holds differently
+    from today's config (where the data lives aside); without it, the overrides the config does not hold. A
+    re-test adds the re-tested run's changes and a swapped sampler, actions per query or checkpoint."""
     extra = row.get("extra_overrides")
-    given = list(row.get("overrides") or [] if extra is None else extra)
-    changes = [o for o in given if not _already_in_config(str(o), config)]
+    given = [str(o) for o in (row.get("overrides") or [] if extra is None else extra)]
+    if config_then is not None and config is not None:
+        effective, unplaced = _with_overrides(config_then, given)
+        changes = list(unplaced)
+        if _without_data_location(effective) != _without_data_location(config):
+            changes.append("the config has changed since this run")
+    else:
+        changes = [o for o in given if not _already_in_config(o, config)]
     if row.get("retest_of"):
         tested = by_run_dir.get(str(row["retest_of"]))
-        changes += (changes_from_recipe(tested, by_run_dir, config) if tested is not None
+        changes += (changes_from_recipe(tested, by_run_dir, config, config_then) if tested is not None
                     else ["re-test of an unknown run"])
         changes += [f"{key} {row[key]}" for key in ("sampler", "action_steps") if row.get(key)]
         if row.get("checkpoint_choice") == "last":
@@ -340,18 +404,22 @@ def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping
 
 
 def headline_rows(rows: Sequence[Mapping[str, Any]], config_root: str | Path = REPO_ROOT) -> list[Mapping[str, Any]]:
-    """One row per learning recipe, in order of first appearance: its latest run of the recipe as shipped (no
-    overrides but those its config has since adopted, no swapped sampler); a recipe without one shows its
-    latest run that was not stopped on purpose (the overrides column says what it changed), else its latest
-    row. Side runs and ablations stay in the full history and do not replace a recipe's own figure."""
+    """One row per learning recipe, in order of first appearance: its latest run of the recipe as shipped today
+    (:func:`changes_from_recipe` finds nothing: no override, sampler swap or since-changed setting); a recipe
+    without one shows its latest run that was not stopped on purpose (the overrides column says what it
+    changed), else its latest row. Side runs, ablations and runs of older settings stay in the full history."""
+    root = Path(config_root)
     by_run_dir = {str(r["run_dir"]): r for r in rows if r.get("run_dir") and not r.get("retest_of")}
     configs: dict[str, Any] = {}
+    committed: dict[tuple[str, str], Any] = {}
     chosen: dict[str, tuple[int, Mapping[str, Any]]] = {}
     for r in rows:
         if _was_stopped(r):
             rank = 0
         else:
-            rank = 1 if changes_from_recipe(r, by_run_dir, _load_config(r, Path(config_root), configs)) else 2
+            tested = by_run_dir.get(str(r.get("retest_of"))) if r.get("retest_of") else r
+            then = _config_at_commit(tested, root, committed) if tested is not None else None
+            rank = 1 if changes_from_recipe(r, by_run_dir, _load_config(r, root, configs), then) else 2
         if rank >= chosen.get(r["recipe"], (0, None))[0]:
             chosen[r["recipe"]] = (rank, r)
     return [row for _, row in chosen.values()]
@@ -371,9 +439,9 @@ def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = RE
         "",
         "### Each recipe as shipped",
         "",
-        "The latest run of each recipe with its config's own settings (an override the config has since adopted",
-        "counts as the config's). A recipe without one shows its latest run not stopped on purpose, with its",
-        "overrides. Ablations, other bases and longer schedules are in the full history below.",
+        "The latest run of each recipe with the settings its config has today (its config at the run's commit plus",
+        "the run's overrides; where the data lives aside). A recipe without one shows its latest run not stopped on",
+        "purpose, with its overrides. Ablations, other bases and older settings are in the full history below.",
         "",
         *_table(headline_rows(rows, config_root), config_root),
         "",

@@ -359,3 +359,33 @@ def test_the_machine_names_its_vector_units():
     assert vector_units({"fma", "avx2", "avx512f", "avx512_bf16"}) == "AVX-512, BF16"
     assert vector_units({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}) == "AMX"
     assert vector_units(set()) == ""
+
+
+def test_a_run_of_settings_its_config_has_since_changed_is_not_the_recipe_as_shipped(tmp_path):
+    """With git history, a row is judged by its config at its commit plus its overrides: a later change to the
+    config (here the step count) retires it from the headline, an override that the config later adopted does
+    not, and where the data lives is not a setting."""
+    def commit(text: str) -> str:
+        (tmp_path / "cfg.yaml").write_text(text)
+        subprocess.run(["git", "-C", str(tmp_path), "add", "cfg.yaml"], check=True, capture_output=True)
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+                       check=True, capture_output=True)
+        return subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=10", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    data = "data:\n  init_args: {data_dir: data/a, generate_if_missing: 50}\n"
+    first = commit("trainer:\n  max_steps: 6000\n" + data)
+    second = commit("trainer:\n  max_steps: 18000\n" + data)
+    rows = [
+        _row(recipe="a", config="cfg.yaml", run_dir="/r/1", commit=first, extra_overrides=[]),
+        _row(recipe="a", config="cfg.yaml", run_dir="/r/2", commit=first + "-dirty",
+             extra_overrides=["--trainer.max_steps=18000", "--data.init_args.data_dir=/elsewhere"]),
+        _row(recipe="a", config="cfg.yaml", run_dir="/r/3", commit=second, extra_overrides=["--trainer.max_steps=9"]),
+    ]
+    assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/2"
+    rows.append(_row(recipe="a", config="cfg.yaml", run_dir="/r/4", commit=second, extra_overrides=[]))
+    assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/4"
+    commit("trainer:\n  max_steps: 24000\n" + data)  # nothing run with today's settings: the latest run stands in
+    assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/4"
+    assert [r["run_dir"] for r in headline_rows(rows[:3], tmp_path)] == ["/r/3"]
