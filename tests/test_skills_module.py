@@ -94,6 +94,19 @@ def test_validation_reports_how_much_the_decoder_reads_z(stores):
     assert "recon_zero_z" not in contrastive.evaluation_losses(batch)  # no VAE trains in that stage
 
 
+def test_raw_states_option_feeds_the_networks_unnormalised_states(stores):
+    """normalize_states: false (SPiRL's / FIST's raw states): no statistics, no clipping; the default
+    normalises with the play statistics and clips."""
+    dm = datamodule(stores[0])
+    states = torch.tensor([[1.0, -2.0, 300.0, 0.5]])
+    raw = SkillPriorModule(normalize_states=False, **TINY)
+    raw.load_stats(dm.stats)
+    assert torch.equal(raw.normalize_state(states), states)
+    normalised = SkillPriorModule(**TINY)
+    normalised.load_stats(dm.stats)
+    assert float(normalised.normalize_state(states).abs().max()) <= normalised.hparams.state_clip
+
+
 def test_open_loop_decoder_variant_trains(stores):
     torch.manual_seed(0)
     module = SkillPriorModule(stage="skill_prior", decoder="open_loop", optimizer="adam", lr=3e-3, **TINY)

@@ -37,8 +37,11 @@ decoded closed-loop (pi(a | s, z) at every step; the open-loop decoder executes 
   z = mean of p(z | s, goal); FIST re-plans every 2 steps.
 
 Normalisation: states are mean/std normalised with the play data's statistics and clipped to
-+-``state_clip`` (SPiRL uses raw D4RL states; the kitchen's joint velocities and object poses have very
-different scales, so we normalise); actions stay raw (both envs take actions in [-1, 1]).
++-``state_clip`` (the kitchen's joint velocities and object poses have very different scales), or left raw with
+``normalize_states: false``, as SPiRL, FIST and SkiLD feed D4RL's states. Raw states keep a dimension that the
+play data never moves at its physical scale: FIST's unseen sub-task (the top burner knob) puts it at ~100 play
+standard deviations, clipped to the bound, and the fine-tuning windows that turn the knob then reconstruct 1000x
+worse than the rest and dominate the few-shot update. Actions stay raw (both envs take actions in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ class SkillPriorModule(PolicyModule):
         action_low: float = -1.0,
         action_high: float = 1.0,
         state_clip: float = 10.0,
+        normalize_states: bool = True,
         n_uncertainty_samples: int = 8,
     ) -> None:
         """
@@ -162,6 +166,8 @@ class SkillPriorModule(PolicyModule):
             state_clip: normalised states are clipped to +-state_clip. A dimension that never moves in the
                 play data (the top burner knob of a no-topknob split) has a tiny std, and the demonstrations
                 put it at ~100 sigma: unclipped, that blows up the prior's NLL and the fine-tuning diverges.
+            normalize_states: false feeds raw states to every network (SPiRL's / FIST's / SkiLD's choice; see the
+                module docstring); true (the default here) normalises with the play statistics.
             n_uncertainty_samples: skills sampled by ``predict`` to measure the action spread.
         """
         super().__init__()
@@ -291,7 +297,10 @@ class SkillPriorModule(PolicyModule):
 
     # ---- losses -----------------------------------------------------------------------------------------
     def normalize_state(self, states: Tensor) -> Tensor:
-        """Mean/std normalisation with the play statistics, clipped to +-state_clip."""
+        """Mean/std normalisation with the play statistics, clipped to +-state_clip; raw states (float) when
+        ``normalize_states`` is false."""
+        if not self.hparams.get("normalize_states", True):
+            return states.float()
         clip = self.hparams.state_clip
         return self.normalizer.mean_std("state", states.float()).clamp(-clip, clip)
 
