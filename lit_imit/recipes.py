@@ -152,10 +152,9 @@ register(Recipe(
 register(Recipe(
     name="act_insertion_image", method="act", task="insertion",
     config="configs/act/insertion_cpu.yaml", obs="qpos + top camera 96x128 (fast render)", demos=50,
-    expected_minutes=45, target=0.40, reference="ACT paper 0.50 (480x640, 50 demos)",
-    notes="not run yet: act_transfer_cube_image's settings on insertion with the stride-16 ResNet features; the "
-          "wall time is a projection: the stride-16 transfer-cube run took 35 min on recorded demos (one core, "
-          "another run on the other), plus ~5 min to record the demos",
+    expected_minutes=70, target=0.40, reference="ACT paper 0.50 (480x640, 50 demos)",
+    notes="act_transfer_cube_image's settings on insertion with the stride-16 ResNet features; first run 0/50 "
+          "(validation 0 throughout), 72 min on a box shared with three other runs",
 ))
 register(Recipe(
     name="act_transfer_cube_image_3cams", method="act", task="transfer_cube",
