@@ -210,10 +210,13 @@ def _rate(row: Mapping[str, Any]) -> str:
 
 
 def _extra_rates(row: Mapping[str, Any]) -> str:
-    """Lines under the main figure: a residual policy's base alone on the same seeds, and the same policy's
+    """Lines under the main figure: a kitchen row's mean sub-tasks completed, a residual policy's base alone on
+    the same seeds, and the same policy's
     held-out success on the recipe's ``extra_tests`` tasks (e.g. an unseen-colours split); the target is judged
     on the main figure alone."""
     parts = []
+    if row.get("subtasks_completed") is not None:  # a kitchen target task: the mean count of its 4 sub-tasks
+        parts.append(f"<br>sub-tasks completed: {row['subtasks_completed']:.2f} of 4")
     if row.get("base_success_rate") is not None:  # residual RL: its frozen base alone, on the same seeds
         parts.append(f"<br>base alone: {row['base_success_rate']:.2f} ({row['base_successes']}/{row['episodes']}, "
                      f"CI {row['base_ci_low']:.2f}–{row['base_ci_high']:.2f})")

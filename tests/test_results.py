@@ -91,6 +91,8 @@ def test_extra_splits_render_under_the_main_figure(tmp_path):
     assert "≥ 0.50 ✓" in clip_line
     plain_line = next(line for line in latest.splitlines() if "`plain`" in line)
     assert "<br>" not in plain_line
+    kitchen = render_table([_row(recipe="fist", subtasks_completed=1.02)])
+    assert "<br>sub-tasks completed: 1.02 of 4" in kitchen
 
 
 def test_a_retest_row_names_its_sampler_and_actions_per_query():
