@@ -211,9 +211,8 @@ def _rate(row: Mapping[str, Any]) -> str:
 
 def _extra_rates(row: Mapping[str, Any]) -> str:
     """Lines under the main figure: a kitchen row's mean sub-tasks completed, a residual policy's base alone on
-    the same seeds, and the same policy's
-    held-out success on the recipe's ``extra_tests`` tasks (e.g. an unseen-colours split); the target is judged
-    on the main figure alone."""
+    the same seeds, and the same policy's held-out success on the recipe's ``extra_tests`` tasks (e.g. an
+    unseen-colours split); the target is judged on the main figure alone."""
     parts = []
     if row.get("subtasks_completed") is not None:  # a kitchen target task: the mean count of its 4 sub-tasks
         parts.append(f"<br>sub-tasks completed: {row['subtasks_completed']:.2f} of 4")
