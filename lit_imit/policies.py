@@ -35,7 +35,6 @@ from lit_imit.modules.base import PolicyModule, policy_class_path
 #: classes tried in order, by their constructor's parameters, when a checkpoint records no class
 KNOWN_POLICIES = ("lit_imit.modules.act:ACTModule", "lit_imit.modules.diffusion:DiffusionModule")
 
-#: constructor arguments that would fetch pretrained weights; a checkpoint already holds the trained ones
 #: hyper-parameters that name weight files read at construction (pretrained weights, an earlier training
 #: stage's checkpoint): a module rebuilt from its own checkpoint has those weights already
 _WEIGHT_FILE_KEYS = ("pretrained_backbone", "clip_pretrained", "init_from")
