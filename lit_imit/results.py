@@ -384,8 +384,9 @@ def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping
     """What this row's policy and test changed from the recipe as its ``config`` (parsed) now stands, empty for
     the recipe as shipped today (a plain re-test on fresh seeds included). With ``config_then`` (the config at
     the row's commit) that is any setting the run's config plus its command-line overrides holds differently
-    from today's config (where the data lives aside); without it, the overrides the config does not hold. A
-    re-test adds the re-tested run's changes and a swapped sampler, actions per query or checkpoint."""
+    from today's config (where the data lives aside, though not how many demos it held); without it, the
+    overrides the config does not hold. A re-test adds the re-tested run's changes and a swapped sampler,
+    actions per query or checkpoint."""
     extra = row.get("extra_overrides")
     given = [str(o) for o in (row.get("overrides") or [] if extra is None else extra)]
     if config_then is not None and config is not None:
@@ -395,6 +396,9 @@ def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping
             changes.append("the config has changed since this run")
     else:
         changes = [o for o in given if not _already_in_config(o, config)]
+    wanted = _config_value(config, "data.init_args.generate_if_missing") if config is not None else _MISSING
+    if isinstance(wanted, int) and wanted > 0 and isinstance(row.get("demos"), int) and row["demos"] != wanted:
+        changes.append(f"{row['demos']} demos where the config records {wanted}")  # e.g. another data_dir
     if row.get("retest_of"):
         tested = by_run_dir.get(str(row["retest_of"]))
         changes += (changes_from_recipe(tested, by_run_dir, config, config_then) if tested is not None

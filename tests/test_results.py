@@ -388,6 +388,9 @@ def test_a_run_of_settings_its_config_has_since_changed_is_not_the_recipe_as_shi
     assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/2"
     rows.append(_row(recipe="a", config="cfg.yaml", run_dir="/r/4", commit=second, extra_overrides=[]))
     assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/4"
+    other_data = _row(recipe="a", config="cfg.yaml", run_dir="/r/5", commit=second, demos=200,
+                      extra_overrides=["--data.init_args.data_dir=/elsewhere"])  # 200 demos where it records 50
+    assert headline_rows([*rows, other_data], tmp_path)[0]["run_dir"] == "/r/4"
     commit("trainer:\n  max_steps: 24000\n" + data)  # nothing run with today's settings: the latest run stands in
     assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/4"
     assert [r["run_dir"] for r in headline_rows(rows[:3], tmp_path)] == ["/r/3"]
