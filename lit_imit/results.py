@@ -298,18 +298,23 @@ def _config_value(config: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+def _parse_override(override: str) -> tuple[str, Any] | None:
+    """(``a.b.c``, value) of a ``--a.b.c=value`` command-line override, the value read as YAML (as the CLI
+    does); None for any other form."""
+    if not override.startswith("--") or "=" not in override:
+        return None
+    key, _, text = override[2:].partition("=")
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
 
 def _already_in_config(override: str, config: Mapping[str, Any] | None) -> bool:
     """Whether a ``--key=value`` override sets what the config now holds (a run made before its setting
     became the recipe's is a run of the recipe as shipped today)."""
-    if config is None or not override.startswith("--") or "=" not in override:
-        return False
-    key, _, text = override[2:].partition("=")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return False
-    return _config_value(config, key) == value
+    parsed = _parse_override(override)
+    return config is not None and parsed is not None and _config_value(config, parsed[0]) == parsed[1]
 
 
 def _load_config(row: Mapping[str, Any], root: Path, cache: dict[str, Any]) -> Mapping[str, Any] | None:
@@ -351,15 +356,11 @@ def _with_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> tupl
     unplaced = []
     for override in overrides:
         text = str(override)
-        if not text.startswith("--") or "=" not in text:
+        parsed = _parse_override(text)
+        if parsed is None:
             unplaced.append(text)
             continue
-        key, _, raw = text[2:].partition("=")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            unplaced.append(text)
-            continue
+        key, value = parsed
         node: Any = result
         *parents, leaf = key.split(".")
         for part in parents:
