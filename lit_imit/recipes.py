@@ -33,11 +33,10 @@ from lit_imit.data.episodes import EpisodeStore
 from lit_imit.envs.vector import close_envs, open_envs, worker_count
 from lit_imit.evaluation import evaluate_module, policy_env_kwargs, summarize
 from lit_imit.policies import load_policy
-from lit_imit.results import BusyWatch, append_row, git_commit, machine_description
+from lit_imit.results import REPO_ROOT, BusyWatch, append_row, git_commit, machine_description
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_SEED = 1_000_000  # held-out seeds: recording uses 0+, checkpoint selection 100000+
 SELECTION_SEED = 100_000
 
