@@ -227,18 +227,19 @@ class RolloutEvaluation(pl.Callback):
             summary["score"] = summary["return"] * float(self.score_scale)
             keys.append("score")
         self.last_summary = summary
+        # Trainer.log_dir broadcasts from rank 0 under DDP: every rank asks, or rank 0 waits for the others forever.
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         for key in keys:
             pl_module.log(f"{prefix}/{key}", summary[key], on_epoch=True, sync_dist=False, rank_zero_only=False)
         if trainer.is_global_zero:
-            self._save_video(trainer, results, tag, prefix, trainer.global_step if step is None else step)
+            self._save_video(trainer, log_dir, results, tag, prefix, trainer.global_step if step is None else step)
         return summary
 
-    def _save_video(self, trainer: pl.Trainer, results: list[EpisodeResult], tag: str, prefix: str,
+    def _save_video(self, trainer: pl.Trainer, log_dir: Path, results: list[EpisodeResult], tag: str, prefix: str,
                     step: int) -> None:
         frames = next((r.frames for r in results if r.frames), [])
         if not frames:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         video_dir = log_dir / "videos"
         video_dir.mkdir(parents=True, exist_ok=True)
         name = tag if self.log_prefix == "rollout" else f"{self.log_prefix}_{tag}"

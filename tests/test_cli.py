@@ -315,8 +315,9 @@ def test_ddp_two_cpu_processes_train_and_evaluate(tmp_path, model):
     data_dir = synthetic_store(tmp_path / "data")
     rollout = {"class_path": "callbacks.rollout.RolloutEvaluation",
                "init_args": {"task": "transfer_cube", "n_episodes": 2, "n_envs": 1, "every_n_epochs": 1,
-                             "max_steps": 20, "video": False,
+                             "max_steps": 20, "video": True,
                              "env_kwargs": {"cameras": ["top"], "image_size": [48, 64]}}}
+    # with a video: rank 0 writes it into the log directory, which Lightning resolves by a collective
     cfg = config(tmp_path, {"data_dir": data_dir}, model, callbacks=[rollout], devices=2, strategy="ddp",
                  max_epochs=1)
     path = _write(tmp_path / "ddp.yaml", cfg)
@@ -326,6 +327,7 @@ def test_ddp_two_cpu_processes_train_and_evaluate(tmp_path, model):
     tags = _tags(tmp_path / "logs" / "version_0")
     assert "rollout/success_rate" in tags and "train/loss" in tags
     assert (tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "logs" / "version_0" / "videos" / "epoch_0000.mp4").exists()
 
 
 @pytest.mark.slow
