@@ -254,19 +254,17 @@ def test_states_far_outside_the_play_data_are_clipped_so_losses_stay_finite():
         SkillPriorModule(state_clip=0.0, **TINY)
 
 
-def test_a_std_floor_bounds_how_far_a_dimension_the_play_data_never_moved_travels():
-    stats = {"state": {"mean": [0.0, 0.5, 0.0, 0.0], "std": [2.0, 1.0, 0.05, 0.01], "min": [0.0] * 4,
+def test_raw_still_dims_only_centres_the_dimensions_the_play_data_never_moved():
+    # dimension 3's std sits at the statistics' floor: the play data never moved it
+    stats = {"state": {"mean": [0.0, 0.5, 0.0, 0.25], "std": [2.0, 1.0, 0.05, 0.01], "min": [0.0] * 4,
                        "max": [1.0] * 4}}
-    module = SkillPriorModule(stage="goal_conditioned", state_std_floor=0.25, **TINY)
+    module = SkillPriorModule(stage="goal_conditioned", raw_still_dims=True, **TINY)
     module.load_stats(stats)
-    states = torch.tensor([[1.0, 1.0, 1.0, -0.5]])
-    # dims with a std above the floor keep it; the others are divided by the floor
-    assert torch.allclose(module.normalize_state(states), torch.tensor([[0.5, 0.5, 4.0, -2.0]]))
+    states = torch.tensor([[1.0, 1.0, 0.2, -0.5]])
+    assert torch.allclose(module.normalize_state(states), torch.tensor([[0.5, 0.5, 4.0, -0.75]]))
     default = SkillPriorModule(stage="goal_conditioned", **TINY)
     default.load_stats(stats)
-    assert torch.allclose(default.normalize_state(states), torch.tensor([[0.5, 0.5, 10.0, -10.0]]))  # clipped
-    with pytest.raises(ValueError, match="state_std_floor"):
-        SkillPriorModule(state_std_floor=0.0, **TINY)
+    assert torch.allclose(default.normalize_state(states), torch.tensor([[0.5, 0.5, 4.0, -10.0]]))  # clipped
 
 
 def test_the_data_takes_the_skill_length_from_the_model(tmp_path):

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 #: H when the DataModule is used without a model (SPiRL, FIST and SkiLD all use 10)
 STANDALONE_HORIZON = 10
 
+#: play statistics' std floor (ACT's and LeRobot's): a dimension the play data never moves gets this std
+STD_FLOOR = 1e-2
+
 
 def load_states_actions(path: str, state_key: str, action_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One episode's (T, S) states and (T, A) actions as float32; a missing key is an error naming the file."""
@@ -247,7 +250,7 @@ class SkillDataModule(EpisodeDataModule):
         stats = {}
         for key, arrays in ((self.state_key, ds.states), ("action", ds.actions)):
             values = np.concatenate([arrays[i] for i in play]).astype(np.float64)
-            stats[key] = {"mean": values.mean(0).tolist(), "std": np.maximum(values.std(0), 1e-2).tolist(),
+            stats[key] = {"mean": values.mean(0).tolist(), "std": np.maximum(values.std(0), STD_FLOOR).tolist(),
                           "min": values.min(0).tolist(), "max": values.max(0).tolist()}
         return stats
 

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from lit_imit.checkpoints import load_checkpoint
 from lit_imit.data.episodes import EpisodeStore
-from lit_imit.data.skills import load_states_actions
+from lit_imit.data.skills import STD_FLOOR, load_states_actions
 from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
 from lit_imit.nets.normalizer import STAT_NAMES, buffer_name, rename_legacy_stat_keys
 from lit_imit.nets.skills import (
@@ -142,7 +142,7 @@ class SkillPriorModule(PolicyModule):
         action_high: float = 1.0,
         state_clip: float = 10.0,
         normalize_states: bool = True,
-        state_std_floor: float = 0.01,
+        raw_still_dims: bool = False,
         n_uncertainty_samples: int = 8,
     ) -> None:
         """
@@ -170,9 +170,10 @@ class SkillPriorModule(PolicyModule):
                 put it at ~100 sigma: unclipped, that blows up the prior's NLL and the fine-tuning diverges.
             normalize_states: false feeds raw states to every network (SPiRL's / FIST's / SkiLD's choice; see the
                 module docstring); true (the default here) normalises with the play statistics.
-            state_std_floor: states are divided by max(std, state_std_floor). The default 0.01 is the floor
-                the play statistics already have (ACT's and LeRobot's); a larger floor bounds how far a dimension
-                the play data hardly moves can travel in normalised units when the demonstrations move it.
+            raw_still_dims: dimensions the play data hardly moves (std at the statistics' floor of 0.01) are
+                only centred, not divided by their std, so a dimension that the demonstrations move and the play
+                data never did (FIST's top-burner knob) stays near its physical scale instead of at the clip
+                bound; the other dimensions are normalised as usual.
             n_uncertainty_samples: skills sampled by ``predict`` to measure the action spread.
         """
         super().__init__()
@@ -190,8 +191,6 @@ class SkillPriorModule(PolicyModule):
             raise ValueError(f"replan_every must be in [1, horizon={horizon}], got {replan_every}")
         if state_clip <= 0:
             raise ValueError(f"state_clip must be > 0, got {state_clip}")
-        if state_std_floor <= 0:
-            raise ValueError(f"state_std_floor must be > 0, got {state_std_floor}")
         if decoder == "open_loop" and stage == "goal_conditioned":
             raise ValueError("FIST's goal-conditioned prior is built on the closed-loop decoder (SPiRL-cl)")
         for name, value in (("state_dim", state_dim), ("action_dim", action_dim), ("horizon", horizon),
@@ -304,12 +303,14 @@ class SkillPriorModule(PolicyModule):
 
     # ---- losses -----------------------------------------------------------------------------------------
     def normalize_state(self, states: Tensor) -> Tensor:
-        """Mean/std normalisation with the play statistics (std at least ``state_std_floor``), clipped to
-        +-state_clip; raw states (float) when ``normalize_states`` is false."""
+        """Mean/std normalisation with the play statistics, clipped to +-state_clip (the still dimensions only
+        centred with ``raw_still_dims``); raw states (float) when ``normalize_states`` is false."""
         if not self.hparams.get("normalize_states", True):
             return states.float()
         clip = self.hparams.state_clip
-        std = self.normalizer.stat("state", "std").clamp(min=self.hparams.get("state_std_floor", 0.01))
+        std = self.normalizer.stat("state", "std")
+        if self.hparams.get("raw_still_dims", False):
+            std = torch.where(std <= STD_FLOOR * (1 + 1e-4), torch.ones_like(std), std)  # float32 0.01
         return ((states.float() - self.normalizer.stat("state", "mean")) / std).clamp(-clip, clip)
 
     def _states(self, batch: Mapping[str, Tensor]) -> Tensor:
