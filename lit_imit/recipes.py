@@ -33,7 +33,7 @@ from lit_imit.data.episodes import EpisodeStore
 from lit_imit.envs.vector import close_envs, open_envs, worker_count
 from lit_imit.evaluation import evaluate_module, policy_env_kwargs, summarize
 from lit_imit.policies import load_policy
-from lit_imit.results import REPO_ROOT, BusyWatch, append_row, git_commit, machine_description
+from lit_imit.results import REPO_ROOT, BusyWatch, append_row, demo_keys, git_commit, machine_description
 
 log = logging.getLogger(__name__)
 
@@ -729,5 +729,6 @@ def _cuda_available() -> bool:
 
 
 def _count_episodes(run_dir: Path, config: Mapping[str, Any]) -> int:
-    data_dir = Path(config["data"]["init_args"]["data_dir"])
+    """Demonstrations in the run's store (the demo store where the data also reads play episodes)."""
+    data_dir = Path(config["data"]["init_args"][demo_keys(config)[0]])
     return len(EpisodeStore(data_dir if data_dir.is_absolute() else run_dir / data_dir))

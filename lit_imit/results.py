@@ -287,6 +287,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _MISSING = object()
 
 
+def demo_keys(config: Mapping[str, Any]) -> tuple[str, str]:
+    """The data arguments naming where a config's demonstrations live and how many it records: ``demo_dir`` /
+    ``demo_generate_if_missing`` where the data mixes a play store with demonstrations (the skill methods),
+    else ``data_dir`` / ``generate_if_missing``."""
+    init_args = (config.get("data") or {}).get("init_args") or {}
+    return ("demo_dir", "demo_generate_if_missing") if init_args.get("demo_dir") else ("data_dir",
+                                                                                        "generate_if_missing")
+
+
 def _config_value(config: Mapping[str, Any], dotted: str) -> Any:
     """The value at ``a.b.c`` in a parsed config, or a sentinel when the path does not lead to one (a path
     through a list, such as ``trainer.callbacks.init_args.x``, is ambiguous and never matches)."""
@@ -397,7 +406,8 @@ def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping
             changes.append("the config has changed since this run")
     else:
         changes = [o for o in given if not _already_in_config(o, config)]
-    wanted = _config_value(config, "data.init_args.generate_if_missing") if config is not None else _MISSING
+    wanted = (_config_value(config, f"data.init_args.{demo_keys(config)[1]}") if config is not None
+              else _MISSING)
     if isinstance(wanted, int) and wanted > 0 and isinstance(row.get("demos"), int) and row["demos"] != wanted:
         changes.append(f"{row['demos']} demos where the config records {wanted}")  # e.g. another data_dir
     if row.get("retest_of"):

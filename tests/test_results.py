@@ -11,7 +11,7 @@ import pytest
 
 from lit_imit.recipes import RECIPES, SELECTION_SEED, TEST_SEED, Recipe, list_recipes, rollout_settings, run_recipe
 from lit_imit.results import (
-    README_BEGIN, README_END, BusyWatch, append_row, headline_rows, other_busy_runs, read_rows, render_files,
+    README_BEGIN, README_END, BusyWatch, append_row, changes_from_recipe, demo_keys, headline_rows, other_busy_runs, read_rows, render_files,
     render_table,
 )
 
@@ -394,3 +394,14 @@ def test_a_run_of_settings_its_config_has_since_changed_is_not_the_recipe_as_shi
     commit("trainer:\n  max_steps: 24000\n" + data)  # nothing run with today's settings: the latest run stands in
     assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/4"
     assert [r["run_dir"] for r in headline_rows(rows[:3], tmp_path)] == ["/r/3"]
+
+
+def test_a_config_mixing_play_with_demonstrations_counts_its_demonstrations():
+    play_only = {"data": {"init_args": {"data_dir": "play", "generate_if_missing": 200}}}
+    mixed = {"data": {"init_args": {"data_dir": "play", "generate_if_missing": 200, "demo_dir": "demos",
+                                    "demo_generate_if_missing": 10}}}
+    assert demo_keys(play_only) == ("data_dir", "generate_if_missing")
+    assert demo_keys(mixed) == ("demo_dir", "demo_generate_if_missing")
+    row = _row(recipe="a", config="cfg.yaml", run_dir="/r/1", commit="abc", demos=10, extra_overrides=[])
+    assert changes_from_recipe(row, {}, mixed, mixed) == []
+    assert changes_from_recipe(row, {}, play_only, play_only) == ["10 demos where the config records 200"]

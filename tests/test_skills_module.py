@@ -254,19 +254,6 @@ def test_states_far_outside_the_play_data_are_clipped_so_losses_stay_finite():
         SkillPriorModule(state_clip=0.0, **TINY)
 
 
-def test_raw_still_dims_only_centres_the_dimensions_the_play_data_never_moved():
-    # dimension 3's std sits at the statistics' floor: the play data never moved it
-    stats = {"state": {"mean": [0.0, 0.5, 0.0, 0.25], "std": [2.0, 1.0, 0.05, 0.01], "min": [0.0] * 4,
-                       "max": [1.0] * 4}}
-    module = SkillPriorModule(stage="goal_conditioned", raw_still_dims=True, **TINY)
-    module.load_stats(stats)
-    states = torch.tensor([[1.0, 1.0, 0.2, -0.5]])
-    assert torch.allclose(module.normalize_state(states), torch.tensor([[0.5, 0.5, 4.0, -0.75]]))
-    default = SkillPriorModule(stage="goal_conditioned", **TINY)
-    default.load_stats(stats)
-    assert torch.allclose(default.normalize_state(states), torch.tensor([[0.5, 0.5, 4.0, -10.0]]))  # clipped
-
-
 def test_the_data_takes_the_skill_length_from_the_model(tmp_path):
     """A config says H once, in the model; a data horizon that disagrees fails naming both keys."""
     model = SkillPriorModule(stage="skill_prior", **TINY)

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from lit_imit.checkpoints import load_checkpoint
 from lit_imit.data.episodes import EpisodeStore
-from lit_imit.data.skills import STD_FLOOR, load_states_actions
+from lit_imit.data.skills import load_states_actions
 from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
 from lit_imit.nets.normalizer import STAT_NAMES, buffer_name, rename_legacy_stat_keys
 from lit_imit.nets.skills import (
@@ -142,7 +142,6 @@ class SkillPriorModule(PolicyModule):
         action_high: float = 1.0,
         state_clip: float = 10.0,
         normalize_states: bool = True,
-        raw_still_dims: bool = False,
         n_uncertainty_samples: int = 8,
     ) -> None:
         """
@@ -170,10 +169,6 @@ class SkillPriorModule(PolicyModule):
                 put it at ~100 sigma: unclipped, that blows up the prior's NLL and the fine-tuning diverges.
             normalize_states: false feeds raw states to every network (SPiRL's / FIST's / SkiLD's choice; see the
                 module docstring); true (the default here) normalises with the play statistics.
-            raw_still_dims: dimensions the play data hardly moves (std at the statistics' floor of 0.01) are
-                only centred, not divided by their std, so a dimension that the demonstrations move and the play
-                data never did (FIST's top-burner knob) stays near its physical scale instead of at the clip
-                bound; the other dimensions are normalised as usual.
             n_uncertainty_samples: skills sampled by ``predict`` to measure the action spread.
         """
         super().__init__()
@@ -303,15 +298,12 @@ class SkillPriorModule(PolicyModule):
 
     # ---- losses -----------------------------------------------------------------------------------------
     def normalize_state(self, states: Tensor) -> Tensor:
-        """Mean/std normalisation with the play statistics, clipped to +-state_clip (the still dimensions only
-        centred with ``raw_still_dims``); raw states (float) when ``normalize_states`` is false."""
+        """Mean/std normalisation with the play statistics, clipped to +-state_clip; raw states (float) when
+        ``normalize_states`` is false."""
         if not self.hparams.get("normalize_states", True):
             return states.float()
         clip = self.hparams.state_clip
-        std = self.normalizer.stat("state", "std")
-        if self.hparams.get("raw_still_dims", False):
-            std = torch.where(std <= STD_FLOOR * (1 + 1e-4), torch.ones_like(std), std)  # float32 0.01
-        return ((states.float() - self.normalizer.stat("state", "mean")) / std).clamp(-clip, clip)
+        return self.normalizer.mean_std("state", states.float()).clamp(-clip, clip)
 
     def _states(self, batch: Mapping[str, Tensor]) -> Tensor:
         states = batch["state"]
