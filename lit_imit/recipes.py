@@ -632,6 +632,9 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
     task = settings.get("task") or ((config.get("data") or {}).get("init_args") or {}).get("task")
     if task is None:
         raise ValueError(f"{config_path}: neither the RolloutEvaluation callback nor the data names a task")
+    if task != rec.task:  # e.g. a data module reading play episodes of another task than the one tested
+        raise ValueError(f"{config_path}: the run rolls out {task!r}, but recipe {rec.name!r} is about "
+                         f"{rec.task!r}: name the task in the RolloutEvaluation callback's init_args")
     env_kwargs = policy_env_kwargs(module, {**(settings.get("env_kwargs") or {}), **rec.test_env_kwargs})
     summary = heldout_test(
         module, task, env_kwargs, episodes, test_seed,

@@ -173,6 +173,20 @@ def test_shipped_recipe_configs_select_on_seeds_disjoint_from_the_test():
         assert first >= 10_000, rec.name  # above any demo seed
 
 
+def test_shipped_recipes_roll_out_the_task_they_are_about():
+    """The test rolls out the callback's task, else the data's: a config whose data reads another task's
+    episodes (play data) must name its task in the callback, or its row would score another env."""
+    import yaml
+
+    for rec in RECIPES.values():
+        config = yaml.safe_load((REPO / rec.config).read_text())
+        task = rollout_settings(config).get("task") or config["data"]["init_args"].get("task")
+        for override in rec.overrides:  # a recipe that moves its config to another task says so in both places
+            if override.startswith("--trainer.callbacks.init_args.task="):
+                task = override.split("=", 1)[1]
+        assert task == rec.task, rec.name
+
+
 @pytest.mark.slow
 def test_tiny_recipe_end_to_end_writes_a_row(tmp_path, monkeypatch):
     """Demos -> fit -> held-out test through the real CLI, on a recipe shrunk to seconds."""
