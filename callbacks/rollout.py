@@ -228,10 +228,10 @@ class RolloutEvaluation(pl.Callback):
             keys.append("score")
         self.last_summary = summary
         # Trainer.log_dir broadcasts from rank 0 under DDP: every rank asks, or rank 0 waits for the others forever.
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir) if self.video else None
         for key in keys:
             pl_module.log(f"{prefix}/{key}", summary[key], on_epoch=True, sync_dist=False, rank_zero_only=False)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and log_dir is not None:
             self._save_video(trainer, log_dir, results, tag, prefix, trainer.global_step if step is None else step)
         return summary
 
