@@ -11,8 +11,8 @@ import pytest
 
 from lit_imit.recipes import RECIPES, SELECTION_SEED, TEST_SEED, Recipe, list_recipes, rollout_settings, run_recipe
 from lit_imit.results import (
-    README_BEGIN, README_END, BusyWatch, append_row, changes_from_recipe, demo_keys, headline_rows, other_busy_runs, read_rows, render_files,
-    render_table,
+    README_BEGIN, README_END, BusyWatch, append_row, changes_from_recipe, demo_keys, headline_rows, other_busy_runs,
+    read_rows, render_files, render_table,
 )
 
 REPO = Path(__file__).resolve().parents[1]
