@@ -413,10 +413,14 @@ def select_checkpoint(version_dir: Path) -> Path:
         state = load_checkpoint(last[0])
         for key, value in (state.get("callbacks") or {}).items():
             best = value.get("best_model_path") if str(key).startswith("ModelCheckpoint") else None
-            if best and Path(best).is_file():
-                return Path(best)
-            if best and (version_dir / "checkpoints" / Path(best).name).is_file():  # the run dir was moved
+            if not best:
+                continue
+            # the run's own directory first: a relative best_model_path is relative to the run's working directory,
+            # and read from ours it could name another run's file (or the run dir may have been moved)
+            if (version_dir / "checkpoints" / Path(best).name).is_file():
                 return version_dir / "checkpoints" / Path(best).name
+            if Path(best).is_absolute() and Path(best).is_file():  # a checkpoint dirpath outside the run
+                return Path(best)
     best = [p for p in ckpts if not p.name.startswith("last")]
     if best:
         return max(best, key=lambda p: p.stat().st_mtime)
