@@ -394,6 +394,11 @@ def rollout_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError("the run's config has no RolloutEvaluation callback: nothing says how to roll it out")
 
 
+def rollout_task(config: Mapping[str, Any]) -> str | None:
+    """The task a run is rolled out on: the RolloutEvaluation callback's ``task``, else the data's."""
+    return rollout_settings(config).get("task") or ((config.get("data") or {}).get("init_args") or {}).get("task")
+
+
 def find_run_config(run_dir: Path) -> Path:
     configs = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"), key=lambda p: p.stat().st_mtime)
     if not configs:
@@ -638,7 +643,7 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
         module.use_action_steps(action_steps)
         row["action_steps"] = int(action_steps)
     test_start = time.perf_counter()
-    task = settings.get("task") or ((config.get("data") or {}).get("init_args") or {}).get("task")
+    task = rollout_task(config)
     if task is None:
         raise ValueError(f"{config_path}: neither the RolloutEvaluation callback nor the data names a task")
     if task != rec.task:  # e.g. a data module reading play episodes of another task than the one tested

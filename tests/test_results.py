@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lit_imit.recipes import RECIPES, SELECTION_SEED, TEST_SEED, Recipe, list_recipes, rollout_settings, run_recipe
+from lit_imit.recipes import (
+    RECIPES, SELECTION_SEED, TEST_SEED, Recipe, list_recipes, rollout_settings, rollout_task, run_recipe,
+)
 from lit_imit.results import (
     README_BEGIN, README_END, BusyWatch, append_row, changes_from_recipe, demo_keys, headline_rows, other_busy_runs,
     read_rows, render_files, render_table,
@@ -180,7 +182,7 @@ def test_shipped_recipes_roll_out_the_task_they_are_about():
 
     for rec in RECIPES.values():
         config = yaml.safe_load((REPO / rec.config).read_text())
-        task = rollout_settings(config).get("task") or config["data"]["init_args"].get("task")
+        task = rollout_task(config)
         for override in rec.overrides:  # a recipe that moves its config to another task says so in both places
             if override.startswith("--trainer.callbacks.init_args.task="):
                 task = override.split("=", 1)[1]
