@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_imit.nets.backbones import ResNet18Features, images_to_input
+from lit_imit.nets.dropout import FastDropout
+from lit_imit.nets.dropout import dropout as cheap_dropout
 from lit_imit.nets.positional import SinePositionEncoding2d, sinusoid_table
 from lit_imit.nets.spatial_softmax import SpatialSoftmax
 
@@ -51,15 +53,26 @@ from lit_imit.nets.spatial_softmax import SpatialSoftmax
 AUX_KEYPOINTS = 32
 
 
-class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v inputs (positions go into q and k, not v)."""
+def _dropout_layer(p: float, fast: bool) -> nn.Module:
+    """``FastDropout`` (cheap CPU masks, ``lit_imit.nets.dropout``) or torch's ``nn.Dropout``."""
+    return FastDropout(p) if fast else nn.Dropout(p)
 
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v inputs (positions go into q and k, not v).
+
+    With ``fast_dropout`` and dropout on, CPU training computes the attention explicitly so that the dropout on
+    its weights draws cheap masks (``lit_imit.nets.dropout``); otherwise ``F.scaled_dot_product_attention``,
+    whose own dropout draws a Bernoulli sample per weight.
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, fast_dropout: bool = True) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim_model={dim} is not divisible by n_heads={n_heads}")
         self.n_heads = n_heads
         self.dropout = dropout
+        self.fast_dropout = fast_dropout
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -73,19 +86,31 @@ class Attention(nn.Module):
         """query (B, Lq, d), key/value (B, Lk, d); key_padding_mask (B, Lk) is True where a key must be ignored."""
         q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
         mask = None if key_padding_mask is None else (~key_padding_mask)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0 and self.fast_dropout and q.device.type == "cpu":
+            out = self._attend_with_cheap_dropout(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def _attend_with_cheap_dropout(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """softmax(q k^T / sqrt(d) masked) with dropout, times v: SDPA's math, the dropout's masks drawn cheaply."""
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = cheap_dropout(scores.softmax(dim=-1), self.dropout, True)
+        return torch.matmul(weights, v)
 
 
 class FeedForward(nn.Module):
     """Linear -> ReLU -> dropout -> Linear, the transformer's position-wise MLP."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, fast_dropout: bool = True) -> None:
         super().__init__()
         self.linear1 = nn.Linear(dim, hidden)
         self.linear2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = _dropout_layer(dropout, fast_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
@@ -94,12 +119,13 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-norm self-attention layer: x = LN(x + SA(x + pos)); x = LN(x + FF(x))."""
 
-    def __init__(self, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_heads: int, dim_feedforward: int, dropout: float,
+                 fast_dropout: bool = True) -> None:
         super().__init__()
-        self.self_attn = Attention(dim, n_heads, dropout)
-        self.ff = FeedForward(dim, dim_feedforward, dropout)
+        self.self_attn = Attention(dim, n_heads, dropout, fast_dropout)
+        self.ff = FeedForward(dim, dim_feedforward, dropout, fast_dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout1, self.dropout2 = (_dropout_layer(dropout, fast_dropout) for _ in range(2))
 
     def forward(self, x: Tensor, pos: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         qk = x + pos
@@ -110,13 +136,14 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Post-norm decoder layer: self-attention over the queries, cross-attention to the memory, MLP."""
 
-    def __init__(self, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_heads: int, dim_feedforward: int, dropout: float,
+                 fast_dropout: bool = True) -> None:
         super().__init__()
-        self.self_attn = Attention(dim, n_heads, dropout)
-        self.cross_attn = Attention(dim, n_heads, dropout)
-        self.ff = FeedForward(dim, dim_feedforward, dropout)
+        self.self_attn = Attention(dim, n_heads, dropout, fast_dropout)
+        self.cross_attn = Attention(dim, n_heads, dropout, fast_dropout)
+        self.ff = FeedForward(dim, dim_feedforward, dropout, fast_dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout1, self.dropout2, self.dropout3 = (_dropout_layer(dropout, fast_dropout) for _ in range(3))
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_with_pos: Tensor, query_pos: Tensor) -> Tensor:
         q = tgt + query_pos
@@ -128,9 +155,11 @@ class DecoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """A stack of post-norm encoder layers (no final norm: post-norm layers end normalised already)."""
 
-    def __init__(self, n_layers: int, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+    def __init__(self, n_layers: int, dim: int, n_heads: int, dim_feedforward: int, dropout: float,
+                 fast_dropout: bool = True) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(dim, n_heads, dim_feedforward, dropout) for _ in range(n_layers))
+        self.layers = nn.ModuleList(EncoderLayer(dim, n_heads, dim_feedforward, dropout, fast_dropout)
+                                    for _ in range(n_layers))
 
     def forward(self, x: Tensor, pos: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         for layer in self.layers:
@@ -141,9 +170,11 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """A stack of decoder layers followed by a LayerNorm (DETR applies it even in the post-norm setting)."""
 
-    def __init__(self, n_layers: int, dim: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+    def __init__(self, n_layers: int, dim: int, n_heads: int, dim_feedforward: int, dropout: float,
+                 fast_dropout: bool = True) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(dim, n_heads, dim_feedforward, dropout) for _ in range(n_layers))
+        self.layers = nn.ModuleList(DecoderLayer(dim, n_heads, dim_feedforward, dropout, fast_dropout)
+                                    for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
@@ -185,6 +216,7 @@ class ACT(nn.Module):
         shared_backbone: bool = True,
         pretrained_backbone: str | None = None,
         fuse_frozen_bn: bool = True,
+        fast_dropout: bool = True,
         extra_state_dims: Sequence[int] = (),
         allow_random_init: bool = False,
         backbone_norm: str = "frozen_batch",
@@ -208,7 +240,8 @@ class ACT(nn.Module):
             self.vae_cls_embed = nn.Embedding(1, dim_model)
             self.vae_state_proj = nn.Linear(state_dim, dim_model)
             self.vae_action_proj = nn.Linear(action_dim, dim_model)
-            self.vae_encoder = TransformerEncoder(n_vae_encoder_layers, dim_model, n_heads, dim_feedforward, dropout)
+            self.vae_encoder = TransformerEncoder(n_vae_encoder_layers, dim_model, n_heads, dim_feedforward, dropout,
+                                                  fast_dropout)
             self.vae_latent_proj = nn.Linear(dim_model, 2 * latent_dim)
             self.register_buffer("vae_pos_table", sinusoid_table(2 + chunk_size, dim_model)[None], persistent=False)
 
@@ -230,8 +263,8 @@ class ACT(nn.Module):
             raise ValueError("aux_token needs aux_dim > 0: the token carries the auxiliary estimate")
         # positions of the [latent, qpos, extra states..., auxiliary estimate] tokens
         self.extra_pos_embed = nn.Embedding(2 + len(self.extra_state_dims) + int(self.aux_token), dim_model)
-        self.encoder = TransformerEncoder(n_encoder_layers, dim_model, n_heads, dim_feedforward, dropout)
-        self.decoder = TransformerDecoder(n_decoder_layers, dim_model, n_heads, dim_feedforward, dropout)
+        self.encoder = TransformerEncoder(n_encoder_layers, dim_model, n_heads, dim_feedforward, dropout, fast_dropout)
+        self.decoder = TransformerDecoder(n_decoder_layers, dim_model, n_heads, dim_feedforward, dropout, fast_dropout)
         self.query_embed = nn.Embedding(chunk_size, dim_model)
         self.action_head = nn.Linear(dim_model, action_dim)
         # Auxiliary state head (ACTModule's aux_state_keys): from the mean of the encoder's image tokens, or
