@@ -161,10 +161,11 @@ register(Recipe(
     name="act_transfer_cube_image_3cams", method="act", task="transfer_cube",
     config="configs/act/transfer_cube_3cams_cpu.yaml",
     obs="qpos + top, left_wrist, right_wrist cameras 96x128 (fast render)", demos=50,
-    expected_minutes=122, target=0.80, reference="ACT paper 0.90 (top camera, 480x640, 50 demos)",
-    notes="not run yet: act-plus-plus's three sim cameras through one shared ResNet-18, 2500 steps so that the "
-          "wall time equals act_transfer_cube_image's 122 min (a training step measured 2.4x that of one camera: "
-          "0.66-0.69 vs 0.28 s; env steps with rendering 2.4x slower); expected_minutes is that projection",
+    expected_minutes=70, target=0.80, reference="ACT paper 0.90 (top camera, 480x640, 50 demos)",
+    notes="act-plus-plus's three sim cameras through one shared ResNet-18, 2500 steps: the training compute of the "
+          "one-camera model's 6000 steps (a step measured 2.4x that of one camera: 0.66-0.69 vs 0.28 s; env steps "
+          "with rendering 2.4x slower). First run 0/50 in 71 min beside one other run (fit 56, test 15), where "
+          "the one-camera run of this model had 5/50",
 ))
 register(Recipe(
     name="vinn_transfer_cube_image", method="vinn", task="transfer_cube",
