@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_imit.nets.act import ACT, Attention
-from lit_imit.nets.dropout import FastDropout, dropout, dropout_mask, quantised_drop_probability
+from lit_imit.nets.dropout import FastDropout, dropout, keep_mask, quantised_drop_probability
 
 
 def test_drop_probability_is_rounded_to_sixteen_bits():
@@ -19,31 +19,30 @@ def test_drop_probability_is_rounded_to_sixteen_bits():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_mask_drops_at_the_quantised_rate_and_keeps_the_mean(p):
+def test_mask_drops_at_the_quantised_rate_and_dropout_keeps_the_mean(p):
     torch.manual_seed(0)
     n = 1_000_003  # not a multiple of the four uniforms per random word
-    mask = dropout_mask((n,), p)
+    mask = keep_mask((n,), p)
     p_q = quantised_drop_probability(p)
-    scale = 1.0 / (1.0 - p_q)
-    values = torch.unique(mask).tolist()
-    assert values[0] == 0.0 and values[1:] == [pytest.approx(scale)]
-    dropped = (mask == 0).float().mean().item()
+    assert torch.unique(mask).tolist() == [0.0, 1.0]
+    dropped = 1.0 - mask.double().mean().item()
     sigma = math.sqrt(p_q * (1 - p_q) / n)
     assert abs(dropped - p_q) < 5 * sigma
-    assert abs(mask.double().mean().item() - 1.0) < 5 * sigma * scale
+    out = dropout(torch.ones(n, dtype=torch.float64), p, training=True)
+    assert abs(out.mean().item() - 1.0) < 5 * sigma / (1 - p_q)
 
 
 def test_masks_are_independent_across_positions_and_reproducible_from_the_seed():
     torch.manual_seed(3)
-    a = dropout_mask((200, 500), 0.5)
+    a = keep_mask((200, 500), 0.5)
     torch.manual_seed(3)
-    b = dropout_mask((200, 500), 0.5)
+    b = keep_mask((200, 500), 0.5)
     assert torch.equal(a, b)
     # neighbouring elements come from the same 64-bit word: they must still be uncorrelated
     kept = (a > 0).float().flatten()
     corr = torch.corrcoef(torch.stack([kept[:-1], kept[1:]]))[0, 1].item()
     assert abs(corr) < 0.01
-    assert dropout_mask((200, 500), 0.5).ne(a).any()  # the generator moved on
+    assert keep_mask((200, 500), 0.5).ne(a).any()  # the generator moved on
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -52,11 +51,14 @@ def test_dropout_multiplies_by_its_mask_forward_and_backward(dtype):
     torch.manual_seed(7)
     y = dropout(x, 0.2, training=True)
     torch.manual_seed(7)
-    mask = dropout_mask(x.shape, 0.2, dtype)
+    keep = keep_mask(x.shape, 0.2, dtype)
+    scale = 1.0 / (1.0 - quantised_drop_probability(0.2))
     assert y.dtype == dtype
-    assert torch.equal(y, x.detach() * mask)
+    # scaled after masking in float32 arithmetic, rounded once to x's dtype (not x times a bf16-rounded scale)
+    scale32 = torch.tensor(scale, dtype=torch.float32)
+    assert torch.equal(y, (x.detach().float() * keep.float() * scale32).to(dtype))
     y.sum().backward()
-    assert torch.equal(x.grad, mask)
+    assert torch.equal(x.grad, (keep.float() * scale32).to(dtype))
 
 
 def test_dropout_is_the_identity_in_eval_or_at_zero():

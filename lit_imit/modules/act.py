@@ -183,7 +183,7 @@ class ACTModule(PolicyModule):
             channels_last / fuse_frozen_bn / compile: speed switches that do not change the maths
                 (compile = ``torch.compile`` of the network).
             fast_dropout: draw the transformer's CPU dropout masks from 16-bit uniforms (``lit_imit.nets.dropout``:
-                4-5x cheaper than torch's Bernoulli draws, which took 8% of a step at LeRobot's shape); the drop
+                2-4x cheaper than torch's Bernoulli draws, which took 8% of a step at LeRobot's shape); the drop
                 probability is then ``dropout`` rounded to 1/65536. ``False``: torch's ``nn.Dropout``, as the
                 original ACT and LeRobot. No effect with ``dropout: 0`` or on a GPU.
         """
