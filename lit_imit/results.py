@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -307,16 +308,24 @@ def _config_value(config: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+#: a float in exponent form without a dot (``1e-3``): YAML 1.1 (PyYAML) reads it as a string, the CLI as a number
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _parse_override(override: str) -> tuple[str, Any] | None:
-    """(``a.b.c``, value) of a ``--a.b.c=value`` command-line override, the value read as YAML (as the CLI
-    does); None for any other form."""
+    """(``a.b.c``, value) of a ``--a.b.c=value`` command-line override, the value read as the CLI reads it:
+    YAML, except that ``1e-3`` is the number (PyYAML would keep the string, and a run given
+    ``--model.init_args.lr=1e-3`` would never match a config holding ``lr: 1.0e-3``); None for any other form."""
     if not override.startswith("--") or "=" not in override:
         return None
     key, _, text = override[2:].partition("=")
     try:
-        return key, yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return None
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        value = float(value)
+    return key, value
 
 
 def _already_in_config(override: str, config: Mapping[str, Any] | None) -> bool:
@@ -399,7 +408,9 @@ def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping
     actions per query or checkpoint."""
     extra = row.get("extra_overrides")
     given = [str(o) for o in (row.get("overrides") or [] if extra is None else extra)]
-    if config_then is not None and config is not None:
+    if row.get("retest_of"):
+        changes = []  # a re-test trains nothing: the re-tested run's settings (below) are what it measures
+    elif config_then is not None and config is not None:
         effective, unplaced = _with_overrides(config_then, given)
         changes = list(unplaced)
         if _without_data_location(effective) != _without_data_location(config):

@@ -421,3 +421,26 @@ def test_a_config_mixing_play_with_demonstrations_counts_its_demonstrations():
     row = _row(recipe="a", config="cfg.yaml", run_dir="/r/1", commit="abc", demos=10, extra_overrides=[])
     assert changes_from_recipe(row, {}, mixed, mixed) == []
     assert changes_from_recipe(row, {}, play_only, play_only) == ["10 demos where the config records 200"]
+
+
+def test_an_override_in_exponent_form_matches_the_number_in_the_config():
+    # PyYAML reads "1e-3" as a string; the CLI (and a config's "1.0e-3") as the number
+    config = {"model": {"init_args": {"lr": 1.0e-3}}, "trainer": {"max_steps": 24000}}
+    then = {"model": {"init_args": {"lr": 5.0e-4}}, "trainer": {"max_steps": 12000}}
+    row = _row(recipe="a", config="cfg.yaml", run_dir="/r/1", commit="abc",
+               extra_overrides=["--model.init_args.lr=1e-3", "--trainer.max_steps=24000"])
+    assert changes_from_recipe(row, {}, config, then) == []
+    assert changes_from_recipe(row, {}, config) == []
+    slower = dict(row, extra_overrides=["--model.init_args.lr=1e-4", "--trainer.max_steps=24000"])
+    assert changes_from_recipe(slower, {}, config, then) == ["the config has changed since this run"]
+
+
+def test_a_retest_of_a_run_of_todays_settings_is_a_run_as_shipped():
+    config = {"model": {"init_args": {"lr": 1.0e-3}}}
+    then = {"model": {"init_args": {"lr": 5.0e-4}}}
+    run = _row(recipe="a", config="cfg.yaml", run_dir="/r/1", commit="abc",
+               extra_overrides=["--model.init_args.lr=1e-3"])
+    retest = _row(recipe="a", config="cfg.yaml", run_dir="/r/1", commit="abc", retest_of="/r/1", overrides=None)
+    assert changes_from_recipe(retest, {"/r/1": run}, config, then) == []
+    older = dict(run, extra_overrides=[])  # a run of the config as it was: lr 5e-4
+    assert changes_from_recipe(retest, {"/r/1": older}, config, then) == ["the config has changed since this run"]
