@@ -34,8 +34,9 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype 
     a tensor of ``shape`` and ``dtype`` (0 and 1 are exact in every dtype).
 
     Four 16-bit uniforms come from each random 64-bit word: a signed 16-bit value v is uniform on
-    [-32768, 32767], and v < -32768 + round(p * 65536) has exactly the quantised probability. The comparison writes
-    straight into a tensor of ``dtype`` (no boolean intermediate to convert).
+    [-32768, 32767], and v < -32768 + round(p * 65536) has exactly the quantised probability. The comparison
+    writes its result into a tensor of ``dtype`` (``torch.ge(..., out=)``: one call; torch still converts from a
+    boolean internally, which a profile shows as a copy).
     """
     n = 1
     for size in shape:
