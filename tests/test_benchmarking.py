@@ -94,3 +94,11 @@ def test_gemm_ceiling_counts_two_n_cubed_flops_per_product(monkeypatch):
     assert rate == pytest.approx(2 * 64 ** 3 * 5 / 2.5)
     monkeypatch.undo()
     assert benchmarking.measure_gemm_flops.__wrapped__("cpu", "bf16-mixed", n=64, repeat=2) > 0
+
+
+def test_a_measured_rate_above_the_data_sheet_peak_raises_the_peak_and_says_so():
+    from lit_imit.benchmarking import peak_at_least_measured
+    assert peak_at_least_measured(100e9, "sheet", 80e9) == (100e9, "sheet")
+    peak, how = peak_at_least_measured(100e9, "sheet", 125e9)
+    assert peak == 125e9 and how.startswith("sheet; raised to the measured GEMM rate 125 GFLOP/s") and "1.25x" in how
+    assert peak_at_least_measured(None, "unknown GPU", 5e12) == (None, "unknown GPU")

@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from lit_imit.allocator import keep_freed_memory
 from lit_imit.benchmarks import ROWS
 
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--steps", type=int, default=10, help="timed optimisation steps per training row")
+    parser.add_argument("--keep-freed-memory", default="true", choices=("true", "false"),
+                        help="glibc keeps freed memory in the process, as `python -m lit_imit fit` does by "
+                             "default (its --keep_freed_memory; lit_imit.allocator); false: glibc's defaults")
     fit = parser.add_argument_group("act_fit", "a real `python -m lit_imit fit` of ACT on recorded episodes")
     fit.add_argument("--fit-store", help="episode store to train on: recorded there when empty, reused otherwise "
                      "(default: recorded into a temporary directory)")
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.keep_freed_memory == "true" and keep_freed_memory()
     names = list(ROWS) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for result in ROWS[name](args):
             result.setdefault("threads", torch.get_num_threads())
+            result.setdefault("keep_freed_memory", kept)
             result["value"] = round(float(result["value"]), 4)
             print(json.dumps(result), flush=True)
     return 0
