@@ -23,7 +23,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 
 from callbacks.ema import ema_weights_if_any
-from lit_imit.data.episodes import obs_path
+from lit_imit.data.episodes import obs_path, read_attrs
 from lit_imit.distributed import all_gather_objects, is_distributed
 from lit_imit.envs import task_spec
 from lit_imit.envs.vector import close_envs, open_envs, worker_count
@@ -144,17 +144,22 @@ class RolloutEvaluation(pl.Callback):
         return self._video_camera or next(iter(self.env_kwargs.get("cameras", ["top"]) or []), None)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.check_image_size(getattr(trainer, "datamodule", None))
+        self.check_view(getattr(trainer, "datamodule", None))
 
-    def check_image_size(self, datamodule: Any) -> None:
-        """The rollout renders frames of the size the policy was trained on, else a clear error at start.
+    def check_view(self, datamodule: Any) -> None:
+        """The rollout renders what the policy was trained on, else a clear error at start: frames of the same
+        size, from cameras with the same fields of view (``camera_fovy``).
 
-        A policy trained on 96x128 frames and rolled out at 48x64 runs without complaint and fails for a
-        reason nobody sees; the first training episode's stored frames tell the trained size.
+        A policy trained on 96x128 frames and rolled out at 48x64, or trained on a narrowed top camera and rolled
+        out with the MJCF's, runs without complaint and fails for a reason nobody sees; the first training
+        episode's stored frames and attrs tell what it was trained on.
         """
-        size = self.env_kwargs.get("image_size")
         dataset = getattr(datamodule, "train_set", None)
-        if size is None or dataset is None or not getattr(dataset, "image_keys", None) or not dataset.paths:
+        if dataset is None or not getattr(dataset, "image_keys", None) or not dataset.paths:
+            return
+        self._check_camera_fovy(dataset.paths[0], [key.split("/", 1)[1] for key in dataset.image_keys])
+        size = self.env_kwargs.get("image_size")
+        if size is None:
             return
         import h5py
 
@@ -168,6 +173,20 @@ class RolloutEvaluation(pl.Callback):
                             f"{key!r} are {list(stored)} ({dataset.paths[0]}): set the callback's "
                             f"env_kwargs.image_size (and data.init_args.image_size) to the same size"
                         )
+
+    def _check_camera_fovy(self, episode: str, cameras: list[str]) -> None:
+        """The fields of view the episode was recorded with (its ``camera_fovy`` attr; none: the MJCF's) are the
+        ones this callback renders the policy's cameras with."""
+        def of(fovy: Any) -> dict[str, float]:
+            return {cam: float(v) for cam, v in (fovy or {}).items() if cam in cameras}
+
+        trained, rolled = of(read_attrs(episode).get("camera_fovy")), of(self.env_kwargs.get("camera_fovy"))
+        if rolled != trained:
+            raise ValueError(
+                f"RolloutEvaluation env_kwargs.camera_fovy={rolled or None} but the training frames were rendered "
+                f"with camera_fovy={trained or None} ({episode}; None: the MJCF's own fields of view): give the "
+                f"callback's env_kwargs the camera_fovy that data.init_args.env_kwargs recorded with"
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:

@@ -98,6 +98,32 @@ def test_full_size_top_camera_and_fast_render():
     fast.close()
 
 
+def red_pixels(image: np.ndarray) -> int:
+    """Pixels of the transfer-cube's red cube (red well above green and blue)."""
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    return int(((r > 150) & (g < 80) & (b < 80)).sum())
+
+
+def test_camera_fovy_narrows_the_view_onto_the_table_centre():
+    wide = make_env("transfer_cube", image_size=(96, 128))
+    narrow = make_env("transfer_cube", image_size=(96, 128), camera_fovy={"top": 40})
+    assert narrow.unwrapped.camera_fovy == {"top": 40.0}
+    for seed in range(3):
+        wide_obs, _ = wide.reset(seed=seed)
+        narrow_obs, _ = narrow.reset(seed=seed)
+        np.testing.assert_array_equal(wide_obs["qpos"], narrow_obs["qpos"])  # same scene, another view
+        # tan(39 deg) / tan(20 deg) = 2.2x the cube's width and height: ~4.8x its pixels
+        assert red_pixels(narrow_obs["images/top"]) > 3 * red_pixels(wide_obs["images/top"]) > 0
+    with pytest.raises(ValueError, match="'side_cam'.*available"):
+        make_env("transfer_cube", camera_fovy={"side_cam": 40})
+    with pytest.raises(ValueError, match=r"camera_fovy\['top'\] must be in \(0, 180\)"):
+        make_env("transfer_cube", camera_fovy={"top": 0})
+    with pytest.raises(ValueError, match="must map camera names to degrees"):
+        make_env("transfer_cube", camera_fovy=40)
+    wide.close()
+    narrow.close()
+
+
 def test_no_cameras_renders_nothing_but_render_shows_top():
     env = make_env("transfer_cube", cameras=[], image_size=(30, 40))
     obs, _ = env.reset(seed=0)

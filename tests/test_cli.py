@@ -470,9 +470,28 @@ def test_rollout_image_size_must_match_the_training_frames(tmp_path):
     record_teacher_episodes("transfer_cube", 1, store, cameras=["top"], image_size=(24, 32))
     dm = EpisodeDataModule(str(tmp_path / "d"), cameras=["top"], chunk_size=5, val_episodes=0)
     dm.setup("fit")
-    RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [24, 32]}).check_image_size(dm)
+    RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [24, 32]}).check_view(dm)
     with pytest.raises(ValueError, match=r"image_size=\[12, 16\] but the training frames of 'images/top' are \[24, 32\]"):
-        RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [12, 16]}).check_image_size(dm)
+        RolloutEvaluation("transfer_cube", env_kwargs={"cameras": ["top"], "image_size": [12, 16]}).check_view(dm)
+
+
+def test_rollout_camera_fovy_must_match_the_recording(tmp_path):
+    """Episodes recorded with a narrowed camera say so in their attrs; a rollout with another view is refused."""
+    from callbacks.rollout import RolloutEvaluation
+    from lit_imit.data.datamodule import EpisodeDataModule
+    from lit_imit.data.episodes import EpisodeStore, read_attrs
+    from lit_imit.data.recording import record_teacher_episodes
+
+    store = EpisodeStore(tmp_path / "d", create=True)
+    record_teacher_episodes("transfer_cube", 1, store, cameras=["top"], image_size=(24, 32),
+                            env_kwargs={"camera_fovy": {"top": 40}})
+    assert read_attrs(store.path(store.ids()[0]))["camera_fovy"] == {"top": 40.0}
+    dm = EpisodeDataModule(str(tmp_path / "d"), cameras=["top"], chunk_size=5, val_episodes=0)
+    dm.setup("fit")
+    RolloutEvaluation("transfer_cube", env_kwargs={"image_size": [24, 32], "camera_fovy": {"top": 40}}).check_view(dm)
+    with pytest.raises(ValueError, match=r"camera_fovy=None but the training frames were rendered with "
+                                         r"camera_fovy=\{'top': 40.0\}"):
+        RolloutEvaluation("transfer_cube", env_kwargs={"image_size": [24, 32]}).check_view(dm)
 
 
 def test_ckpt_path_says_which_model_settings_the_checkpoint_overrides(tmp_path, monkeypatch):

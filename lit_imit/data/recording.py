@@ -144,6 +144,8 @@ def record_teacher_episodes(
                 "seed": episode_seed, "return": info["return"], "max_reward": info.get("max_reward"),
                 "instruction": info.get("instruction"), "action_noise": float(action_noise),
             }
+            if env_kwargs.get("camera_fovy"):  # a view other than the MJCF's: rollouts must render the same
+                attrs["camera_fovy"] = {cam: float(v) for cam, v in env_kwargs["camera_fovy"].items()}
             report.ids.append(store.add(arrays, attrs))
             if bar is not None:
                 bar.update(1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import weakref
 from abc import abstractmethod
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 
@@ -100,11 +100,29 @@ class MujocoEnv(gym.Env):
         """Names of the model's cameras, in model order."""
         return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(self.model.ncam)]
 
-    def _setup_cameras(self, cameras: Sequence[str], image_size: Sequence[int]) -> None:
-        """Check and keep the requested cameras and image size; the renderer is made on first use."""
+    def _setup_cameras(self, cameras: Sequence[str], image_size: Sequence[int],
+                       camera_fovy: Mapping[str, float] | None = None) -> None:
+        """Check and keep the requested cameras and image size, and set the vertical fields of view asked for;
+        the renderer is made on first use."""
         self.cameras = self._check_cameras(cameras)
         self.image_size = self._check_image_size(image_size)
+        self.camera_fovy = self._set_camera_fovy(camera_fovy or {})
         self._renderer: mujoco.Renderer | None = None
+
+    def _set_camera_fovy(self, camera_fovy: Mapping[str, float]) -> dict[str, float]:
+        """Narrow (or widen) named cameras: ``{"top": 40}`` renders the top camera with a 40-degree vertical field
+        of view instead of the model's, about the same view axis. At a fixed pixel count a narrower field puts
+        more pixels on what lies near the image centre (at 78 -> 40 degrees, ~2.2x the pixels across the
+        transfer-cube's cube), which is what a small CPU image loses first; the rendering cost is unchanged.
+        Returns the settings made, so a recording can say which view it was taken with."""
+        if isinstance(camera_fovy, str) or not isinstance(camera_fovy, Mapping):
+            raise ValueError(f"camera_fovy must map camera names to degrees, e.g. {{'top': 40}}; got {camera_fovy!r}")
+        self._check_cameras(list(camera_fovy))
+        for cam, fovy in camera_fovy.items():
+            if not 0 < float(fovy) < 180:
+                raise ValueError(f"camera_fovy[{cam!r}] must be in (0, 180) degrees, got {fovy!r}")
+            self.model.cam_fovy[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, cam)] = float(fovy)
+        return {cam: float(fovy) for cam, fovy in camera_fovy.items()}
 
     def _check_cameras(self, cameras: Sequence[str]) -> tuple[str, ...]:
         if isinstance(cameras, str):

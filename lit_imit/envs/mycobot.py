@@ -34,7 +34,7 @@ The scripted state-feedback teacher lives in :mod:`lit_imit.envs.mycobot_teacher
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import lit_imit.envs  # noqa: F401  (first: sets MUJOCO_GL and loads triton before mujoco)
 
@@ -273,6 +273,8 @@ class MyCobotMoveCubeEnv(MujocoEnv):
         terminate_on_success: end the episode at the first successful step.
         env_state: add ``env_state`` to the observation: the cube's pose (x, y, z, qw, qx, qy, qz) and the
             target position (x, y, z), 10 values, the low-dimensional observation of state-based policies.
+        camera_fovy: vertical fields of view in degrees by camera name (e.g. ``{"top": 40}``), replacing the
+            MJCF's; the recording and the rollouts must use the same.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -281,7 +283,8 @@ class MyCobotMoveCubeEnv(MujocoEnv):
                  image_size: Sequence[int] = (240, 320), control_hz: float = 20.0,
                  render_mode: str | None = "rgb_array", max_delta_deg: float | None = 5.0,
                  gripper_obs: str = "commanded", gripper_speed: float = 0.06,
-                 terminate_on_success: bool = False, env_state: bool = False):
+                 terminate_on_success: bool = False, env_state: bool = False,
+                 camera_fovy: Mapping[str, float] | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
         self._check_render_mode(render_mode)
@@ -304,7 +307,7 @@ class MyCobotMoveCubeEnv(MujocoEnv):
         self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}
         self.model = mujoco.MjModel.from_xml_string(build_mjcf())
         self.data = mujoco.MjData(self.model)
-        self._setup_cameras(cameras, image_size)
+        self._setup_cameras(cameras, image_size, camera_fovy)
         self._index_model()
         self.action_space = spaces.Box(np.append(-JOINT_LIMITS, 0.0).astype(np.float32),
                                        np.append(JOINT_LIMITS, 1.0).astype(np.float32), dtype=np.float32)
