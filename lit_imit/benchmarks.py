@@ -299,22 +299,29 @@ def act_cameras(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 @row("act_select_action")
 def act_select_action(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """ACT select_action latency for one env at LeRobot's shape: a query (temporal ensembling) vs a queued step."""
+    """ACT select_action latency at LeRobot's model size, fp32 and bf16 autocast: a query (temporal ensembling) vs
+    a queued step, for one env at 480x640 and 240x320 (the real robot's loop), and 4 envs batched as in rollouts."""
     from lit_imit.modules.act import ACTModule
 
     device = device_of(args)
-    obs = {"qpos": np.zeros((1, 14), np.float32), "images/top": np.zeros((1, 480, 640, 3), np.uint8)}
     modes = {
         "temporal_ensembling_query_every_step": dict(n_action_steps=1, temporal_ensemble_coeff=0.01),
         "chunk_execution_mean_over_100_steps": dict(n_action_steps=100),
     }
-    for mode, overrides in modes.items():
-        module = ACTModule(cameras=["top"], chunk_size=100, **overrides).to(device)
-        module.reset()
-        repeat = 100 if overrides["n_action_steps"] == 100 else max(3, args.steps)
-        seconds = timed(lambda: module.select_action(obs), repeat=repeat, warmup=0 if repeat == 100 else 2)
-        yield {"name": "act_select_action", "value": seconds * 1000, "unit": "ms/step", "mode": mode,
-               "image_size": [480, 640], "device": str(device)}
+    shapes = [((480, 640), 1), ((240, 320), 1), ((240, 320), 4)]
+    for precision in ("32", "bf16-mixed"):
+        for mode, overrides in modes.items():
+            module = ACTModule(cameras=["top"], chunk_size=100, **overrides).to(device).eval()
+            module.set_inference_precision(precision)
+            for (h, w), n_envs in shapes:
+                obs = {"qpos": np.zeros((n_envs, 14), np.float32),
+                       "images/top": np.zeros((n_envs, h, w, 3), np.uint8)}
+                module.reset()
+                repeat = 100 if overrides["n_action_steps"] == 100 else max(3, args.steps)
+                seconds = timed(lambda: module.select_action(obs), repeat=repeat, warmup=0 if repeat == 100 else 2)
+                yield {"name": "act_select_action", "value": seconds * 1000, "unit": "ms/step", "mode": mode,
+                       "precision": precision, "image_size": [h, w], "n_envs": n_envs,
+                       "ms_per_env": seconds * 1000 / n_envs, "device": str(device)}
 
 
 @row("act_rollout")
@@ -702,19 +709,24 @@ def diffusion_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 @row("diffusion_inference")
 def diffusion_inference(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Diffusion latency per action chunk for one env at LeRobot's shape: DDPM 100 steps vs DDIM 10."""
+    """Diffusion latency per action chunk for one env at LeRobot's model size: DDIM 10 (fp32, bf16 autocast) vs
+    DDPM 100, at 480x640 (LeRobot's 440x560 crop) and 240x320 (the same crop ratio, 220x280)."""
     device = device_of(args)
-    obs = {"qpos": np.zeros((1, 14), np.float32), "images/top": np.zeros((1, 480, 640, 3), np.uint8)}
-    for scheduler, steps in (("ddim", 10), ("ddpm", 100)):
-        module = _diffusion_module(device, inference_scheduler=scheduler, num_inference_steps=steps).eval()
+    for (h, w), crop in (((480, 640), [440, 560]), ((240, 320), [220, 280])):
+        obs = {"qpos": np.zeros((1, 14), np.float32), "images/top": np.zeros((1, h, w, 3), np.uint8)}
+        for scheduler, steps, precision in (("ddim", 10, "32"), ("ddim", 10, "bf16-mixed"), ("ddpm", 100, "32")):
+            module = _diffusion_module(device, inference_scheduler=scheduler, num_inference_steps=steps,
+                                       crop_shape=crop).eval()
+            module.set_inference_precision(precision)
 
-        def query() -> None:
-            module.reset()  # an empty queue: every call denoises a new chunk
-            module.select_action(obs)
+            def query() -> None:
+                module.reset()  # an empty queue: every call denoises a new chunk
+                module.select_action(obs)
 
-        seconds = timed(query, repeat=2 if scheduler == "ddim" else 1, warmup=1)
-        yield {"name": "diffusion_inference", "value": seconds * 1000, "unit": "ms/chunk", "scheduler": scheduler,
-               "denoising_steps": steps, "device": str(device)}
+            seconds = timed(query, repeat=2 if scheduler == "ddim" else 1, warmup=1)
+            yield {"name": "diffusion_inference", "value": seconds * 1000, "unit": "ms/chunk",
+                   "scheduler": scheduler, "denoising_steps": steps, "precision": precision, "image_size": [h, w],
+                   "crop_shape": crop, "device": str(device)}
 
 
 @row("vinn_train")

@@ -423,6 +423,24 @@ def test_select_action_runs_in_eval_inference_mode_and_restores_the_mode():
     assert not module.training
 
 
+def test_bf16_inference_runs_the_networks_in_bfloat16_and_returns_float32_actions_close_to_fp32():
+    module = with_stats(tiny(n_action_steps=1, temporal_ensemble_coeff=0.01))
+    dtypes = []
+    module.model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.actions.dtype))
+    obs = env_obs(2)
+    module.reset()
+    fp32 = [module.select_action(obs) for _ in range(3)]
+    module.set_inference_precision("bf16-mixed")
+    module.reset()
+    bf16 = [module.select_action(obs) for _ in range(3)]
+    assert dtypes == [torch.float32] * 3 + [torch.bfloat16] * 3
+    for a, b in zip(fp32, bf16):
+        assert b.dtype == torch.float32
+        assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05 * float(a.abs().max()))
+    with pytest.raises(ValueError, match="bf16-mixed.*not 'fp16'"):
+        module.set_inference_precision("fp16")
+
+
 # ---- uncertainty -------------------------------------------------------------------------------------------------------
 def test_predict_uncertainty_zero_when_decoder_ignores_z_positive_otherwise():
     torch.manual_seed(0)

@@ -118,7 +118,8 @@ def test_preprocess_masks_crops_and_resizes_back():
 def test_deploy_on_twin_logs_clamped_steps(ckpt, tmp_path, capsys):
     out = tmp_path / "logs"
     rc = deploy.main(["--ckpt", str(ckpt), "--robot", "twin", "--steps", "20", "--out", str(out),
-                      "--twin-size", "48x64", "--crop", "8,8,32,48", "--temporal-ensemble", "0.01", "--device", "cpu"])
+                      "--twin-size", "48x64", "--crop", "8,8,32,48", "--temporal-ensemble", "0.01", "--device", "cpu",
+                      "--precision", "bf16-mixed"])
     assert rc == 0
     assert "twin success rate 0.000 (0/1)" in capsys.readouterr().out
     store = EpisodeStore(out)
@@ -128,6 +129,7 @@ def test_deploy_on_twin_logs_clamped_steps(ckpt, tmp_path, capsys):
     assert episode.arrays["observations/images/top"].shape == (20, 48, 64, 3)
     assert episode.attrs["source"] == "novice" and episode.attrs["success"] is False
     assert episode.attrs["crop"] == [8, 8, 32, 48] and episode.attrs["temporal_ensemble"] == 0.01
+    assert episode.attrs["precision"] == "bf16-mixed"
     check_clamped(episode)
     moved = np.abs(np.diff(episode.arrays["observations/qpos"][:, :6], axis=0)).max()
     assert moved > np.deg2rad(1.0), "the wild policy should move the arm"

@@ -462,6 +462,23 @@ def test_sampling_is_seeded():
     assert not torch.equal(other, first[0])
 
 
+def test_bf16_inference_denoises_with_a_bfloat16_unet_and_a_float32_sampler():
+    module = state_only(inference_scheduler="ddim", num_inference_steps=4)
+    dtypes = []
+    module.unet.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    obs = {"qpos": torch.rand(3, 4)}
+    module.reset()
+    fp32 = module.select_action(obs)
+    module.set_inference_precision("bf16-mixed")
+    module.reset()
+    bf16 = module.select_action(obs)
+    assert dtypes == [torch.float32] * 4 + [torch.bfloat16] * 4
+    assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
+    assert torch.allclose(fp32, bf16, atol=0.05)  # the same noise, the same chunk up to bfloat16 rounding
+    with pytest.raises(ValueError, match="acts in precision"):
+        state_only().set_inference_precision("16-mixed")
+
+
 def test_use_action_steps_changes_how_often_a_trained_policy_replans():
     """use_action_steps(Ta) on a built module: windows are then sliced [To-1, To-1+Ta) with the new Ta and the
     policy queries every Ta steps; a Ta past the horizon is refused and leaves the old one in place."""

@@ -73,6 +73,10 @@ def masked_l1_per_sample(pred: Tensor, target: Tensor, is_pad: Tensor | None, re
 class ACTModule(PolicyModule):
     """ACT (Zhao et al., RSS 2023) with LeRobot's defaults (one decoder layer, see ``lit_imit.nets.act``)."""
 
+    #: action chunks leave the network as float32 (``.float()``), so the temporal ensemble and the queue stay
+    #: float32 under bfloat16 autocast
+    INFERENCE_PRECISIONS = ("32", "bf16-mixed")
+
     def __init__(
         self,
         cameras: Sequence[str] = ("top",),

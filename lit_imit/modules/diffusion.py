@@ -185,6 +185,10 @@ class DiffusionModule(PolicyModule):
             image U-Net); falls back to the default implementation on devices without one.
     """
 
+    #: noise predictions leave the U-Net as float32 (``.float()``), so the sampler's update stays float32 under
+    #: bfloat16 autocast
+    INFERENCE_PRECISIONS = ("32", "bf16-mixed")
+
     def __init__(
         self,
         cameras: list[str] = ["top"],  # noqa: B006 - jsonargparse shows list defaults; never mutated
@@ -464,17 +468,12 @@ class DiffusionModule(PolicyModule):
         assert uncertainty is not None
         return Prediction(action=action, uncertainty=uncertainty)
 
-    @torch.inference_mode()
     def _control_step(self, obs: Mapping[str, Any], num_samples: int) -> tuple[Tensor, Tensor | None]:
-        was_training = self.training
-        self.eval()
-        try:
+        with self.policy_mode():
             self._push_observation(self.obs_to_tensors(self._needed_obs(obs)))
             if not self._action_queue:
                 self._plan(num_samples)
             return self._action_queue.popleft(), self._queue_uncertainty
-        finally:
-            self.train(was_training)
 
     def _needed_obs(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """The observation entries the policy reads (others are never moved to the device)."""
