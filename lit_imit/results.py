@@ -235,13 +235,19 @@ def _target(row: Mapping[str, Any]) -> str:
     return f"≥ {target:.2f} " + ("✓" if row["ci_low"] >= target or row["success_rate"] >= target else "✗")
 
 
-def _overrides(row: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
+def _overrides(row: Mapping[str, Any], config: Mapping[str, Any] | None = None,
+               tested_runs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """The command-line changes a run made to its recipe (empty for the recipe as shipped), those its
-    ``config`` has since adopted marked so; a re-test of an earlier run says so, with its sampler and actions
-    per query when it changed them."""
+    ``config`` has since adopted marked so; a re-test of an earlier run says so, after the re-tested run's own
+    changes (found in ``tested_runs``, by run directory), with its sampler and actions per query when it
+    changed them."""
     extra = row.get("extra_overrides")
     if extra is None:  # rows written before extra_overrides existed: everything is in overrides
         extra = row.get("overrides") or []
+    tested = (tested_runs or {}).get(str(row.get("retest_of"))) if row.get("retest_of") else None
+    if tested is not None:  # a re-test trains nothing: what it measures is the re-tested run's settings
+        extra = [*(tested.get("overrides") or [] if tested.get("extra_overrides") is None
+                   else tested["extra_overrides"]), *extra]
     parts = [f"`{a}`" + (" (now the config's)" if _already_in_config(str(a), config) else "") for a in extra]
     if row.get("retest_of"):
         parts.append(f"re-test of `{Path(str(row['retest_of'])).name}`"
@@ -257,7 +263,8 @@ def _wall(row: Mapping[str, Any]) -> str:
     return text + (f" (box shared with {len(row['shared_with'])} other run(s))" if row.get("shared_with") else "")
 
 
-def _table(rows: Sequence[Mapping[str, Any]], config_root: str | Path | None = None) -> list[str]:
+def _table(rows: Sequence[Mapping[str, Any]], config_root: str | Path | None = None,
+           tested_runs: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     lines = [
         "| recipe | method | task | observations | demos | steps (chosen ckpt) | held-out success (95% CI) | target | wall | "
         "device | commit | overrides |",
@@ -268,7 +275,7 @@ def _table(rows: Sequence[Mapping[str, Any]], config_root: str | Path | None = N
         lines.append(
             f"| `{r['recipe']}` | {r['method']} | {r['task']} | {r['obs']} | {r['demos']} | {r['train_steps']} | "
             f"{_rate(r)} | {_target(r)} | {_wall(r)} | {r['device']} | `{r['commit']}` | "
-            f"{_overrides(r, _load_config(r, Path(config_root), configs) if config_root else None)} |"
+            f"{_overrides(r, _load_config(r, Path(config_root), configs) if config_root else None, tested_runs)} |"
         )
     return lines
 
@@ -459,6 +466,7 @@ def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = RE
     rows = list(rows)
     interactive = [r for r in rows if r.get("mode")]
     rows = [r for r in rows if not r.get("mode")]
+    tested_runs = {str(r["run_dir"]): r for r in rows if r.get("run_dir") and not r.get("retest_of")}
     lines = [
         "Held-out success: ≥ 50 episodes on seeds never used for training demos (seeds 0+) or checkpoint",
         "selection (rollouts on seeds 100000+ during fit); test seeds in `eval_seeds`. Wall time covers recording",
@@ -471,11 +479,11 @@ def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = RE
         "the run's overrides; where the data lives aside). A recipe without one shows its latest run not stopped on",
         "purpose, with its overrides. Ablations, other bases and older settings are in the full history below.",
         "",
-        *_table(headline_rows(rows, config_root), config_root),
+        *_table(headline_rows(rows, config_root), config_root, tested_runs),
         "",
         "### Every run",
         "",
-        *_table(rows, config_root),
+        *_table(rows, config_root, tested_runs),
     ]
     text = "\n".join(lines) + "\n"
     return text + ("\n" + render_interactive(interactive) if interactive else "")

@@ -104,6 +104,15 @@ def test_a_retest_row_names_its_sampler_and_actions_per_query():
     assert "re-test of `20261205-233546`, sampler ddim-10, 4 actions per query" in cell
 
 
+def test_a_retest_row_shows_the_overrides_of_the_run_it_retests():
+    run = _row(recipe="img", run_dir="/runs/img/20261207-080648", overrides=["--model.init_args.lr=1e-3"])
+    retest = _row(recipe="img", retest_of="/runs/img/20261207-080648", run_dir="/runs/img/20261207-080648")
+    lines = [line for line in render_table([run, retest]).splitlines() if "`img`" in line and "re-test" in line]
+    assert lines and all("`--model.init_args.lr=1e-3` re-test of `20261207-080648`" in line for line in lines)
+    alone = next(line for line in render_table([retest]).splitlines() if "`img`" in line)
+    assert "lr=1e-3" not in alone and "re-test of `20261207-080648`" in alone
+
+
 def test_a_residual_row_shows_its_base_alone_on_the_same_seeds():
     row = _row(recipe="res", success_rate=0.72, successes=36, ci_low=0.583, ci_high=0.825, target=None,
                base_success_rate=0.62, base_successes=31, base_ci_low=0.4815, base_ci_high=0.7414)
