@@ -282,7 +282,7 @@ class PolicyModule(pl.LightningModule):
                                   "as the base of a residual policy")
 
     #: the precision of the networks when acting (select_action, predict): "32", or "bf16-mixed" for bfloat16
-    #: autocast on the module's device (a CPU with AVX512_BF16 runs ACT's query at LeRobot's size ~1.7x faster).
+    #: autocast on the module's device (a CPU with AVX512_BF16 runs ACT's query at LeRobot's size 1.4-1.7x faster).
     #: Not a hyper-parameter: a deployment choice, like Lightning's training precision. Set it with
     #: :meth:`set_inference_precision`; the actions returned stay float32.
     inference_precision = "32"

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32",
                         help="the policy's networks in float32 or under bfloat16 autocast (ACT, Diffusion; on a "
-                             "CPU with AVX512_BF16 an ACT query at 240x320 takes ~0.6x the time)")
+                             "CPU with AVX512_BF16 an ACT query at 240x320 takes ~0.75x the time)")
     parser.add_argument("--log-images", choices=["policy", "raw"], default="policy",
                         help="log the images as the policy saw them or as the camera delivered them")
     parser.add_argument("--policy-timeout", type=float, default=1.0,
