@@ -142,7 +142,7 @@ class LitImitCLI(LightningCLI):
             "--keep_freed_memory", type=bool, default=True,
             help="keep freed memory in the process (glibc mallopt: no mmap for large blocks, no heap trimming) so "
                  "each training step reuses the last one's pages instead of faulting in fresh ones from the "
-                 "kernel (lit_imit.allocator: 120k-390k page faults per ACT step at LeRobot's shape without it, "
+                 "kernel (lit_imit.allocator: ~100k page faults per ACT step at LeRobot's shape without it once warm, "
                  "~0 with it); the process then keeps its peak heap until it exits. false leaves glibc's defaults",
         )
 
