@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="mallopt is glibc's")
 
-#: minor page faults of each of ten rounds of allocating 64 MiB (above glibc's largest dynamic mmap threshold,
+#: minor page faults of each of forty rounds of allocating 64 MiB (above glibc's largest dynamic mmap threshold,
 #: 32 MiB), touching all of it and freeing it, as a training step does with its activations
 FAULTS_PER_ROUND = """
 import resource, sys
@@ -18,7 +18,7 @@ from lit_imit.allocator import keep_freed_memory
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-for _ in range(10):
+for _ in range(40):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block = torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
     del block
@@ -37,5 +37,8 @@ def test_glibc_defaults_fault_in_every_page_of_a_large_block_every_round():
 
 
 def test_keep_freed_memory_reuses_the_freed_pages():
-    # glibc may take a few rounds to settle on a free block that fits (measured: 1-5), then faults stop
-    assert max(faults_per_round("keep")[-3:]) < 100
+    # The first rounds still fault: the small allocations made between rounds take a slice of each freed block, so
+    # the next 64 MiB no longer fits in it and comes from fresh heap until a freed block fits whole. Measured: the
+    # last faulting round is the 4th-6th here and was the 8th on a CI machine; after it, none fault.
+    faults = faults_per_round("keep")
+    assert max(faults[-20:]) < 100, faults
