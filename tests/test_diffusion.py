@@ -637,3 +637,116 @@ def test_use_sampler_swaps_the_inference_scheduler_on_the_same_model():
     assert out.shape == (1, 8, 2) and bool(torch.isfinite(out).all())
     with pytest.raises(ValueError, match="unknown scheduler"):
         module.use_sampler("euler", 10)
+
+
+# ---- auxiliary state estimate (aux_state_keys) ----------------------------------------------------------
+def _aux_module(**overrides) -> DiffusionModule:
+    """One camera, qpos (4) input, a 7-value env_state the keypoints must estimate; random mean/std statistics."""
+    kw = dict(cameras=["top"], state_dim=4, action_dim=2, horizon=8, n_action_steps=4, crop_shape=[40, 40],
+              num_keypoints=4, image_feature_dim=8, vision_width=8, channels_last=False,
+              aux_state_keys=["env_state"], aux_state_dim=7, **TINY)
+    kw.update(overrides)
+    module = DiffusionModule(**kw)
+    g = torch.Generator().manual_seed(1)
+    module.load_stats({key: {"mean": torch.randn(d, generator=g), "std": torch.rand(d, generator=g) + 0.5,
+                             "min": -torch.ones(d), "max": torch.ones(d)}
+                       for key, d in (("qpos", 4), ("env_state", 7), ("action", 2))})
+    return module
+
+
+def _aux_batch(b: int = 3) -> dict:
+    g = torch.Generator().manual_seed(2)
+    return {"qpos": torch.randn(b, 2, 4, generator=g), "env_state": torch.randn(b, 2, 7, generator=g),
+            "images/top": torch.randint(0, 256, (b, 2, 48, 48, 3), dtype=torch.uint8, generator=g),
+            "action": torch.rand(b, 8, 2, generator=g) * 2 - 1}
+
+
+def test_aux_estimate_is_regressed_and_joins_the_conditioning_detached():
+    """The aux term is aux_weight times the MSE of the keypoint MLP against the mean/std-normalised env_state of
+    every frame; the estimate is the last aux_dim entries of each frame's conditioning; the denoising loss does not
+    train the head, the aux term does and reaches the ResNet; acting needs no env_state."""
+    torch.manual_seed(0)
+    module = _aux_module(aux_weight=0.5).eval()  # centre crops: every call sees the same pixels
+    batch = _aux_batch()
+    cond, estimate = module.condition_and_aux(batch)
+    assert estimate.shape == (3, 2, 7)
+    step = module.obs_encoder.step_dim
+    assert step == 4 + 8 + 7 and cond.shape == (3, 2 * step)
+    torch.testing.assert_close(cond.view(3, 2, step)[..., -7:], estimate.detach())
+    stats = module.normalizer
+    target = (batch["env_state"] - stats.stat("env_state", "mean")) / stats.stat("env_state", "std")
+    terms = module.per_sample_terms(batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(terms["aux"], 0.5 * (estimate - target).square().mean(dim=(1, 2)))
+    losses = module.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(losses["loss"], (terms["denoise"] + terms["aux"]).mean())
+    torch.testing.assert_close(losses["aux"], terms["aux"].mean())
+    terms["denoise"].mean().backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.obs_encoder.aux_head.parameters())
+    module.zero_grad()
+    terms["aux"].mean().backward()
+    assert all(p.grad.abs().sum() > 0 for p in module.obs_encoder.aux_head.parameters())
+    trunk = module.obs_encoder.encoders["top"].trunk
+    assert trunk[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.unet.parameters())
+    assert module.data_requirements()["state_keys"][1] == ["qpos", "env_state"]
+    module.reset()
+    obs = {"qpos": torch.zeros(2, 4), "images/top": torch.zeros(2, 48, 48, 3, dtype=torch.uint8)}
+    assert module.select_action(obs).shape == (2, 2)  # no env_state in the observation
+    del batch["env_state"]
+    with pytest.raises(KeyError, match="env_state"):
+        module.compute_loss(batch)
+
+
+def test_aux_target_noise_teacher_forces_the_conditioning_in_training_only():
+    """sigma 0: in training the conditioning carries exactly the normalised target; in eval the estimate."""
+    torch.manual_seed(0)
+    module = _aux_module(aux_target_noise=0.0)
+    batch = _aux_batch()
+    captured = []
+    handle = module.unet.register_forward_hook(lambda mod, args, out: captured.append(args[2].detach().clone()))
+    module.train()
+    module.compute_loss(batch)
+    step = module.obs_encoder.step_dim
+    torch.testing.assert_close(captured[-1].view(3, 2, step)[..., -7:], module._aux_targets(batch))
+    module.eval()
+    module.compute_loss(batch)
+    estimate = module.condition_and_aux(batch)[1]
+    torch.testing.assert_close(captured[-1].view(3, 2, step)[..., -7:], estimate)
+    handle.remove()
+    noisy = _aux_module(aux_target_noise=0.5)
+    target = noisy._aux_targets(batch)
+    assert not torch.equal(noisy._teacher_forced_aux(target), target)
+    assert noisy.eval()._teacher_forced_aux(target) is None
+
+
+def test_aux_state_keys_are_refused_as_inputs_without_cameras_or_with_noise_alone():
+    with pytest.raises(ValueError, match="must not be inputs"):
+        _aux_module(state_keys=["qpos", "env_state"], state_dim=[4, 7])
+    with pytest.raises(ValueError, match="needs cameras"):
+        _aux_module(cameras=[])
+    with pytest.raises(ValueError, match="aux_target_noise needs aux_state_keys"):
+        _aux_module(aux_state_keys=[], aux_target_noise=0.1)
+
+
+def test_aux_loss_falls_when_the_target_is_in_the_image():
+    """A bright square's corner (env_state's first two entries, normalised) becomes readable from the keypoints
+    within 150 steps."""
+    torch.manual_seed(0)
+    module = _aux_module(num_keypoints=8, n_obs_steps=1, crop_shape=None, crop_ratio=None)
+    mean, std = module.normalizer.stat("env_state", "mean"), module.normalizer.stat("env_state", "std")
+    g = torch.Generator().manual_seed(4)
+    corners = torch.randint(0, 40, (16, 2), generator=g)
+    images = torch.zeros(16, 48, 48, 3, dtype=torch.uint8)
+    for i, (r, c) in enumerate(corners.tolist()):
+        images[i, r:r + 8, c:c + 8] = 255
+    batch = {"qpos": torch.zeros(16, 4), "images/top": images, "action": torch.zeros(16, 8, 2),
+             "env_state": mean + std * torch.cat([corners.float() / 20 - 1, torch.zeros(16, 5)], dim=1)}
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    history = []
+    for _ in range(150):
+        loss = module.compute_loss(batch)
+        opt.zero_grad()
+        loss["aux"].backward()
+        opt.step()
+        history.append(float(loss["aux"].detach()))
+    assert history[-1] < 0.1 * history[0], history[::15]

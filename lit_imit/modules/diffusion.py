@@ -183,6 +183,19 @@ class DiffusionModule(PolicyModule):
         channels_last: run the camera ResNets in channels-last layout (same results, ~1.3x faster on CPU).
         fused_optimizer: use the fused AdamW kernel (same update, ~3x faster on CPU for the 250M-parameter
             image U-Net); falls back to the default implementation on devices without one.
+        aux_state_keys: low-dimensional keys (e.g. ``env_state``, the object poses) that the cameras must
+            estimate: an MLP on each frame's spatial-softmax keypoints regresses their mean/std-normalised values,
+            ``aux_weight`` times its mean squared error joins the loss, and the estimate (detached) joins the
+            frame's conditioning. Training targets only: acting reads the env's usual observation. ``[]`` (every
+            reference) has none. A named departure for encoders from scratch on few demos, after ACT's
+            ``aux_state_token`` (configs/act/transfer_cube_cpu.yaml measures it there): it tells the keypoints
+            what in the image matters, and the denoiser conditions on the object pose as a state policy does.
+        aux_state_dim: one size per ``aux_state_keys`` entry (an int for one key).
+        aux_weight: weight of the auxiliary term in the loss.
+        aux_target_noise: None: in training the conditioning carries the estimate, as when acting. A float
+            sigma: it carries the true normalised target plus N(0, sigma^2) (teacher forcing: the denoiser
+            learns from exact poses, and the noise prepares it for the estimate's error); validation and acting
+            use the estimate.
     """
 
     #: noise predictions leave the U-Net as float32 (``.float()``), so the sampler's update stays float32 under
@@ -230,11 +243,23 @@ class DiffusionModule(PolicyModule):
         keypoint_relu: bool = True,
         state_min_range: float | None = None,
         vision_width: int = 64,
+        aux_state_keys: list[str] = [],  # noqa: B006
+        aux_state_dim: int | list[int] = 7,
+        aux_weight: float = 1.0,
+        aux_target_noise: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.state_keys = list(state_keys)
         state_dims = state_sizes(self.state_keys, state_dim)
+        self.aux_state_keys = list(aux_state_keys)
+        aux_dims = state_sizes(self.aux_state_keys, aux_state_dim) if self.aux_state_keys else []
+        if set(self.aux_state_keys) & set(self.state_keys):
+            raise ValueError(f"aux_state_keys {self.aux_state_keys} must not be inputs too (state_keys "
+                             f"{self.state_keys})")
+        if aux_target_noise is not None and not (self.aux_state_keys and aux_target_noise >= 0):
+            raise ValueError(f"aux_target_noise needs aux_state_keys and a sigma >= 0, got {aux_target_noise} "
+                             f"(aux_state_keys={self.aux_state_keys})")
         _check_horizons(n_obs_steps, horizon, n_action_steps)
         check_horizon(horizon, down_dims)
         if prediction_type not in ("epsilon", "sample"):
@@ -249,14 +274,14 @@ class DiffusionModule(PolicyModule):
         self.obs_encoder = DiffusionObsEncoder(
             self.cameras, sum(state_dims), crop_shape=crop_shape, crop_ratio=crop_ratio, num_keypoints=num_keypoints,
             feature_dim=image_feature_dim, channels_last=channels_last, augmentation=augmentation,
-            keypoint_relu=keypoint_relu, vision_width=vision_width,
+            keypoint_relu=keypoint_relu, vision_width=vision_width, aux_dim=sum(aux_dims),
         )
         self.unet = ConditionalUnet1d(
             action_dim, self.obs_encoder.global_cond_dim(n_obs_steps), down_dims=down_dims,
             kernel_size=kernel_size, n_groups=n_groups, diffusion_step_embed_dim=diffusion_step_embed_dim,
             film_scale=film_scale,
         )
-        self.register_policy_stats(self.state_keys, state_dims, action_dim)
+        self.register_policy_stats([*self.state_keys, *self.aux_state_keys], [*state_dims, *aux_dims], action_dim)
 
         sched_cfg = dict(
             num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
@@ -309,7 +334,8 @@ class DiffusionModule(PolicyModule):
         """Same cameras, state keys, observation history and action size; windows exactly ``horizon`` long."""
         return {
             "cameras": ("cameras", list(self.cameras), "=="),
-            "state_keys": ("state_keys", list(self.state_keys), "=="),
+            "state_keys": ("state_keys + aux_state_keys" if self.aux_state_keys else "state_keys",
+                           [*self.state_keys, *self.aux_state_keys], "=="),
             "chunk_size": ("horizon", int(self.horizon), "=="),
             "n_obs_steps": ("n_obs_steps", int(self.n_obs_steps), "=="),
             "action_offset": ("n_obs_steps", -(int(self.n_obs_steps) - 1), "=="),  # windows start at t-To+1
@@ -319,30 +345,62 @@ class DiffusionModule(PolicyModule):
     # ---- observation encoding --------------------------------------------------------------------------
     def global_condition(self, obs: Mapping[str, Tensor]) -> Tensor:
         """History of each state key (B, To, D) raw + ``images/<cam>`` (B, To, H, W, 3) uint8 -> (B, G)."""
-        squeezed = obs[self.state_keys[0]].dim() == 2 and self.n_obs_steps == 1  # datasets drop To when it is 1
-        parts = []
-        for key in self.state_keys:
-            value = obs[key].unsqueeze(1) if squeezed else obs[key]
-            if value.dim() != 3 or value.shape[1] != self.n_obs_steps:
-                raise ValueError(
-                    f"{key} must be (B, n_obs_steps={self.n_obs_steps}, D), got {tuple(obs[key].shape)}"
-                )
-            parts.append(self.normalizer.min_max(key, value.float(), min_range=self.state_min_range))
-        state = torch.cat(parts, dim=-1)
+        return self.condition_and_aux(obs)[0]
+
+    def condition_and_aux(self, obs: Mapping[str, Tensor],
+                          aux_value: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`global_condition` and the auxiliary estimate (B, To, sum of aux_state_dim), normalised (None
+        without ``aux_state_keys``); ``aux_value`` replaces the estimate in the conditioning."""
+        squeezed = self._history_squeezed(obs)
+        state = torch.cat([self.normalizer.min_max(key, self._history(obs, key, squeezed).float(),
+                                                   min_range=self.state_min_range) for key in self.state_keys], dim=-1)
         images = {}
         for cam in self.cameras:
             frames = obs.get(f"images/{cam}")
             if frames is not None:
                 images[cam] = frames.unsqueeze(1) if squeezed else frames
-        return self.obs_encoder(state, images)
+        return self.obs_encoder.encode(state, images, aux_value)
+
+    def _history_squeezed(self, obs: Mapping[str, Tensor]) -> bool:
+        """Datasets drop the To dimension when it is 1."""
+        return obs[self.state_keys[0]].dim() == 2 and self.n_obs_steps == 1
+
+    def _history(self, obs: Mapping[str, Tensor], key: str, squeezed: bool) -> Tensor:
+        """``obs[key]`` as (B, To, D), checked."""
+        if key not in obs:
+            raise KeyError(f"the batch has no {key!r} (keys: {sorted(obs)})")
+        value = obs[key].unsqueeze(1) if squeezed else obs[key]
+        if value.dim() != 3 or value.shape[1] != self.n_obs_steps:
+            raise ValueError(f"{key} must be (B, n_obs_steps={self.n_obs_steps}, D), got {tuple(obs[key].shape)}")
+        return value
+
+    def _aux_targets(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The auxiliary keys' history (B, To, sum of aux_state_dim), mean/std normalised (the std floor bounds a
+        nearly constant quaternion entry; min-max would scale it up without bound)."""
+        squeezed = self._history_squeezed(batch)
+        return torch.cat([self.normalizer.mean_std(key, self._history(batch, key, squeezed).float())
+                          for key in self.aux_state_keys], dim=-1)
+
+    def _teacher_forced_aux(self, targets: Tensor | None) -> Tensor | None:
+        """``aux_target_noise``: the noisy true targets for the conditioning in training; None otherwise."""
+        sigma = self.hparams.aux_target_noise
+        if sigma is None or not self.training or targets is None:
+            return None
+        return targets + sigma * torch.randn_like(targets)
 
     # ---- training --------------------------------------------------------------------------------------
     def per_sample_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        """(B,) denoising MSE over each sample's action window (its non-padded steps with ``mask_padding``).
+        """(B,) denoising MSE over each sample's action window (its non-padded steps with ``mask_padding``),
+        plus ``aux_weight`` times the auxiliary estimate's MSE with ``aux_state_keys``.
 
         ``generator`` (CPU) makes the noise and diffusion steps reproducible (validation); without it they
         come from torch's global generator on the batch's device (training).
         """
+        return sum(self.per_sample_terms(batch, generator).values())
+
+    def per_sample_terms(self, batch: Mapping[str, Tensor],
+                         generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """{"denoise"} (and {"aux"}, weighted) per sample (B,): the terms of :meth:`per_sample_loss`."""
         action = batch["action"].float()
         b = action.shape[0]
         if action.shape[1:] != (self.horizon, self.action_dim):
@@ -353,7 +411,11 @@ class DiffusionModule(PolicyModule):
         if is_pad is not None:
             action = edge_pad_actions(action, is_pad.bool())
         clean = self.normalizer.min_max("action", action)
-        cond = self.global_condition(batch)
+        aux_targets = self._aux_targets(batch) if self.aux_state_keys else None
+        cond, estimate = self.condition_and_aux(batch, self._teacher_forced_aux(aux_targets))
+        terms = {}
+        if estimate is not None:
+            terms["aux"] = self.hparams.aux_weight * (estimate - aux_targets).square().mean(dim=(1, 2))
 
         if generator is None:
             noise = torch.randn_like(clean)
@@ -367,16 +429,22 @@ class DiffusionModule(PolicyModule):
         target = noise if self.hparams.prediction_type == "epsilon" else clean
         error = (predicted - target).square()
         if is_pad is None or not self.hparams.mask_padding:
-            return error.mean(dim=(1, 2))
+            return {"denoise": error.mean(dim=(1, 2)), **terms}
         valid = (~is_pad.bool()).unsqueeze(-1)
         error = torch.where(valid, error, torch.zeros_like(error))
-        return error.sum(dim=(1, 2)) / (valid.sum(dim=(1, 2)) * self.action_dim).clamp_min(1)
+        denoise = error.sum(dim=(1, 2)) / (valid.sum(dim=(1, 2)) * self.action_dim).clamp_min(1)
+        return {"denoise": denoise, **terms}
 
     def compute_loss(self, batch: Mapping[str, Tensor], weighted: bool = True,
                      generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """{"loss"}: the batch mean of :meth:`per_sample_loss`, importance-weighted when asked."""
+        """{"loss"} (and, with ``aux_state_keys``, its "aux" term): batch means of :meth:`per_sample_terms`,
+        importance-weighted when asked."""
         weight = batch.get("weight") if weighted else None
-        return {"loss": weighted_mean(self.per_sample_loss(batch, generator), weight)}
+        terms = self.per_sample_terms(batch, generator)
+        out = {"loss": weighted_mean(sum(terms.values()), weight)}
+        if "aux" in terms:
+            out["aux"] = weighted_mean(terms["aux"], weight)
+        return out
 
     def on_validation_epoch_start(self) -> None:
         # the same noise and steps every validation: epoch-to-epoch changes of val/loss are the model's

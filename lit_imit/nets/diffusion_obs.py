@@ -105,8 +105,13 @@ class CameraKeypointEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) float -> (N, feature_dim), >= 0 with the ReLU."""
-        features = self.project(self.keypoints(self.trunk(images)).flatten(1))
-        return torch.relu(features) if self.relu else features
+        return self.encode(images)[1]
+
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, 3, H, W) float -> the keypoints (N, 2K) and the features (N, feature_dim) made from them."""
+        keypoints = self.keypoints(self.trunk(images)).flatten(1)
+        features = self.project(keypoints)
+        return keypoints, torch.relu(features) if self.relu else features
 
 
 class DiffusionObsEncoder(nn.Module):
@@ -126,6 +131,10 @@ class DiffusionObsEncoder(nn.Module):
             centre crop resized back in eval: act-plus-plus) or ``none`` (centre crop always); the crop size
             comes from ``crop_shape`` / ``crop_ratio`` in every mode (see ``lit_imit.nets.augment``).
         keypoint_relu: ReLU after the keypoint projection (LeRobot); False = linear features (act-plus-plus).
+        aux_dim: size of an auxiliary state estimate (0: none, as in every reference). An MLP reads all cameras'
+            keypoints of a frame and estimates e.g. the object poses; :meth:`encode` returns the estimate for
+            its loss, and it joins the frame's conditioning, detached (``DiffusionModule``'s ``aux_state_keys``).
+        aux_hidden: width of that MLP's hidden layer.
     """
 
     def __init__(
@@ -140,6 +149,8 @@ class DiffusionObsEncoder(nn.Module):
         augmentation: str = "crop",
         keypoint_relu: bool = True,
         vision_width: int = RESNET18_WIDTH,
+        aux_dim: int = 0,
+        aux_hidden: int = 128,
     ) -> None:
         super().__init__()
         if augmentation not in AUGMENTATIONS:
@@ -159,7 +170,15 @@ class DiffusionObsEncoder(nn.Module):
         )
         if channels_last:
             self.encoders.to(memory_format=torch.channels_last)
-        self.step_dim = state_dim + feature_dim * len(self.cameras)
+        if aux_dim < 0 or (aux_dim and not self.cameras):
+            raise ValueError(f"aux_dim must be >= 0 and needs cameras (its estimate reads their keypoints), got "
+                             f"aux_dim={aux_dim} with cameras {self.cameras}")
+        self.aux_dim = int(aux_dim)
+        self.aux_head: nn.Module | None = None
+        if self.aux_dim:
+            self.aux_head = nn.Sequential(nn.Linear(2 * num_keypoints * len(self.cameras), aux_hidden), nn.ReLU(),
+                                          nn.Linear(aux_hidden, self.aux_dim))
+        self.step_dim = state_dim + feature_dim * len(self.cameras) + self.aux_dim
 
     def global_cond_dim(self, n_obs_steps: int) -> int:
         """Length of the flattened conditioning vector for a history of ``n_obs_steps`` frames."""
@@ -167,8 +186,18 @@ class DiffusionObsEncoder(nn.Module):
 
     def forward(self, state: Tensor, images: Mapping[str, Tensor]) -> Tensor:
         """state (B, To, D) normalised, images {cam: (B, To, H, W, 3) uint8} -> (B, To * step_dim)."""
+        return self.encode(state, images)[0]
+
+    def encode(self, state: Tensor, images: Mapping[str, Tensor],
+               aux_value: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The conditioning (B, To * step_dim) and, with ``aux_dim``, the auxiliary estimate (B, To, aux_dim).
+
+        The estimate enters the conditioning detached: the denoising loss does not train the head, so it stays
+        an estimate of its target, which the policy reads the way a state policy reads the true object pose.
+        ``aux_value`` (B, To, aux_dim) takes its place in the conditioning (teacher forcing in training).
+        """
         b, t = state.shape[:2]
-        parts = [state]
+        parts, keypoints = [state], []
         for cam in self.cameras:
             if cam not in images:
                 raise KeyError(f"the batch has no images for camera {cam!r} (expected key 'images/{cam}')")
@@ -178,9 +207,14 @@ class DiffusionObsEncoder(nn.Module):
             flat = frames.reshape(b * t, *frames.shape[2:])
             size = crop_size(*flat.shape[1:3], self.crop_shape, self.crop_ratio)
             flat = augment_images(flat, self.augmentation, size, training=self.training)
-            features = self.encoders[_module_key(cam)](uint8_hwc_to_float_chw(flat, self.channels_last))
+            points, features = self.encoders[_module_key(cam)].encode(uint8_hwc_to_float_chw(flat, self.channels_last))
             parts.append(features.reshape(b, t, -1).to(state.dtype))
-        return torch.cat(parts, dim=-1).flatten(1)
+            keypoints.append(points)
+        estimate = None
+        if self.aux_head is not None:
+            estimate = self.aux_head(torch.cat(keypoints, dim=-1)).reshape(b, t, self.aux_dim).float()
+            parts.append((estimate.detach() if aux_value is None else aux_value).to(state.dtype))
+        return torch.cat(parts, dim=-1).flatten(1), estimate
 
 
 def _module_key(camera: str) -> str:
