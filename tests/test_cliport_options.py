@@ -208,3 +208,20 @@ def test_uniform_heatmaps_give_the_largest_uncertainty_under_margin(shared, monk
     expected = 0.5 * ((1 - 1 / (h * w)) + (1 - 1 / (4 * h * w)))
     torch.testing.assert_close(shared.predict(obs_batch(2)).uncertainty, torch.full((2,), expected))
     assert entropy(torch.zeros(1, h, w)).item() == pytest.approx(math.log(h * w))
+
+
+def test_channels_last_gives_the_plain_layouts_losses_and_gradients():
+    """channels_last (the default) is a speed switch: the same weights give the same losses and gradients as the
+    default layout, at the CPU-sized network's downsampled input (its strided 1x1 shortcuts included)."""
+    plain = CLIPortModule(**tiny_config(n_rotations=4, crop_size=32, downsample=4, channels_last=False))
+    fast = CLIPortModule(**tiny_config(n_rotations=4, crop_size=32, downsample=4))
+    assert fast.hparams.channels_last and not plain.hparams.channels_last
+    fast.load_state_dict(plain.state_dict())
+    batch = cliport_batch(2)
+    losses = [module.training_losses(batch)["loss"] for module in (plain, fast)]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
+    for loss in losses:
+        loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)

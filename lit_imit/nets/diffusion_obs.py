@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from lit_imit.nets.augment import AUGMENTATIONS, augment_images, crop_images, crop_size  # noqa: F401 - re-exported
 from lit_imit.nets.backbones import replace_batchnorm_with_groupnorm
+from lit_imit.nets.pointwise import subsample_strided_pointwise_convs
 from lit_imit.nets.spatial_softmax import SpatialSoftmax
 
 
@@ -168,7 +169,8 @@ class DiffusionObsEncoder(nn.Module):
             {_module_key(c): CameraKeypointEncoder(num_keypoints, feature_dim, keypoint_relu, vision_width)
              for c in self.cameras}
         )
-        if channels_last:
+        if channels_last:  # the narrow ResNets' strided 1x1 shortcuts crash oneDNN in that layout (nets.pointwise)
+            subsample_strided_pointwise_convs(self.encoders)
             self.encoders.to(memory_format=torch.channels_last)
         if aux_dim < 0 or (aux_dim and not self.cameras):
             raise ValueError(f"aux_dim must be >= 0 and needs cameras (its estimate reads their keypoints), got "
