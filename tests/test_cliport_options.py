@@ -213,6 +213,7 @@ def test_uniform_heatmaps_give_the_largest_uncertainty_under_margin(shared, monk
 def test_channels_last_gives_the_plain_layouts_losses_and_gradients():
     """channels_last (the default) is a speed switch: the same weights give the same losses and gradients as the
     default layout, at the CPU-sized network's downsampled input (its strided 1x1 shortcuts included)."""
+    torch.manual_seed(0)
     plain = CLIPortModule(**tiny_config(n_rotations=4, crop_size=32, downsample=4, channels_last=False))
     fast = CLIPortModule(**tiny_config(n_rotations=4, crop_size=32, downsample=4))
     assert fast.hparams.channels_last and not plain.hparams.channels_last
@@ -222,6 +223,8 @@ def test_channels_last_gives_the_plain_layouts_losses_and_gradients():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
     for loss in losses:
         loss.backward()
+    # another layout sums in another order: each gradient agrees to 1e-4 of its own largest entry (measured: 1e-5)
     for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
         if p.grad is not None:
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+            scale = p.grad.abs().max().item()
+            assert (q.grad - p.grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
