@@ -581,7 +581,7 @@ def cliport_train(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         module = CLIPortModule(**config).to(device)
         for batch_size in batch_sizes:
             batch = cliport_batch(batch_size, device=device)
-            # the paper's network on a CPU: ~20 s a step, so a fifth of the steps
+            # the paper's network on a CPU: 14 s a step at 2 threads, so a fifth of the steps
             steps = max(1, args.steps // batch_size // (5 if preset == "paper" and device.type == "cpu" else 1))
             result = measure_train_throughput(module, batch, steps=steps, warmup=1)
             flops = count_train_flops(module, batch)

@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, Prediction, single_step, state_sizes, weighted_mean
+from lit_imit.modules.base import PolicyModule, Prediction, single_step, state_sizes, teacher_forced, weighted_mean
 from lit_imit.modules.chunking import ChunkExecutor
 from lit_imit.modules.schedules import warmup_cosine
 from lit_imit.nets.act import ACT, ACTOutput
@@ -321,10 +321,7 @@ class ACTModule(PolicyModule):
     def _teacher_forced_token(self, aux_targets: Tensor | None) -> Tensor | None:
         """``aux_token_target_noise``: the noisy true target for the token in training; None (the estimate)
         otherwise."""
-        sigma = self.hparams.aux_token_target_noise
-        if sigma is None or not self.training or aux_targets is None:
-            return None
-        return aux_targets + sigma * torch.randn_like(aux_targets)
+        return teacher_forced(aux_targets, self.hparams.aux_token_target_noise, self.training)
 
     def _aux_targets(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Normalised auxiliary targets (B, sum of aux_state_dim), the keys concatenated in order."""

@@ -74,6 +74,15 @@ def single_step(x: Tensor, name: str, ndim: int) -> Tensor:
     return x
 
 
+def teacher_forced(targets: Tensor | None, sigma: float | None, training: bool) -> Tensor | None:
+    """The true auxiliary targets plus N(0, sigma^2) noise, for a policy input that carries an estimate of them:
+    in training with a ``sigma`` the policy learns from the (noisy) truth; otherwise None, and it reads the
+    estimate, as it does when acting (ACT's ``aux_token_target_noise``, Diffusion's ``aux_target_noise``)."""
+    if sigma is None or not training or targets is None:
+        return None
+    return targets + sigma * torch.randn_like(targets)
+
+
 def weighted_mean(per_sample: Tensor, weight: Tensor | None) -> Tensor:
     """The batch mean of each sample's loss times its importance weight: mean_i(w_i * l_i).
 

@@ -58,8 +58,8 @@ from torch import Tensor
 from lit_imit.envs.ravens import geometry as geo
 from lit_imit.modules.base import PolicyModule, Prediction, weighted_mean
 from lit_imit.nets.cliport import CLIPortNet
-from lit_imit.nets.transporter import bin_to_yaw, rotate_images, transform_pixels, yaw_to_bin
 from lit_imit.nets.pointwise import subsample_strided_pointwise_convs
+from lit_imit.nets.transporter import bin_to_yaw, rotate_images, transform_pixels, yaw_to_bin
 
 #: a small CLIP for CPU runs and tests (random init only): ResNet with one block per stage, 1-layer text encoder
 TINY_CLIP = {"embed_dim": 64, "vision_cfg": {"width": 8, "layers": [1, 1, 1, 1]},

@@ -70,7 +70,9 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, state_sizes, weighted_mean
+from lit_imit.modules.base import (
+    PolicyModule, Prediction, require_all_rows, state_sizes, teacher_forced, weighted_mean,
+)
 from lit_imit.modules.schedules import WarmupCosine, warmup_cosine  # noqa: F401  (WarmupCosine: re-exported)
 from lit_imit.nets.diffusion_obs import DiffusionObsEncoder
 from lit_imit.nets.unet1d import ConditionalUnet1d, check_horizon
@@ -383,10 +385,7 @@ class DiffusionModule(PolicyModule):
 
     def _teacher_forced_aux(self, targets: Tensor | None) -> Tensor | None:
         """``aux_target_noise``: the noisy true targets for the conditioning in training; None otherwise."""
-        sigma = self.hparams.aux_target_noise
-        if sigma is None or not self.training or targets is None:
-            return None
-        return targets + sigma * torch.randn_like(targets)
+        return teacher_forced(targets, self.hparams.aux_target_noise, self.training)
 
     # ---- training --------------------------------------------------------------------------------------
     def per_sample_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:

@@ -2,9 +2,10 @@
 
 On the CPU, the oneDNN of torch 2.14.1 (as installed here) kills the process ("double free or corruption", a
 segfault) in the backward pass of a 1x1 convolution with stride 2 in channels-last layout when it has 2-15 input
-channels. Measured on the 2-core AMD EPYC box: 8 -> 16 channels at 128x96 crashes, 16 -> 32 does not, nor does the same layer at stride 1
-or in the default layout. Narrow ResNets (Diffusion's ``vision_width`` below 16, the CPU-sized CLIPort's width 8)
-have exactly such layers, the downsample shortcut of a stage, so channels-last could not be used with them.
+channels. Measured on the 2-core AMD EPYC box: 8 -> 16 channels at 128x96 crashes, 16 -> 32 does not, nor does
+the same layer at stride 1 or in the default layout. Narrow ResNets (Diffusion's ``vision_width`` below 16, the
+CPU-sized CLIPort's width 8) have exactly such layers, the downsample shortcut of a stage, so channels-last could
+not be used with them.
 
 A 1x1 kernel without padding reads every s-th pixel only, so taking those pixels first and convolving at stride 1
 gives the same output and the same gradients, through the plain pointwise kernel. The swap keeps the layer's
