@@ -6,8 +6,8 @@ MiB each. glibc serves every block above its mmap threshold with a fresh ``mmap`
 next step gets new zero-filled pages from the kernel and touches each of them once: measured on the 2-core box
 (2 threads), ~100k minor page faults per step once warm (150k-370k in the first steps) and ~0.2 s of system time
 in ~10 CPU-seconds. With mmap off for large blocks and no trimming, the freed blocks stay in the heap and the next
-step reuses them: ~0 faults from the fourth step on. The cost is that the process keeps its peak heap until it exits, which is what a training loop of fixed
-shapes needs anyway.
+step reuses them: ~0 faults from the fourth step on. The cost is that the process keeps its peak heap until it
+exits, which is what a training loop of fixed shapes needs anyway.
 
 This is what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` in the environment do, applied from inside the
 process (``mallopt``), so ``python -m lit_imit fit`` can switch it on for itself (``--keep_freed_memory``).
