@@ -92,6 +92,24 @@ def test_datamodule_draws_are_seeded_and_state_round_trips(tmp_path):
     assert torch.equal(next(iter(b.train_dataloader()))["frame_index"], first)
 
 
+def test_datamodule_records_dart_demonstrations_when_asked(tmp_path):
+    """demo_action_noise reaches the recorder: the demo file says its noise, and its states leave the clean path
+    the same seed takes without noise (the kitchen's target task, whose unseen sub-task is why the option exists)."""
+    import h5py
+
+    stores = {}
+    for name, noise in (("dart", 0.05), ("clean", 0.0)):
+        make_store(tmp_path / "play", episodes=2, length=20)
+        dm = SkillDataModule(str(tmp_path / "play"), demo_dir=str(tmp_path / name), demo_task="kitchen-mktl",
+                             demo_generate_if_missing=1, demo_action_noise=noise)
+        dm.prepare_data()
+        stores[name] = EpisodeStore(tmp_path / name, create=False)
+    with h5py.File(stores["dart"].path(0)) as f, h5py.File(stores["clean"].path(0)) as g:
+        assert f.attrs["action_noise"] == 0.05 and g.attrs["action_noise"] == 0.0
+        assert f.attrs["seed"] == g.attrs["seed"]
+        assert np.abs(f["observations/qpos"][:50] - g["observations/qpos"][:50]).max() > 1e-3
+
+
 def test_datamodule_rejects_bad_settings(tmp_path):
     make_store(tmp_path / "play", episodes=2, length=20)
     with pytest.raises(ValueError, match="demo_fraction"):
@@ -100,6 +118,8 @@ def test_datamodule_rejects_bad_settings(tmp_path):
         SkillDataModule(str(tmp_path / "play"), demo_fraction=0.5)
     with pytest.raises(ValueError, match="unknown task"):
         SkillDataModule(str(tmp_path / "play"), demo_task="no-such-task")
+    with pytest.raises(ValueError, match="demo_action_noise"):
+        SkillDataModule(str(tmp_path / "play"), demo_action_noise=-0.1)
     dm = SkillDataModule(str(tmp_path / "play"), demo_dir=str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError):
         dm.setup("fit")

@@ -128,6 +128,11 @@ class SkillDataModule(EpisodeDataModule):
         state_key: the flat state observation key ("state").
         demo_dir: an optional second store of demonstrations (labelled 1).
         demo_task / demo_generate_if_missing: record demonstrations into an empty ``demo_dir``.
+        demo_action_noise: DART noise of those recorded demonstrations (``record_teacher_episodes``'
+            ``action_noise``): the env executes the teacher's action plus N(0, noise^2) and the file keeps the
+            teacher's correcting label. 0 (the default) records the teacher's clean demonstrations, as the
+            papers' human demonstrations are used as they are; > 0 gives a few demonstrations of a skill the
+            play data lacks the off-path states a closed-loop decoder drifts into.
         demo_fraction: share of each epoch's samples drawn from the demonstrations (with replacement); None
             pools both stores uniformly.
         demo_val_episodes: demonstration episodes held out for validation (a fraction or a count).
@@ -146,6 +151,7 @@ class SkillDataModule(EpisodeDataModule):
         demo_fraction: float | None = None,
         demo_val_episodes: float = 0.0,
         demo_generate_if_missing: int = 0,
+        demo_action_noise: float = 0.0,
         batch_size: int = 128,
         num_workers: int = 0,
         val_episodes: float = 0.1,
@@ -170,6 +176,8 @@ class SkillDataModule(EpisodeDataModule):
             raise ValueError(f"demo_fraction must be in (0, 1) or None, got {demo_fraction}")
         if demo_fraction is not None and demo_dir is None:
             raise ValueError("demo_fraction needs a demo_dir to draw demonstrations from")
+        if not demo_action_noise >= 0:
+            raise ValueError(f"demo_action_noise must be >= 0, got {demo_action_noise}")
         if demo_task is not None:
             task_spec(demo_task)
         self.state_key = state_key
@@ -178,6 +186,7 @@ class SkillDataModule(EpisodeDataModule):
         self.demo_fraction = demo_fraction
         self.demo_val_episodes = demo_val_episodes
         self.demo_generate_if_missing = demo_generate_if_missing
+        self.demo_action_noise = float(demo_action_noise)
         self.demo_store: EpisodeStore | None = None
         self.demo_train_ids: list[int] = []
         self.demo_val_ids: list[int] = []
@@ -203,7 +212,8 @@ class SkillDataModule(EpisodeDataModule):
 
             log.info("recording %d %s demonstrations into %s", self.demo_generate_if_missing, self.demo_task,
                      self.demo_dir)
-            record_teacher_episodes(self.demo_task, self.demo_generate_if_missing, store, cameras=[], seed=self.seed)
+            record_teacher_episodes(self.demo_task, self.demo_generate_if_missing, store, cameras=[], seed=self.seed,
+                                    action_noise=self.demo_action_noise)
 
     # ---- splits and datasets ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
