@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import yaml
@@ -617,11 +617,12 @@ def _timed(row: dict[str, Any], start: float, watch: BusyWatch) -> None:
 
 def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episodes: int, test_seed: int,
                         sampler: tuple[str, int] | None = None, checkpoint: str = "chosen",
-                        action_steps: int | None = None) -> None:
+                        action_steps: int | None = None, initial_noise: str | None = None) -> None:
     """The held-out test of a finished fit: the checkpoint it chose, rolled out on ``episodes`` seeds from
     ``test_seed`` with the run's own rollout settings; fills ``row`` (checkpoint, steps, seeds, success).
     ``sampler`` (kind, steps) swaps a Diffusion policy's inference sampler for this test only, and
-    ``action_steps`` the number of actions it executes from each denoised window (Ta); ``checkpoint="last"``
+    ``action_steps`` the number of actions it executes from each denoised window (Ta), ``initial_noise`` where
+    its denoising starts ('fresh' | 'episode' | 'zero'); ``checkpoint="last"``
     tests the end of training instead of the chosen checkpoint (neither saw the test seeds)."""
     if checkpoint not in ("chosen", "last"):
         raise ValueError(f"checkpoint must be 'chosen' or 'last', got {checkpoint!r}")
@@ -640,16 +641,14 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
         row["demos"] = _count_episodes(run_dir, config)
     module = load_policy_from_run(config, ckpt)
     if sampler is not None:
-        if not hasattr(module, "use_sampler"):
-            raise ValueError(f"{type(module).__name__} has no inference sampler to swap (--sampler is for Diffusion)")
-        module.use_sampler(*sampler)
+        _diffusion_setting(module, "use_sampler", "--sampler")(*sampler)
         row["sampler"] = f"{sampler[0]}-{sampler[1]}"
     if action_steps is not None:
-        if not hasattr(module, "use_action_steps"):
-            raise ValueError(f"{type(module).__name__} executes no fixed number of actions per query to change "
-                             f"(--action-steps is for Diffusion)")
-        module.use_action_steps(action_steps)
+        _diffusion_setting(module, "use_action_steps", "--action-steps")(action_steps)
         row["action_steps"] = int(action_steps)
+    if initial_noise is not None:
+        _diffusion_setting(module, "use_initial_noise", "--initial-noise")(initial_noise)
+        row["initial_noise"] = initial_noise
     test_start = time.perf_counter()
     task = rollout_task(config)
     if task is None:
@@ -692,14 +691,24 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
     row["test_minutes"] = round((time.perf_counter() - test_start) / 60, 2)
 
 
+def _diffusion_setting(module: Any, method: str, flag: str) -> Callable[..., None]:
+    """The module's inference-setting method ``method`` (e.g. ``use_sampler``), or an error naming the ``flag``
+    that asked for it on a policy without one."""
+    if not hasattr(module, method):
+        raise ValueError(f"{type(module).__name__} has no {method.removeprefix('use_').replace('_', ' ')} to "
+                         f"change ({flag} is for Diffusion)")
+    return getattr(module, method)
+
+
 def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: int = 50, test_seed: int = TEST_SEED,
                sampler: tuple[str, int] | None = None, command: str = "", checkpoint: str = "chosen",
-               curve_episodes: int | None = None, action_steps: int | None = None) -> dict[str, Any]:
+               curve_episodes: int | None = None, action_steps: int | None = None,
+               initial_noise: str | None = None) -> dict[str, Any]:
     """Test a finished recipe run again (its chosen checkpoint, nothing retrained) and append the row.
 
     Fresh ``test_seed``s re-check a figure; ``sampler`` compares inference samplers on one Diffusion checkpoint
     (e.g. DDPM-100 against the DDIM-10 the run was tested with), ``action_steps`` its executed actions per
-    query. The row's ``retest_of`` names the run and its ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
+    query, ``initial_noise`` where its denoising starts. The row's ``retest_of`` names the run and its ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
     The run of an interactive recipe gets its whole curve evaluated again
     (:func:`lit_imit.interactive_recipes.retest_interactive`, ``curve_episodes`` per intermediate point).
     """
@@ -707,16 +716,17 @@ def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: i
 
     run_dir = Path(run_dir).resolve()
     if (run_dir / RUN_FILE).is_file():
-        if sampler is not None or checkpoint != "chosen" or action_steps is not None:
-            raise ValueError("an interactive run is re-tested at every checkpoint: no sampler, action steps or "
-                             "checkpoint choice")
+        if sampler is not None or checkpoint != "chosen" or action_steps is not None or initial_noise is not None:
+            raise ValueError("an interactive run is re-tested at every checkpoint: no sampler, action steps, "
+                             "initial noise or checkpoint choice")
         return retest_interactive(run_dir, results_path, episodes, test_seed, curve_episodes, command)
     rec = recipe(run_dir.parent.name)
     start = time.perf_counter()
     row = _new_row(rec, run_dir, episodes, test_seed, command or f"python scripts/reproduce.py --retest {run_dir}")
     row["retest_of"] = str(run_dir)
     def test() -> None:
-        heldout_test_of_run(rec, run_dir, row, episodes, test_seed, sampler, checkpoint, action_steps)
+        heldout_test_of_run(rec, run_dir, row, episodes, test_seed, sampler, checkpoint, action_steps,
+                            initial_noise)
 
     return _recorded(row, test, start, results_path)
 

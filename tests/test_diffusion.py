@@ -462,6 +462,31 @@ def test_sampling_is_seeded():
     assert not torch.equal(other, first[0])
 
 
+def test_initial_noise_fresh_per_query_one_per_episode_or_zero():
+    """Under deterministic DDIM the window is a function of the observation and x_T: 'fresh' draws x_T per query
+    (two queries on one observation differ), 'episode' reuses the episode's draw until ``reset`` (equal windows,
+    and the same draw as the first query of a fresh-noise episode), 'zero' denoises from zeros every time."""
+    module = state_only(inference_scheduler="ddim", num_inference_steps=4)
+    cond = module.global_condition({"qpos": torch.rand(3, 2, 4)})
+    module.reset()
+    first, second = module.sample_normalized(cond), module.sample_normalized(cond)
+    assert not torch.equal(first, second)
+    module.use_initial_noise("episode")
+    module.reset()
+    same = [module.sample_normalized(cond) for _ in range(3)]
+    assert torch.equal(same[0], first) and all(torch.equal(w, first) for w in same)
+    assert not torch.equal(module.sample_normalized(cond[:2]), first[:2])  # another batch shape: a new draw
+    module.reset(seed=7)
+    assert not torch.equal(module.sample_normalized(cond), first)
+    module.use_initial_noise("zero")
+    from_zeros = module.sample_normalized(cond)
+    module.reset(seed=8)
+    assert torch.equal(module.sample_normalized(cond), from_zeros) and not torch.equal(from_zeros, first)
+    with pytest.raises(ValueError, match="initial_noise must be one of"):
+        state_only(initial_noise="warm")
+    assert state_only(initial_noise="zero").initial_noise == "zero"
+
+
 def test_bf16_inference_denoises_with_a_bfloat16_unet_and_a_float32_sampler():
     module = state_only(inference_scheduler="ddim", num_inference_steps=4)
     dtypes = []

@@ -228,12 +228,12 @@ def test_tiny_recipe_end_to_end_writes_a_row(tmp_path, monkeypatch):
     assert "re-test of" in render_table(read_rows(results))
     last = retest_run(row["run_dir"], results, episodes=2, checkpoint="last")
     assert Path(last["checkpoint"]).name == "last.ckpt" and last["train_steps"] == 6
-    with pytest.raises(ValueError, match="no inference sampler"):  # ACT has no sampler: a row with the error
-        retest_run(row["run_dir"], results, episodes=2, sampler=("ddpm", 100))
-    assert "no inference sampler" in read_rows(results)[-1]["error"]
-    with pytest.raises(ValueError, match="--action-steps is for Diffusion"):
-        retest_run(row["run_dir"], results, episodes=2, action_steps=4)
-    assert "executes no fixed number" in read_rows(results)[-1]["error"]
+    # ACT has no sampler, no fixed actions per query, no initial noise: a row with the error for each
+    for setting, flag in ((dict(sampler=("ddpm", 100)), "--sampler"), (dict(action_steps=4), "--action-steps"),
+                          (dict(initial_noise="zero"), "--initial-noise")):
+        with pytest.raises(ValueError, match=f"{flag} is for Diffusion"):
+            retest_run(row["run_dir"], results, episodes=2, **setting)
+        assert f"ACTModule has no {flag[2:].replace('-', ' ')}" in read_rows(results)[-1]["error"]
 
 
 def test_reproduce_script_lists_and_renders(tmp_path):

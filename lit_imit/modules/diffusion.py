@@ -78,6 +78,8 @@ from lit_imit.nets.diffusion_obs import DiffusionObsEncoder
 from lit_imit.nets.unet1d import ConditionalUnet1d, check_horizon
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+#: where a query's denoising starts (the ``initial_noise`` argument)
+INITIAL_NOISE = ("fresh", "episode", "zero")
 
 #: Named variants (see the module docstring): constructor arguments that replace the defaults. Each is also
 #: shipped as a config, ``configs/diffusion/transfer_cube_<name>.yaml``, where ``--print_config`` shows it.
@@ -169,6 +171,12 @@ class DiffusionModule(PolicyModule):
         noise_scheduler: training scheduler ('ddpm'); its configuration (num_train_timesteps, beta_*,
             prediction_type, clip_sample) is shared with the ``inference_scheduler`` ('ddpm' | 'ddim').
         num_inference_steps: denoising steps; None = all ``num_train_timesteps`` (LeRobot), e.g. 10 for DDIM.
+        initial_noise: where each query's denoising starts. 'fresh' (Chi et al., LeRobot): a new Gaussian draw
+            per query. 'episode': one draw per episode (after ``reset``), reused by every query while the batch
+            shape holds; with DDIM (deterministic steps) the window is then a fixed function of the observation
+            within an episode, so consecutive plans cannot switch between modes of the demonstrations. 'zero':
+            the prior's mean for every query (deterministic across episodes too). An inference setting only
+            (``use_initial_noise`` changes it on a trained model).
         lr, betas, weight_decay, warmup_steps, max_steps: AdamW and the warm-up cosine schedule.
         mask_padding: exclude padded action steps from the loss (False: LeRobot, Chi et al.; True:
             act-plus-plus).
@@ -249,6 +257,7 @@ class DiffusionModule(PolicyModule):
         aux_state_dim: int | list[int] = 7,
         aux_weight: float = 1.0,
         aux_target_noise: float | None = None,
+        initial_noise: str = "fresh",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -296,6 +305,7 @@ class DiffusionModule(PolicyModule):
         self.num_inference_steps = int(num_inference_steps)
 
         self.sampling_generator = torch.Generator().manual_seed(seed)
+        self.use_initial_noise(initial_noise)
         self._obs_queue: dict[str, deque[Tensor]] = {}
         self._action_queue: deque[Tensor] = deque()
         self._queue_uncertainty: Tensor | None = None
@@ -311,6 +321,14 @@ class DiffusionModule(PolicyModule):
             beta_schedule=hp.beta_schedule, prediction_type=hp.prediction_type, clip_sample=hp.clip_sample,
         )
         self.num_inference_steps = int(num_inference_steps or hp.num_train_timesteps)
+
+    def use_initial_noise(self, kind: str) -> None:
+        """Start each query's denoising from ``kind`` noise from now on ('fresh' | 'episode' | 'zero', see the
+        ``initial_noise`` argument), on the same trained model."""
+        if kind not in INITIAL_NOISE:
+            raise ValueError(f"initial_noise must be one of {INITIAL_NOISE}, got {kind!r}")
+        self.initial_noise = kind
+        self._episode_noise: Tensor | None = None
 
     def use_action_steps(self, n_action_steps: int) -> None:
         """Execute ``n_action_steps`` (Ta) of each denoised window from now on, on the same trained model.
@@ -477,12 +495,22 @@ class DiffusionModule(PolicyModule):
                                                                       self._trainer)}
 
     # ---- sampling ----------------------------------------------------------------------------------------
+    def _start_noise(self, shape: tuple[int, int, int], generator: torch.Generator) -> Tensor:
+        """The x_T a query denoises from, per ``initial_noise``."""
+        if self.initial_noise == "zero":
+            return torch.zeros(shape)
+        if self.initial_noise == "fresh":
+            return torch.randn(shape, generator=generator)
+        if self._episode_noise is None or tuple(self._episode_noise.shape) != shape:
+            self._episode_noise = torch.randn(shape, generator=generator)
+        return self._episode_noise
+
     @torch.no_grad()
     def sample_normalized(self, global_cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Denoise (B, Tp, A) normalised action windows from Gaussian noise with the inference scheduler."""
         generator = self.sampling_generator if generator is None else generator
         shape = (global_cond.shape[0], self.horizon, self.action_dim)
-        x = torch.randn(shape, generator=generator).to(global_cond.device)
+        x = self._start_noise(shape, generator).to(global_cond.device)
         self.sampler.set_timesteps(self.num_inference_steps)
         for step in self.sampler.timesteps:
             eps = self.unet(x, step.to(x.device), global_cond).float()
@@ -516,6 +544,7 @@ class DiffusionModule(PolicyModule):
         self._obs_queue = {}
         self._action_queue = deque()
         self._queue_uncertainty = None
+        self._episode_noise = None
         self.sampling_generator.manual_seed(self.hparams.seed if seed is None else seed)
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:

@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --retest: a Diffusion policy samples with this scheduler, e.g. ddpm:100 or ddim:10")
     parser.add_argument("--action-steps", type=int, default=None, metavar="N",
                         help="with --retest: a Diffusion policy executes N actions of each denoised window (Ta)")
+    parser.add_argument("--initial-noise", choices=["fresh", "episode", "zero"], default=None,
+                        help="with --retest: where a Diffusion policy's denoising starts (a new draw per query, one "
+                             "per episode, or zeros)")
     parser.add_argument("--base-ckpt", nargs="+", default=None, metavar="PATH",
                         help="residual-RL recipes: the BC checkpoint to refine (the one a run of its base recipe "
                              "chose); skill-space RL recipes: the skill prior's checkpoint; SkiLD: the prior's, the "
@@ -114,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     if not names and not args.render and not args.retest:
         print("name recipes to run, --preset, --retest, --render or --list", file=sys.stderr)
         return 2
-    if (args.sampler or args.action_steps is not None) and not args.retest:
-        print("--sampler and --action-steps go with --retest", file=sys.stderr)
+    if (args.sampler or args.action_steps is not None or args.initial_noise) and not args.retest:
+        print("--sampler, --action-steps and --initial-noise go with --retest", file=sys.stderr)
         return 2
     problem = check_interactive_args(args, names)
     if problem:
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         with stop_signals_as_interrupt():
             row = retest_run(args.retest, args.results, episodes=args.episodes, test_seed=args.test_seed,
                              sampler=args.sampler, command=command, checkpoint=args.checkpoint,
-                             curve_episodes=args.curve_episodes, action_steps=args.action_steps)
+                             curve_episodes=args.curve_episodes, action_steps=args.action_steps,
+                             initial_noise=args.initial_noise)
         print(f"{row['recipe']} (retest): {summary_line(row)}")
         render_files(args.results, args.markdown, args.readme or None)
         return 0
