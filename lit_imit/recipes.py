@@ -622,8 +622,8 @@ def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episode
     ``test_seed`` with the run's own rollout settings; fills ``row`` (checkpoint, steps, seeds, success).
     ``sampler`` (kind, steps) swaps a Diffusion policy's inference sampler for this test only, and
     ``action_steps`` the number of actions it executes from each denoised window (Ta), ``initial_noise`` where
-    its denoising starts ('fresh' | 'episode' | 'zero'); ``checkpoint="last"``
-    tests the end of training instead of the chosen checkpoint (neither saw the test seeds)."""
+    its denoising starts ('fresh' | 'episode' | 'zero'); ``checkpoint="last"`` tests the end of training
+    instead of the chosen checkpoint (neither saw the test seeds)."""
     if checkpoint not in ("chosen", "last"):
         raise ValueError(f"checkpoint must be 'chosen' or 'last', got {checkpoint!r}")
     config_path = find_run_config(run_dir)
@@ -708,7 +708,8 @@ def retest_run(run_dir: str | Path, results_path: str | Path | None, episodes: i
 
     Fresh ``test_seed``s re-check a figure; ``sampler`` compares inference samplers on one Diffusion checkpoint
     (e.g. DDPM-100 against the DDIM-10 the run was tested with), ``action_steps`` its executed actions per
-    query, ``initial_noise`` where its denoising starts. The row's ``retest_of`` names the run and its ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
+    query, ``initial_noise`` where its denoising starts. The row's ``retest_of`` names the run and its
+    ``wall_minutes`` is the test's own time. A failure writes a row with the error, as ``run_recipe`` does.
     The run of an interactive recipe gets its whole curve evaluated again
     (:func:`lit_imit.interactive_recipes.retest_interactive`, ``curve_episodes`` per intermediate point).
     """

@@ -174,9 +174,10 @@ class DiffusionModule(PolicyModule):
         initial_noise: where each query's denoising starts. 'fresh' (Chi et al., LeRobot): a new Gaussian draw
             per query. 'episode': one draw per episode (after ``reset``), reused by every query while the batch
             shape holds; with DDIM (deterministic steps) the window is then a fixed function of the observation
-            within an episode, so consecutive plans cannot switch between modes of the demonstrations. 'zero':
-            the prior's mean for every query (deterministic across episodes too). An inference setting only
-            (``use_initial_noise`` changes it on a trained model).
+            within an episode, so consecutive plans no longer differ by their draw alone. 'zero': the prior's
+            mean for every query (deterministic across episodes too). An inference setting only
+            (``use_initial_noise`` changes it on a trained model); on insertion from state neither changed
+            the success (configs/diffusion/insertion_state.yaml).
         lr, betas, weight_decay, warmup_steps, max_steps: AdamW and the warm-up cosine schedule.
         mask_padding: exclude padded action steps from the loss (False: LeRobot, Chi et al.; True:
             act-plus-plus).
