@@ -97,9 +97,9 @@ def test_datamodule_records_dart_demonstrations_when_asked(tmp_path):
     the same seed takes without noise (the kitchen's target task, whose unseen sub-task is why the option exists)."""
     import h5py
 
+    make_store(tmp_path / "play", episodes=2, length=20)
     stores = {}
     for name, noise in (("dart", 0.05), ("clean", 0.0)):
-        make_store(tmp_path / "play", episodes=2, length=20)
         dm = SkillDataModule(str(tmp_path / "play"), demo_dir=str(tmp_path / name), demo_task="kitchen-mktl",
                              demo_generate_if_missing=1, demo_action_noise=noise)
         dm.prepare_data()
