@@ -487,6 +487,25 @@ def test_initial_noise_fresh_per_query_one_per_episode_or_zero():
     assert state_only(initial_noise="zero").initial_noise == "zero"
 
 
+def test_state_noise_perturbs_the_training_condition_only():
+    """state_noise_std: training batches condition on the normalised states plus N(0, std^2) per entry, fresh per
+    batch; eval mode (validation, acting) conditions on them as given."""
+    torch.manual_seed(0)
+    module = state_only(state_noise_std=0.5)
+    obs = {"qpos": torch.rand(20000, 2, 4)}
+    module.eval()
+    clean = module.global_condition(obs)
+    assert torch.equal(module.global_condition(obs), clean)
+    module.train()
+    shift = module.global_condition(obs) - clean
+    assert abs(shift.std().item() - 0.5) < 0.01 and abs(shift.mean().item()) < 0.01
+    assert not torch.equal(module.global_condition(obs), module.global_condition(obs))
+    assert torch.equal(state_only().train().global_condition(obs), state_only().eval().global_condition(obs))
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="state_noise_std"):
+            state_only(state_noise_std=bad)
+
+
 def test_bf16_inference_denoises_with_a_bfloat16_unet_and_a_float32_sampler():
     module = state_only(inference_scheduler="ddim", num_inference_steps=4)
     dtypes = []

@@ -33,7 +33,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_imit.modules.base import PolicyModule, Prediction, single_step, state_sizes, teacher_forced, weighted_mean
+from lit_imit.modules.base import (
+    PolicyModule, Prediction, check_state_noise, noisy_states, single_step, state_sizes, teacher_forced, weighted_mean,
+)
 from lit_imit.modules.chunking import ChunkExecutor
 from lit_imit.modules.schedules import warmup_cosine
 from lit_imit.nets.act import ACT, ACTOutput
@@ -204,8 +206,7 @@ class ACTModule(PolicyModule):
             raise ValueError("n_uncertainty_samples must be >= 2 to measure a spread")
         if image_shift < 0:
             raise ValueError(f"image_shift must be >= 0 pixels, got {image_shift}")
-        if not state_noise_std >= 0:
-            raise ValueError(f"state_noise_std must be >= 0, got {state_noise_std}")
+        check_state_noise(state_noise_std)
         aux_state_keys = list(aux_state_keys)
         aux_dims = state_sizes(aux_state_keys, aux_state_dim) if aux_state_keys else []
         if set(aux_state_keys) & set(state_keys):
@@ -313,10 +314,7 @@ class ACTModule(PolicyModule):
 
     def _noisy_states(self, states: list[Tensor]) -> list[Tensor]:
         """Training inputs plus N(0, state_noise_std^2) per entry (normalised units); eval mode: unchanged."""
-        std = self.hparams.state_noise_std
-        if not self.training or not std:
-            return states
-        return [x + std * torch.randn_like(x) for x in states]
+        return [noisy_states(x, self.hparams.state_noise_std, self.training) for x in states]
 
     def _teacher_forced_token(self, aux_targets: Tensor | None) -> Tensor | None:
         """``aux_token_target_noise``: the noisy true target for the token in training; None (the estimate)

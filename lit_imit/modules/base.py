@@ -74,6 +74,22 @@ def single_step(x: Tensor, name: str, ndim: int) -> Tensor:
     return x
 
 
+def check_state_noise(std: float) -> None:
+    """``state_noise_std`` must be a number >= 0 (NaN is refused too)."""
+    if not std >= 0:
+        raise ValueError(f"state_noise_std must be >= 0, got {std}")
+
+
+def noisy_states(states: Tensor, std: float, training: bool) -> Tensor:
+    """Normalised low-dimensional inputs plus N(0, std^2) per entry in training; unchanged otherwise (std 0,
+    validation, acting). The ``state_noise_std`` of ACT and Diffusion: a policy trained on exact states from
+    few demos can key on details of the demos' own states (the arm's joints already say where a teacher's path
+    is heading); noise makes those details a weak cue, so it leans on what generalises."""
+    if not training or not std:
+        return states
+    return states + std * torch.randn_like(states)
+
+
 def teacher_forced(targets: Tensor | None, sigma: float | None, training: bool) -> Tensor | None:
     """The true auxiliary targets plus N(0, sigma^2) noise, for a policy input that carries an estimate of them:
     in training with a ``sigma`` the policy learns from the (noisy) truth; otherwise None, and it reads the

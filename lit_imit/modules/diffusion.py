@@ -71,7 +71,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_imit.modules.base import (
-    PolicyModule, Prediction, require_all_rows, state_sizes, teacher_forced, weighted_mean,
+    PolicyModule, Prediction, check_state_noise, noisy_states, require_all_rows, state_sizes, teacher_forced,
+    weighted_mean,
 )
 from lit_imit.modules.schedules import WarmupCosine, warmup_cosine  # noqa: F401  (WarmupCosine: re-exported)
 from lit_imit.nets.diffusion_obs import DiffusionObsEncoder
@@ -207,6 +208,10 @@ class DiffusionModule(PolicyModule):
             sigma: it carries the true normalised target plus N(0, sigma^2) (teacher forcing: the denoiser
             learns from exact poses, and the noise prepares it for the estimate's error); validation and acting
             use the estimate.
+        state_noise_std: Gaussian noise of this standard deviation (in the [-1, 1] units of the min-max
+            normalisation) added to each frame's low-dimensional inputs in training batches; 0 (Chi et al.,
+            LeRobot) trains on them as recorded. A named departure against over-fitting few demos from exact
+            states (ACT's option of the same name): configs/diffusion/insertion_state.yaml measures it.
     """
 
     #: noise predictions leave the U-Net as float32 (``.float()``), so the sampler's update stays float32 under
@@ -259,6 +264,7 @@ class DiffusionModule(PolicyModule):
         aux_weight: float = 1.0,
         aux_target_noise: float | None = None,
         initial_noise: str = "fresh",
+        state_noise_std: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -272,6 +278,7 @@ class DiffusionModule(PolicyModule):
         if aux_target_noise is not None and not (self.aux_state_keys and aux_target_noise >= 0):
             raise ValueError(f"aux_target_noise needs aux_state_keys and a sigma >= 0, got {aux_target_noise} "
                              f"(aux_state_keys={self.aux_state_keys})")
+        check_state_noise(state_noise_std)
         _check_horizons(n_obs_steps, horizon, n_action_steps)
         check_horizon(horizon, down_dims)
         if prediction_type not in ("epsilon", "sample"):
@@ -375,6 +382,7 @@ class DiffusionModule(PolicyModule):
         squeezed = self._history_squeezed(obs)
         state = torch.cat([self.normalizer.min_max(key, self._history(obs, key, squeezed).float(),
                                                    min_range=self.state_min_range) for key in self.state_keys], dim=-1)
+        state = noisy_states(state, self.hparams.state_noise_std, self.training)
         images = {}
         for cam in self.cameras:
             frames = obs.get(f"images/{cam}")
