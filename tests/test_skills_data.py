@@ -110,6 +110,38 @@ def test_datamodule_records_dart_demonstrations_when_asked(tmp_path):
         assert np.abs(f["observations/qpos"][:50] - g["observations/qpos"][:50]).max() > 1e-3
 
 
+def test_datamodule_reads_the_models_state_key(tmp_path):
+    """Without a state_key of its own the DataModule reads the model's (kitchen's ``positions``), its batches and
+    statistics still calling it "state"; a state_key that disagrees with the model's is an error naming both."""
+    from lit_imit.modules.skill_prior import SkillPriorModule
+
+    store = EpisodeStore(tmp_path / "play")
+    for i in range(3):
+        episode = skill_episode(30, seed=i)
+        episode["observations/positions"] = 2 * episode["observations/state"][:, :3]
+        store.add(episode, {"task": "synthetic", "source": "teacher"})
+    model = SkillPriorModule(stage="skill_prior", state_dim=3, action_dim=2, state_key="positions", hidden_dim=16,
+                             n_layers=2, encoder_hidden=16, prior_hidden=16, prior_layers=2)
+    dm = SkillDataModule(str(tmp_path / "play"), val_episodes=0)
+    assert dm.state_key == "state"  # used alone
+    dm.adopt_model_settings(model)
+    dm.setup("fit")
+    assert dm.state_key == "positions"
+    window = dm.train_set[0]
+    first = store.read(dm.train_ids[0]).obs("positions")
+    assert torch.equal(window["state"], torch.from_numpy(first[: dm.horizon + 1]))
+    assert set(dm.stats) == {"state", "action"} and len(dm.stats["state"]["mean"]) == 3
+    model.load_stats(dm.stats)
+    model.eval()
+    model.reset()
+    action = model.select_action({"positions": torch.from_numpy(first[:1])})
+    assert action.shape == (1, 2)
+    with pytest.raises(KeyError, match="'positions'"):
+        model.select_action({"state": torch.zeros(1, 4)})
+    with pytest.raises(ValueError, match="state_key=positions needs data.init_args.state_key to be positions"):
+        model.check_data_compatibility(SkillDataModule(str(tmp_path / "play"), state_key="state"))
+
+
 def test_datamodule_rejects_bad_settings(tmp_path):
     make_store(tmp_path / "play", episodes=2, length=20)
     with pytest.raises(ValueError, match="demo_fraction"):

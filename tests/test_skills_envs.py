@@ -185,6 +185,20 @@ def test_kitchen_completion_uses_the_env_goals(kitchen_env):
         KitchenSkillEnv(tasks=["dishwasher"], render_mode=None)
 
 
+def test_kitchen_positions_are_the_state_without_velocities():
+    """``positions`` is D4RL kitchen's observation layout: the robot's 9 joint positions and the 21 object positions
+    of ``state``, none of its velocities; noise-free, they are the simulator's qpos."""
+    env = KitchenSkillEnv(render_mode=None, robot_noise_ratio=0.0, object_noise_ratio=0.0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        obs, *_ = env.step(np.full(9, 0.5, dtype=np.float32))
+    assert obs["positions"].shape == (30,) and obs["positions"].dtype == np.float32
+    np.testing.assert_array_equal(obs["positions"], np.concatenate([obs["state"][:9], obs["state"][18:39]]))
+    np.testing.assert_allclose(obs["positions"], env.data.qpos[:30], atol=1e-6)
+    assert np.abs(env.data.qvel[:9]).max() > 1e-3  # the arm moves, and none of its velocities is in positions
+    env.close()
+
+
 def test_kitchen_teacher_requires_reset():
     env = KitchenSkillEnv(render_mode=None)
     teacher = KitchenTeacher(env)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: H when the DataModule is used without a model (SPiRL, FIST and SkiLD all use 10)
 STANDALONE_HORIZON = 10
+#: the state observation key when the DataModule is used without a model
+STANDALONE_STATE_KEY = "state"
 
 #: play statistics' std floor (ACT's and LeRobot's): a dimension the play data never moves gets this std
 STD_FLOOR = 1e-2
@@ -125,7 +127,8 @@ class SkillDataModule(EpisodeDataModule):
             SkiLD's posterior).
         task: the play task whose teacher fills an empty ``data_dir`` (``generate_if_missing`` episodes).
         horizon: H, actions per skill; default: the model's (10 in SPiRL, FIST and SkiLD, and alone).
-        state_key: the flat state observation key ("state").
+        state_key: the flat state observation key; default: the model's ``state_key`` ("state" when the
+            DataModule is used alone). Batches and statistics call it "state" whatever the file's key.
         demo_dir: an optional second store of demonstrations (labelled 1).
         demo_task / demo_generate_if_missing: record demonstrations into an empty ``demo_dir``.
         demo_action_noise: DART noise of those recorded demonstrations (``record_teacher_episodes``'
@@ -144,7 +147,7 @@ class SkillDataModule(EpisodeDataModule):
         data_dir: str,
         task: str | None = None,
         horizon: int | None = None,
-        state_key: str = "state",
+        state_key: str | None = None,
         action_dim: int | None = None,
         demo_dir: str | None = None,
         demo_task: str | None = None,
@@ -162,7 +165,8 @@ class SkillDataModule(EpisodeDataModule):
         test_loss: bool = False,
     ) -> None:
         super().__init__(
-            data_dir=data_dir, task=task, cameras=[], state_keys=[state_key], chunk_size=horizon,
+            data_dir=data_dir, task=task, cameras=[], state_keys=[state_key] if state_key else None,
+            chunk_size=horizon,
             action_dim=action_dim, batch_size=batch_size, num_workers=num_workers, val_episodes=val_episodes,
             sampling="uniform", samples_per_epoch=samples_per_epoch, seed=seed,
             generate_if_missing=generate_if_missing, pin_memory=pin_memory, test_loss=test_loss,
@@ -172,6 +176,9 @@ class SkillDataModule(EpisodeDataModule):
         if horizon is None:  # the model's (adopt_model_settings); 10 when the DataModule is used alone
             self.chunk_size = STANDALONE_HORIZON
             self._from_model = (self._from_model - {"chunk_size"}) | {"horizon"}
+        if state_key is None:  # the model's (adopt_model_settings); "state" when the DataModule is used alone
+            self.state_keys = [STANDALONE_STATE_KEY]
+            self._from_model = (self._from_model - {"state_keys"}) | {"state_key"}
         if demo_fraction is not None and not 0.0 < demo_fraction < 1.0:
             raise ValueError(f"demo_fraction must be in (0, 1) or None, got {demo_fraction}")
         if demo_fraction is not None and demo_dir is None:
@@ -180,7 +187,6 @@ class SkillDataModule(EpisodeDataModule):
             raise ValueError(f"demo_action_noise must be >= 0, got {demo_action_noise}")
         if demo_task is not None:
             task_spec(demo_task)
-        self.state_key = state_key
         self.demo_dir = demo_dir
         self.demo_task = demo_task
         self.demo_fraction = demo_fraction
@@ -190,6 +196,15 @@ class SkillDataModule(EpisodeDataModule):
         self.demo_store: EpisodeStore | None = None
         self.demo_train_ids: list[int] = []
         self.demo_val_ids: list[int] = []
+
+    @property
+    def state_key(self) -> str:
+        """The observation key the windows' states are read from (the parent's one ``state_keys`` entry)."""
+        return self.state_keys[0]
+
+    @state_key.setter
+    def state_key(self, value: str) -> None:
+        self.state_keys = [value]
 
     @property
     def horizon(self) -> int:
@@ -258,7 +273,7 @@ class SkillDataModule(EpisodeDataModule):
         ds = self.train_set
         play = [i for i, label in enumerate(ds.labels) if label < 0.5] or list(range(len(ds.labels)))
         stats = {}
-        for key, arrays in ((self.state_key, ds.states), ("action", ds.actions)):
+        for key, arrays in (("state", ds.states), ("action", ds.actions)):
             values = np.concatenate([arrays[i] for i in play]).astype(np.float64)
             stats[key] = {"mean": values.mean(0).tolist(), "std": np.maximum(values.std(0), STD_FLOOR).tolist(),
                           "min": values.min(0).tolist(), "max": values.max(0).tolist()}

@@ -3,7 +3,9 @@
 The env wraps gymnasium-robotics' ``KitchenEnv`` (9-DoF Franka, joint-velocity actions in [-1, 1]^9,
 12.5 Hz) and flattens its observation to ``state`` (59,) float32: robot joint positions (9) and velocities
 (9), object positions (21) and velocities (20), with the env's own observation noise; ``qpos`` (9,) repeats
-the robot's joint positions (the episode store's proprioception key). Sub-task completion
+the robot's joint positions (the episode store's proprioception key); ``positions`` (30,) is the state
+without the velocities, D4RL kitchen's layout (robot 9, objects 21) that SPiRL, FIST and SkiLD learn from.
+Sub-task completion
 uses the env's goals and threshold (joint configuration within 0.3 of the goal, D4RL's rule), checked on
 the true simulator state for all seven sub-tasks at every step.
 
@@ -59,6 +61,9 @@ COMPLETION_THRESHOLD = 0.3
 PRECEDENCE = (("slide cabinet", "hinge cabinet"),)
 ARM_DOF = 7
 STATE_DIM = 59
+#: ``positions``: the robot's joint positions and the objects' positions, the entries of ``state`` that D4RL's
+#: kitchen observation has (it carries no velocities)
+POSITION_INDEX = np.r_[0:9, 18:39]
 ACTION_SCALE = 2.0  # the env maps an action of 1 to a 2 rad/s set-point velocity (act_rng)
 #: the damped position servos realise roughly half of the set-point velocity; the teacher asks for more
 SERVO_EFFICIENCY = 0.55
@@ -149,6 +154,7 @@ class KitchenSkillEnv(gym.Env):
         self.observation_space = spaces.Dict({
             "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
             "qpos": spaces.Box(-np.inf, np.inf, (9,), np.float32),
+            "positions": spaces.Box(-np.inf, np.inf, (len(POSITION_INDEX),), np.float32),
         })
         self.episode_tasks: list[str] = list(self.target_tasks)
         self.completed: list[str] = []  # every sub-task completed this episode, in order
@@ -190,7 +196,8 @@ class KitchenSkillEnv(gym.Env):
 
     # ---- bookkeeping -------------------------------------------------------------------------------
     def _observation(self) -> dict[str, np.ndarray]:
-        return {"state": self._obs.astype(np.float32), "qpos": self._obs[:9].astype(np.float32)}
+        return {"state": self._obs.astype(np.float32), "qpos": self._obs[:9].astype(np.float32),
+                "positions": self._obs[POSITION_INDEX].astype(np.float32)}
 
     def _info(self) -> dict[str, Any]:
         done = [t for t in self.episode_tasks if t in self.completed]

@@ -136,7 +136,7 @@ class SkillPriorModule(PolicyModule):
         policy: str | None = None,
         replan_every: int | None = None,
         lookup_dir: str | None = None,
-        lookup_state_key: str = "state",
+        state_key: str = "state",
         use_distance: bool = True,
         action_low: float = -1.0,
         action_high: float = 1.0,
@@ -162,6 +162,10 @@ class SkillPriorModule(PolicyModule):
             replan_every: steps between skill choices (default H; FIST uses 2).
             lookup_dir: episode store of the demonstrations FIST looks goals up in (copied into the module
                 at setup, so the checkpoint runs without it).
+            state_key: the observation key of the flat state the networks read: in the episode files (the
+                data module's windows and FIST's ``lookup_dir``) and from the env when acting. "state" is the
+                skill envs' full state; the kitchen envs also offer "positions", D4RL's layout without the
+                velocities (what SPiRL, FIST and SkiLD train on).
             use_distance: FIST's nearest neighbour in the contrastive feature space (else raw L2).
             action_low / action_high: executed actions are clipped to this box.
             state_clip: normalised states are clipped to +-state_clip. A dimension that never moves in the
@@ -261,10 +265,12 @@ class SkillPriorModule(PolicyModule):
 
     # ---- data hand-over -------------------------------------------------------------------------------
     def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
-        """Windows of exactly ``horizon`` actions of ``action_dim`` (the skill length the networks are built for)."""
+        """Windows of exactly ``horizon`` actions of ``action_dim`` (the skill length the networks are built for), states
+        read from ``state_key``."""
         hp = self.hparams
         return {"horizon": ("horizon", int(hp.horizon), "=="),
-                "action_dim": ("action_dim", int(hp.action_dim), "==")}
+                "action_dim": ("action_dim", int(hp.action_dim), "=="),
+                "state_key": ("state_key", hp.state_key, "==")}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -276,7 +282,7 @@ class SkillPriorModule(PolicyModule):
         ids = store.ids()
         if not ids:
             raise FileNotFoundError(f"lookup_dir {root} holds no demonstrations")
-        return [load_states_actions(str(store.path(i)), self.hparams.lookup_state_key)[0] for i in ids]
+        return [load_states_actions(str(store.path(i)), self.hparams.state_key)[0] for i in ids]
 
     def set_lookup_demos(self, demos: Sequence[np.ndarray | Tensor]) -> None:
         """Store FIST's demonstrations: each (T, S) raw states; goal of row t = row min(t + H, T - 1)."""
@@ -461,10 +467,10 @@ class SkillPriorModule(PolicyModule):
 
     def _step_actions(self, obs: Mapping[str, Any], n_samples: int = 0) -> tuple[Tensor, Tensor | None]:
         self._check_ready()
-        batch = self.obs_to_tensors({k: v for k, v in obs.items() if k == "state"})
-        if "state" not in batch:
-            raise KeyError(f"observations need a 'state' entry (got {sorted(obs)})")
-        states = self.normalize_state(batch["state"])
+        key = self.hparams.state_key
+        if key not in obs:
+            raise KeyError(f"observations need a {key!r} entry (got {sorted(obs)}); set model.init_args.state_key")
+        states = self.normalize_state(self.obs_to_tensors({key: obs[key]})[key])
         n = states.shape[0]
         if self._plan is None or self._plan["z"].shape[0] != n or self._step % self.replan_every == 0:
             mean, log_std = self.skill_distribution(states)
