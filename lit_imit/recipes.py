@@ -262,7 +262,7 @@ register(Recipe(
 ))
 register(Recipe(
     name="fist_kitchen", method="fist", task="kitchen-mktl",
-    config="configs/skills/kitchen_fist_finetune.yaml", obs="robot + object state (59)", demos=10,
+    config="configs/skills/kitchen_fist_finetune.yaml", obs="robot + object positions (30)", demos=10,
     stages=("configs/skills/kitchen_fist_prior.yaml", "configs/skills/kitchen_fist_contrastive.yaml",
             "configs/skills/kitchen_fist_contrastive_finetune.yaml"),
     overrides=("--checkpoint.dirpath=null",),  # the run's own version directory, where the test looks
