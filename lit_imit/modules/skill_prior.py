@@ -265,8 +265,8 @@ class SkillPriorModule(PolicyModule):
 
     # ---- data hand-over -------------------------------------------------------------------------------
     def data_requirements(self) -> dict[str, tuple[str, Any, str]]:
-        """Windows of exactly ``horizon`` actions of ``action_dim`` (the skill length the networks are built for), states
-        read from ``state_key``."""
+        """Windows of exactly ``horizon`` actions of ``action_dim`` (the skill length the networks are built
+        for), their states read from ``state_key``."""
         hp = self.hparams
         return {"horizon": ("horizon", int(hp.horizon), "=="),
                 "action_dim": ("action_dim", int(hp.action_dim), "=="),
