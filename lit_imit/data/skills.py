@@ -48,7 +48,10 @@ def load_states_actions(path: str, state_key: str, action_dim: int | None = None
     with open_episode(path) as f:
         for key in (obs_path(state_key), "action"):
             if key not in f:
-                raise EpisodeError(f"{path}: missing key {key!r}")
+                have = sorted(f["observations"]) if "observations" in f else []
+                raise EpisodeError(f"{path}: missing key {key!r} (its observations: {have}; a store recorded "
+                                   "before an env offered the key lacks it: set state_key to one it has, or "
+                                   "record the store again)")
         states = np.asarray(f[obs_path(state_key)][()], dtype=np.float32)
         actions = np.asarray(f["action"][()], dtype=np.float32)
     if len(states) != len(actions):
