@@ -107,6 +107,21 @@ def test_raw_states_option_feeds_the_networks_unnormalised_states(stores):
     assert float(normalised.normalize_state(states).abs().max()) <= normalised.hparams.state_clip
 
 
+def test_raw_still_dims_only_centres_the_dimensions_the_play_data_never_moves():
+    """raw_still_dims: a dimension whose std sits at the floor is centred, not divided by 0.01 (a knob turned by
+    -1.2 rad enters as -1.2, not at the clip bound); the moving dimensions are normalised as before."""
+    stats = {"state": {"mean": [1.0, 0.0, 2.0, 0.0], "std": [2.0, 0.01, 0.5, 1.0], "min": [-9.0] * 4,
+                       "max": [9.0] * 4},
+             "action": {"mean": [0.0, 0.0], "std": [1.0, 1.0], "min": [-1.0] * 2, "max": [1.0] * 2}}
+    states = torch.tensor([[3.0, -1.2, 3.0, 0.5]])
+    still = SkillPriorModule(raw_still_dims=True, **TINY)
+    still.load_stats(stats)
+    assert torch.allclose(still.normalize_state(states), torch.tensor([[1.0, -1.2, 2.0, 0.5]]))
+    default = SkillPriorModule(**TINY)
+    default.load_stats(stats)
+    assert torch.allclose(default.normalize_state(states), torch.tensor([[1.0, -10.0, 2.0, 0.5]]))  # clipped
+
+
 def test_open_loop_decoder_variant_trains(stores):
     torch.manual_seed(0)
     module = SkillPriorModule(stage="skill_prior", decoder="open_loop", optimizer="adam", lr=3e-3, **TINY)

@@ -56,6 +56,16 @@ SUBTASK_GOALS = {
     "kettle": [-0.23, 0.75, 1.62, 0.99, 0.0, 0.0, -0.06],
 }
 COMPLETION_THRESHOLD = 0.3
+#: the model's site on each sub-task's handle, lever or knob (where the teacher's end effector goes)
+SUBTASK_SITE = {
+    "bottom burner": "knob2_site",
+    "top burner": "knob4_site",
+    "light switch": "light_site",
+    "slide cabinet": "slide_site",
+    "hinge cabinet": "hinge_site2",
+    "microwave": "microhandle_site",
+    "kettle": "kettle_site",
+}
 #: (a, b): a play chain with both does a before b. The opened hinge door swings into the space in front of
 #: the sliding door's handle, so the slide cabinet cannot be reached after it.
 PRECEDENCE = (("slide cabinet", "hinge cabinet"),)

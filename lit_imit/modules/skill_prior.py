@@ -58,7 +58,7 @@ from torch import Tensor
 
 from lit_imit.checkpoints import load_checkpoint
 from lit_imit.data.episodes import EpisodeStore
-from lit_imit.data.skills import load_states_actions
+from lit_imit.data.skills import STD_FLOOR, load_states_actions
 from lit_imit.modules.base import PolicyModule, Prediction, require_all_rows, weighted_mean
 from lit_imit.nets.normalizer import STAT_NAMES, buffer_name, rename_legacy_stat_keys
 from lit_imit.nets.skills import (
@@ -142,6 +142,7 @@ class SkillPriorModule(PolicyModule):
         action_high: float = 1.0,
         state_clip: float = 10.0,
         normalize_states: bool = True,
+        raw_still_dims: bool = False,
         n_uncertainty_samples: int = 8,
     ) -> None:
         """
@@ -173,6 +174,10 @@ class SkillPriorModule(PolicyModule):
                 put it at ~100 sigma: unclipped, that blows up the prior's NLL and the fine-tuning diverges.
             normalize_states: false feeds raw states to every network (SPiRL's / FIST's / SkiLD's choice; see the
                 module docstring); true (the default here) normalises with the play statistics.
+            raw_still_dims: dimensions the play data never moves (std at the statistics' floor) are only centred,
+                not divided by that floor, so one the demonstrations move (FIST's top-burner knob: -1.2 rad, ~100
+                floor-sigmas) enters at its physical scale, beside the play skills' states, instead of at the
+                clip bound, where every state after the new sub-task is far from anything the play data taught.
             n_uncertainty_samples: skills sampled by ``predict`` to measure the action spread.
         """
         super().__init__()
@@ -304,12 +309,16 @@ class SkillPriorModule(PolicyModule):
 
     # ---- losses -----------------------------------------------------------------------------------------
     def normalize_state(self, states: Tensor) -> Tensor:
-        """Mean/std normalisation with the play statistics, clipped to +-state_clip; raw states (float) when
-        ``normalize_states`` is false."""
+        """Mean/std normalisation with the play statistics, clipped to +-state_clip (the still dimensions only
+        centred with ``raw_still_dims``); raw states (float) when ``normalize_states`` is false."""
         if not self.hparams.get("normalize_states", True):
             return states.float()
         clip = self.hparams.state_clip
-        return self.normalizer.mean_std("state", states.float()).clamp(-clip, clip)
+        if not self.hparams.get("raw_still_dims", False):
+            return self.normalizer.mean_std("state", states.float()).clamp(-clip, clip)
+        std = self.normalizer.stat("state", "std")
+        std = torch.where(std <= STD_FLOOR * (1 + 1e-4), torch.ones_like(std), std)  # the floor, in float32
+        return ((states.float() - self.normalizer.stat("state", "mean")) / std).clamp(-clip, clip)
 
     def _states(self, batch: Mapping[str, Tensor]) -> Tensor:
         states = batch["state"]
