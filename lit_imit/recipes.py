@@ -272,11 +272,12 @@ register(Recipe(
     notes="all four FIST stages from nothing in the run directory: 200 scripted no-topknob play episodes -> "
           "goal-conditioned skill prior -> contrastive distance -> its fine-tuning on 10 target demos -> few-shot "
           "fine-tuning of the skill VAE, then semi-parametric rollouts; the row's subtasks_completed is the mean "
-          "count out of 4; the fine-tuning checkpoint with the best validation count is tested. Measured: 2.48 of "
-          "4 held-out and 2.64 on fresh seeds with the decoder and the goal-conditioned prior 256 wide (top burner "
-          "on 6 of the 10 demos' seeds, never the light), 24 min; at SPiRL's width 128 2.00 / 2.00 (positions, "
-          "D4RL's state without velocities), the 59-value state 1.68, fine-tuning on the demos alone 1.54 / 1.56 "
-          "(10 epochs), 1.02 (50)",
+          "count out of 4; the fine-tuning checkpoint with the best validation count is tested. Measured: 2.60 of "
+          "4 held-out and 2.64 on fresh seeds (2.28 / 2.22 at training seed 2000) with the decoder and the "
+          "goal-conditioned prior 256 wide and the dimensions the play data never moves only centred "
+          "(raw_still_dims); scaled there, 2.48 / 2.64 (2.00 / 2.00 at seed 2000), the light never done; at SPiRL's "
+          "width 128 2.00 / 2.00; 512 wide 2.40 / 2.40; the 59-value state 1.68; fine-tuning on the demos alone "
+          "1.54 / 1.56 (10 epochs), 1.02 (50). scripts/skill_probe.py shows where sub-tasks are lost",
 ))
 register(Recipe(
     name="sac_pointmaze", method="sac", task="pointmaze-medium-topright",
