@@ -192,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = "" if r.closest_site is None else f"  {args.subtask}: site {r.closest_site:.3f} m, goal {r.closest_goal:.3f}"
         switch = f"  switch {r.switch_step}" if r.mode.startswith("handover") else ""
         print(f"demo {r.demo:3d} {r.mode:9s} {r.completed}{switch}{where}")
-    tasks = list(make_env(task).unwrapped.episode_tasks)
+    env = make_env(task)
+    tasks = list(env.unwrapped.episode_tasks)
+    env.close()
     report = summary(results, tasks)
     for mode, row in report.items():
         print(mode, row)
