@@ -48,7 +48,7 @@ class ProbeResult:
     demo: int
     mode: str
     completed: dict[str, int] = field(default_factory=dict)  # sub-task -> the step it was completed at
-    switch_step: int | None = None  # handover: the step the decoder took over (None: the earlier sub-task failed)
+    switch_step: int | None = None  # the step the drive took over from the replay (None: the earlier sub-task failed)
     replay_gap: float | None = None  # handover: max |state - demo state| at the switch (0 for a faithful replay)
     closest_site: float | None = None  # metres, after the switch (handover) or over the episode
     closest_goal: float | None = None  # smallest joint distance of ``subtask`` from its goal
