@@ -342,8 +342,9 @@ def _already_in_config(override: str, config: Mapping[str, Any] | None) -> bool:
     return config is not None and parsed is not None and _config_value(config, parsed[0]) == parsed[1]
 
 
-def _load_config(row: Mapping[str, Any], root: Path, cache: dict[str, Any]) -> Mapping[str, Any] | None:
-    name = str(row.get("config") or "")
+def _load_config(row: Mapping[str, Any], root: Path, cache: dict[str, Any],
+                 name: str | None = None) -> Mapping[str, Any] | None:
+    name = str(row.get("config") or "") if name is None else name
     if name not in cache:
         path = root / name
         try:
@@ -357,11 +358,12 @@ def _load_config(row: Mapping[str, Any], root: Path, cache: dict[str, Any]) -> M
 _NOT_SETTINGS = ("data.init_args.data_dir",)
 
 
-def _config_at_commit(row: Mapping[str, Any], root: Path, cache: dict[tuple[str, str], Any]) -> Any:
-    """The row's config as committed at the row's commit (``git show``), parsed; None where git, the commit or
-    the file is not there (another clone, a test's files)."""
+def _config_at_commit(row: Mapping[str, Any], root: Path, cache: dict[tuple[str, str], Any],
+                      name: str | None = None) -> Any:
+    """The row's config (or the config file ``name``) as committed at the row's commit (``git show``), parsed;
+    None where git, the commit or the file is not there (another clone, a test's files)."""
     commit = str(row.get("commit") or "").removesuffix("-dirty")
-    name = str(row.get("config") or "")
+    name = str(row.get("config") or "") if name is None else name
     if not commit or not name or commit == "unknown":
         return None
     if (commit, name) not in cache:
@@ -438,12 +440,27 @@ def changes_from_recipe(row: Mapping[str, Any], by_run_dir: Mapping[str, Mapping
     return changes
 
 
-def headline_rows(rows: Sequence[Mapping[str, Any]], config_root: str | Path = REPO_ROOT) -> list[Mapping[str, Any]]:
+def stages_changed(row: Mapping[str, Any], stages: Sequence[str], root: Path, configs: dict[str, Any],
+                   committed: dict[tuple[str, str], Any]) -> list[str]:
+    """The earlier-stage configs (a recipe in stages, such as FIST's four) that differ today from the row's
+    commit; [] where git cannot say (another clone, a test's files)."""
+    changed = []
+    for name in stages:
+        then, now = _config_at_commit(row, root, committed, name), _load_config(row, root, configs, name)
+        if then is not None and now is not None and _without_data_location(then) != _without_data_location(now):
+            changed.append(f"stage {name} has changed since this run")
+    return changed
+
+
+def headline_rows(rows: Sequence[Mapping[str, Any]], config_root: str | Path = REPO_ROOT,
+                  stages: Mapping[str, Sequence[str]] | None = None) -> list[Mapping[str, Any]]:
     """One row per learning recipe, in order of first appearance: its latest run of the recipe as shipped today
-    (:func:`changes_from_recipe` finds nothing: no override, sampler swap or since-changed setting); a recipe
-    without one shows its latest run that was not stopped on purpose (the overrides column says what it
-    changed), else its latest row. Side runs, ablations and runs of older settings stay in the full history."""
+    (:func:`changes_from_recipe` finds nothing: no override, sampler swap or since-changed setting, and none of
+    the recipe's earlier ``stages`` configs has changed since); a recipe without one shows its latest run that
+    was not stopped on purpose (the overrides column says what it changed), else its latest row. Side runs,
+    ablations and runs of older settings stay in the full history."""
     root = Path(config_root)
+    stages = stages or {}
     by_run_dir = {str(r["run_dir"]): r for r in rows if r.get("run_dir") and not r.get("retest_of")}
     configs: dict[str, Any] = {}
     committed: dict[tuple[str, str], Any] = {}
@@ -454,13 +471,17 @@ def headline_rows(rows: Sequence[Mapping[str, Any]], config_root: str | Path = R
         else:
             tested = by_run_dir.get(str(r.get("retest_of"))) if r.get("retest_of") else r
             then = _config_at_commit(tested, root, committed) if tested is not None else None
-            rank = 1 if changes_from_recipe(r, by_run_dir, _load_config(r, root, configs), then) else 2
+            changed = changes_from_recipe(r, by_run_dir, _load_config(r, root, configs), then)
+            if tested is not None and r["recipe"] in stages:
+                changed += stages_changed(tested, stages[r["recipe"]], root, configs, committed)
+            rank = 1 if changed else 2
         if rank >= chosen.get(r["recipe"], (0, None))[0]:
             chosen[r["recipe"]] = (rank, r)
     return [row for _, row in chosen.values()]
 
 
-def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = REPO_ROOT) -> str:
+def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = REPO_ROOT,
+                 stages: Mapping[str, Sequence[str]] | None = None) -> str:
     """Markdown: each learning recipe's own latest figure (:func:`headline_rows`), then every row (the history,
     failed and stopped runs too); then, when there are any, the interactive runs (:func:`render_interactive`)."""
     rows = list(rows)
@@ -479,7 +500,7 @@ def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = RE
         "the run's overrides; where the data lives aside). A recipe without one shows its latest run not stopped on",
         "purpose, with its overrides. Ablations, other bases and older settings are in the full history below.",
         "",
-        *_table(headline_rows(rows, config_root), config_root, tested_runs),
+        *_table(headline_rows(rows, config_root, stages), config_root, tested_runs),
         "",
         "### Every run",
         "",
@@ -625,9 +646,11 @@ def render_interactive(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_files(results_path: str | Path, markdown_path: str | Path, readme_path: str | Path | None = None) -> str:
-    """Write RESULTS.md from the JSON lines, and replace the README's results block (between markers)."""
-    table = render_table(read_rows(results_path))
+def render_files(results_path: str | Path, markdown_path: str | Path, readme_path: str | Path | None = None,
+                 stages: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Write RESULTS.md from the JSON lines, and replace the README's results block (between markers).
+    ``stages``: recipe name -> its earlier-stage configs (:func:`headline_rows`)."""
+    table = render_table(read_rows(results_path), stages=stages)
     text = "# Results\n\n" + table + "\nCommands: the `command` field of each row in `results/results.jsonl`.\n"
     Path(markdown_path).write_text(text, encoding="utf-8")
     if readme_path is not None and Path(readme_path).exists():

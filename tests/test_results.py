@@ -421,6 +421,32 @@ def test_a_run_of_settings_its_config_has_since_changed_is_not_the_recipe_as_shi
     assert [r["run_dir"] for r in headline_rows(rows[:3], tmp_path)] == ["/r/3"]
 
 
+def test_a_run_whose_earlier_stage_config_has_since_changed_is_not_the_recipe_as_shipped(tmp_path):
+    """A recipe in stages (FIST's four configs): a row whose final config is today's but whose pre-training stage
+    then held other settings is not the headline once a run of today's stages exists; without the stages given,
+    or without git, only the final config is compared."""
+    def commit(stage_epochs: int) -> str:
+        (tmp_path / "stage.yaml").write_text(f"trainer:\n  max_epochs: {stage_epochs}\n")
+        (tmp_path / "final.yaml").write_text("trainer:\n  max_epochs: 50\n")
+        subprocess.run(["git", "-C", str(tmp_path), "add", "."], check=True, capture_output=True)
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+                       check=True, capture_output=True)
+        return subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=10", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    shipped = commit(50)
+    trial = commit(150)
+    commit(50)  # the trial reverted: today's stage is the shipped one again
+    rows = [_row(recipe="f", config="final.yaml", run_dir="/r/1", commit=shipped, extra_overrides=[]),
+            _row(recipe="f", config="final.yaml", run_dir="/r/2", commit=trial, extra_overrides=[])]
+    stages = {"f": ("stage.yaml",)}
+    assert headline_rows(rows, tmp_path, stages)[0]["run_dir"] == "/r/1"
+    assert headline_rows(rows, tmp_path)[0]["run_dir"] == "/r/2"  # the final config alone cannot tell them apart
+    retest = _row(recipe="f", config="final.yaml", run_dir="/r/2", retest_of="/r/2", commit=shipped)
+    assert headline_rows([*rows, retest], tmp_path, stages)[0]["run_dir"] == "/r/1"  # judged by the run it re-tests
+
+
 def test_a_config_mixing_play_with_demonstrations_counts_its_demonstrations():
     play_only = {"data": {"init_args": {"data_dir": "play", "generate_if_missing": 200}}}
     mixed = {"data": {"init_args": {"data_dir": "play", "generate_if_missing": 200, "demo_dir": "demos",

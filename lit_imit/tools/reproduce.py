@@ -37,6 +37,8 @@ from lit_imit.results import render_files
 from lit_imit.signals import StopSignal, stop_signals_as_interrupt
 
 DEFAULT_RESULTS = REPO_ROOT / "results" / "results.jsonl"
+#: the earlier-stage configs of the recipes trained in stages: a change to one retires older rows from the headline
+RECIPE_STAGES = {name: rec.stages for name, rec in RECIPES.items() if rec.stages}
 
 
 def parse_sampler(text: str) -> tuple[str, int]:
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                              curve_episodes=args.curve_episodes, action_steps=args.action_steps,
                              initial_noise=args.initial_noise)
         print(f"{row['recipe']} (retest): {summary_line(row)}")
-        render_files(args.results, args.markdown, args.readme or None)
+        render_files(args.results, args.markdown, args.readme or None, RECIPE_STAGES)
         return 0
     failed = 0
     try:
@@ -146,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # the interrupted recipe's row is written; the others do not run
         why = err if isinstance(err, StopSignal) else "stopped by SIGINT"
         print(f"{why}: the interrupted recipe's row is in {args.results}", file=sys.stderr)
-        render_files(args.results, args.markdown, args.readme or None)
+        render_files(args.results, args.markdown, args.readme or None, RECIPE_STAGES)
         return 130
-    render_files(args.results, args.markdown, args.readme or None)
+    render_files(args.results, args.markdown, args.readme or None, RECIPE_STAGES)
     print(f"rendered {args.markdown}" + (f" and the table in {args.readme}" if args.readme else ""))
     return 1 if failed else 0
 
