@@ -388,17 +388,23 @@ def test_the_machine_names_its_vector_units():
     assert vector_units(set()) == ""
 
 
+def _git_commit(repo, files: dict[str, str]) -> str:
+    """Write ``files`` (name -> text) into the git repository ``repo``, commit them, return the short hash."""
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    subprocess.run(["git", "-C", str(repo), "add", *files], check=True, capture_output=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+                   check=True, capture_output=True)
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=10", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def test_a_run_of_settings_its_config_has_since_changed_is_not_the_recipe_as_shipped(tmp_path):
     """With git history, a row is judged by its config at its commit plus its overrides: a later change to the
     config (here the step count) retires it from the headline, an override that the config later adopted does
     not, and where the data lives is not a setting."""
     def commit(text: str) -> str:
-        (tmp_path / "cfg.yaml").write_text(text)
-        subprocess.run(["git", "-C", str(tmp_path), "add", "cfg.yaml"], check=True, capture_output=True)
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
-                       check=True, capture_output=True)
-        return subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=10", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return _git_commit(tmp_path, {"cfg.yaml": text})
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     data = "data:\n  init_args: {data_dir: data/a, generate_if_missing: 50}\n"
@@ -426,13 +432,8 @@ def test_a_run_whose_earlier_stage_config_has_since_changed_is_not_the_recipe_as
     then held other settings is not the headline once a run of today's stages exists; without the stages given,
     or without git, only the final config is compared."""
     def commit(stage_epochs: int) -> str:
-        (tmp_path / "stage.yaml").write_text(f"trainer:\n  max_epochs: {stage_epochs}\n")
-        (tmp_path / "final.yaml").write_text("trainer:\n  max_epochs: 50\n")
-        subprocess.run(["git", "-C", str(tmp_path), "add", "."], check=True, capture_output=True)
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
-                       check=True, capture_output=True)
-        return subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=10", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return _git_commit(tmp_path, {"stage.yaml": f"trainer:\n  max_epochs: {stage_epochs}\n",
+                                      "final.yaml": "trainer:\n  max_epochs: 50\n"})
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     shipped = commit(50)
