@@ -23,6 +23,8 @@ rate. ``ties: earliest`` is Lightning's rule.
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -59,6 +61,19 @@ class EpochEndCheckpoint(ModelCheckpoint):
         """The key plain ``ModelCheckpoint`` used, so checkpoints of earlier runs restore their best scores."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning restores the best checkpoints and their scores only when the resumed callback's ``dirpath`` is
+        the recorded string, but it records the directory it derived from the logger as a relative path
+        (``./lightning_logs/version_0/checkpoints``) and makes a given one absolute. A fit resumed into that same
+        directory (``scripts/reproduce.py --resume`` names it) would lose its best score, let a worse epoch
+        replace the best file, and write ``last-v1.ckpt`` beside ``last.ckpt``: the recorded paths are re-spelled
+        in this callback's ``dirpath`` when both name one directory."""
+        recorded = state_dict.get("dirpath")
+        if recorded and self.dirpath and recorded != self.dirpath \
+                and os.path.realpath(recorded) == os.path.realpath(self.dirpath):
+            state_dict = respelled_paths(state_dict, str(self.dirpath))
+        super().load_state_dict(state_dict)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Forget the monitor's last value: Lightning keeps every metric ever logged in ``callback_metrics``, so an
         epoch without a rollout would otherwise be scored with the previous rollout's figure (a tie, which
@@ -81,3 +96,18 @@ class EpochEndCheckpoint(ModelCheckpoint):
                      trainer.current_epoch, self.monitor)
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+
+def respelled_paths(state_dict: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    """``ModelCheckpoint``'s state with ``dirpath`` and every checkpoint path in it written under ``dirpath``
+    (the file names kept)."""
+    def moved(path: Any) -> Any:
+        return os.path.join(dirpath, os.path.basename(path)) if isinstance(path, str) and path else path
+
+    out = dict(state_dict, dirpath=dirpath)
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in out:
+            out[key] = moved(out[key])
+    if "best_k_models" in out:
+        out["best_k_models"] = {moved(path): score for path, score in out["best_k_models"].items()}
+    return out

@@ -417,13 +417,27 @@ def find_run_config(run_dir: Path) -> Path:
     return configs[-1]
 
 
+def checkpoints_dir(version_dir: Path) -> Path:
+    """Where the fit logged in ``version_dir`` wrote its checkpoints: the ``checkpoint.dirpath`` of its saved
+    config (a resumed fit writes into the directory of the part it resumed, see :func:`resume_run`; a relative
+    path is relative to the run directory, the fit's working directory), else ``version_dir/checkpoints``."""
+    config_path = version_dir / "config.yaml"
+    if config_path.is_file():
+        dirpath = ((yaml.safe_load(config_path.read_text()) or {}).get("checkpoint") or {}).get("dirpath")
+        if dirpath:
+            path = Path(dirpath)
+            return path if path.is_absolute() else version_dir.parent.parent / path
+    return version_dir / "checkpoints"
+
+
 def select_checkpoint(version_dir: Path) -> Path:
     """The checkpoint ``ModelCheckpoint`` chose by validation-rollout success, else ``last.ckpt``.
 
     The choice is read from ``last.ckpt`` (the callback's ``best_model_path``), which stays right when
     best files were copied, touched or left over from an earlier run in the same directory; without it, the
-    newest best file."""
-    ckpts = sorted((version_dir / "checkpoints").glob("*.ckpt"))
+    newest best file. The files are looked for where the fit wrote them (:func:`checkpoints_dir`)."""
+    directory = checkpoints_dir(version_dir)
+    ckpts = sorted(directory.glob("*.ckpt"))
     last = [p for p in ckpts if p.name.startswith("last")]
     if last:
         state = load_checkpoint(last[0])
@@ -433,23 +447,23 @@ def select_checkpoint(version_dir: Path) -> Path:
                 continue
             # the run's own directory first: a relative best_model_path is relative to the run's working directory,
             # and read from ours it could name another run's file (or the run dir may have been moved)
-            if (version_dir / "checkpoints" / Path(best).name).is_file():
-                return version_dir / "checkpoints" / Path(best).name
+            if (directory / Path(best).name).is_file():
+                return directory / Path(best).name
             if Path(best).is_absolute() and Path(best).is_file():  # a checkpoint dirpath outside the run
                 return Path(best)
     best = [p for p in ckpts if not p.name.startswith("last")]
     if best:
         return max(best, key=lambda p: p.stat().st_mtime)
     if not last:
-        raise FileNotFoundError(f"no checkpoint in {version_dir / 'checkpoints'}")
+        raise FileNotFoundError(f"no checkpoint in {directory}")
     return last[0]
 
 
 def last_checkpoint(version_dir: Path) -> Path:
     """``last.ckpt``: the end of training."""
-    path = version_dir / "checkpoints" / "last.ckpt"
+    path = checkpoints_dir(version_dir) / "last.ckpt"
     if not path.is_file():
-        raise FileNotFoundError(f"no last.ckpt in {version_dir / 'checkpoints'}")
+        raise FileNotFoundError(f"no last.ckpt in {path.parent}")
     return path
 
 
@@ -547,21 +561,104 @@ def run_recipe(
 
 
 def fit_run(rec: Recipe, run_dir: Path, config: Path, row: dict[str, Any], start: float, first: Sequence[str] = (),
-            extra: Sequence[str] = (), python: str = sys.executable, stage: bool = False) -> None:
+            extra: Sequence[str] = (), python: str = sys.executable, stage: bool = False,
+            resume: tuple[Path, str] | None = None) -> None:
     """``python -m lit_imit fit --config CONFIG`` in ``run_dir`` with ``first``, the recipe's overrides (and its
     GPU ones on a CUDA machine), then ``extra``; logged to ``fit.log``, ``row["fit_minutes"]`` counted from
     ``start``. A ``stage`` (one of ``rec.stages``) fits its config as shipped, logged to
-    ``stage_<config name>.log``. A non-zero exit raises with the end of the log."""
+    ``stage_<config name>.log``. ``resume`` = (last.ckpt, its directory) continues a stopped fit from that
+    checkpoint, writing into the same directory (so the best checkpoint so far and its score stay in the race)
+    and appending to the log. A non-zero exit raises with the end of the log."""
     overrides = [] if stage else [*first, *rec.overrides, *(rec.gpu_overrides if _cuda_available() else ()), *extra]
+    if resume is not None:
+        overrides += ["--ckpt_path", str(resume[0]), f"--checkpoint.dirpath={resume[1]}"]
     fit_cmd = [python, "-m", "lit_imit", "fit", "--config", str(config), *overrides]
     log_path = run_dir / (f"stage_{config.stem}.log" if stage else "fit.log")
     log.info("[%s] fit: %s (in %s)", rec.name, shlex.join(fit_cmd), run_dir)
-    with open(log_path, "w") as out:
+    with open(log_path, "a" if resume is not None else "w") as out:
+        if resume is not None:
+            out.write(f"\n==== resumed from {resume[0]} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ====\n")
+            out.flush()
         proc = run_child(fit_cmd, cwd=run_dir, stdout=out)
     row["fit_minutes"] = round((time.perf_counter() - start) / 60, 2)
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"fit exited with status {proc.returncode}; end of {log_path}:\n{tail}")
+
+
+def resume_run(run_dir: str | Path, results_path: str | Path, command: str = "",
+               python: str = sys.executable) -> dict[str, Any]:
+    """Continue a recipe run that was stopped in its final fit (Ctrl-C, ``kill``, a closed session, a machine
+    shut down) from the ``last.ckpt`` written at its last epoch end, then test it; appends and returns its row.
+
+    The fit resumes exactly (weights, optimiser, schedule, data order, random streams and the best checkpoint
+    so far: see docs/architecture.md, "DDP and exact resume") with the overrides of the run's first row, and
+    its held-out test uses that row's episodes and seeds. The row's ``wall_minutes`` adds up every part of the
+    run (``parts_wall_minutes``); ``resumed_at_step`` says where this part started. Refused, with the reason,
+    for a run without a row in ``results_path``, one already tested, one started at another commit (the code
+    and configs must be the run's own: check that commit out, e.g. in a ``git worktree``) or one stopped
+    before its final fit (in a stage: stages are short, run the recipe again)."""
+    from lit_imit.results import read_rows
+
+    run_dir = Path(run_dir).resolve()
+    rec = recipe(run_dir.parent.name)
+    if rec.interactive:
+        raise ValueError(f"{run_dir}: an interactive run is not resumed from a checkpoint (its curve is measured "
+                         "along the way): run its mode and seed again (scripts/reproduce.py --mode MODE --seed N)")
+    parts = [r for r in read_rows(results_path) if r.get("run_dir") == str(run_dir) and not r.get("retest_of")]
+    if not parts:
+        raise ValueError(f"{results_path} has no row of {run_dir}: resuming needs the row its run wrote when it "
+                         "stopped (its overrides, seeds and commit)")
+    first = parts[0]
+    if parts[-1].get("success_rate") is not None:
+        raise ValueError(f"{run_dir} finished and was tested ({parts[-1]['successes']}/{parts[-1]['episodes']}): "
+                         "test it again with --retest")
+    commit = git_commit(REPO_ROOT)
+    if first["commit"] != commit:
+        raise ValueError(f"{run_dir} was started at commit {first['commit']}, this checkout is at {commit}: resume it "
+                         f"from a checkout of {first['commit'].removesuffix('-dirty')} (git worktree add DIR "
+                         f"{first['commit'].removesuffix('-dirty')}) so that its code and configs stay the run's own")
+    if commit.endswith("-dirty"):
+        log.warning("[%s] the checkout has uncommitted changes: nothing shows that the run's code is unchanged",
+                    rec.name)
+    if not (run_dir / "fit.log").is_file():
+        raise ValueError(f"{run_dir} stopped before its final fit began (recording demos or in a stage): run the "
+                         f"recipe again (python scripts/reproduce.py {rec.name})")
+    resume = resume_point(run_dir, len(rec.stages))
+    start = time.perf_counter()
+    test_seed = int(str(first["eval_seeds"]).split("-")[0])
+    row = _new_row(rec, run_dir, int(first["episodes"]), test_seed,
+                   command or f"python scripts/reproduce.py --resume {run_dir}")
+    row.update({key: first[key] for key in ("overrides", "extra_overrides", "base_ckpt") if key in first})
+    row["first_command"] = first["command"]
+    row["resumed_at_step"] = int(load_checkpoint(resume[0]).get("global_step", 0)) if resume else 0
+    earlier = [float((r.get("parts_wall_minutes") or [r.get("wall_minutes") or 0.0])[-1]) for r in parts]
+    base_overrides = _base_overrides(rec, first.get("base_ckpt"))
+
+    def work() -> None:
+        fit_run(rec, run_dir, REPO_ROOT / rec.config, row, start, base_overrides, first.get("extra_overrides", ()),
+                python, resume=resume)
+        heldout_test_of_run(rec, run_dir, row, int(first["episodes"]), test_seed)
+
+    return _recorded(row, work, start, results_path, earlier=earlier,
+                     shared_before=[name for r in parts for name in r.get("shared_with", [])])
+
+
+def resume_point(run_dir: Path, n_stages: int) -> tuple[Path, str] | None:
+    """(last.ckpt, its directory as the checkpoint callback recorded it) of the newest part of a run's final fit
+    that wrote one; None when the final fit never finished an epoch (it then starts again). Every fit of a run
+    logs to the next ``lightning_logs/version_<n>``: the ``n_stages`` first are the recipe's stages (all finished
+    once the final fit began), the rest the final fit's parts. The directory is passed back as recorded
+    (``./lightning_logs/version_0/checkpoints``, relative to the run directory): ``ModelCheckpoint`` restores its
+    best score and files only when the resumed fit's ``dirpath`` is that same string."""
+    versions = sorted(run_dir.glob("lightning_logs/version_*"), key=lambda p: int(p.name.split("_")[-1]))
+    for version in reversed(versions[n_stages:]):
+        last = checkpoints_dir(version) / "last.ckpt"
+        if last.is_file():
+            callbacks = load_checkpoint(last).get("callbacks") or {}
+            recorded = [v.get("dirpath") for k, v in callbacks.items() if str(k).startswith("ModelCheckpoint")]
+            return last, str(recorded[0] if recorded and recorded[0] else last.parent)
+    return None
 
 
 def _base_overrides(rec: Recipe, base_ckpt: str | Path | Sequence[str | Path] | None) -> list[str]:
@@ -594,28 +691,34 @@ def _new_row(rec: Recipe, run_dir: Path, episodes: int, test_seed: int, command:
     }
 
 
-def _recorded(row: dict[str, Any], work: Any, start: float, results_path: str | Path | None) -> dict[str, Any]:
+def _recorded(row: dict[str, Any], work: Any, start: float, results_path: str | Path | None,
+              earlier: Sequence[float] = (), shared_before: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``work`` (which fills ``row``), then append the row with its wall time, also when ``work`` fails
-    or is interrupted (with the error), and re-raise."""
+    or is interrupted (with the error), and re-raise. A resumed run passes its ``earlier`` parts' wall minutes
+    and the runs that shared the machine with them (``shared_before``)."""
     watch = BusyWatch()
     try:
         with watch:
             work()
     except BaseException as err:
         row["error"] = f"{type(err).__name__}: {err}"[:4000]
-        _timed(row, start, watch)
+        _timed(row, start, watch, earlier, shared_before)
         if results_path is not None:
             append_row(results_path, row)
         raise
-    _timed(row, start, watch)
+    _timed(row, start, watch, earlier, shared_before)
     return append_row(results_path, row) if results_path is not None else row
 
 
-def _timed(row: dict[str, Any], start: float, watch: BusyWatch) -> None:
-    """The row's wall time, and the other runs that shared the machine meanwhile (``shared_with``, empty on a
-    quiet box)."""
-    row["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
-    row["shared_with"] = sorted(watch.seen)
+def _timed(row: dict[str, Any], start: float, watch: BusyWatch, earlier: Sequence[float] = (),
+           shared_before: Sequence[str] = ()) -> None:
+    """The row's wall time (every part of a resumed run added up), and the other runs that shared the machine
+    meanwhile (``shared_with``, empty on a quiet box)."""
+    now = round((time.perf_counter() - start) / 60, 2)
+    row["wall_minutes"] = round(sum(earlier) + now, 2)
+    if earlier:
+        row["parts_wall_minutes"] = [*earlier, now]
+    row["shared_with"] = sorted(watch.seen | set(shared_before))
 
 
 def heldout_test_of_run(rec: Recipe, run_dir: Path, row: dict[str, Any], episodes: int, test_seed: int,

@@ -254,6 +254,8 @@ def _overrides(row: Mapping[str, Any], config: Mapping[str, Any] | None = None,
                      + (", last checkpoint" if row.get("checkpoint_choice") == "last" else "")
                      + (f", sampler {row['sampler']}" if row.get("sampler") else "")
                      + (f", {row['action_steps']} actions per query" if row.get("action_steps") else ""))
+    if row.get("resumed_at_step"):
+        parts.append(f"resumed at step {row['resumed_at_step']}")
     return " ".join(parts) if parts else "—"
 
 
@@ -491,8 +493,9 @@ def render_table(rows: Iterable[Mapping[str, Any]], config_root: str | Path = RE
     lines = [
         "Held-out success: ≥ 50 episodes on seeds never used for training demos (seeds 0+) or checkpoint",
         "selection (rollouts on seeds 100000+ during fit); test seeds in `eval_seeds`. Wall time covers recording",
-        "the demos, training and the held-out test (a re-test's covers its test alone). Regenerate with",
-        "`python scripts/reproduce.py RECIPE`; re-test a finished run with `--retest RUN_DIR`.",
+        "the demos, training and the held-out test (a re-test's covers its test alone, a resumed run's adds up its",
+        "parts). Regenerate with `python scripts/reproduce.py RECIPE`; re-test a finished run with",
+        "`--retest RUN_DIR`, continue a stopped one from its last epoch with `--resume RUN_DIR`.",
         "",
         "### Each recipe as shipped",
         "",

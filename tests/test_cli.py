@@ -250,6 +250,32 @@ def test_equal_rollout_scores_choose_the_later_checkpoint_unless_told_otherwise(
     assert set(_saved_epochs(version_dir / "checkpoints")) == {chosen, "last.ckpt"}
 
 
+def test_a_resumed_checkpoint_callback_keeps_its_best_when_its_directory_is_spelled_another_way(tmp_path,
+                                                                                             monkeypatch):
+    """Lightning records a logger-derived checkpoint directory as ``./lightning_logs/...`` and makes a given one
+    absolute: resumed into the same directory, the best score and paths are restored (re-spelled), so a worse
+    later epoch cannot replace the best and ``last.ckpt`` is overwritten, not joined by ``last-v1.ckpt``."""
+    import torch
+
+    from callbacks.checkpoint import EpochEndCheckpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck").mkdir()
+    recorded = {"dirpath": "./ck", "best_model_score": torch.tensor(0.5), "best_model_path": "./ck/epoch0001.ckpt",
+                "kth_best_model_path": "./ck/epoch0001.ckpt", "kth_value": torch.tensor(0.5),
+                "best_k_models": {"./ck/epoch0001.ckpt": torch.tensor(0.5)}, "last_model_path": "./ck/last.ckpt"}
+    same = EpochEndCheckpoint(dirpath=str(tmp_path / "ck"), monitor="rollout/success_rate", mode="max")
+    same.load_state_dict(dict(recorded))
+    assert float(same.best_model_score) == 0.5 and same.kth_value == 0.5
+    assert same.best_model_path == same.kth_best_model_path == str(tmp_path / "ck" / "epoch0001.ckpt")
+    assert same.last_model_path == str(tmp_path / "ck" / "last.ckpt")
+    assert list(same.best_k_models) == [str(tmp_path / "ck" / "epoch0001.ckpt")]
+    other = EpochEndCheckpoint(dirpath=str(tmp_path / "elsewhere"), monitor="rollout/success_rate", mode="max")
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        other.load_state_dict(dict(recorded))  # another directory: Lightning's rule, only best_model_path
+    assert other.best_model_score is None and other.best_k_models == {}
+
+
 def test_unknown_tie_rule_is_refused():
     from callbacks.checkpoint import EpochEndCheckpoint
 

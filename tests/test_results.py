@@ -332,6 +332,103 @@ sys.exit(reproduce.main(["endless", "--work-dir", {str(tmp_path / "runs")!r}, "-
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+#: a recipe of 150 two-step epochs, a rollout every 5 (one 10-step episode): long enough to be stopped mid-fit
+RESUMABLE = Recipe(
+    name="resumable", method="act", task="transfer_cube", config="configs/act/transfer_cube_state.yaml",
+    obs="state", demos=1, expected_minutes=1,
+    overrides=("--trainer.max_steps", "300", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches",
+               "0", "--data.init_args.generate_if_missing", "1", "--data.init_args.val_episodes", "0",
+               "--trainer.callbacks.init_args.n_episodes", "1", "--trainer.callbacks.init_args.n_envs", "1",
+               "--trainer.callbacks.init_args.every_n_epochs", "5", "--trainer.callbacks.init_args.max_steps", "10",
+               "--checkpoint.every_n_epochs", "5"),
+)
+
+
+def test_a_stopped_run_resumes_from_its_last_epoch_and_gets_a_row_of_the_whole_run(tmp_path, monkeypatch):
+    """``kill`` mid-fit, then ``--resume RUN_DIR``: the fit goes on from last.ckpt in the same checkpoint
+    directory (the best so far stays in the race), its log is appended to, and the row adds up both parts."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from lit_imit.checkpoints import load_checkpoint
+    from lit_imit.recipes import resume_run
+
+    results = tmp_path / "r.jsonl"
+    driver = tmp_path / "driver.py"
+    driver.write_text(f"""
+import sys
+sys.path[:0] = [{str(REPO)!r}, {str(REPO / "scripts")!r}]
+from lit_imit.recipes import Recipe, register
+register(Recipe(**{dict(RESUMABLE.__dict__)!r}))
+import reproduce
+sys.exit(reproduce.main(["resumable", "--work-dir", {str(tmp_path / "runs")!r}, "--results", {str(results)!r},
+                         "--markdown", {str(tmp_path / "R.md")!r}, "--readme", ""]))
+""")
+    proc = subprocess.Popen([sys.executable, str(driver)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until the fit has written a best checkpoint (epoch 4's rollout) and gone on
+        ckpts = list((tmp_path / "runs").rglob("version_0/checkpoints/epoch*.ckpt"))
+        if ckpts and load_checkpoint(ckpts[0].parent / "last.ckpt").get("global_step", 0) > 10:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the fit never wrote a best checkpoint")
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    stopped = read_rows(results)[-1]
+    run_dir = Path(stopped["run_dir"])
+    assert "SIGTERM" in stopped["error"]
+    first_ckpts = run_dir / "lightning_logs" / "version_0" / "checkpoints"
+    stopped_at = load_checkpoint(first_ckpts / "last.ckpt")["global_step"]
+    assert 10 < stopped_at < 300
+
+    monkeypatch.setitem(RECIPES, RESUMABLE.name, RESUMABLE)
+    row = resume_run(run_dir, results, command="resume")
+    assert row["resumed_at_step"] == stopped_at and row["first_command"] == stopped["command"]
+    assert load_checkpoint(first_ckpts / "last.ckpt")["global_step"] == 300  # the same directory, to the end
+    resumed_config = yaml.safe_load((run_dir / "lightning_logs" / "version_1" / "config.yaml").read_text())
+    assert (run_dir / resumed_config["checkpoint"]["dirpath"]).resolve() == first_ckpts.resolve()
+    assert sorted(p.name for p in first_ckpts.glob("last*")) == ["last.ckpt"]  # restored, not a last-v1.ckpt beside it
+    assert Path(row["checkpoint"]).parent == first_ckpts and row["successes"] is not None
+    assert row["parts_wall_minutes"][0] == stopped["wall_minutes"]
+    assert row["wall_minutes"] == pytest.approx(sum(row["parts_wall_minutes"]), abs=0.011)
+    log_text = (run_dir / "fit.log").read_text(errors="replace")
+    assert "==== resumed from" in log_text and log_text.index("Epoch 0") < log_text.index("==== resumed from")
+    assert read_rows(results)[-1]["command"] == "resume"
+    assert f"resumed at step {stopped_at}" in render_table(read_rows(results))
+    with pytest.raises(ValueError, match="finished and was tested"):
+        resume_run(run_dir, results)
+
+
+def test_resume_refuses_runs_it_cannot_continue_as_they_were(tmp_path, monkeypatch):
+    from lit_imit.recipes import resume_run
+    from lit_imit.results import git_commit
+
+    monkeypatch.setitem(RECIPES, RESUMABLE.name, RESUMABLE)
+    results = tmp_path / "r.jsonl"
+    run_dir = tmp_path / "runs" / "resumable" / "20260101-000000"
+    run_dir.mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no row of"):
+        resume_run(run_dir, results)
+    append_row(results, _row(recipe="resumable", run_dir=str(run_dir), success_rate=None, successes=None,
+                             commit="0123456789", error="StopSignal: stopped by SIGTERM"))
+    with pytest.raises(ValueError, match="started at commit 0123456789.*git worktree add DIR 0123456789"):
+        resume_run(run_dir, results)
+    append_row(results, _row(recipe="resumable", run_dir=str(run_dir), success_rate=None, successes=None,
+                             commit=git_commit(REPO), error="StopSignal: stopped by SIGTERM"))
+    results.write_text(results.read_text().splitlines()[-1] + "\n")  # the row at this commit only
+    with pytest.raises(ValueError, match="stopped before its final fit began"):
+        resume_run(run_dir, results)
+    with pytest.raises(ValueError, match="an interactive run is not resumed"):
+        resume_run(tmp_path / "runs" / "askdagger_transfer_cube_state" / "x", results)
+
+
 def test_a_killed_driver_takes_its_child_along(tmp_path):
     """``kill -9`` of the process running ``run_child`` leaves no orphan: the kernel sends the child SIGTERM."""
     import os

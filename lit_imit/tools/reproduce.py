@@ -6,6 +6,7 @@
     python scripts/reproduce.py --render                       # re-render results/RESULTS.md and the README table
     python scripts/reproduce.py --retest runs/RECIPE/TIME --test-seed 2000000   # test a finished run again
     python scripts/reproduce.py --retest runs/RECIPE/TIME --sampler ddpm:100    # ... with another Diffusion sampler
+    python scripts/reproduce.py --resume runs/RECIPE/TIME       # continue a stopped run from its last epoch, then test
     python scripts/reproduce.py residual_ppo_transfer_cube_state --base-ckpt runs/.../epoch0003.ckpt  # residual RL
     python scripts/reproduce.py askdagger_transfer_cube_state --mode askdagger --seed 0     # one interactive run
     python scripts/reproduce.py askdagger_transfer_cube_state --mode all --seed 0 1 2      # the grid, seed by seed
@@ -15,7 +16,9 @@
 Each recipe runs from nothing in ``runs/<recipe>/<timestamp>/`` (its own demos, logs and checkpoints; none of
 them are committed); failed runs get rows too, and so does a run stopped by Ctrl-C, ``kill`` (SIGTERM) or a
 closed terminal (SIGHUP): its row says where it stopped, and its ``fit`` process is stopped with it (a
-``kill -9`` leaves nothing to write a row with). See ``lit_imit/recipes.py``.
+``kill -9`` leaves nothing to write a row with). ``--resume RUN_DIR`` continues such a run from the
+``last.ckpt`` of its last finished epoch, exactly, and tests it: a recipe longer than one sitting runs in
+parts. See ``lit_imit/recipes.py``.
 
 An interactive recipe (preset ``interactive``) runs once per ``--mode`` and ``--seed`` (every combination,
 seed by seed) in ``runs/<recipe>/<mode>-seed<s>-<timestamp>/``; its row has the counters and the curve of
@@ -32,7 +35,8 @@ from functools import partial
 from pathlib import Path
 
 from lit_imit.interactive_recipes import MAX_SEED, MODE_ORDER, grid, run_interactive
-from lit_imit.recipes import RECIPES, REPO_ROOT, TEST_SEED, list_recipes, recipe, retest_run, run_recipe
+from lit_imit.recipes import (RECIPES, REPO_ROOT, TEST_SEED, list_recipes, recipe, resume_run, retest_run,
+                              run_recipe)
 from lit_imit.results import render_files
 from lit_imit.signals import StopSignal, stop_signals_as_interrupt
 
@@ -71,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "repository's README with the repository's results file, none with another one)")
     parser.add_argument("--render", action="store_true", help="only re-render the table from the results file")
     parser.add_argument("--retest", metavar="RUN_DIR", help="test a finished run's chosen checkpoint again (no training)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a run that was stopped in its final fit from its last.ckpt (same commit, "
+                             "overrides and test seeds as its first row), then test it")
     parser.add_argument("--checkpoint", choices=["chosen", "last"], default="chosen",
                         help="with --retest: the checkpoint chosen by validation rollouts, or the last one")
     parser.add_argument("--sampler", type=parse_sampler, default=None, metavar="KIND:STEPS",
@@ -116,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     names = list(args.recipes)
     if args.preset:
         names += [r.name for r in RECIPES.values() if r.preset == args.preset and r.name not in names]
-    if not names and not args.render and not args.retest:
-        print("name recipes to run, --preset, --retest, --render or --list", file=sys.stderr)
+    if not names and not args.render and not args.retest and not args.resume:
+        print("name recipes to run, --preset, --retest, --resume, --render or --list", file=sys.stderr)
+        return 2
+    if args.resume and (names or args.retest):
+        print("--resume continues one run: no recipe names or --retest with it", file=sys.stderr)
         return 2
     if (args.sampler or args.action_steps is not None or args.initial_noise) and not args.retest:
         print("--sampler, --action-steps and --initial-noise go with --retest", file=sys.stderr)
@@ -127,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     command = "python " + shlex.join(["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.resume:
+        try:
+            with stop_signals_as_interrupt():
+                row = resume_run(args.resume, args.results, command=command)
+        except KeyboardInterrupt as err:  # stopped again: its row is written, and it can be resumed again
+            print(f"{err if isinstance(err, StopSignal) else 'stopped by SIGINT'}: the row is in {args.results}; "
+                  f"--resume {args.resume} continues it", file=sys.stderr)
+            render_files(args.results, args.markdown, args.readme or None, RECIPE_STAGES)
+            return 130
+        print(f"{row['recipe']} (resumed at step {row['resumed_at_step']}): {summary_line(row)}")
+        render_files(args.results, args.markdown, args.readme or None, RECIPE_STAGES)
+        return 0
     if args.retest:
         with stop_signals_as_interrupt():
             row = retest_run(args.retest, args.results, episodes=args.episodes, test_seed=args.test_seed,
