@@ -342,8 +342,8 @@ register(Recipe(
     reference="Ankile et al. 2024 (ResiP): residual PPO lifts BC from ~5-50% to >95% on their assembly tasks",
     notes="over the checkpoint a diffusion_insertion_state run with 200 demos chose (--base-ckpt; held-out 0.12): "
           "0.34 against the base's 0.12 on the same seeds (+22), 0.30 against 0.04 on fresh seeds, 768k env steps "
-          "in 49 min; over a 0.36 Diffusion base +16, over ACT bases +0 to +10 (configs/residual/insertion.yaml's "
-          "header)",
+          "in 49 min; over a 0.36 Diffusion base +16, over the 0.74 one -2, over ACT bases +0 to +10 "
+          "(configs/residual/insertion.yaml's header)",
 ))
 
 
