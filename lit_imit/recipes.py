@@ -563,7 +563,7 @@ def run_recipe(
 
 def fit_run(rec: Recipe, run_dir: Path, config: Path, row: dict[str, Any], start: float, first: Sequence[str] = (),
             extra: Sequence[str] = (), python: str = sys.executable, stage: bool = False,
-            resume: tuple[Path, str] | None = None) -> None:
+            resume: tuple[Path, Path] | None = None) -> None:
     """``python -m lit_imit fit --config CONFIG`` in ``run_dir`` with ``first``, the recipe's overrides (and its
     GPU ones on a CUDA machine), then ``extra``; logged to ``fit.log``, ``row["fit_minutes"]`` counted from
     ``start``. A ``stage`` (one of ``rec.stages``) fits its config as shipped, logged to
@@ -645,20 +645,16 @@ def resume_run(run_dir: str | Path, results_path: str | Path, command: str = "",
                      shared_before=[name for r in parts for name in r.get("shared_with", [])])
 
 
-def resume_point(run_dir: Path, n_stages: int) -> tuple[Path, str] | None:
-    """(last.ckpt, its directory as the checkpoint callback recorded it) of the newest part of a run's final fit
-    that wrote one; None when the final fit never finished an epoch (it then starts again). Every fit of a run
-    logs to the next ``lightning_logs/version_<n>``: the ``n_stages`` first are the recipe's stages (all finished
-    once the final fit began), the rest the final fit's parts. The directory is passed back as recorded
-    (``./lightning_logs/version_0/checkpoints``, relative to the run directory): ``ModelCheckpoint`` restores its
-    best score and files only when the resumed fit's ``dirpath`` is that same string."""
+def resume_point(run_dir: Path, n_stages: int) -> tuple[Path, Path] | None:
+    """(last.ckpt, its directory) of the newest part of a run's final fit that wrote one; None when the final fit
+    never finished an epoch (it then starts again). Every fit of a run logs to the next
+    ``lightning_logs/version_<n>``: the ``n_stages`` first are the recipe's stages (all finished once the final
+    fit began), the rest the final fit's parts."""
     versions = sorted(run_dir.glob("lightning_logs/version_*"), key=lambda p: int(p.name.split("_")[-1]))
     for version in reversed(versions[n_stages:]):
         last = checkpoints_dir(version) / "last.ckpt"
         if last.is_file():
-            callbacks = load_checkpoint(last).get("callbacks") or {}
-            recorded = [v.get("dirpath") for k, v in callbacks.items() if str(k).startswith("ModelCheckpoint")]
-            return last, str(recorded[0] if recorded and recorded[0] else last.parent)
+            return last, last.parent
     return None
 
 
