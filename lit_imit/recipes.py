@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import shlex
 import signal
@@ -598,10 +599,30 @@ def resume_run(run_dir: str | Path, results_path: str | Path, command: str = "",
     run (``parts_wall_minutes``); ``resumed_at_step`` says where this part started. Refused, with the reason,
     for a run without a row in ``results_path``, one already tested, one started at another commit (the code
     and configs must be the run's own: check that commit out, e.g. in a ``git worktree``) or one stopped
-    before its final fit (in a stage: stages are short, run the recipe again)."""
+    before its final fit (in a stage: stages are short, run the recipe again), and while another process resumes
+    the same run."""
+    run_dir = Path(run_dir).resolve()
+    with _sole_resume(run_dir):
+        return _resume_run(run_dir, results_path, command, python)
+
+
+@contextmanager
+def _sole_resume(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.resume.lock`` (``flock``) while a run is resumed: two resumes of one run would train into
+    the same checkpoint directory and each replace the other's best and last checkpoints."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run directory {run_dir}")
+    with open(run_dir / ".resume.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{run_dir} is being resumed by another process") from None
+        yield
+
+
+def _resume_run(run_dir: Path, results_path: str | Path, command: str, python: str) -> dict[str, Any]:
     from lit_imit.results import read_rows
 
-    run_dir = Path(run_dir).resolve()
     rec = recipe(run_dir.parent.name)
     if rec.interactive:
         raise ValueError(f"{run_dir}: an interactive run is not resumed from a checkpoint (its curve is measured "

@@ -425,8 +425,16 @@ def test_resume_refuses_runs_it_cannot_continue_as_they_were(tmp_path, monkeypat
     results.write_text(results.read_text().splitlines()[-1] + "\n")  # the row at this commit only
     with pytest.raises(ValueError, match="stopped before its final fit began"):
         resume_run(run_dir, results)
+    interactive = tmp_path / "runs" / "askdagger_transfer_cube_state" / "x"
+    interactive.mkdir(parents=True)
     with pytest.raises(ValueError, match="an interactive run is not resumed"):
-        resume_run(tmp_path / "runs" / "askdagger_transfer_cube_state" / "x", results)
+        resume_run(interactive, results)
+    import fcntl
+
+    with open(run_dir / ".resume.lock", "w") as held:  # another resume of this run holds the lock (flock is per open)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="is being resumed by another process"):
+            resume_run(run_dir, results)
 
 
 def test_a_killed_driver_takes_its_child_along(tmp_path):
